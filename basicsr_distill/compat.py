@@ -1,0 +1,124 @@
+"""Import-time fixes for the torchvision / BasicSR 1.4.2 combination this project supports.
+
+Each fix checks whether its problem occurs and does nothing otherwise:
+
+1. ``torchvision::nms`` / ``torchvision::qnms``: torchvision registers fake (meta) kernels for these operators
+   while it is imported. When its compiled ``_C`` library cannot be loaded (a CUDA build of torchvision next to
+   a CPU build of torch), the operators do not exist and ``import torchvision`` raises
+   ``RuntimeError: operator torchvision::nms does not exist``. We define the two schemas through
+   ``torch.library`` so that the import succeeds; calling the operators still fails, as it would anyway.
+2. ``torchvision.transforms.functional_tensor`` was renamed ``_functional_tensor``; BasicSR 1.4.2 imports the
+   old name. We alias the module.
+3. ``basicsr.train.load_resume_state`` maps the resume state onto ``torch.cuda.current_device()``, which fails on
+   a machine without CUDA. Where CUDA is unavailable we replace it by a version that loads onto the CPU (with
+   ``weights_only=True``); where CUDA is available BasicSR's function is kept.
+
+``apply()`` is idempotent and is called by ``import basicsr_distill`` before anything imports torchvision.
+"""
+import importlib.util
+import os.path as osp
+import sys
+
+import torch
+
+_TV_LIBRARY = None  # keeps the torch.library definitions alive for the life of the process
+_APPLIED = False
+
+
+def _torchvision_ops_loadable():
+    """Return True if torchvision's compiled ops load (or torchvision is absent), False otherwise."""
+    spec = importlib.util.find_spec('torchvision')
+    if spec is None or not spec.submodule_search_locations:
+        return True
+    tv_dir = list(spec.submodule_search_locations)[0]
+    libs = [f for f in sorted(__import__('os').listdir(tv_dir)) if f.startswith('_C') and f.endswith(('.so', '.pyd'))]
+    if not libs:
+        return False
+    try:
+        torch.ops.load_library(osp.join(tv_dir, libs[0]))
+    except (OSError, RuntimeError):
+        return False
+    return True
+
+
+def _has_op(name):
+    try:
+        torch._C._dispatch_has_kernel_for_dispatch_key(f'torchvision::{name}', 'Meta')
+    except RuntimeError:
+        return False
+    return True
+
+
+def fix_torchvision_ops():
+    """Define the ``torchvision::nms`` and ``torchvision::qnms`` schemas when torchvision's ``_C`` cannot load.
+
+    Returns:
+        bool: True if schemas were defined here, False if nothing was needed.
+    """
+    global _TV_LIBRARY
+    if 'torchvision' in sys.modules or _TV_LIBRARY is not None:
+        return False
+    if _torchvision_ops_loadable() or _has_op('nms'):
+        return False
+    _TV_LIBRARY = torch.library.Library('torchvision', 'FRAGMENT')  # noqa: TOR901
+    for name in ('nms', 'qnms'):
+        if not _has_op(name):
+            _TV_LIBRARY.define(f'{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+    return True
+
+
+def fix_functional_tensor():
+    """Alias ``torchvision.transforms.functional_tensor`` to ``_functional_tensor`` if only the latter exists."""
+    name = 'torchvision.transforms.functional_tensor'
+    if name in sys.modules or importlib.util.find_spec('torchvision') is None:
+        return False
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return False
+    except ModuleNotFoundError:
+        pass
+    sys.modules[name] = importlib.import_module('torchvision.transforms._functional_tensor')
+    return True
+
+
+def _load_resume_state_cpu(opt):
+    """BasicSR's ``load_resume_state`` with the state mapped to the CPU (used only where CUDA is unavailable)."""
+    from basicsr.utils import check_resume, scandir
+
+    resume_state_path = None
+    if opt['auto_resume']:
+        state_path = osp.join('experiments', opt['name'], 'training_states')
+        if osp.isdir(state_path):
+            states = list(scandir(state_path, suffix='state', recursive=False, full_path=False))
+            if states:
+                latest = max(float(v.split('.state')[0]) for v in states)
+                resume_state_path = osp.join(state_path, f'{latest:.0f}.state')
+                opt['path']['resume_state'] = resume_state_path
+    elif opt['path'].get('resume_state'):
+        resume_state_path = opt['path']['resume_state']
+    if resume_state_path is None:
+        return None
+    resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+    check_resume(opt, resume_state['iter'])
+    return resume_state
+
+
+def fix_cpu_resume():
+    """Make ``basicsr.train.load_resume_state`` work without CUDA. No-op where CUDA is available."""
+    if torch.cuda.is_available():
+        return False
+    import basicsr.train
+    if basicsr.train.load_resume_state is not _load_resume_state_cpu:
+        basicsr.train.load_resume_state = _load_resume_state_cpu
+    return True
+
+
+def apply():
+    """Apply every fix that is needed here; safe to call more than once."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    fix_torchvision_ops()
+    fix_functional_tensor()
+    fix_cpu_resume()
+    _APPLIED = True
