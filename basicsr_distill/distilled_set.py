@@ -1,0 +1,887 @@
+"""The on-disk format of a distilled super-resolution dataset (the only module that knows it).
+
+Every method of the project (IDC, GSDD, Minimax diffusion, coreset baselines) writes its result through
+:class:`DistilledSetWriter`, and every reader (:class:`basicsr_distill.data.DistilledPairedDataset`, the lmdb
+converter, evaluation scripts) goes through the functions of this module.
+
+Layout of a distilled set ``root/``::
+
+    root/
+    ├── hr/<name>.png          8-bit RGB PNG, shape (scale*h, scale*w, 3)
+    ├── lr/<name>.png          8-bit RGB PNG, shape (h, w, 3)
+    ├── lr_float/<name>.npy    float32 RGB [0, 1] copy of the LR, shape (h, w, 3) (lossless; PNG quantises)
+    ├── meta_info.txt          one line ``<name>.png (H,W,3)`` (HR shape) per pair, readable by BasicSR's
+    │                          PairedImageDataset (dataroot_gt=root/hr, dataroot_lq=root/lr, filename_tmpl='{}')
+    ├── distill.json           the manifest (see below)
+    ├── hr.lmdb/, lr.lmdb/     optional, written by :func:`make_distilled_lmdb` (keys = pair names)
+
+Manifest fields (``distill.json``): ``format`` (``'basicsr_distill.distilled_set'``), ``format_version``,
+``method``, ``scale``, ``lr_for_training`` (``'lr_float'``: the LR copy DistilledPairedDataset reads by default;
+BasicSR's PairedImageDataset reads the PNGs), ``source`` (dict: folder, num_images, ...), ``size_control``
+(e.g. ``{'r': 0.1}`` or ``{'ipc': 10}``), ``complete``, ``num_pairs``, ``units_finished`` (unit ids as str),
+``wall_time_s`` (accumulated over restarts), ``created``, ``updated`` (local ISO 8601 timestamps), ``versions``,
+``options_hash``, ``options`` (JSON-safe copy of the full option dict), ``pairs`` (list of
+``{'name', 'unit', 'hr_shape', 'lr_shape', **info}``), plus whatever :meth:`DistilledSetWriter.finalize` merges.
+
+Crash safety: every file is written under a temporary name (``.distill-tmp-*``) in its final folder, flushed,
+fsync'ed and moved into place with ``os.replace``, so a file with a final name is never half written. The manifest
+is the commit record: a unit counts only once ``distill.json`` lists it; ``meta_info.txt`` is derived from the
+manifest and rewritten right after it (and again whenever a writer opens the folder). Only one writer may work on a
+folder at a time (there is no inter-process lock).
+"""
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from functools import lru_cache
+from os import path as osp
+
+import cv2
+import numpy as np
+
+from basicsr.utils import get_root_logger, imfrombytes
+from basicsr_distill.version import __version__
+
+FORMAT_NAME = 'basicsr_distill.distilled_set'
+FORMAT_VERSION = 1
+MANIFEST_NAME = 'distill.json'
+META_INFO_NAME = 'meta_info.txt'
+HR_DIR = 'hr'
+LR_DIR = 'lr'
+LR_FLOAT_DIR = 'lr_float'
+HR_LMDB = 'hr.lmdb'
+LR_LMDB = 'lr.lmdb'
+LMDB_SOURCE_NAME = 'distill_source.json'
+LR_FOR_TRAINING = 'lr_float'
+
+# Top-level option keys left out of ``options_hash``: run bookkeeping that may change between a run and its
+# restart without changing what is distilled (BasicSR draws a new ``manual_seed`` at every start when none is set;
+# finished units are self-contained, so a restart with another seed is still a valid continuation).
+HASH_IGNORED_KEYS = frozenset({
+    'path', 'auto_resume', 'dist', 'rank', 'world_size', 'num_gpu', 'is_train', 'root_path', 'manual_seed', 'logger',
+    'debug', 'launcher', 'force_yml', 'name'
+})
+
+# Fields of a pair entry that ``info`` may not override.
+_PAIR_RESERVED = frozenset({'name', 'unit', 'hr_shape', 'lr_shape'})
+# Manifest fields that ``finalize(extra)`` may not override.
+_MANIFEST_RESERVED = frozenset({
+    'format', 'format_version', 'method', 'scale', 'lr_for_training', 'size_control', 'complete', 'num_pairs',
+    'units_finished', 'wall_time_s', 'created', 'updated', 'versions', 'options_hash', 'options', 'pairs'
+})
+_REQUIRED_FIELDS = {
+    'format_version': int,
+    'method': str,
+    'scale': int,
+    'size_control': dict,
+    'options_hash': str,
+    'units_finished': list,
+    'pairs': list,
+    'complete': bool,
+}
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$')
+_FORBIDDEN_NAME_SUFFIXES = ('.png', '.npy', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+_TMP_PREFIX = '.distill-tmp-'
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------------------------
+def to_jsonable(obj):
+    """Return a JSON-safe copy of ``obj`` (used for options, info and manifest extras).
+
+    Mappings become dicts with str keys, tuples/lists/sets become lists, numpy/torch scalars and arrays become
+    Python numbers/lists, path-like objects become str, non-finite floats become the strings ``'nan'``, ``'inf'``,
+    ``'-inf'``; anything else becomes ``str(obj)``.
+
+    Args:
+        obj (object): Any object.
+
+    Returns:
+        object: Made of dict, list, str, int, float, bool and None only.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else str(obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((to_jsonable(v) for v in obj), key=repr)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, 'tolist') and callable(obj.tolist):  # torch tensors
+        return to_jsonable(obj.tolist())
+    return str(obj)
+
+
+def options_hash(options):
+    """SHA-256 of the JSON-safe options, top-level keys in :data:`HASH_IGNORED_KEYS` left out.
+
+    Args:
+        options (Mapping | None): Option dict.
+
+    Returns:
+        str: 64 hex digits.
+    """
+    safe = to_jsonable(dict(options or {}))
+    safe = {k: v for k, v in safe.items() if k not in HASH_IGNORED_KEYS}
+    text = json.dumps(safe, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def _diff_paths(old, new, prefix='', limit=8):
+    """Dotted paths where two JSON-safe trees differ (at most ``limit``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            if not prefix and key in HASH_IGNORED_KEYS:
+                continue
+            if key not in old or key not in new:
+                out.append(f'{prefix}{key}')
+            elif old[key] != new[key]:
+                out.extend(_diff_paths(old[key], new[key], f'{prefix}{key}.', limit))
+            if len(out) >= limit:
+                break
+        return out[:limit]
+    return [prefix.rstrip('.') or '<root>'] if old != new else []
+
+
+def _now():
+    return datetime.now().astimezone().isoformat(timespec='seconds')
+
+
+@lru_cache(maxsize=1)
+def collect_versions():
+    """Versions of the software that writes a distilled set (fast, offline, imports nothing new).
+
+    We do not use mmengine's ``collect_env``: it shells out to gcc/nvcc, initialises CUDA on GPU machines and
+    records a multi-kilobyte build string.
+
+    Returns:
+        dict: python, platform, torch, cuda, torchvision, basicsr, basicsr_distill, numpy, cv2.
+    """
+    from importlib import metadata
+
+    import torch
+
+    def _dist_version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        'python': platform.python_version(),
+        'platform': platform.platform(),
+        'torch': torch.__version__,
+        'cuda': torch.version.cuda,
+        'torchvision': _dist_version('torchvision'),
+        'basicsr': _dist_version('basicsr'),
+        'basicsr_distill': __version__,
+        'numpy': np.__version__,
+        'cv2': cv2.__version__,
+    }
+
+
+def _tmp_path(final_path):
+    """Temporary path next to ``final_path`` (same folder, so ``os.replace`` is atomic)."""
+    folder, base = osp.split(final_path)
+    return osp.join(folder, f'{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{base}')
+
+
+def _write_bytes_atomic(path, data):
+    """Write ``data`` to ``path`` through a fsync'ed temporary file and ``os.replace``.
+
+    Raises:
+        OSError: When writing or replacing fails; the temporary file is removed and ``path`` is untouched.
+    """
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_json_atomic(path, obj):
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + '\n'
+    _write_bytes_atomic(path, text.encode('utf-8'))
+
+
+def _encode_png(img_rgb_u8, what):
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(img_rgb_u8[..., ::-1]))
+    if not ok:
+        raise IOError(f'Failed to encode {what} as PNG.')
+    return buf.tobytes()
+
+
+def _encode_npy(arr):
+    bio = io.BytesIO()
+    np.save(bio, arr, allow_pickle=False)
+    return bio.getvalue()
+
+
+def _to_uint8(img):
+    return np.round(img * 255.).astype(np.uint8)
+
+
+def pair_paths(root, name):
+    """Paths of the files of one pair.
+
+    Args:
+        root (str): Distilled-set folder.
+        name (str): Pair name (no extension).
+
+    Returns:
+        dict: ``{'hr': root/hr/<name>.png, 'lr': root/lr/<name>.png, 'lr_float': root/lr_float/<name>.npy}``.
+    """
+    return {
+        'hr': osp.join(root, HR_DIR, f'{name}.png'),
+        'lr': osp.join(root, LR_DIR, f'{name}.png'),
+        'lr_float': osp.join(root, LR_FLOAT_DIR, f'{name}.npy'),
+    }
+
+
+def lmdb_paths(root):
+    """Paths of the optional lmdb copies: ``{'hr': root/hr.lmdb, 'lr': root/lr.lmdb}``."""
+    return {'hr': osp.join(root, HR_LMDB), 'lr': osp.join(root, LR_LMDB)}
+
+
+def meta_info_text(pairs):
+    """Text of ``meta_info.txt`` for a list of manifest pair entries (one ``<name>.png (H,W,C)`` line each)."""
+    lines = [f'{p["name"]}.png ({",".join(str(int(v)) for v in p["hr_shape"])})' for p in pairs]
+    return ''.join(f'{line}\n' for line in lines)
+
+
+def write_meta_info(root):
+    """Regenerate ``root/meta_info.txt`` from the manifest (atomically).
+
+    Use it after an interruption between the manifest and the meta-info update (``validate_distilled_set`` says
+    so); opening the folder with :class:`DistilledSetWriter` does it too.
+
+    Args:
+        root (str): Distilled-set folder.
+
+    Returns:
+        str: Path of ``meta_info.txt``.
+    """
+    manifest = read_manifest(root)
+    path = osp.join(root, META_INFO_NAME)
+    _write_bytes_atomic(path, meta_info_text(manifest['pairs']).encode('utf-8'))
+    return path
+
+
+def _read_meta_info_names(path):
+    with open(path, 'r') as f:
+        entries = [line.strip().split(' ')[0] for line in f if line.strip()]
+    return [osp.splitext(v)[0] for v in entries]
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.lower().endswith(_FORBIDDEN_NAME_SUFFIXES):
+        raise ValueError(f'Invalid pair name {name!r}: use 1-200 ASCII letters, digits, "_", "-", "." (not first), '
+                         'no file extension (it is also the lmdb key and a meta_info.txt entry).')
+
+
+def _unit_id(unit):
+    """Unit ids are stored as str (JSON keeps them exactly); ints are accepted and converted."""
+    if isinstance(unit, bool) or not isinstance(unit, (str, int, np.integer)):
+        raise TypeError(f'A unit id must be a str or an int, got {type(unit).__name__}: {unit!r}.')
+    uid = str(int(unit)) if not isinstance(unit, str) else unit
+    if not uid:
+        raise ValueError('A unit id must not be empty.')
+    return uid
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading and validation
+# ----------------------------------------------------------------------------------------------------------------
+def read_manifest(root):
+    """Read and sanity-check ``root/distill.json``.
+
+    Args:
+        root (str): Distilled-set folder.
+
+    Returns:
+        dict: The manifest.
+
+    Raises:
+        FileNotFoundError: When ``root/distill.json`` does not exist (message names it).
+        ValueError: When it is not valid JSON, not a distilled-set manifest, written by a newer format version, or
+            misses a required field (message names the file).
+    """
+    path = osp.join(root, MANIFEST_NAME)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'No distilled-set manifest {path}: {root} is not a distilled set '
+                                '(written by basicsr_distill.distilled_set.DistilledSetWriter).')
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            manifest = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path} is not valid JSON ({err}).') from err
+    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT_NAME:
+        raise ValueError(f'{path} is not a distilled-set manifest (expected "format": "{FORMAT_NAME}").')
+    for key, typ in _REQUIRED_FIELDS.items():
+        if key not in manifest:
+            raise ValueError(f'{path} misses the field {key!r}.')
+        if not isinstance(manifest[key], typ) or (typ is int and isinstance(manifest[key], bool)):
+            raise ValueError(f'{path}: field {key!r} must be {typ.__name__}, got {manifest[key]!r}.')
+    if manifest['format_version'] > FORMAT_VERSION:
+        raise ValueError(f'{path} has format_version {manifest["format_version"]}, newer than the one this '
+                         f'basicsr_distill ({__version__}) reads ({FORMAT_VERSION}); update basicsr_distill.')
+    return manifest
+
+
+def _check_manifest_consistency(manifest, manifest_path):
+    if manifest.get('num_pairs', len(manifest['pairs'])) != len(manifest['pairs']):
+        raise ValueError(f'{manifest_path}: num_pairs is {manifest["num_pairs"]} but {len(manifest["pairs"])} pairs '
+                         'are listed.')
+    finished = set(manifest['units_finished'])
+    seen = set()
+    for i, pair in enumerate(manifest['pairs']):
+        if not isinstance(pair, dict) or not all(k in pair for k in _PAIR_RESERVED):
+            raise ValueError(f'{manifest_path}: pair #{i} must be a dict with keys {sorted(_PAIR_RESERVED)}.')
+        name = pair['name']
+        if name in seen:
+            raise ValueError(f'{manifest_path}: pair name {name!r} is listed twice.')
+        seen.add(name)
+        if pair['unit'] not in finished:
+            raise ValueError(f'{manifest_path}: pair {name!r} belongs to unit {pair["unit"]!r}, which is not in '
+                             'units_finished.')
+
+
+def validate_distilled_set(root, scale=None, require_complete=False, check_files=True):
+    """Check that ``root`` is a usable distilled set.
+
+    Checks the manifest (see :func:`read_manifest`), the scale, completeness (optional), that every listed pair has
+    its ``hr/`` and ``lr/`` PNG and its ``lr_float/`` npy file, and that ``meta_info.txt`` lists the same names.
+    Image contents and shapes are not read (the dataset checks them when it loads a pair).
+
+    Args:
+        root (str): Distilled-set folder.
+        scale (int | None): Expected upscaling factor; None skips the check. Default: None.
+        require_complete (bool): Require ``complete: true`` (a finalized run). Default: False.
+        check_files (bool): Check the pair files and meta_info.txt (an lmdb-only reader sets False). Default: True.
+
+    Returns:
+        dict: The manifest.
+
+    Raises:
+        FileNotFoundError: When the manifest is missing.
+        ValueError: Invalid manifest, scale mismatch (names distill.json and both scales), incomplete set while
+            ``require_complete``, the first missing pair file (named), or meta_info.txt out of sync (named).
+    """
+    manifest = read_manifest(root)
+    manifest_path = osp.join(root, MANIFEST_NAME)
+    if scale is not None and int(scale) != manifest['scale']:
+        raise ValueError(f'{manifest_path} was distilled for scale x{manifest["scale"]}, but scale x{int(scale)} is '
+                         'requested (check the "scale" of your option file or pick the set for that scale).')
+    if require_complete and not manifest['complete']:
+        raise ValueError(f'{manifest_path} is not complete (the distillation run was interrupted or not finalized); '
+                         'resume the run to finish it.')
+    _check_manifest_consistency(manifest, manifest_path)
+    if not check_files:
+        return manifest
+    for pair in manifest['pairs']:
+        for kind, path in pair_paths(root, pair['name']).items():
+            if not osp.isfile(path):
+                raise ValueError(f'Distilled set {root}: the {kind} file {path} of pair {pair["name"]!r} listed in '
+                                 f'{manifest_path} is missing.')
+    meta_path = osp.join(root, META_INFO_NAME)
+    if not osp.isfile(meta_path):
+        raise ValueError(f'Distilled set {root}: {meta_path} is missing; regenerate it with '
+                         'basicsr_distill.distilled_set.write_meta_info(root).')
+    meta_names = _read_meta_info_names(meta_path)
+    names = [p['name'] for p in manifest['pairs']]
+    if sorted(meta_names) != sorted(names):
+        extra = sorted(set(meta_names) - set(names))
+        missing = sorted(set(names) - set(meta_names))
+        detail = f'not in the manifest: {extra[:3]}' if extra else (
+            f'missing: {missing[:3]}' if missing else 'duplicate entries')
+        raise ValueError(f'{meta_path} is out of sync with {manifest_path} ({detail}), probably after an '
+                         'interrupted write; regenerate it with basicsr_distill.distilled_set.write_meta_info(root) '
+                         'or by reopening the folder with DistilledSetWriter.')
+    return manifest
+
+
+def validate_distilled_lmdb(root, scale=None, require_complete=False):
+    """Check a distilled set's ``hr.lmdb``/``lr.lmdb`` copies against its manifest.
+
+    Every pair name must be a key of both databases (checked through the ``meta_info.txt`` that BasicSR's
+    ``make_lmdb_from_imgs`` writes into each), with the shapes the manifest records. A warning is logged when the
+    lmdb copies were made from an older state of the manifest.
+
+    Args:
+        root (str): Distilled-set folder.
+        scale (int | None): Expected upscaling factor; None skips the check. Default: None.
+        require_complete (bool): Require a finalized set. Default: False.
+
+    Returns:
+        dict: The manifest.
+
+    Raises:
+        FileNotFoundError: When the manifest or an lmdb folder (or its meta_info.txt) is missing.
+        ValueError: As :func:`validate_distilled_set`, or when a pair is missing from an lmdb or has another shape
+            there (names the lmdb).
+    """
+    manifest = validate_distilled_set(root, scale=scale, require_complete=require_complete, check_files=False)
+    for kind, db_path in lmdb_paths(root).items():
+        meta_path = osp.join(db_path, 'meta_info.txt')
+        if not osp.isfile(osp.join(db_path, 'data.mdb')) or not osp.isfile(meta_path):
+            raise FileNotFoundError(f'No lmdb {db_path} (with data.mdb and meta_info.txt): create it with '
+                                    f'"python scripts/make_distilled_lmdb.py {root}".')
+        shapes = {}
+        with open(meta_path, 'r') as f:
+            for line in f:
+                parts = line.strip().split(' ')
+                if len(parts) >= 2:
+                    shapes[osp.splitext(parts[0])[0]] = parts[1]
+        shape_key = 'hr_shape' if kind == 'hr' else 'lr_shape'
+        for pair in manifest['pairs']:
+            if pair['name'] not in shapes:
+                raise ValueError(f'{db_path} has no key {pair["name"]!r} listed in {osp.join(root, MANIFEST_NAME)}; '
+                                 'the lmdb is older than the set: remove it and run scripts/make_distilled_lmdb.py.')
+            expected = f'({",".join(str(int(v)) for v in pair[shape_key])})'
+            if shapes[pair['name']] != expected:
+                raise ValueError(f'{db_path}: key {pair["name"]!r} has shape {shapes[pair["name"]]}, the manifest '
+                                 f'says {expected}; remove the lmdb and run scripts/make_distilled_lmdb.py again.')
+        source_path = osp.join(db_path, LMDB_SOURCE_NAME)
+        if osp.isfile(source_path):
+            with open(source_path, 'r', encoding='utf-8') as f:
+                made_from = json.load(f).get('manifest_updated')
+            if made_from != manifest.get('updated'):
+                get_root_logger().warning(f'{db_path} was made from the set as of {made_from}, but '
+                                          f'{MANIFEST_NAME} was updated at {manifest.get("updated")}; rebuild it if '
+                                          'units were rewritten since.')
+    return manifest
+
+
+def load_pair(root, name, lq_source='float'):
+    """Load one pair of a distilled set.
+
+    Args:
+        root (str): Distilled-set folder.
+        name (str): Pair name.
+        lq_source (str): ``'float'`` (lr_float/*.npy, exact) or ``'png'`` (lr/*.png, quantised). Default: 'float'.
+
+    Returns:
+        tuple[ndarray, ndarray]: ``(lq, gt)``, float32 RGB in [0, 1], shapes (h, w, 3) and (s*h, s*w, 3).
+
+    Raises:
+        ValueError: Unknown ``lq_source`` or an unreadable image (named).
+        FileNotFoundError: A missing file.
+    """
+    paths = pair_paths(root, name)
+    gt = read_png_rgb(paths['hr'])
+    if lq_source == 'float':
+        lq = read_npy_rgb(paths['lr_float'])
+    elif lq_source == 'png':
+        lq = read_png_rgb(paths['lr'])
+    else:
+        raise ValueError(f"lq_source must be 'float' or 'png', got {lq_source!r}.")
+    return lq, gt
+
+
+def decode_png(content, path):
+    """Decode PNG bytes with BasicSR's ``imfrombytes`` to float32 BGR [0, 1] (H, W, 3).
+
+    Raises:
+        ValueError: When the bytes are missing or not an image (names ``path``).
+    """
+    if content is None:
+        raise ValueError(f'No data for {path}.')
+    img = imfrombytes(content, flag='color', float32=False)
+    if img is None:
+        raise ValueError(f'{path} is not a readable image.')
+    return img.astype(np.float32) / 255.
+
+
+def decode_npy(content, path):
+    """Decode the bytes of an ``lr_float`` npy file to float32 RGB [0, 1] (H, W, 3).
+
+    Raises:
+        ValueError: When the content is not an (H, W, 3) float array (names ``path``).
+    """
+    if content is None:
+        raise ValueError(f'No data for {path}.')
+    try:
+        arr = np.load(io.BytesIO(content), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f'{path} is not a readable npy file ({err}).') from err
+    if arr.ndim != 3 or arr.shape[2] != 3 or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f'{path} must hold a float (H, W, 3) array, got {arr.dtype} {arr.shape}.')
+    return arr.astype(np.float32, copy=False)
+
+
+def read_png_rgb(path):
+    """Read an 8-bit PNG as float32 RGB [0, 1] (H, W, 3)."""
+    with open(path, 'rb') as f:
+        return np.ascontiguousarray(decode_png(f.read(), path)[..., ::-1])
+
+
+def read_npy_rgb(path):
+    """Read an ``lr_float`` npy file as float32 RGB [0, 1] (H, W, 3)."""
+    with open(path, 'rb') as f:
+        return decode_npy(f.read(), path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------------------
+class DistilledSetWriter():
+    """Write a distilled set unit by unit, resumable after a crash.
+
+    A *unit* is the piece of work a method finishes at once (an IDC instance, a GSDD class, a coreset chunk...).
+    :meth:`write_unit` stores its pairs and marks it finished; a restarted run asks :meth:`is_finished` and skips
+    it. Unit ids are stored as str (``3`` and ``'3'`` are the same unit).
+
+    Args:
+        root (str): Output folder (created if needed).
+        method (str): Method name, e.g. ``'idc'``.
+        scale (int): Upscaling factor (HR size = scale x LR size).
+        source (Mapping): Description of the source data, e.g. ``{'folder': ..., 'num_images': 91}``.
+        size_control (Mapping): Budget, e.g. ``{'r': 0.1}`` or ``{'ipc': 10}``.
+        options (Mapping | None): The full option dict of the run (stored JSON-safe; hashed without
+            :data:`HASH_IGNORED_KEYS`).
+        resume (bool): Continue a folder that already holds a manifest of the same run. Default: True.
+
+    Raises:
+        ValueError: Invalid arguments, or (resume) the existing manifest belongs to another run (method, scale,
+            size_control or options_hash differ); the message names distill.json.
+        FileExistsError: ``resume=False`` and the folder already holds a manifest, or the folder holds images but
+            no manifest. Nothing is ever deleted.
+    """
+
+    def __init__(self, root, method, scale, source, size_control, options, resume=True):
+        if not isinstance(method, str) or not method:
+            raise ValueError(f'method must be a non-empty str, got {method!r}.')
+        if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+            raise ValueError(f'scale must be a positive int, got {scale!r}.')
+        if not isinstance(source, Mapping):
+            raise ValueError(f'source must be a dict (folder, num_images, ...), got {source!r}.')
+        if not isinstance(size_control, Mapping) or not size_control:
+            raise ValueError(f"size_control must be a non-empty dict such as {{'r': 0.1}}, got {size_control!r}.")
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f'options must be a dict or None, got {type(options).__name__}.')
+        self.root = osp.abspath(os.fspath(root))
+        self.scale = int(scale)
+        self.manifest_path = osp.join(self.root, MANIFEST_NAME)
+        self.meta_info_path = osp.join(self.root, META_INFO_NAME)
+        self._start = time.monotonic()
+        logger = get_root_logger()
+
+        new = {
+            'format': FORMAT_NAME,
+            'format_version': FORMAT_VERSION,
+            'method': method,
+            'scale': self.scale,
+            'lr_for_training': LR_FOR_TRAINING,
+            'source': to_jsonable(source),
+            'size_control': to_jsonable(size_control),
+            'complete': False,
+            'num_pairs': 0,
+            'units_finished': [],
+            'wall_time_s': 0.0,
+            'created': _now(),
+            'updated': None,
+            'versions': collect_versions(),
+            'options_hash': options_hash(options),
+            'options': to_jsonable(dict(options or {})),
+            'pairs': [],
+        }
+
+        if osp.exists(self.manifest_path):
+            if not resume:
+                raise FileExistsError(f'{self.manifest_path} already exists (resume=False): pick another output '
+                                      'folder, or resume the run. Nothing was changed.')
+            old = read_manifest(self.root)
+            self._check_same_run(old, new)
+            _check_manifest_consistency(old, self.manifest_path)
+            if old.get('versions') != new['versions']:
+                logger.warning(f'Resuming {self.root} with other software versions: {old.get("versions")} -> '
+                               f'{new["versions"]}.')
+            # keep the record of the run, take this run's description and options
+            for key in ('format_version', 'lr_for_training', 'source', 'options', 'versions'):
+                old[key] = new[key]
+            self._manifest = old
+            self._wall_base = float(old.get('wall_time_s', 0.0))
+            self._cleanup_tmp()
+            self._warn_orphans(logger)
+            # meta_info.txt may lag behind the manifest after a crash between the two writes
+            _write_bytes_atomic(self.meta_info_path, meta_info_text(old['pairs']).encode('utf-8'))
+            logger.info(f'Resuming distilled set {self.root}: {len(old["units_finished"])} units finished, '
+                        f'{len(old["pairs"])} pairs.')
+        else:
+            for sub in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
+                folder = osp.join(self.root, sub)
+                if osp.isdir(folder) and any(not v.startswith('.') for v in os.listdir(folder)):
+                    raise FileExistsError(f'{folder} holds files but {self.manifest_path} does not exist: this is not '
+                                          'a distilled set written by this writer; pick another output folder.')
+            self._manifest = None
+            self._wall_base = 0.0
+            for sub in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
+                os.makedirs(osp.join(self.root, sub), exist_ok=True)
+            self._cleanup_tmp()
+            self._commit(new)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _check_same_run(self, old, new):
+        diffs = []
+        for key in ('method', 'scale', 'size_control'):
+            if old.get(key) != new[key]:
+                diffs.append(f'{key}: {old.get(key)!r} (stored) vs {new[key]!r} (this run)')
+        if old.get('options_hash') != new['options_hash']:
+            changed = _diff_paths(to_jsonable(old.get('options', {})), new['options'])
+            diffs.append(f'options_hash differs (changed options: {", ".join(changed) or "unknown"})')
+        if diffs:
+            raise ValueError(f'{self.manifest_path} belongs to another run: ' + '; '.join(diffs) +
+                             '. Pick another output folder for this run (or restore the original options to resume).')
+
+    def _cleanup_tmp(self):
+        """Remove temporary files left by an interrupted writer (only ``.distill-tmp-*`` files)."""
+        for sub in ('', HR_DIR, LR_DIR, LR_FLOAT_DIR):
+            folder = osp.join(self.root, sub)
+            if not osp.isdir(folder):
+                continue
+            for entry in os.listdir(folder):
+                path = osp.join(folder, entry)
+                if entry.startswith(_TMP_PREFIX) and osp.isfile(path):
+                    os.remove(path)
+
+    def _warn_orphans(self, logger):
+        folder = osp.join(self.root, HR_DIR)
+        if not osp.isdir(folder):
+            return
+        listed = {p['name'] for p in self._manifest['pairs']}
+        orphans = sorted(v for v in os.listdir(folder) if not v.startswith('.') and osp.splitext(v)[0] not in listed)
+        if orphans:
+            logger.warning(f'{len(orphans)} file(s) in {osp.join(self.root, HR_DIR)} are not listed in '
+                           f'{MANIFEST_NAME} (left by an interrupted unit, e.g. {orphans[0]}); they are ignored by '
+                           'readers and overwritten when their unit is written again.')
+
+    def _commit(self, manifest):
+        """Write ``manifest`` (then meta_info.txt) atomically; the in-memory state changes only on success."""
+        manifest = dict(manifest)
+        manifest['num_pairs'] = len(manifest['pairs'])
+        manifest['updated'] = _now()
+        manifest['wall_time_s'] = round(self._wall_base + time.monotonic() - self._start, 3)
+        _write_json_atomic(self.manifest_path, manifest)
+        self._manifest = manifest
+        _write_bytes_atomic(self.meta_info_path, meta_info_text(manifest['pairs']).encode('utf-8'))
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def manifest(self):
+        """dict: A deep copy of the current manifest."""
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def finished_units(self):
+        """list[str]: Ids of the finished units, in the order they were (last) written."""
+        return list(self._manifest['units_finished'])
+
+    @property
+    def complete(self):
+        """bool: Whether :meth:`finalize` was called after the last :meth:`write_unit`."""
+        return bool(self._manifest['complete'])
+
+    def is_finished(self, unit):
+        """Whether ``unit`` (str or int id) is finished (its pairs are in the manifest)."""
+        return _unit_id(unit) in self._manifest['units_finished']
+
+    def _prepare_pair(self, pair, uid):
+        if not isinstance(pair, Mapping):
+            raise ValueError(f'Unit {uid!r}: each pair must be a dict with keys name, lq, gt, info; got '
+                             f'{type(pair).__name__}.')
+        unknown = set(pair) - {'name', 'lq', 'gt', 'info'}
+        if unknown or 'name' not in pair or 'lq' not in pair or 'gt' not in pair:
+            raise ValueError(f'Unit {uid!r}: a pair needs the keys name, lq, gt (and optional info); got '
+                             f'{sorted(pair)}.')
+        name = pair['name']
+        _check_name(name)
+        arrays = {}
+        for key in ('lq', 'gt'):
+            arr = pair[key]
+            if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
+                raise ValueError(f'Pair {name!r}: {key} must be a float numpy array (H, W, 3) RGB in [0, 1], got '
+                                 f'{type(arr).__name__}{" " + str(arr.dtype) if isinstance(arr, np.ndarray) else ""}'
+                                 '.')
+            if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+                raise ValueError(f'Pair {name!r}: {key} must have shape (H, W, 3), got {arr.shape}.')
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f'Pair {name!r}: {key} holds NaN or infinite values.')
+            arrays[key] = np.clip(arr.astype(np.float32), 0., 1.)
+        lq, gt = arrays['lq'], arrays['gt']
+        h, w = lq.shape[:2]
+        if gt.shape != (self.scale * h, self.scale * w, 3):
+            raise ValueError(f'Pair {name!r}: gt shape {gt.shape} is not scale ({self.scale}) x lq shape {lq.shape}; '
+                             f'expected {(self.scale * h, self.scale * w, 3)}.')
+        info = pair.get('info') or {}
+        if not isinstance(info, Mapping):
+            raise ValueError(f'Pair {name!r}: info must be a dict, got {type(info).__name__}.')
+        clash = _PAIR_RESERVED & set(map(str, info))
+        if clash:
+            raise ValueError(f'Pair {name!r}: info may not use the reserved keys {sorted(clash)}.')
+        entry = {'name': name, 'unit': uid, 'hr_shape': list(gt.shape), 'lr_shape': list(lq.shape)}
+        entry.update(to_jsonable(info))
+        return entry, lq, gt
+
+    def write_unit(self, unit, pairs):
+        """Store the pairs of one unit and mark it finished (idempotent: a rewrite replaces the unit's pairs).
+
+        Everything is validated before anything is written. Each file goes through a temporary name and
+        ``os.replace``; the manifest, then meta_info.txt, are updated atomically afterwards. When the unit was
+        written before, it is first removed from the manifest (so that a crash during the rewrite leaves a
+        consistent set without it) and files of its old pairs that the new pairs do not reuse are deleted at the end.
+
+        Args:
+            unit (str | int): Unit id.
+            pairs (list[dict]): Each ``{'name': str (unique in the set, no extension), 'lq': float ndarray (h, w, 3)
+                RGB [0, 1], 'gt': float ndarray (scale*h, scale*w, 3) RGB [0, 1], 'info': dict (optional,
+                provenance, merged into the manifest entry)}``. Values are clamped to [0, 1]; stored as float32.
+
+        Raises:
+            TypeError: Invalid unit id.
+            ValueError: Invalid pair (named): keys, dtype, shape (gt must be scale x lq), non-finite values, name
+                used twice or by another unit, reserved info keys.
+            OSError: When writing fails (the manifest keeps its previous state).
+        """
+        uid = _unit_id(unit)
+        if isinstance(pairs, Mapping) or not hasattr(pairs, '__iter__'):
+            raise ValueError(f'Unit {uid!r}: pairs must be a list of dicts.')
+        others = {p['name']: p['unit'] for p in self._manifest['pairs'] if p['unit'] != uid}
+        prepared, names = [], set()
+        for pair in pairs:
+            entry, lq, gt = self._prepare_pair(pair, uid)
+            if entry['name'] in names:
+                raise ValueError(f'Unit {uid!r}: pair name {entry["name"]!r} is used twice.')
+            if entry['name'] in others:
+                raise ValueError(f'Unit {uid!r}: pair name {entry["name"]!r} is already used by unit '
+                                 f'{others[entry["name"]]!r}; names must be unique in the set.')
+            names.add(entry['name'])
+            prepared.append((entry, lq, gt))
+
+        old_names = [p['name'] for p in self._manifest['pairs'] if p['unit'] == uid]
+        kept_pairs = [p for p in self._manifest['pairs'] if p['unit'] != uid]
+        kept_units = [u for u in self._manifest['units_finished'] if u != uid]
+        if old_names or uid in self._manifest['units_finished']:
+            self._commit(dict(self._manifest, pairs=kept_pairs, units_finished=kept_units, complete=False))
+
+        for entry, lq, gt in prepared:
+            paths = pair_paths(self.root, entry['name'])
+            _write_bytes_atomic(paths['hr'], _encode_png(_to_uint8(gt), f'gt of pair {entry["name"]!r}'))
+            _write_bytes_atomic(paths['lr'], _encode_png(_to_uint8(lq), f'lq of pair {entry["name"]!r}'))
+            _write_bytes_atomic(paths['lr_float'], _encode_npy(np.ascontiguousarray(lq)))
+
+        self._commit(
+            dict(
+                self._manifest,
+                pairs=kept_pairs + [entry for entry, _, _ in prepared],
+                units_finished=kept_units + [uid],
+                complete=False))
+
+        for name in old_names:
+            if name not in names:
+                for path in pair_paths(self.root, name).values():
+                    if osp.isfile(path):
+                        os.remove(path)
+
+    def finalize(self, extra=None):
+        """Mark the set complete, merge ``extra`` into the manifest and write it atomically.
+
+        Args:
+            extra (Mapping | None): Additional top-level manifest fields (stored JSON-safe), e.g. final metrics.
+                The format's own fields may not be overridden. Default: None.
+
+        Returns:
+            dict: A copy of the final manifest.
+
+        Raises:
+            ValueError: When ``extra`` is not a dict or uses a reserved field.
+        """
+        extra = {} if extra is None else extra
+        if not isinstance(extra, Mapping):
+            raise ValueError(f'extra must be a dict, got {type(extra).__name__}.')
+        clash = _MANIFEST_RESERVED & set(map(str, extra))
+        if clash:
+            raise ValueError(f'finalize(extra) may not override the manifest fields {sorted(clash)}.')
+        manifest = dict(self._manifest)
+        manifest.update(to_jsonable(extra))
+        manifest['complete'] = True
+        self._commit(manifest)
+        return self.manifest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lmdb
+# ----------------------------------------------------------------------------------------------------------------
+def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_thread=8):
+    """Convert a distilled set's ``hr/`` and ``lr/`` PNGs to ``hr.lmdb`` / ``lr.lmdb`` (keys = pair names).
+
+    Uses BasicSR's ``make_lmdb_from_imgs``. Each database is built under a temporary name in ``root`` and renamed
+    when done, so an interrupted conversion leaves no half-built ``*.lmdb`` with a final name. A small
+    ``distill_source.json`` in each database records the manifest state it was made from. The float LR copy is not
+    converted: lmdb readers use the LR PNGs.
+
+    Args:
+        root (str): Distilled-set folder.
+        compress_level (int): PNG compression level of the stored images. Default: 1.
+        multiprocessing_read (bool): Read images with a process pool first. Default: False.
+        n_thread (int): Processes for ``multiprocessing_read``. Default: 8.
+
+    Returns:
+        dict: ``{'hr': path of hr.lmdb, 'lr': path of lr.lmdb}``.
+
+    Raises:
+        FileExistsError: When ``hr.lmdb`` or ``lr.lmdb`` already exists (remove it yourself to rebuild).
+        ValueError: When the set is invalid (see :func:`validate_distilled_set`) or empty.
+    """
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    manifest = validate_distilled_set(root)
+    if not manifest['pairs']:
+        raise ValueError(f'{osp.join(root, MANIFEST_NAME)} lists no pairs; nothing to convert.')
+    targets = lmdb_paths(root)
+    for path in targets.values():
+        if osp.exists(path):
+            raise FileExistsError(f'{path} already exists; remove it to rebuild the lmdb copies.')
+    names = [p['name'] for p in manifest['pairs']]
+    source = {'manifest_updated': manifest.get('updated'), 'num_pairs': len(names)}
+    for kind, sub in (('hr', HR_DIR), ('lr', LR_DIR)):
+        tmp = osp.join(root, f'{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{kind}.lmdb')
+        try:
+            make_lmdb_from_imgs(
+                osp.join(root, sub),
+                tmp, [f'{n}.png' for n in names],
+                names,
+                compress_level=compress_level,
+                multiprocessing_read=multiprocessing_read,
+                n_thread=n_thread)
+            _write_json_atomic(osp.join(tmp, LMDB_SOURCE_NAME), source)
+            os.replace(tmp, targets[kind])
+        except BaseException:
+            if osp.isdir(tmp):
+                shutil.rmtree(tmp)
+            raise
+    return targets

@@ -1,0 +1,128 @@
+"""Neural Characteristic Function Discrepancy (NCFD).
+
+IDC (Peng et al.) Eq. 2-3 and Eq. 6, as NCFM (Wang et al., CVPR 2025) implements it without the sampling network:
+
+    Chf(t) = alpha * (|Phi_X(t)| - |Phi_Y(t)|)^2 + (1 - alpha) * 2 |Phi_X(t)| |Phi_Y(t)| (1 - cos(a_X(t) - a_Y(t)))
+    NCFD(X, Y) = mean_t sqrt(Chf(t)),     t ~ N(0, I_D),
+
+with Phi_X(t) = mean_i exp(j <t, x_i>) the empirical characteristic function of the L2-normalised feature rows.
+The phase term is computed as 2 (|Phi_X| |Phi_Y| - Re_X Re_Y - Im_X Im_Y), which equals the cosine form, and is
+clamped at 1e-12, so that with alpha = 0.5: amp + pha = |Phi_X(t) - Phi_Y(t)|^2.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from basicsr.utils.registry import LOSS_REGISTRY
+
+_PHASE_CLAMP = 1e-12
+_AMP_EPS = 1e-12
+
+
+def empirical_cf(feat, freqs, chunk_size=None):
+    """Empirical characteristic function of a set of feature rows.
+
+    Args:
+        feat (Tensor): (B, D) features (already normalised if wanted).
+        freqs (Tensor): (F, D) frequency arguments t.
+        chunk_size (int | None): process the B samples in chunks of this size to bound the (F, chunk) memory.
+
+    Returns:
+        tuple[Tensor, Tensor]: real and imaginary parts, each (F,): mean_i cos(<t, x_i>), mean_i sin(<t, x_i>).
+    """
+    if chunk_size is None or chunk_size >= feat.shape[0]:
+        proj = freqs @ feat.t()  # (F, B)
+        return torch.cos(proj).mean(1), torch.sin(proj).mean(1)
+    re = feat.new_zeros(freqs.shape[0])
+    im = feat.new_zeros(freqs.shape[0])
+    for start in range(0, feat.shape[0], chunk_size):
+        proj = freqs @ feat[start:start + chunk_size].t()
+        re = re + torch.cos(proj).sum(1)
+        im = im + torch.sin(proj).sum(1)
+    return re / feat.shape[0], im / feat.shape[0]
+
+
+def ncfd_terms(cf_x, cf_y):
+    """Amplitude and phase terms of Eq. 3 for each frequency.
+
+    Args:
+        cf_x (tuple[Tensor, Tensor]): (Re, Im) of Phi_X, each (F,).
+        cf_y (tuple[Tensor, Tensor]): (Re, Im) of Phi_Y, each (F,).
+
+    Returns:
+        tuple[Tensor, Tensor]: ``amp = (|Phi_X| - |Phi_Y|)^2`` and
+        ``pha = max(2 (|Phi_X||Phi_Y| - Re_X Re_Y - Im_X Im_Y), 1e-12)``, each (F,).
+    """
+    re_x, im_x = cf_x
+    re_y, im_y = cf_y
+    mod_x = torch.sqrt(re_x**2 + im_x**2 + _AMP_EPS)
+    mod_y = torch.sqrt(re_y**2 + im_y**2 + _AMP_EPS)
+    amp = (mod_x - mod_y)**2
+    pha = torch.clamp(2 * (mod_x * mod_y - re_x * re_y - im_x * im_y), min=_PHASE_CLAMP)
+    return amp, pha
+
+
+def sample_frequencies(num_freqs, dim, generator=None, device=None, dtype=torch.float32):
+    """Draw the NCFD frequency arguments t ~ N(0, I): (num_freqs, dim), from ``generator`` (not the global RNG)."""
+    gen_device = generator.device if generator is not None else device
+    t = torch.randn(num_freqs, dim, generator=generator, device=gen_device, dtype=dtype)
+    return t.to(device) if device is not None else t
+
+
+def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=None, normalize=True,
+         chunk_size=None):
+    """NCFD between a real and a synthetic feature set (IDC Eq. 2, 3, 6).
+
+    Args:
+        feat_real (Tensor): (B1, D) real features; usually without gradient.
+        feat_syn (Tensor): (B2, D) synthetic features; gradients flow into them.
+        num_freqs (int): number F of frequency arguments t drawn for this call (4096 in NCFM's configs).
+        alpha (float): amplitude weight; the phase term gets 1 - alpha (IDC Eq. 3). 0.5 in NCFM.
+        generator (torch.Generator | None): source of t; a fresh draw every call.
+        freqs (Tensor | None): (F, D) frequencies to use instead of drawing them (tests, shared draws).
+        normalize (bool): L2-normalise every feature row first (as NCFM). Default: True.
+        chunk_size (int | None): sample chunk for the real side's characteristic function (memory bound).
+
+    Returns:
+        Tensor: scalar, mean_t sqrt(alpha * amp + (1 - alpha) * pha) >= 0; about 7e-7 (the phase clamp) when the
+        two sets are identical.
+
+    Raises:
+        ValueError: if the sets are empty or their feature sizes differ.
+    """
+    if feat_real.ndim != 2 or feat_syn.ndim != 2 or feat_real.shape[1] != feat_syn.shape[1]:
+        raise ValueError(f'NCFD needs (B1, D) and (B2, D) features, got {tuple(feat_real.shape)} and '
+                         f'{tuple(feat_syn.shape)}')
+    if feat_real.shape[0] == 0 or feat_syn.shape[0] == 0:
+        raise ValueError('NCFD needs at least one real and one synthetic feature row')
+    if normalize:
+        feat_real = F.normalize(feat_real, dim=1)
+        feat_syn = F.normalize(feat_syn, dim=1)
+    if freqs is None:
+        freqs = sample_frequencies(num_freqs, feat_real.shape[1], generator, feat_syn.device, feat_syn.dtype)
+    amp, pha = ncfd_terms(empirical_cf(feat_real, freqs, chunk_size), empirical_cf(feat_syn, freqs))
+    return torch.sqrt(alpha * amp + (1 - alpha) * pha).mean()
+
+
+@LOSS_REGISTRY.register()
+class NCFDLoss(nn.Module):
+    """NCFD as a BasicSR loss (see :func:`ncfd`).
+
+    Args:
+        loss_weight (float): multiplier (NCFM multiplies its matching loss by 300).
+        num_freqs (int): frequencies per call. Default: 4096.
+        alpha (float): amplitude weight, phase gets 1 - alpha. Default: 0.5.
+        seed (int): seed of the loss's own generator for t. Default: 0.
+    """
+
+    def __init__(self, loss_weight=1.0, num_freqs=4096, alpha=0.5, seed=0):
+        super().__init__()
+        self.loss_weight = loss_weight
+        self.num_freqs = num_freqs
+        self.alpha = alpha
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, feat_real, feat_syn):
+        """feat_real (B1, D), feat_syn (B2, D) -> scalar loss."""
+        freqs = sample_frequencies(self.num_freqs, feat_syn.shape[1], self.generator, feat_syn.device, feat_syn.dtype)
+        return self.loss_weight * ncfd(feat_real, feat_syn, alpha=self.alpha, freqs=freqs)

@@ -1,0 +1,120 @@
+"""Shared orchestration of the distillation models (IDC, and the methods to come).
+
+A distillation run is a sequence of *units of work* (an IDC instance, a GSDD class, a diffusion stage), each
+``iters_per_unit`` iterations of BasicSR's train loop. The unit and the step inside it are derived from
+``current_iter`` alone, so BasicSR's shuffling sampler, restarts and ``--auto_resume`` cannot reorder or repeat
+work; units already in the distilled set on disk are skipped; each unit is written through the one distilled-set
+writer (``basicsr_distill.distilled_set``).
+"""
+import os
+import os.path as osp
+import time
+from collections import OrderedDict
+
+import torch
+
+from basicsr.archs import build_network
+from basicsr.models.base_model import BaseModel
+from basicsr.utils import get_root_logger
+from basicsr_distill.utils.checkpoint import load_pretrained
+
+
+class DistillBaseModel(BaseModel):
+    """Base class: frozen networks, seeded per-unit generators, progress with ETA, unit-level save / resume.
+
+    Subclasses implement ``optimize_parameters(current_iter)`` and ``unit_state()`` / ``load_unit_state()``.
+    """
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.logger = get_root_logger()
+        self.log_dict = OrderedDict()
+        self.seed = int(opt.get('manual_seed') or 0)
+        self._pending_unit_state = None
+        self._unit_times = []
+
+    # ----------------------------------------------------------------------------------------- networks
+    def build_frozen_network(self, key):
+        """Build ``opt[network_<key>]``, load ``path.pretrain_network_<key>`` strictly, eval mode, no gradients.
+
+        Raises:
+            ValueError: if the network or its weights path is not given.
+        """
+        net_opt = self.opt.get(f'network_{key}')
+        if net_opt is None:
+            raise ValueError(f'option network_{key} is required')
+        net = build_network(net_opt)
+        path = self.opt['path'].get(f'pretrain_network_{key}')
+        if not path:
+            raise ValueError(f'option path.pretrain_network_{key} is required (a local checkpoint path)')
+        if self.opt['path'].get('resume_state') and not osp.isfile(path) and 'models' in path:
+            raise ValueError(f'on resume BasicSR replaced path.pretrain_network_{key} by {path}; add network_{key} '
+                             f'to path.ignore_resume_networks in the option file')
+        load_pretrained(net, path, param_key=self.opt['path'].get(f'param_key_{key}', 'auto'),
+                        strict=self.opt['path'].get(f'strict_load_{key}', True))
+        net = net.to(self.device).eval()
+        for param in net.parameters():
+            param.requires_grad_(False)
+        self.logger.info(f'network_{key}: {type(net).__name__} loaded from {path}')
+        return net
+
+    # ----------------------------------------------------------------------------------------- units
+    @staticmethod
+    def locate(current_iter, iters_per_unit):
+        """1-based ``current_iter`` -> (unit index, 1-based step inside the unit)."""
+        unit, step = divmod(current_iter - 1, iters_per_unit)
+        return unit, step + 1
+
+    def unit_generator(self, unit_index, salt=0):
+        """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is never touched."""
+        return torch.Generator().manual_seed((self.seed * 1000003 + unit_index * 7919 + salt) % (2**63 - 1))
+
+    def log_progress(self, done_index, num_units, name, seconds, remaining):
+        """Log 'unit i of N' with the unit's time and an ETA from the mean time of the units computed so far."""
+        self._unit_times.append(seconds)
+        eta = sum(self._unit_times) / len(self._unit_times) * remaining
+        self.logger.info(f'[{type(self).__name__}] unit {done_index + 1} of {num_units} ({name}) written in '
+                         f'{seconds:.1f} s; {remaining} left, ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
+
+    # ----------------------------------------------------------------------------------------- BasicSR API
+    def feed_data(self, data):
+        """The loop's item is only a tick; the unit's data is loaded by the model (see the module docstring)."""
+
+    def update_learning_rate(self, current_iter, warmup_iter=-1):
+        """Learning rates are per unit (see the subclass); BasicSR's global schedulers are not used."""
+
+    def get_current_learning_rate(self):
+        return [group['lr'] for opt in self.optimizers for group in opt.param_groups] or [0.0]
+
+    def unit_state(self):
+        """State of the unit in progress (tensors, numbers, strings only), or None between units."""
+        return None
+
+    def load_unit_state(self, state):
+        """Restore what :meth:`unit_state` returned (called when the unit restarts after a resume)."""
+
+    def save(self, epoch, current_iter):
+        """Save the unit in progress as a BasicSR training state (atomically); -1 finalises the distilled set."""
+        if current_iter == -1:
+            self.finalize()
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [], 'schedulers': [],
+                 'unit_state': self.unit_state()}
+        path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
+        tmp = f'{path}.tmp'
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def resume_training(self, resume_state):
+        """Keep the saved unit state until the unit it belongs to starts again."""
+        self._pending_unit_state = resume_state.get('unit_state')
+
+    def take_pending_state(self, unit_index):
+        """The resumed state of ``unit_index`` if there is one (consumed once)."""
+        state, self._pending_unit_state = self._pending_unit_state, None
+        if state is not None and state.get('unit_index') == unit_index:
+            return state
+        return None
+
+    def finalize(self):
+        """Called at the end of training; subclasses mark the distilled set complete."""

@@ -1,0 +1,287 @@
+"""Instance Data Condensation (IDC, Peng et al.): Algorithm 1 as a BasicSR model.
+
+Data flow of one instance (one training image), iterations ``i * T + 1 .. (i + 1) * T`` of BasicSR's loop:
+
+1. start: real LR patches x (N, 3, h, w) of image i (SRInstanceDataset); n = max(1, round(r N)) learnable
+   patches x_hat (from real patches or noise); teacher features f(x) once, eval mode, no_grad; RLFF (channel subset
+   drawn from the instance's seeded generator, BN statistics of f(x)); local real features f''(x); K-means groups.
+2. every step: f''(x_hat) -> L = w_ins L_ins (warm-up), then + w_group L_group + w_pair L_pair while synthetic
+   local patches are assigned progressively to groups under quotas; Adam step on x_hat; clamp to [0, 1].
+3. end: x_hat^HR = teacher(x_hat) (or network_up), pairs written through the distilled-set writer.
+
+Equations: NCFD in losses/ncfd_loss.py (Eq. 2-3, 6), RLFF in ops/rlff.py (Eq. 4-5), L_group / L_pair in
+losses/idc_loss.py (Eq. 7-8), grouping in ops/grouping.py.
+"""
+import math
+import os.path as osp
+import time
+
+import torch
+
+from basicsr.data import build_dataset
+from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr_distill.distilled_set import DistilledSetWriter
+from basicsr_distill.losses.idc_loss import group_loss, instance_loss, pair_loss
+from basicsr_distill.models.distill_base_model import DistillBaseModel
+from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
+                                          nearest_real_in_group, patch_descriptors)
+from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
+from basicsr_distill.utils.feature_tap import FeatureTap
+
+#: Defaults of the ``distill`` section; the paper gives r = 0.1 and 20k iterations per image, the rest is ours.
+IDC_DEFAULTS = {
+    'ratio': 0.1,  # r: synthetic / real patches of an instance
+    'init': 'real',  # 'real' (random real patches) or 'noise' (uniform [0, 1])
+    'feature_layer': None,  # teacher layer name; None uses the teacher's forward_features()
+    'iters_per_instance': 20000,  # T
+    'warmup_iters': 2000,  # L_ins only for these steps
+    'assign_iters': 4000,  # progressive assignment runs over these steps after the warm-up
+    'assign_steps': 10,  # number of assignment rounds (linear in count)
+    'num_groups': 8,  # M (K-means groups)
+    'real_batch_size': 32,  # patches per no_grad teacher forward on the real side
+    'rlff': {'kernel_size': 3, 'num_channels': 64, 'patch_size': 8},  # k, C_out, p
+    'ncfd': {'num_freqs': 4096, 'alpha': 0.5, 'max_real_samples': 16384},
+    'weights': {'ins': 1.0, 'group': 1.0, 'pair': 0.1},  # w_ins, w_group, w_pair
+    'optim': {'type': 'Adam', 'lr': 0.01, 'betas': [0.9, 0.999]},
+    'lr_schedule': 'constant',  # or 'cosine' (per instance, to 0)
+}
+
+
+def _merge(defaults, given):
+    out = dict(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            raise ValueError(f'unknown option distill.{key}; known: {sorted(defaults)}')
+        out[key] = _merge(defaults[key], value) if isinstance(defaults[key], dict) else value
+    return out
+
+
+class _Instance:
+    """Everything about the instance being condensed; dropped when it is written (memory bound: one instance)."""
+
+
+@MODEL_REGISTRY.register()
+class IDCModel(DistillBaseModel):
+    """Instance Data Condensation for SR (Algorithm 1), one training image per unit of work.
+
+    Options: ``network_t`` / ``path.pretrain_network_t`` (teacher: features and up-sampling), optional
+    ``network_up`` / ``path.pretrain_network_up`` (a separate up-sampler, MambaIRv2 in the paper),
+    ``path.distilled_root`` (output folder, default ``<experiments_root>/distilled``), the ``distill`` section
+    (:data:`IDC_DEFAULTS`), ``datasets.train`` of type ``SRInstanceDataset`` and
+    ``train.total_iter >= num_images * distill.iters_per_instance``.
+
+    Raises:
+        ValueError: unknown ``distill`` keys, r outside (0, 1], a too small ``train.total_iter``, a bad schedule.
+    """
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.cfg = _merge(IDC_DEFAULTS, opt.get('distill'))
+        self._check_options()
+        self.net_t = self.build_frozen_network('t')
+        self.net_up = self.build_frozen_network('up') if opt.get('network_up') else self.net_t
+        self.tap = FeatureTap(self.net_t, self.cfg['feature_layer'])
+        self.source = build_dataset(opt['datasets']['train'])
+        self.scale = int(opt['scale'])
+        self.T = int(self.cfg['iters_per_instance'])
+        needed = self.source.num_instances * self.T
+        if int(opt['train']['total_iter']) < needed:
+            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: '
+                             f'{self.source.num_instances} images x distill.iters_per_instance={self.T} = {needed}')
+        root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
+        self.writer = DistilledSetWriter(
+            root, method='idc', scale=self.scale,
+            source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_images': self.source.num_instances,
+                    'gt_size': self.source.gt_size, 'stride': self.source.stride},
+            size_control={'r': self.cfg['ratio']}, options=opt)
+        self.inst = None
+        self.logger.info(f'IDC: {self.source.num_instances} instances x {self.T} iterations -> {root} '
+                         f'({len(self.writer.finished_units)} already written)')
+
+    def _check_options(self):
+        cfg = self.cfg
+        if not 0 < float(cfg['ratio']) <= 1:
+            raise ValueError(f'distill.ratio (r) must be in (0, 1], got {cfg["ratio"]}')
+        if cfg['init'] not in ('real', 'noise'):
+            raise ValueError(f"distill.init must be 'real' or 'noise', got {cfg['init']!r}")
+        if cfg['warmup_iters'] + cfg['assign_iters'] > cfg['iters_per_instance']:
+            raise ValueError('distill.warmup_iters + distill.assign_iters must not exceed distill.iters_per_instance')
+        if cfg['assign_steps'] < 1 or cfg['num_groups'] < 1:
+            raise ValueError('distill.assign_steps and distill.num_groups must be >= 1')
+        if cfg['lr_schedule'] not in ('constant', 'cosine'):
+            raise ValueError(f"distill.lr_schedule must be 'constant' or 'cosine', got {cfg['lr_schedule']!r}")
+
+    # ------------------------------------------------------------------------------------------ instance start
+    def _start_instance(self, index):
+        cfg = self.cfg
+        data = self.source.load_instance(index)
+        inst = _Instance()
+        inst.index, inst.name, inst.path, inst.t0 = index, data['name'], data['path'], time.time()
+        inst.num_real = data['lq'].shape[0]
+        inst.generator = self.unit_generator(index)
+        if inst.num_real == 0:
+            self.logger.warning(f'IDC instance {index + 1}: {data["path"]} {data["hr_shape"]} is smaller than one '
+                                f'{self.source.gt_size}x{self.source.gt_size} patch: skipped, no pair written')
+            self.inst = inst
+            return
+        real = data['lq'].to(self.device)
+        inst.n_syn = max(1, round(cfg['ratio'] * inst.num_real))
+        if cfg['init'] == 'real':
+            inst.init_ids = torch.randperm(inst.num_real, generator=inst.generator)[:inst.n_syn]
+            x0 = real[inst.init_ids.to(self.device)].clone()
+        else:
+            inst.init_ids = torch.full((inst.n_syn, ), -1, dtype=torch.long)
+            x0 = torch.rand(inst.n_syn, *real.shape[1:], generator=inst.generator).to(self.device)
+        inst.coords = data['coords']
+        inst.x_hat = torch.nn.Parameter(x0)
+        optim_cfg = dict(cfg['optim'])
+        optim_type = optim_cfg.pop('type')
+        inst.optimizer = getattr(torch.optim, optim_type)([inst.x_hat], **optim_cfg)
+        inst.base_lr = optim_cfg['lr']
+
+        feat_real = self.tap.batched(real, cfg['real_batch_size'])  # f(x), eval mode, no_grad
+        inst.rlff = RandomLocalFourierFeatures(feat_real.shape[1], cfg['rlff']['kernel_size'],
+                                               cfg['rlff']['num_channels'], cfg['rlff']['patch_size'],
+                                               generator=inst.generator, device=self.device)
+        inst.rlff.fit_bn(feat_real)
+        inst.local_real = inst.rlff(feat_real)  # (P_r, p*p, C_out)
+        del feat_real
+        inst.labels_real, inst.centroids = kmeans_groups(patch_descriptors(inst.local_real), cfg['num_groups'],
+                                                         seed=self.seed + index)
+        inst.num_groups = inst.centroids.shape[0]
+        inst.patches_per_image = inst.local_real.shape[0] // inst.num_real
+        inst.num_syn_patches = inst.n_syn * inst.patches_per_image
+        inst.quotas = group_quotas(inst.labels_real, inst.num_groups, inst.num_syn_patches)
+        inst.assigned = torch.full((inst.num_syn_patches, ), -1, dtype=torch.long, device=self.device)
+        inst.pair_index = torch.zeros(inst.num_syn_patches, dtype=torch.long, device=self.device)
+        self.inst = inst
+        self.optimizers = [inst.optimizer]
+        self.logger.info(f'IDC instance {index + 1} of {self.source.num_instances} ({inst.name}): N={inst.num_real} '
+                         f'real patches -> n={inst.n_syn} synthetic; {inst.local_real.shape[0]} real local patches '
+                         f'in {inst.num_groups} groups')
+
+    # ------------------------------------------------------------------------------------------ one step
+    def _assign_round(self, step):
+        """Progressive assignment (Sec. 3.4): round j at step warmup + 1 + round((j - 1) * assign_iters / S)."""
+        cfg, inst = self.cfg, self.inst
+        rel = step - cfg['warmup_iters'] - 1
+        num_steps, span = cfg['assign_steps'], cfg['assign_iters']
+        if rel < 0 or rel > span:
+            return None
+        for j in range(1, num_steps + 1):
+            if rel == round((j - 1) * span / num_steps):
+                return j
+        return None
+
+    def _lr(self, step):
+        if self.cfg['lr_schedule'] == 'cosine':
+            return 0.5 * self.inst.base_lr * (1 + math.cos(math.pi * (step - 1) / self.T))
+        return self.inst.base_lr
+
+    def idc_losses(self, local_syn, step):
+        """L = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up), with the assignment update.
+
+        Args:
+            local_syn (Tensor): (P_s, p*p, C_out) local features of x_hat.
+            step (int): 1-based step inside the instance.
+
+        Returns:
+            dict[str, Tensor]: l_ins, l_group, l_pair, l_total (scalars).
+        """
+        cfg, inst = self.cfg, self.inst
+        ncfd_kw = {'num_freqs': cfg['ncfd']['num_freqs'], 'alpha': cfg['ncfd']['alpha']}
+        cap = cfg['ncfd']['max_real_samples']
+        w = cfg['weights']
+        losses = {'l_ins': instance_loss(inst.local_real, local_syn, cap, inst.generator, **ncfd_kw)}
+        if step > cfg['warmup_iters']:
+            j = self._assign_round(step)
+            if j is not None:
+                target = assignment_target(j, cfg['assign_steps'], inst.num_syn_patches)
+                before = inst.assigned.clone()
+                inst.assigned = assign_progressive(patch_descriptors(local_syn), inst.centroids, inst.quotas,
+                                                   inst.assigned, target)
+                new = torch.nonzero((before < 0) & (inst.assigned >= 0)).squeeze(1)
+                if new.numel():
+                    inst.pair_index[new] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real,
+                                                                 inst.assigned, new)
+            losses['l_group'] = group_loss(inst.local_real, inst.labels_real, local_syn, inst.assigned, cap,
+                                           inst.generator, **ncfd_kw)
+            losses['l_pair'] = pair_loss(inst.local_real, local_syn, inst.assigned, inst.pair_index)
+        total = w['ins'] * losses['l_ins']
+        if 'l_group' in losses:
+            total = total + w['group'] * losses['l_group'] + w['pair'] * losses['l_pair']
+        losses['l_total'] = total
+        return losses
+
+    def optimize_parameters(self, current_iter):
+        index, step = self.locate(current_iter, self.T)
+        if index >= self.source.num_instances or self.writer.is_finished(self.source.names[index]):
+            self.log_dict.clear()
+            return
+        if self.inst is None or self.inst.index != index:
+            self._start_instance(index)
+            resumed = self.take_pending_state(index)
+            if resumed is not None and self.inst.num_real:
+                self.load_unit_state(resumed)
+        inst = self.inst
+        if inst.num_real:
+            for group in inst.optimizer.param_groups:
+                group['lr'] = self._lr(step)
+            inst.optimizer.zero_grad(set_to_none=True)
+            losses = self.idc_losses(inst.rlff(self.tap(inst.x_hat)), step)
+            losses['l_total'].backward()
+            inst.optimizer.step()
+            with torch.no_grad():
+                inst.x_hat.clamp_(0, 1)
+            self.log_dict = {k: float(v.detach()) for k, v in losses.items()}
+        if step == self.T:
+            self._write_instance()
+
+    # ------------------------------------------------------------------------------------------ instance end
+    @torch.no_grad()
+    def _write_instance(self):
+        inst = self.inst
+        pairs = []
+        if inst.num_real:
+            x_hat = inst.x_hat.detach().clamp(0, 1)
+            hr = self.net_up(x_hat).clamp(0, 1)
+            for j in range(inst.n_syn):
+                init = int(inst.init_ids[j])
+                pairs.append({
+                    'name': f'{inst.name}_idc{j:04d}',
+                    'lq': x_hat[j].permute(1, 2, 0).float().cpu().numpy(),
+                    'gt': hr[j].permute(1, 2, 0).float().cpu().numpy(),
+                    'info': {'instance': inst.name, 'instance_index': inst.index, 'source_image': inst.path,
+                             'num_real_patches': inst.num_real, 'init': self.cfg['init'],
+                             'init_patch_hr_yx': list(inst.coords[init]) if init >= 0 else None},
+                })
+        self.writer.write_unit(inst.name, pairs)
+        remaining = sum(not self.writer.is_finished(n) for n in self.source.names)
+        self.log_progress(inst.index, self.source.num_instances, inst.name, time.time() - inst.t0, remaining)
+        self.inst = None
+        self.optimizers = []
+        if remaining == 0:
+            self.finalize()
+
+    def finalize(self):
+        if all(self.writer.is_finished(n) for n in self.source.names):
+            self.writer.finalize()
+
+    # ------------------------------------------------------------------------------------------ resume
+    def unit_state(self):
+        inst = self.inst
+        if inst is None or not inst.num_real:
+            return None
+        return {'unit_index': inst.index, 'x_hat': inst.x_hat.detach().cpu(), 'optimizer': inst.optimizer.state_dict(),
+                'assigned': inst.assigned.cpu(), 'pair_index': inst.pair_index.cpu(),
+                'generator': inst.generator.get_state()}
+
+    def load_unit_state(self, state):
+        inst = self.inst
+        with torch.no_grad():
+            inst.x_hat.copy_(state['x_hat'].to(self.device))
+        inst.optimizer.load_state_dict(state['optimizer'])
+        inst.assigned = state['assigned'].to(self.device)
+        inst.pair_index = state['pair_index'].to(self.device)
+        inst.generator.set_state(state['generator'])
+        self.logger.info(f'IDC instance {inst.index + 1} ({inst.name}) resumed from its saved state')

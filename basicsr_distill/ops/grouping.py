@@ -1,0 +1,130 @@
+"""Group-level structure of IDC's multi-level matching (Sec. 3.4): K-means groups of real local feature patches,
+quota-bounded progressive assignment of synthetic local patches, and nearest-real pairing inside a group.
+
+A local patch is the unit everywhere: all p * p samples unfolded from one local feature patch stay in one group.
+Grouping and assignment use a patch descriptor, the mean of its p * p samples (C_out values); pairing uses the
+whole patch (p * p * C_out values). K-means is scikit-learn's, seeded.
+"""
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+
+def patch_descriptors(local):
+    """(P, p*p, C) local patches -> (P, C) descriptors (mean over the patch's samples)."""
+    return local.mean(dim=1)
+
+
+def kmeans_groups(desc_real, num_groups, seed=0, n_init=3):
+    """Partition real local patches into M groups with K-means.
+
+    Args:
+        desc_real (Tensor): (P_r, C) real patch descriptors.
+        num_groups (int): M; reduced to the number of distinct descriptors when there are fewer.
+        seed (int): K-means random_state.
+        n_init (int): K-means restarts.
+
+    Returns:
+        tuple[Tensor, Tensor]: labels (P_r,) int64 in [0, M') and centroids (M', C) float on desc_real's device.
+    """
+    data = desc_real.detach().double().cpu().numpy()
+    m = int(min(num_groups, len(np.unique(data.round(8), axis=0))))
+    if m <= 1:
+        labels = np.zeros(len(data), dtype=np.int64)
+        centroids = data.mean(0, keepdims=True)
+    else:
+        km = KMeans(n_clusters=m, n_init=n_init, random_state=seed).fit(data)
+        labels, centroids = km.labels_.astype(np.int64), km.cluster_centers_
+    return (torch.from_numpy(labels).to(desc_real.device),
+            torch.from_numpy(centroids).to(device=desc_real.device, dtype=desc_real.dtype))
+
+
+def group_quotas(labels_real, num_groups, num_syn):
+    """Synthetic patches per group, proportional to the real group sizes (largest-remainder rounding).
+
+    Args:
+        labels_real (Tensor): (P_r,) real group labels in [0, M).
+        num_groups (int): M.
+        num_syn (int): total synthetic local patches P_s.
+
+    Returns:
+        Tensor: (M,) int64 quotas q_m with sum q_m = P_s and |q_m - P_s |G_m| / P_r| < 1.
+    """
+    sizes = torch.bincount(labels_real.cpu(), minlength=num_groups).double()
+    exact = sizes / sizes.sum() * num_syn
+    quotas = torch.floor(exact).long()
+    remainder = num_syn - int(quotas.sum())
+    if remainder > 0:
+        order = torch.argsort(exact - quotas.double(), descending=True, stable=True)
+        quotas[order[:remainder]] += 1
+    return quotas
+
+
+def assignment_target(step, num_steps, num_syn):
+    """Number of synthetic patches assigned after assignment step ``step`` of ``num_steps`` (1-based, linear)."""
+    return int(round(num_syn * min(step, num_steps) / num_steps))
+
+
+def assign_progressive(desc_syn, centroids, quotas, assigned, target):
+    """Assign more synthetic patches to their nearest centroid, nearest first, within the group quotas.
+
+    Already assigned patches keep their group. Unassigned (patch, group) pairs are taken in increasing centroid
+    distance; a pair is accepted while the patch is free and the group is below its quota, until ``target``
+    patches are assigned in total.
+
+    Args:
+        desc_syn (Tensor): (P_s, C) synthetic patch descriptors.
+        centroids (Tensor): (M, C).
+        quotas (Tensor): (M,) int64, sum = P_s.
+        assigned (Tensor): (P_s,) int64 group of each synthetic patch, -1 when unassigned.
+        target (int): number of assigned patches wanted after this call (<= P_s).
+
+    Returns:
+        Tensor: the new (P_s,) assignment (a copy).
+    """
+    assigned = assigned.clone().cpu()
+    counts = torch.bincount(assigned[assigned >= 0], minlength=len(quotas)).cpu()
+    free = torch.nonzero(assigned < 0).squeeze(1)
+    todo = target - int((assigned >= 0).sum())
+    if todo <= 0 or free.numel() == 0:
+        return assigned.to(desc_syn.device)
+    dist = torch.cdist(desc_syn.detach()[free.to(desc_syn.device)].double(), centroids.detach().double()).cpu()
+    order = torch.argsort(dist.flatten(), stable=True)
+    num_groups = dist.shape[1]
+    quotas = quotas.cpu()
+    for flat in order.tolist():
+        row, group = divmod(flat, num_groups)
+        patch = int(free[row])
+        if assigned[patch] >= 0 or counts[group] >= quotas[group]:
+            continue
+        assigned[patch] = group
+        counts[group] += 1
+        todo -= 1
+        if todo == 0:
+            break
+    return assigned.to(desc_syn.device)
+
+
+def nearest_real_in_group(local_syn, local_real, labels_real, assigned, patch_ids):
+    """Index of the most similar real local patch (Euclidean over p*p*C) in the same group, for given syn patches.
+
+    Args:
+        local_syn (Tensor): (P_s, p*p, C) synthetic local patches.
+        local_real (Tensor): (P_r, p*p, C) real local patches.
+        labels_real (Tensor): (P_r,) real groups.
+        assigned (Tensor): (P_s,) synthetic groups (>= 0 for ``patch_ids``).
+        patch_ids (Tensor): (K,) synthetic patches to pair.
+
+    Returns:
+        Tensor: (K,) int64 indices into the real patches.
+    """
+    out = torch.empty(len(patch_ids), dtype=torch.long, device=local_syn.device)
+    syn_flat = local_syn.detach().flatten(1)
+    real_flat = local_real.detach().flatten(1)
+    groups = assigned[patch_ids]
+    for group in torch.unique(groups).tolist():
+        rows = torch.nonzero(groups == group).squeeze(1)
+        members = torch.nonzero(labels_real == group).squeeze(1)
+        dist = torch.cdist(syn_flat[patch_ids[rows]], real_flat[members])
+        out[rows] = members[torch.argmin(dist, dim=1)]
+    return out
