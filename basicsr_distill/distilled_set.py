@@ -225,8 +225,14 @@ def _write_bytes_atomic(path, data):
 
 
 def _write_json_atomic(path, obj):
-    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + '\n'
-    _write_bytes_atomic(path, text.encode('utf-8'))
+    """Write a JSON dict atomically; a ``pairs`` list is written last, one compact line per pair."""
+    head = {k: v for k, v in obj.items() if k != 'pairs'}
+    text = json.dumps(head, indent=2, ensure_ascii=False, allow_nan=False)
+    if 'pairs' in obj:
+        lines = ',\n'.join(f'    {json.dumps(p, ensure_ascii=False, allow_nan=False)}' for p in obj['pairs'])
+        pairs = f'[\n{lines}\n  ]' if lines else '[]'
+        text = f'{text[:-2]},\n  "pairs": {pairs}\n}}' if head else f'{{\n  "pairs": {pairs}\n}}'
+    _write_bytes_atomic(path, (text + '\n').encode('utf-8'))
 
 
 def _encode_png(img_rgb_u8, what):
@@ -870,14 +876,20 @@ def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_th
     source = {'manifest_updated': manifest.get('updated'), 'num_pairs': len(names)}
     for kind, sub in (('hr', HR_DIR), ('lr', LR_DIR)):
         tmp = osp.join(root, f'{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{kind}.lmdb')
+        files = [f'{n}.png' for n in names]
+        # BasicSR estimates the map size from the first image only (too small for small or uneven sets); the map
+        # is a sparse reservation, so be generous
+        map_size = max(64 << 20, 10 * sum(osp.getsize(osp.join(root, sub, f)) for f in files))
         try:
             make_lmdb_from_imgs(
                 osp.join(root, sub),
-                tmp, [f'{n}.png' for n in names],
+                tmp,
+                files,
                 names,
                 compress_level=compress_level,
                 multiprocessing_read=multiprocessing_read,
-                n_thread=n_thread)
+                n_thread=n_thread,
+                map_size=map_size)
             _write_json_atomic(osp.join(tmp, LMDB_SOURCE_NAME), source)
             os.replace(tmp, targets[kind])
         except BaseException:

@@ -94,8 +94,8 @@ def imdn_key_map(key):
     return key
 
 
-def _imdn_load_state_dict_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys,
-                                   unexpected_keys, error_msgs):
+def _imdn_load_state_dict_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                   error_msgs):
     """Rename the keys under ``prefix`` of ``state_dict`` in place with :func:`imdn_key_map`.
 
     ``nn.Module.load_state_dict`` works on a shallow copy of the dict it is given, so the caller's dict is untouched.

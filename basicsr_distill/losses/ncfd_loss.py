@@ -62,6 +62,20 @@ def ncfd_terms(cf_x, cf_y):
     return amp, pha
 
 
+def ncfd_from_cf(cf_x, cf_y, alpha=0.5):
+    """NCFD from two characteristic functions on the same frequencies: mean_t sqrt(alpha amp + (1 - alpha) pha).
+
+    Args:
+        cf_x, cf_y (tuple[Tensor, Tensor]): (Re, Im), each (F,) (or (..., F): the mean is over the last axis).
+        alpha (float): amplitude weight (IDC Eq. 3).
+
+    Returns:
+        Tensor: mean over the last axis (scalar for (F,) inputs).
+    """
+    amp, pha = ncfd_terms(cf_x, cf_y)
+    return torch.sqrt(alpha * amp + (1 - alpha) * pha).mean(-1)
+
+
 def sample_frequencies(num_freqs, dim, generator=None, device=None, dtype=torch.float32):
     """Draw the NCFD frequency arguments t ~ N(0, I): (num_freqs, dim), from ``generator`` (not the global RNG)."""
     gen_device = generator.device if generator is not None else device
@@ -100,8 +114,7 @@ def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=N
         feat_syn = F.normalize(feat_syn, dim=1)
     if freqs is None:
         freqs = sample_frequencies(num_freqs, feat_real.shape[1], generator, feat_syn.device, feat_syn.dtype)
-    amp, pha = ncfd_terms(empirical_cf(feat_real, freqs, chunk_size), empirical_cf(feat_syn, freqs))
-    return torch.sqrt(alpha * amp + (1 - alpha) * pha).mean()
+    return ncfd_from_cf(empirical_cf(feat_real, freqs, chunk_size), empirical_cf(feat_syn, freqs), alpha)
 
 
 @LOSS_REGISTRY.register()

@@ -21,7 +21,7 @@ import torch
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.distilled_set import DistilledSetWriter
-from basicsr_distill.losses.idc_loss import group_loss, instance_loss, pair_loss
+from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_ncfd, pair_loss
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
                                           nearest_real_in_group, patch_descriptors)
@@ -40,7 +40,7 @@ IDC_DEFAULTS = {
     'num_groups': 8,  # M (K-means groups)
     'real_batch_size': 32,  # patches per no_grad teacher forward on the real side
     'rlff': {'kernel_size': 3, 'num_channels': 64, 'patch_size': 8},  # k, C_out, p
-    'ncfd': {'num_freqs': 4096, 'alpha': 0.5, 'max_real_samples': 16384},
+    'ncfd': {'num_freqs': 4096, 'alpha': 0.5, 'bank_size': 16384},  # F per step, alpha, B (losses/idc_loss.py)
     'weights': {'ins': 1.0, 'group': 1.0, 'pair': 0.1},  # w_ins, w_group, w_pair
     'optim': {'type': 'Adam', 'lr': 0.01, 'betas': [0.9, 0.999]},
     'lr_schedule': 'constant',  # or 'cosine' (per instance, to 0)
@@ -151,6 +151,8 @@ class IDCModel(DistillBaseModel):
         inst.num_groups = inst.centroids.shape[0]
         inst.patches_per_image = inst.local_real.shape[0] // inst.num_real
         inst.num_syn_patches = inst.n_syn * inst.patches_per_image
+        inst.bank = RealCharacteristicBank(inst.local_real, inst.labels_real, inst.num_groups,
+                                           cfg['ncfd']['bank_size'], generator=inst.generator)
         inst.quotas = group_quotas(inst.labels_real, inst.num_groups, inst.num_syn_patches)
         inst.assigned = torch.full((inst.num_syn_patches, ), -1, dtype=torch.long, device=self.device)
         inst.pair_index = torch.zeros(inst.num_syn_patches, dtype=torch.long, device=self.device)
@@ -189,10 +191,8 @@ class IDCModel(DistillBaseModel):
             dict[str, Tensor]: l_ins, l_group, l_pair, l_total (scalars).
         """
         cfg, inst = self.cfg, self.inst
-        ncfd_kw = {'num_freqs': cfg['ncfd']['num_freqs'], 'alpha': cfg['ncfd']['alpha']}
-        cap = cfg['ncfd']['max_real_samples']
         w = cfg['weights']
-        losses = {'l_ins': instance_loss(inst.local_real, local_syn, cap, inst.generator, **ncfd_kw)}
+        losses = {}
         if step > cfg['warmup_iters']:
             j = self._assign_round(step)
             if j is not None:
@@ -204,8 +204,11 @@ class IDCModel(DistillBaseModel):
                 if new.numel():
                     inst.pair_index[new] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real,
                                                                  inst.assigned, new)
-            losses['l_group'] = group_loss(inst.local_real, inst.labels_real, local_syn, inst.assigned, cap,
-                                           inst.generator, **ncfd_kw)
+        l_ins, l_group = multi_level_ncfd(inst.bank, local_syn, inst.assigned, cfg['ncfd']['num_freqs'],
+                                          cfg['ncfd']['alpha'], inst.generator)
+        losses['l_ins'] = l_ins
+        if step > cfg['warmup_iters']:
+            losses['l_group'] = l_group
             losses['l_pair'] = pair_loss(inst.local_real, local_syn, inst.assigned, inst.pair_index)
         total = w['ins'] * losses['l_ins']
         if 'l_group' in losses:
@@ -223,6 +226,9 @@ class IDCModel(DistillBaseModel):
             resumed = self.take_pending_state(index)
             if resumed is not None and self.inst.num_real:
                 self.load_unit_state(resumed)
+            if not self.inst.num_real:  # too small for one patch: record the empty unit now, idle until the next
+                self._write_instance()
+                return
         inst = self.inst
         if inst.num_real:
             for group in inst.optimizer.param_groups:
@@ -262,6 +268,11 @@ class IDCModel(DistillBaseModel):
         self.optimizers = []
         if remaining == 0:
             self.finalize()
+
+    def get_current_learning_rate(self):
+        if self.inst is not None and getattr(self.inst, 'num_real', 0):
+            return [self.inst.optimizer.param_groups[0]['lr']]
+        return [self.cfg['optim']['lr']]
 
     def finalize(self):
         if all(self.writer.is_finished(n) for n in self.source.names):

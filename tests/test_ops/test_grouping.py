@@ -1,7 +1,10 @@
 import torch
 
 import basicsr_distill  # noqa: F401
-from basicsr_distill.losses.idc_loss import group_loss, pair_loss
+from torch.nn import functional as F
+
+from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_ncfd, pair_loss
+from basicsr_distill.losses.ncfd_loss import empirical_cf, ncfd_from_cf
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
                                           nearest_real_in_group)
 
@@ -51,15 +54,45 @@ def test_pair_picks_nearest_real_patch_of_same_group():
     assert pair_loss(real, syn, torch.tensor([-1, -1]), idx).item() == 0
 
 
-def test_group_loss_only_over_assigned_groups():
+def _direct(local_real, labels_real, local_syn, assigned, freqs):
+    """Eq. 6-7 written out: NCFD of all samples, and the sum over assigned groups of the group NCFD."""
+    c = local_syn.shape[-1]
+
+    def cf(x):
+        return empirical_cf(F.normalize(x.reshape(-1, c), dim=1), freqs)
+
+    l_ins = ncfd_from_cf(cf(local_real), cf(local_syn))
+    l_group = sum(ncfd_from_cf(cf(local_real[labels_real == g]), cf(local_syn[assigned == g]))
+                  for g in torch.unique(assigned[assigned >= 0]).tolist())
+    return l_ins, l_group
+
+
+def test_multi_level_ncfd_matches_equations_and_skips_unassigned_groups():
     gen = torch.Generator().manual_seed(0)
-    real = torch.randn(6, 4, 3, generator=gen)
-    labels = torch.tensor([0, 0, 0, 1, 1, 1])
-    syn = real[[0, 3]].clone().requires_grad_(True)
-    none = group_loss(real, labels, syn, torch.tensor([-1, -1]), generator=torch.Generator().manual_seed(0),
-                      num_freqs=64)
-    assert none.item() == 0
-    one = group_loss(real, labels, syn, torch.tensor([0, -1]), generator=torch.Generator().manual_seed(0),
-                     num_freqs=64)
-    one.backward()
-    assert one.item() > 0 and syn.grad[1].abs().sum() == 0 and syn.grad[0].abs().sum() > 0
+    real = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    syn = (real[[0, 3, 5]] + 0.3 * torch.randn(3, 4, 3, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    bank = RealCharacteristicBank(real, labels, 3, bank_size=16, generator=torch.Generator().manual_seed(1))
+    assert bank.cf_ins[0].shape == (16, ) and bank.cf_group[0].shape == (3, 16)
+    # F = B: every bank frequency is used, so the result must equal the direct formula on bank.freqs
+    assigned = torch.tensor([0, -1, 2])
+    l_ins, l_group = multi_level_ncfd(bank, syn, assigned, num_freqs=16, generator=torch.Generator().manual_seed(2))
+    d_ins, d_group = _direct(real, labels, syn, assigned, bank.freqs)
+    assert torch.allclose(l_ins, d_ins) and torch.allclose(l_group, d_group)
+    l_group.backward()
+    assert syn.grad[1].abs().sum() == 0 and syn.grad[0].abs().sum() > 0 and syn.grad[2].abs().sum() > 0
+    _, nothing = multi_level_ncfd(bank, syn, torch.tensor([-1, -1, -1]), num_freqs=8)
+    assert nothing.item() == 0
+    # a subset of F < B frequencies is the direct formula on that subset
+    l_sub, _ = multi_level_ncfd(bank, syn, assigned, num_freqs=5, generator=torch.Generator().manual_seed(3))
+    idx = torch.randperm(16, generator=torch.Generator().manual_seed(3))[:5]
+    assert torch.allclose(l_sub, _direct(real, labels, syn, assigned, bank.freqs[idx])[0])
+
+
+def test_fused_characteristic_backward_gradcheck():
+    from basicsr_distill.losses.idc_loss import _SegmentedCharacteristic
+    gen = torch.Generator().manual_seed(0)
+    samples = torch.randn(7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    freqs = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    segment = torch.tensor([0, 1, -1, 1, 2, 0, -1])
+    assert torch.autograd.gradcheck(lambda x: _SegmentedCharacteristic.apply(x, freqs, segment, 3), (samples, ))

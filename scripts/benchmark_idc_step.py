@@ -1,0 +1,139 @@
+"""Benchmark one IDC step: where the time goes, and the memory of one instance.
+
+Builds ``IDCModel`` from an option file (default: the CPU demo), starts one instance and times each part of a
+step after the warm-up (all three losses active), split into teacher forward / backward, RLFF forward / backward,
+NCFD (L_ins and L_group, forward + backward), the pair loss and the grouping (assignment + pairing). Prints a table
+of median milliseconds and shares of the step, and the memory of the instance. Ratios, not absolute times, are
+what carries over between machines. Usage::
+
+    python scripts/benchmark_idc_step.py [-opt options/distill/idc_demo.yml] [--instance 0] [--repeats 20]
+"""
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+import yaml
+
+import basicsr_distill  # noqa: F401
+from basicsr.utils.options import ordered_yaml
+from basicsr_distill.losses.idc_loss import multi_level_ncfd, pair_loss
+from basicsr_distill.models.idc_model import IDCModel
+from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, nearest_real_in_group,
+                                          patch_descriptors)
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def build_model(opt_path, out_dir):
+    with open(opt_path) as f:
+        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt['is_train'], opt['dist'], opt['rank'], opt['world_size'] = True, False, 0, 1
+    opt['num_gpu'] = torch.cuda.device_count()
+    opt['path'].update(experiments_root=out_dir, training_states=out_dir, distilled_root=f'{out_dir}/distilled')
+    opt['datasets']['train'].update(scale=opt['scale'], phase='train')
+    return IDCModel(opt)
+
+
+def time_step(model, step):
+    """One step with every part timed separately; returns {part: seconds}."""
+    inst, cfg, dev = model.inst, model.cfg, model.device
+    w = cfg['weights']
+    t = {}
+
+    def clock(name, fn):
+        _sync(dev)
+        start = time.perf_counter()
+        out = fn()
+        _sync(dev)
+        t[name] = t.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+    inst.optimizer.zero_grad(set_to_none=True)
+    feat = clock('teacher forward', lambda: model.tap(inst.x_hat))
+    feat_leaf = feat.detach().requires_grad_(True)
+    local = clock('RLFF forward', lambda: inst.rlff(feat_leaf))
+    local_leaf = local.detach().requires_grad_(True)
+
+    def grouping():
+        before = inst.assigned.clone()
+        inst.assigned = assign_progressive(patch_descriptors(local_leaf), inst.centroids, inst.quotas,
+                                           before.fill_(-1), assignment_target(step, step, inst.num_syn_patches))
+        new = torch.nonzero(inst.assigned >= 0).squeeze(1)
+        inst.pair_index[new] = nearest_real_in_group(local_leaf, inst.local_real, inst.labels_real, inst.assigned,
+                                                     new)
+
+    clock('grouping (assign + pair search)', grouping)
+
+    def ncfd_fb():
+        l_ins, l_group = multi_level_ncfd(inst.bank, local_leaf, inst.assigned, cfg['ncfd']['num_freqs'],
+                                          cfg['ncfd']['alpha'], inst.generator)
+        (w['ins'] * l_ins + w['group'] * l_group).backward()
+
+    clock('NCFD (L_ins + L_group, fwd + bwd)', ncfd_fb)
+    clock('pair loss (fwd + bwd)',
+          lambda: (w['pair'] * pair_loss(inst.local_real, local_leaf, inst.assigned, inst.pair_index)).backward())
+    clock('RLFF backward', lambda: local.backward(local_leaf.grad))
+    clock('teacher backward', lambda: feat.backward(feat_leaf.grad))
+    clock('optimizer step + clamp', lambda: (inst.optimizer.step(), inst.x_hat.data.clamp_(0, 1)))
+    return t
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('-opt', default='options/distill/idc_demo.yml')
+    parser.add_argument('--instance', type=int, default=0)
+    parser.add_argument('--repeats', type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(args.opt, tmp)
+        rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if model.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        model._start_instance(args.instance)
+        setup_s = time.perf_counter() - start
+        inst = model.inst
+        step = model.cfg['warmup_iters'] + model.cfg['assign_iters'] + 1  # all losses on, fully assigned
+        for _ in range(3):  # warm-up of the allocator / kernels
+            time_step(model, step)
+        runs = [time_step(model, step) for _ in range(args.repeats)]
+        rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        held = sum(x.numel() * x.element_size() for x in (inst.local_real, inst.x_hat, inst.labels_real))
+        cuda_peak = torch.cuda.max_memory_allocated() if model.device.type == 'cuda' else None
+
+    group_key = 'grouping (assign + pair search)'
+    parts = [p for p in runs[0] if p != group_key]
+    med = {p: statistics.median(r[p] for r in runs) for p in runs[0]}
+    rounds = model.cfg['assign_steps']
+    med['grouping, amortised'] = med.pop(group_key) * rounds / model.T  # runs in assign_steps of T steps only
+    parts.append('grouping, amortised')
+    total = sum(med[p] for p in parts)
+    print(f'IDC step benchmark: {args.opt}, instance {args.instance} ({inst.name}), device {model.device}, '
+          f'{torch.get_num_threads()} threads, {args.repeats} repeats (median)')
+    print(f'instance: N={inst.num_real} real LR patches {tuple(inst.x_hat.shape[1:])}, n={inst.n_syn} synthetic, '
+          f'{inst.local_real.shape[0]} real / {inst.num_syn_patches} synthetic local patches, '
+          f'{inst.num_groups} groups; instance setup (real features, RLFF, K-means) {setup_s * 1e3:.0f} ms')
+    print(f'{"part":40s} {"ms":>9s} {"share":>7s}')
+    for p in parts:
+        print(f'{p:40s} {med[p] * 1e3:9.2f} {med[p] / total:7.1%}')
+    teacher = med['teacher forward'] + med['teacher backward']
+    print(f'{"step total":40s} {total * 1e3:9.2f}')
+    print(f'(grouping: {med["grouping, amortised"] * model.T / rounds * 1e3:.2f} ms per assignment round, '
+          f'{rounds} rounds in {model.T} steps)')
+    print(f'teacher forward + backward: {teacher / total:.1%} of the step; everything else: '
+          f'{(total - teacher) / total:.1%} (target <= 25%)')
+    print(f'memory: instance tensors kept for the whole instance {held / 2**20:.1f} MiB; process peak RSS '
+          f'{rss0 / 1024:.0f} MiB at start, {rss_model / 1024:.0f} MiB with the model, {rss_peak / 1024:.0f} MiB after '
+          f'the instance' + (f'; CUDA peak allocated {cuda_peak / 2**20:.1f} MiB' if cuda_peak else ''))
+
+
+if __name__ == '__main__':
+    main()

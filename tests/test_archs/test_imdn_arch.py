@@ -1,0 +1,149 @@
+"""Tests of the IMDN arch: strict loading of both public checkpoints, the key map, features and hooks."""
+import os
+import os.path as osp
+from collections import OrderedDict
+
+import pytest
+
+import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
+
+import torch  # noqa: E402
+from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+from torch import nn  # noqa: E402
+
+from basicsr_distill.archs.imdn_arch import IMDN, imdn_key_map  # noqa: E402
+from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
+from conftest import SHARED  # noqa: E402
+
+WEIGHTS = osp.join(SHARED, 'weights')
+IMDN_X4 = osp.join(WEIGHTS, 'IMDN_x4.pth')
+IMDN_NTIRE22 = osp.join(WEIGHTS, 'imdn_baseline.pth')
+RFDN = osp.join(WEIGHTS, 'rfdn_baseline.pth')
+needs_weights = pytest.mark.skipif(
+    not all(osp.isfile(p) for p in (IMDN_X4, IMDN_NTIRE22, RFDN)), reason=f'pretrained weights not in {WEIGHTS}')
+
+LAYOUTS = [('imdb', IMDN_X4, 6, 715176), ('imdb_ntire22', IMDN_NTIRE22, 8, 893936)]
+
+
+def _raw(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_registered():
+    assert ARCH_REGISTRY.get('IMDN') is IMDN
+
+
+def test_unknown_block_type():
+    with pytest.raises(ValueError, match='block_type'):
+        IMDN(block_type='rfdb')
+
+
+@pytest.mark.parametrize('block_type, num_block', [('imdb', 6), ('imdb_ntire22', 8)])
+def test_forward_features_shape(block_type, num_block):
+    net = IMDN(num_feat=16, block_type=block_type, cca_reduction=4).eval()
+    assert len(net.body) == num_block
+    x = torch.rand(2, 3, 12, 10)
+    with torch.no_grad():
+        feat = net.forward_features(x)
+        out = net(x)
+        assert feat.shape == (2, 16, 12, 10)
+        assert out.shape == (2, 3, 48, 40)
+        assert torch.equal(out, net.upsample(feat))
+    assert hasattr(net, 'conv_aggregate') == (block_type == 'imdb')
+    assert isinstance(net.body[0].cca, nn.Identity) == (block_type == 'imdb_ntire22')
+
+
+def test_forward_hook_on_named_layer():
+    net = IMDN(num_feat=16, num_block=2, upscale=2, cca_reduction=4).eval()
+    seen = {}
+    layers = dict(net.named_modules())
+    for name in ('body.1.conv_fuse', 'conv_after_body', 'body.0.cca'):
+        layers[name].register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.shape))
+    with torch.no_grad():
+        net(torch.rand(1, 3, 8, 8))
+    assert seen == {name: (1, 16, 8, 8) for name in ('body.1.conv_fuse', 'conv_after_body', 'body.0.cca')}
+
+
+def test_key_map():
+    assert imdn_key_map('module.fea_conv.weight') == 'conv_first.weight'
+    assert imdn_key_map('module.IMDB1.c1.bias') == 'body.0.conv1.bias'
+    assert imdn_key_map('module.IMDB6.c5.weight') == 'body.5.conv_fuse.weight'
+    assert imdn_key_map('module.IMDB2.cca.conv_du.0.weight') == 'body.1.cca.conv_down.weight'
+    assert imdn_key_map('module.IMDB2.cca.conv_du.2.bias') == 'body.1.cca.conv_up.bias'
+    assert imdn_key_map('module.c.0.weight') == 'conv_aggregate.weight'
+    assert imdn_key_map('module.LR_conv.weight') == 'conv_after_body.weight'
+    assert imdn_key_map('module.upsampler.0.bias') == 'upsample.0.bias'
+    assert imdn_key_map('model.0.weight') == 'conv_first.weight'
+    assert imdn_key_map('model.1.sub.3.conv2.0.weight') == 'body.3.conv2.weight'
+    assert imdn_key_map('model.1.sub.7.conv4.bias') == 'body.7.conv4.bias'
+    assert imdn_key_map('model.1.sub.0.conv1x1.weight') == 'body.0.conv_fuse.weight'
+    assert imdn_key_map('model.1.sub.8.weight') == 'conv_after_body.weight'
+    assert imdn_key_map('model.2.bias') == 'upsample.0.bias'
+    for key in IMDN(block_type='imdb').state_dict():  # our own names are left alone
+        assert imdn_key_map(key) == key
+
+
+@needs_weights
+@pytest.mark.parametrize('block_type, path, num_block, num_params', LAYOUTS)
+def test_load_raw_checkpoint_strict(block_type, path, num_block, num_params):
+    raw = _raw(path)
+    keys_before = list(raw)
+    net = IMDN(block_type=block_type)
+    assert sum(p.numel() for p in net.parameters()) == num_params
+    net.load_state_dict(raw, strict=True)
+    assert list(raw) == keys_before  # the caller's dict is not renamed
+    # every tensor of the checkpoint lands in the parameter named by the key map
+    ours = net.state_dict()
+    for key, value in raw.items():
+        assert torch.equal(ours[imdn_key_map(key)], value)
+    # our own names load back, also through load_pretrained
+    IMDN(block_type=block_type).load_state_dict(ours, strict=True)
+    net2 = load_pretrained(IMDN(block_type=block_type), path)
+    assert all(torch.equal(v, ours[k]) for k, v in net2.state_dict().items())
+
+
+@needs_weights
+def test_load_as_submodule():
+    """The pre-hook handles a parent prefix (e.g. a teacher inside a distillation model)."""
+    parent = nn.Module()
+    parent.teacher = IMDN()
+    raw = _raw(IMDN_X4)
+    parent.load_state_dict(OrderedDict((f'teacher.{k}', v) for k, v in raw.items()), strict=True)
+    assert torch.equal(parent.teacher.conv_first.weight, raw['module.fea_conv.weight'])
+
+
+@needs_weights
+@pytest.mark.parametrize('block_type, path', [('imdb', RFDN), ('imdb', IMDN_NTIRE22), ('imdb_ntire22', IMDN_X4)])
+def test_wrong_weights_fail(block_type, path):
+    with pytest.raises(RuntimeError) as info:
+        load_pretrained(IMDN(block_type=block_type), path)
+    msg = str(info.value)
+    assert path in msg
+    assert 'Missing key(s)' in msg and 'Unexpected key(s)' in msg
+    if path == RFDN:
+        assert '"B1.' in msg and '"body.0.conv1.weight"' in msg
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / 'nope.pth')
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        load_pretrained(IMDN(), path)
+
+
+def test_param_key(tmp_path):
+    src = IMDN(num_feat=16, num_block=2, cca_reduction=4)
+    ema = IMDN(num_feat=16, num_block=2, cca_reduction=4)
+    path = str(tmp_path / 'net_g.pth')
+    torch.save({'params': src.state_dict(), 'params_ema': ema.state_dict()}, path)
+
+    net = load_pretrained(IMDN(num_feat=16, num_block=2, cca_reduction=4), path)  # auto: params_ema first
+    assert torch.equal(net.conv_first.weight, ema.conv_first.weight)
+    net = load_pretrained(IMDN(num_feat=16, num_block=2, cca_reduction=4), path, param_key='params')
+    assert torch.equal(net.conv_first.weight, src.conv_first.weight)
+    with pytest.raises(ValueError, match='params_x'):
+        load_pretrained(net, path, param_key='params_x')
+
+    wrapped = nn.DataParallel(IMDN(num_feat=16, num_block=2, cca_reduction=4))
+    torch.save({'params': OrderedDict((f'module.{k}', v) for k, v in src.state_dict().items())}, path)
+    assert load_pretrained(wrapped, path) is wrapped
+    assert torch.equal(wrapped.module.conv_first.weight, src.conv_first.weight)
