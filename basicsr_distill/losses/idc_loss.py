@@ -9,11 +9,17 @@ draws F of the B frequencies afresh; the synthetic samples are projected once on
 gives both L_ins (mean over all samples) and L_group (mean per group). With B -> infinity this is NCFM's fresh
 draw per call; the bank removes the real side from the per-step cost (the step then scales with the synthetic
 set only) and lets every real sample count instead of a subsample.
+
+Per step, the whole set and the groups are one batch: their characteristic functions are the rows of one
+(2, 1 + M', F) tensor ([Re, Im] x [whole set, group 1 .. M']) and Eq. 3 is evaluated once on all rows.
 """
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from basicsr_distill.losses.ncfd_loss import ncfd_from_cf, sample_frequencies
+
+_NORM_EPS = 1e-12  # eps of F.normalize
 
 
 class RealCharacteristicBank:
@@ -29,8 +35,9 @@ class RealCharacteristicBank:
 
     Attributes:
         freqs (Tensor): (B, C) frequencies.
-        cf_ins (tuple[Tensor, Tensor]): (Re, Im) of the whole instance, each (B,).
-        cf_group (tuple[Tensor, Tensor]): (Re, Im) per group, each (M, B).
+        cf (Tensor): (2, 1 + M, B) [Re, Im] of the whole instance (row 0) and of group m (row 1 + m).
+        cf_ins (tuple[Tensor, Tensor]): (Re, Im) of the whole instance, each (B,) (views of ``cf``).
+        cf_group (tuple[Tensor, Tensor]): (Re, Im) per group, each (M, B) (views of ``cf``).
     """
 
     def __init__(self, local_real, labels_real, num_groups, bank_size, generator=None, chunk_size=8192):
@@ -46,38 +53,64 @@ class RealCharacteristicBank:
             groups = sample_group[start:start + chunk_size]
             re_g.index_add_(0, groups, torch.cos(proj))
             im_g.index_add_(0, groups, torch.sin(proj))
-        self.cf_ins = (re_g.sum(0) / counts.sum(), im_g.sum(0) / counts.sum())
-        self.cf_group = (re_g / counts.clamp(min=1)[:, None], im_g / counts.clamp(min=1)[:, None])
+        total, size = counts.sum(), counts.clamp(min=1)[:, None]
+        self.cf = torch.stack([torch.cat([re_g.sum(0, keepdim=True) / total, re_g / size]),
+                               torch.cat([im_g.sum(0, keepdim=True) / total, im_g / size])])
+        self.cf_ins = (self.cf[0, 0], self.cf[1, 0])
+        self.cf_group = (self.cf[0, 1:], self.cf[1, 1:])
         self.bank_size = bank_size
 
 
 class _SegmentedCharacteristic(torch.autograd.Function):
-    """Empirical characteristic function of all samples and of each segment (group), with a fused backward.
+    """Empirical characteristic function of the L2-normalised samples, of the whole set and of each segment (group).
 
-    Forward: proj = samples @ freqs^T (S, F); Re = mean cos(proj), Im = mean sin(proj) over all S samples and over
-    the samples of each segment (a (G, S) averaging matrix times cos / sin). Backward reuses the saved cos / sin
-    (autograd would recompute them and expand the means separately): d proj = cos * G_im - sin * G_re, where
-    G = (averaging matrix)^T @ (segment gradients) + (whole-set gradient) / S; then d samples = d proj @ freqs.
+    Samples come in blocks (local patches) whose samples share one segment. Forward: u = x / max(||x||, eps)
+    (``F.normalize``), proj = u @ freqs^T, and the block sums of cos / sin(proj) times a (1 + G, P) averaging
+    matrix A (row 0: 1 / S for every block; row 1 + g: 1 / (samples of segment g) for the blocks of g, else 0)
+    give Re and Im of all S samples and of each segment in one matmul. Backward reuses the saved cos / sin and u:
+    with W = A^T @ grad ((2, P, F), the weight of every sample of a block), d proj = cos * W_im - sin * W_re,
+    d u = d proj @ freqs and d x = (d u - u <u, d u>) / ||x|| (d u / eps where ||x|| < eps, as F.normalize).
+    The frequencies get no gradient.
+
+    Args (of ``apply``):
+        samples (Tensor): (P, n, C) P blocks of n samples (or (S, C): blocks of one sample).
+        freqs (Tensor): (F, C) frequencies.
+        segment (Tensor): (P,) segment of each block in [0, G), -1 for blocks in no segment.
+        num_segments (int): G.
+
+    Returns:
+        Tensor: (2, 1 + G, F) [Re, Im] x [all samples, segment 0, ..., segment G - 1] (zero rows for empty segments).
     """
 
     @staticmethod
     def forward(ctx, samples, freqs, segment, num_segments):
-        proj = samples @ freqs.t()
-        cos, sin = torch.cos(proj), torch.sin(proj)
-        del proj
-        onehot = (segment[None, :] == torch.arange(num_segments, device=segment.device)[:, None]).to(samples.dtype)
-        average = onehot / onehot.sum(1, keepdim=True).clamp(min=1)  # (G, S), rows of unassigned samples are 0
-        ctx.save_for_backward(cos, sin, freqs, average)
-        return cos.mean(0), sin.mean(0), average @ cos, average @ sin
+        blocks = samples if samples.dim() == 3 else samples[:, None]
+        num_blocks, block, _ = blocks.shape
+        norm = torch.linalg.vector_norm(blocks, dim=-1, keepdim=True)
+        inv_norm = norm.clamp(min=_NORM_EPS).reciprocal_()
+        unit = blocks * inv_norm
+        cs = unit.new_empty(2, num_blocks, block, freqs.shape[0])
+        torch.matmul(unit, freqs.t(), out=cs[0])  # proj
+        torch.sin(cs[0], out=cs[1])
+        cs[0].cos_()
+        member = segment[None, :] == torch.arange(num_segments, device=segment.device)[:, None]  # (G, P)
+        size = member.sum(1, keepdim=True) * block
+        average = torch.cat([unit.new_full((1, num_blocks), 1 / (num_blocks * block)),
+                             member.to(unit.dtype) / size.clamp(min=1)])  # (1 + G, P)
+        ctx.save_for_backward(cs, unit, inv_norm, norm >= _NORM_EPS, freqs, average)
+        ctx.input_shape = samples.shape
+        return torch.matmul(average, cs.sum(2))
 
     @staticmethod
-    def backward(ctx, g_re, g_im, g_re_seg, g_im_seg):
-        cos, sin, freqs, average = ctx.saved_tensors
-        num = cos.shape[0]
-        per_re = torch.addmm(g_re[None, :] / num, average.t(), g_re_seg)  # (S, F)
-        per_im = torch.addmm(g_im[None, :] / num, average.t(), g_im_seg)
-        grad_proj = torch.addcmul(cos * per_im, sin, per_re, value=-1)
-        return grad_proj @ freqs, None, None, None
+    @once_differentiable
+    def backward(ctx, grad):
+        cs, unit, inv_norm, inside, freqs, average = ctx.saved_tensors
+        weight = torch.matmul(average.t(), grad)[:, :, None]  # (2, P, 1, F)
+        grad_proj = torch.mul(cs[0], weight[1]).addcmul_(cs[1], weight[0], value=-1)  # (P, n, F)
+        grad_unit = torch.mm(grad_proj.view(-1, freqs.shape[0]), freqs).view(grad_proj.shape[:2] + freqs.shape[1:])
+        radial = (unit * grad_unit).sum(-1, keepdim=True).mul_(inside)
+        grad_samples = grad_unit.addcmul_(unit, radial, value=-1).mul_(inv_norm)
+        return grad_samples.view(ctx.input_shape), None, None, None
 
 
 def multi_level_ncfd(bank, local_syn, assigned, num_freqs, alpha=0.5, generator=None):
@@ -100,25 +133,21 @@ def multi_level_ncfd(bank, local_syn, assigned, num_freqs, alpha=0.5, generator=
     """
     gen_device = generator.device if generator is not None else 'cpu'
     idx = torch.randperm(bank.bank_size, generator=generator, device=gen_device)[:num_freqs].to(local_syn.device)
-    channels = local_syn.shape[-1]
-    samples = F.normalize(local_syn.reshape(-1, channels), dim=1)
-    num_groups = bank.cf_group[0].shape[0]
-    segment = assigned.repeat_interleave(local_syn.shape[1])
-    re, im, re_g, im_g = _SegmentedCharacteristic.apply(samples, bank.freqs[idx], segment, num_groups)
-    l_ins = ncfd_from_cf((bank.cf_ins[0][idx], bank.cf_ins[1][idx]), (re, im), alpha)
     groups = torch.unique(assigned[assigned >= 0])
-    if groups.numel() == 0:
-        return l_ins, local_syn.new_zeros(())
-    cf_real = (bank.cf_group[0][groups][:, idx], bank.cf_group[1][groups][:, idx])
-    l_group = ncfd_from_cf(cf_real, (re_g[groups], im_g[groups]), alpha).sum()
-    return l_ins, l_group
+    rows = torch.cat([groups.new_zeros(1), groups + 1])  # the whole set, then the groups holding assigned patches
+    num_groups = bank.cf.shape[1] - 1
+    cf_syn = _SegmentedCharacteristic.apply(local_syn, bank.freqs[idx], assigned, num_groups)[:, rows]
+    cf_real = bank.cf[:, rows[:, None], idx]  # (2, 1 + M', F)
+    dist = ncfd_from_cf(cf_real.unbind(0), cf_syn.unbind(0), alpha)  # (1 + M',)
+    return dist[0], dist[1:].sum()
 
 
 def pair_loss(local_real, local_syn, assigned, pair_index):
     """L_pair (Eq. 8): sum_m (1/N_m) sum_i ||f''(x)^{g_m(i)} - f''(x_hat)^{g_m(i)}||_1.
 
     The L1 norm of a pair is taken as the mean absolute difference over its p*p*C values (a normalisation
-    choice: it keeps w_pair independent of p and C_out).
+    choice: it keeps w_pair independent of p and C_out). Computed as one weighted sum over all synthetic patches,
+    with weight 1 / (N_m p*p*C) for an assigned patch of group m and 0 for an unassigned one.
 
     Args:
         local_real (Tensor): (P_r, p*p, C).
@@ -129,10 +158,10 @@ def pair_loss(local_real, local_syn, assigned, pair_index):
     Returns:
         Tensor: scalar (0 if nothing is assigned).
     """
-    rows = torch.nonzero(assigned >= 0).squeeze(1)
-    if rows.numel() == 0:
+    valid = assigned >= 0
+    if not bool(valid.any()):
         return local_syn.new_zeros(())
-    per_pair = (local_real[pair_index[rows]] - local_syn[rows]).abs().flatten(1).mean(1)
-    group_size = torch.bincount(assigned[rows])[assigned[rows]].to(per_pair.dtype)
-    return (per_pair / group_size).sum()  # = sum over groups of the mean over the group's pairs
-
+    group_size = torch.bincount(assigned[valid]).clamp_(min=1)[assigned.clamp(min=0)]  # N_m (>= 1 if unassigned)
+    weight = valid / (group_size * local_syn[0].numel()).to(local_syn.dtype)  # (P_s,)
+    diff = local_real[torch.where(valid, pair_index, 0)] - local_syn
+    return diff.abs().sum((1, 2)) @ weight
