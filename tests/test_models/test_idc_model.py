@@ -1,4 +1,5 @@
 """IDCModel end to end on real images with the real pretrained teacher, through BasicSR's own train_pipeline."""
+import json
 import os
 import os.path as osp
 import shutil
@@ -139,6 +140,29 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
         _run_basicsr_train(_write_yaml(train_opt, tmp_path / f'{name}.yml'), tmp_path, monkeypatch)
         assert osp.isfile(tmp_path / 'experiments' / name / 'models' / 'net_g_latest.pth')
 
+    # and BasicSR's test loop measures it on the bundled Set5 with the project's test option file
+    from basicsr.test import test_pipeline
+    with open(osp.join(REPO, 'options', 'test', 'EDSR', 'test_EDSR_x4_demo.yml')) as f:
+        test_opt = yaml.load(f, Loader=ordered_yaml()[0])
+    test_opt = json.loads(json.dumps(test_opt))  # plain dicts for yaml.safe_dump
+    test_opt.pop('plugin')
+    test_opt['num_gpu'] = 0
+    test_opt['network_g'].update(num_feat=8, num_block=1)
+    test_opt['path']['pretrain_network_g'] = str(tmp_path / 'experiments' / name / 'models' / 'net_g_latest.pth')
+    for key in ('dataroot_gt', 'dataroot_lq'):
+        test_opt['datasets']['test_1'][key] = osp.join(REPO, test_opt['datasets']['test_1'][key])
+    monkeypatch.setattr(sys, 'argv', ['basicsr/test.py', '-opt', _write_yaml(test_opt, tmp_path / 'test.yml')])
+    import io
+    import logging
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger('basicsr').addHandler(handler)  # BasicSR's logger does not propagate to pytest's caplog
+    try:
+        test_pipeline(str(tmp_path))
+    finally:
+        logging.getLogger('basicsr').removeHandler(handler)
+    assert 'Validation Set5' in stream.getvalue() and '# psnr' in stream.getvalue()
+
 
 def test_written_instances_are_never_recomputed(tmp_path, monkeypatch):
     hr_folder = _images(tmp_path)
@@ -212,3 +236,37 @@ def test_too_small_total_iter_is_refused(tmp_path):
     opt['train']['total_iter'] = 2 * T
     with pytest.raises(ValueError, match=r'train.total_iter=12 is too small: 3 images x'):
         _model(opt)
+
+
+def test_auto_resume_on_cpu_after_a_crash_gives_the_uninterrupted_set(tmp_path, monkeypatch):
+    hr_folder = _images(tmp_path)
+    monkeypatch.chdir(tmp_path)  # BasicSR's --auto_resume looks for experiments/<name> in the current directory
+    straight = _distill_opt(tmp_path / 'a', hr_folder)
+    _run_basicsr_train(_write_yaml(straight, tmp_path / 'a.yml'), tmp_path, monkeypatch)
+
+    crashed = _distill_opt(tmp_path / 'b', hr_folder)
+    crashed['name'] = 'idc_crash'
+    crashed['logger']['save_checkpoint_freq'] = 7  # states at 7 and 14 (step 2 of the third instance, tt27)
+    opt_path = _write_yaml(crashed, tmp_path / 'b.yml')
+    original = IDCModel.optimize_parameters
+
+    def crash_at_16(self, current_iter):
+        if current_iter == 16:
+            raise RuntimeError('simulated crash')
+        return original(self, current_iter)
+
+    monkeypatch.setattr(IDCModel, 'optimize_parameters', crash_at_16)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        _run_basicsr_train(opt_path, tmp_path, monkeypatch)
+    assert read_manifest(crashed['path']['distilled_root'])['units_finished'] == ['t20', 'tiny']
+    monkeypatch.setattr(IDCModel, 'optimize_parameters', original)
+    _run_basicsr_train(opt_path, tmp_path, monkeypatch, '--auto_resume')  # resumes from 14.state, on the CPU
+
+    a = read_manifest(straight['path']['distilled_root'])
+    b = read_manifest(crashed['path']['distilled_root'])
+    assert b['complete'] and [p['name'] for p in a['pairs']] == [p['name'] for p in b['pairs']]
+    for pair in a['pairs']:
+        for sub, ext in (('lr_float', 'npy'), ('hr', 'png'), ('lr', 'png')):
+            with open(osp.join(straight['path']['distilled_root'], sub, f'{pair["name"]}.{ext}'), 'rb') as fa, \
+                    open(osp.join(crashed['path']['distilled_root'], sub, f'{pair["name"]}.{ext}'), 'rb') as fb:
+                assert fa.read() == fb.read(), pair['name']
