@@ -2,9 +2,14 @@
 
 Builds ``IDCModel`` from an option file (default: the CPU demo), starts one instance and times each part of a
 step after the warm-up (all three losses active), split into teacher forward / backward, RLFF forward / backward,
-NCFD (L_ins and L_group, forward + backward), the pair loss and the grouping (assignment + pairing). Prints a table
-of median milliseconds and shares of the step, and the memory of the instance. Ratios, not absolute times, are
-what carries over between machines. Usage::
+NCFD (L_ins and L_group, forward + backward), the pair loss, the optimizer (zero_grad, Adam step, clamp) and the
+grouping. The grouping runs in ``assign_steps`` of the T steps only: all its rounds (assignment + pair search of the
+newly assigned patches, as ``IDCModel.idc_losses`` does them) are timed together and spread over the T steps.
+Prints a table of median milliseconds and shares of the step, the median of real steps
+(``IDCModel.optimize_parameters`` after the assignment, one graph and one backward) next to the table's total as a
+check that the parts add up to the real work, and the memory of the instance. Ratios, not absolute times, are what
+carries over between machines; on a shared machine, other processes make the times noisy (repeat the run).
+Usage::
 
     python scripts/benchmark_idc_step.py [-opt options/distill/idc_demo.yml] [--instance 0] [--repeats 20]
 """
@@ -25,6 +30,10 @@ from basicsr_distill.ops.grouping import (assign_progressive, assignment_target,
                                           patch_descriptors)
 
 
+OPTIM = 'optimizer (zero_grad, step, clamp)'
+GROUPING = 'grouping (all assignment rounds)'
+
+
 def _sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize()
@@ -40,8 +49,23 @@ def build_model(opt_path, out_dir):
     return IDCModel(opt)
 
 
-def time_step(model, step):
-    """One step with every part timed separately; returns {part: seconds}."""
+def assignment_rounds(model, local_syn):
+    """All ``assign_steps`` assignment rounds of the instance from no assignment, as ``IDCModel.idc_losses``."""
+    inst, cfg = model.inst, model.cfg
+    inst.assigned = torch.full_like(inst.assigned, -1)
+    for j in range(1, cfg['assign_steps'] + 1):
+        target = assignment_target(j, cfg['assign_steps'], inst.num_syn_patches)
+        before = inst.assigned.clone()
+        inst.assigned = assign_progressive(patch_descriptors(local_syn), inst.centroids, inst.quotas, inst.assigned,
+                                           target)
+        new = torch.nonzero((before < 0) & (inst.assigned >= 0)).squeeze(1)
+        if new.numel():
+            inst.pair_index[new] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real, inst.assigned,
+                                                         new)
+
+
+def time_step(model):
+    """One step with every part timed separately (all losses on, fully assigned); returns {part: seconds}."""
     inst, cfg, dev = model.inst, model.cfg, model.device
     w = cfg['weights']
     t = {}
@@ -54,21 +78,12 @@ def time_step(model, step):
         t[name] = t.get(name, 0.0) + time.perf_counter() - start
         return out
 
-    inst.optimizer.zero_grad(set_to_none=True)
+    clock(OPTIM, lambda: inst.optimizer.zero_grad(set_to_none=True))
     feat = clock('teacher forward', lambda: model.tap(inst.x_hat))
     feat_leaf = feat.detach().requires_grad_(True)
     local = clock('RLFF forward', lambda: inst.rlff(feat_leaf))
     local_leaf = local.detach().requires_grad_(True)
-
-    def grouping():
-        before = inst.assigned.clone()
-        inst.assigned = assign_progressive(patch_descriptors(local_leaf), inst.centroids, inst.quotas,
-                                           before.fill_(-1), assignment_target(step, step, inst.num_syn_patches))
-        new = torch.nonzero(inst.assigned >= 0).squeeze(1)
-        inst.pair_index[new] = nearest_real_in_group(local_leaf, inst.local_real, inst.labels_real, inst.assigned,
-                                                     new)
-
-    clock('grouping (assign + pair search)', grouping)
+    clock(GROUPING, lambda: assignment_rounds(model, local_leaf))
 
     def ncfd_fb():
         l_ins, l_group = multi_level_ncfd(inst.bank, local_leaf, inst.assigned, cfg['ncfd']['num_freqs'],
@@ -80,8 +95,17 @@ def time_step(model, step):
           lambda: (w['pair'] * pair_loss(inst.local_real, local_leaf, inst.assigned, inst.pair_index)).backward())
     clock('RLFF backward', lambda: local.backward(local_leaf.grad))
     clock('teacher backward', lambda: feat.backward(feat_leaf.grad))
-    clock('optimizer step + clamp', lambda: (inst.optimizer.step(), inst.x_hat.data.clamp_(0, 1)))
+    clock(OPTIM, lambda: (inst.optimizer.step(), inst.x_hat.data.clamp_(0, 1)))
     return t
+
+
+def time_real_step(model, current_iter):
+    """Seconds of one ``IDCModel.optimize_parameters`` (the real step: one graph, one backward)."""
+    _sync(model.device)
+    start = time.perf_counter()
+    model.optimize_parameters(current_iter)
+    _sync(model.device)
+    return time.perf_counter() - start
 
 
 def main():
@@ -102,19 +126,22 @@ def main():
         setup_s = time.perf_counter() - start
         inst = model.inst
         step = model.cfg['warmup_iters'] + model.cfg['assign_iters'] + 1  # all losses on, fully assigned
-        for _ in range(3):  # warm-up of the allocator / kernels
-            time_step(model, step)
-        runs = [time_step(model, step) for _ in range(args.repeats)]
+        real_iter = args.instance * model.T + step if step < model.T else None  # step T would write the instance
+        runs, real = [], []
+        for _ in range(3 + args.repeats):  # 3 warm-up steps (allocator, kernels); real steps interleaved
+            runs.append(time_step(model))
+            if real_iter is not None:
+                real.append(time_real_step(model, real_iter))
+        runs, real = runs[3:], real[3:]
         rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         held = sum(x.numel() * x.element_size() for x in (inst.local_real, inst.x_hat, inst.labels_real))
         cuda_peak = torch.cuda.max_memory_allocated() if model.device.type == 'cuda' else None
 
-    group_key = 'grouping (assign + pair search)'
-    parts = [p for p in runs[0] if p != group_key]
     med = {p: statistics.median(r[p] for r in runs) for p in runs[0]}
     rounds = model.cfg['assign_steps']
-    med['grouping, amortised'] = med.pop(group_key) * rounds / model.T  # runs in assign_steps of T steps only
-    parts.append('grouping, amortised')
+    med['grouping, amortised'] = med.pop(GROUPING) / model.T  # all rounds of an instance, spread over its T steps
+    parts = ['teacher forward', 'RLFF forward', 'NCFD (L_ins + L_group, fwd + bwd)', 'pair loss (fwd + bwd)',
+             'RLFF backward', 'teacher backward', OPTIM, 'grouping, amortised']
     total = sum(med[p] for p in parts)
     print(f'IDC step benchmark: {args.opt}, instance {args.instance} ({inst.name}), device {model.device}, '
           f'{torch.get_num_threads()} threads, {args.repeats} repeats (median)')
@@ -126,8 +153,11 @@ def main():
         print(f'{p:40s} {med[p] * 1e3:9.2f} {med[p] / total:7.1%}')
     teacher = med['teacher forward'] + med['teacher backward']
     print(f'{"step total":40s} {total * 1e3:9.2f}')
-    print(f'(grouping: {med["grouping, amortised"] * model.T / rounds * 1e3:.2f} ms per assignment round, '
-          f'{rounds} rounds in {model.T} steps)')
+    print(f'(grouping: {med["grouping, amortised"] * model.T * 1e3:.2f} ms for the {rounds} assignment rounds of an '
+          f'instance, spread over its {model.T} steps)')
+    if real:
+        print(f'check: real step (IDCModel.optimize_parameters, fully assigned) {statistics.median(real) * 1e3:.2f} '
+              f'ms; table total without grouping {(total - med["grouping, amortised"]) * 1e3:.2f} ms')
     print(f'teacher forward + backward: {teacher / total:.1%} of the step; everything else: '
           f'{(total - teacher) / total:.1%} (target <= 25%)')
     print(f'memory: instance tensors kept for the whole instance {held / 2**20:.1f} MiB; process peak RSS '

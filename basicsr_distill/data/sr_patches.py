@@ -1,5 +1,6 @@
 """Reading training images and cutting aligned HR / LR patch pairs (shared by the IDC instance dataset and the
 coreset baselines)."""
+import os
 import os.path as osp
 
 import cv2
@@ -87,7 +88,6 @@ def list_images(folder, meta_info_file=None):
             names = [line.split()[0] for line in f if line.strip()]
         paths = [osp.join(folder, n) for n in names]
     else:
-        import os
         paths = [osp.join(folder, n) for n in sorted(os.listdir(folder)) if n.lower().endswith(IMG_EXTENSIONS)]
     if not paths:
         raise FileNotFoundError(f'no image found in {folder}')

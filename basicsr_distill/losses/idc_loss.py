@@ -118,7 +118,8 @@ def multi_level_ncfd(bank, local_syn, assigned, num_freqs, alpha=0.5, generator=
 
     L_ins = NCFD(all real samples, all synthetic samples); L_group = sum over the groups m that hold at least one
     assigned synthetic patch of NCFD(g_m(x), g_m(x_hat)) with id() as feature map. Both use the same F frequencies,
-    drawn without replacement from the bank, and one projection of the synthetic samples.
+    drawn without replacement from the bank, and one projection of the synthetic samples; Eq. 3 is evaluated once
+    on the stacked characteristic functions of the whole set and of those groups.
 
     Args:
         bank (RealCharacteristicBank): the instance's real side.

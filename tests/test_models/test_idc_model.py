@@ -156,11 +156,15 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
     import logging
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    logging.getLogger('basicsr').addHandler(handler)  # BasicSR's logger does not propagate to pytest's caplog
+    logger = logging.getLogger('basicsr')  # BasicSR's logger does not propagate to pytest's caplog
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         test_pipeline(str(tmp_path))
     finally:
-        logging.getLogger('basicsr').removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert 'Validation Set5' in stream.getvalue() and '# psnr' in stream.getvalue()
 
 
