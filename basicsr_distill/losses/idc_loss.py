@@ -31,7 +31,8 @@ class RealCharacteristicBank:
         num_groups (int): M.
         bank_size (int): B, number of frequencies in the bank.
         generator (torch.Generator | None): draws the bank.
-        chunk_size (int): real samples per chunk when computing the characteristic functions (memory bound).
+        chunk_elements (int): bound on chunk x B elements of each cos / sin block while the characteristic
+            functions are accumulated (memory bound: 2**22 floats = 16 MiB per block).
 
     Attributes:
         freqs (Tensor): (B, C) frequencies.
@@ -40,7 +41,7 @@ class RealCharacteristicBank:
         cf_group (tuple[Tensor, Tensor]): (Re, Im) per group, each (M, B) (views of ``cf``).
     """
 
-    def __init__(self, local_real, labels_real, num_groups, bank_size, generator=None, chunk_size=8192):
+    def __init__(self, local_real, labels_real, num_groups, bank_size, generator=None, chunk_elements=2**22):
         channels = local_real.shape[-1]
         self.freqs = sample_frequencies(bank_size, channels, generator, local_real.device, local_real.dtype)
         samples = F.normalize(local_real.reshape(-1, channels), dim=1)
@@ -48,6 +49,7 @@ class RealCharacteristicBank:
         re_g = samples.new_zeros(num_groups, bank_size)
         im_g = samples.new_zeros(num_groups, bank_size)
         counts = torch.bincount(sample_group, minlength=num_groups).to(samples.dtype)
+        chunk_size = max(1, chunk_elements // bank_size)
         for start in range(0, samples.shape[0], chunk_size):
             proj = samples[start:start + chunk_size] @ self.freqs.t()  # (chunk, B)
             groups = sample_group[start:start + chunk_size]
