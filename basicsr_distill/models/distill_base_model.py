@@ -19,6 +19,19 @@ from basicsr.utils import get_root_logger
 from basicsr_distill.utils.checkpoint import load_pretrained
 
 
+def merge_options(defaults, given, prefix='distill'):
+    """``defaults`` updated by ``given`` (nested dicts merged); unknown keys raise ValueError naming the option."""
+    out = dict(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            raise ValueError(f'unknown option {prefix}.{key}; known: {sorted(defaults)}')
+        if isinstance(defaults[key], dict) and defaults[key] and isinstance(value, dict):
+            out[key] = merge_options(defaults[key], value, f'{prefix}.{key}')
+        else:
+            out[key] = value
+    return out
+
+
 class DistillBaseModel(BaseModel):
     """Base class: frozen networks, seeded per-unit generators, progress with ETA, unit-level save / resume.
 

@@ -22,7 +22,7 @@ from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_ncfd, pair_loss
-from basicsr_distill.models.distill_base_model import DistillBaseModel
+from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
                                           nearest_real_in_group, patch_descriptors)
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
@@ -47,15 +47,6 @@ IDC_DEFAULTS = {
 }
 
 
-def _merge(defaults, given):
-    out = dict(defaults)
-    for key, value in (given or {}).items():
-        if key not in defaults:
-            raise ValueError(f'unknown option distill.{key}; known: {sorted(defaults)}')
-        out[key] = _merge(defaults[key], value) if isinstance(defaults[key], dict) else value
-    return out
-
-
 class _Instance:
     """Everything about the instance being condensed; dropped when it is written (memory bound: one instance)."""
 
@@ -76,7 +67,7 @@ class IDCModel(DistillBaseModel):
 
     def __init__(self, opt):
         super().__init__(opt)
-        self.cfg = _merge(IDC_DEFAULTS, opt.get('distill'))
+        self.cfg = merge_options(IDC_DEFAULTS, opt.get('distill'))
         self._check_options()
         self.net_t = self.build_frozen_network('t')
         self.net_up = self.build_frozen_network('up') if opt.get('network_up') else self.net_t
