@@ -1,0 +1,215 @@
+"""Randomly initialised ResNet18 feature extractor of Distribution Matching (Zhao & Bilen, WACV 2023), as GSDD uses it.
+
+DM (and GSDD, Eq. 7-8) matches mean embeddings psi_theta(x) of real and synthetic images under networks psi_theta
+that are *sampled afresh every iteration* (theta ~ P_theta, PyTorch's default initialisation) and never trained.
+The ResNet18 of the DM reference code differs from torchvision's:
+
+* a 3x3 stride-1 first conv and no max-pool (made for 32x32 images);
+* instance norm, written as ``GroupNorm(C, C, affine=True)`` (one group per channel);
+* BasicBlocks [2, 2, 2, 2] with widths ``num_feat`` x (1, 2, 4, 8), stages 2-4 starting with stride 2 and a
+  1x1-conv + norm shortcut;
+* the embedding is ``avg_pool2d(out, 4)`` flattened, so its size grows with the input resolution:
+  ``D = 8 num_feat * floor(ceil(H / 8) / 4) * floor(ceil(W / 8) / 4)`` (512 for 32x32 inputs and the default
+  width, 2048 for 64x64). The pooling drops the remainder rows / columns when ``ceil(H / 8)`` is not a multiple of
+  4, as ``avg_pool2d`` does.
+
+All convs are bias-free, as in the reference. No classifier is built: ``forward`` and ``embed`` both return the
+embedding.
+
+Randomness: :meth:`DMResNet18.reset_parameters` re-draws every weight from a given ``torch.Generator`` only, so a
+seeded generator replaces the reference code's wall-clock seeding (``time.time()``) and the global RNG is never
+touched. Weights are drawn on the generator's device and copied, so the same generator state gives the same network
+on any device. :func:`sample_dm_network` builds such a network (without touching the global RNG even while
+constructing it) frozen and in eval mode.
+"""
+import math
+
+import torch
+from torch import nn as nn
+from torch.nn import functional as F
+
+from basicsr.utils.registry import ARCH_REGISTRY
+
+_NORMS = ('instance', 'batch', 'none')
+
+
+def _make_norm(norm, num_channels):
+    """Norm layer by name: ``'instance'`` -> GroupNorm(C, C, affine), ``'batch'`` -> BatchNorm2d, ``'none'``."""
+    if norm == 'instance':
+        return nn.GroupNorm(num_channels, num_channels, affine=True)
+    if norm == 'batch':
+        return nn.BatchNorm2d(num_channels)
+    return nn.Identity()
+
+
+class DMBasicBlock(nn.Module):
+    """ResNet BasicBlock: ``relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))``, 3x3 bias-free convs.
+
+    Args:
+        in_ch (int): Input channels.
+        out_ch (int): Output channels.
+        stride (int): Stride of ``conv1`` and of the shortcut. Default: 1.
+        norm (str): ``'instance'``, ``'batch'`` or ``'none'``. Default: ``'instance'``.
+    """
+
+    def __init__(self, in_ch, out_ch, stride=1, norm='instance'):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.norm1 = _make_norm(norm, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.norm2 = _make_norm(norm, out_ch)
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), _make_norm(norm, out_ch))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x):
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+@ARCH_REGISTRY.register()
+class DMResNet18(nn.Module):
+    """ResNet18 embedding network of DM / GSDD (see the module docstring for the layout and the embedding size).
+
+    Args:
+        num_in_ch (int): Input channels. Default: 3.
+        num_feat (int): Width of the first stage; stages have ``num_feat`` x (1, 2, 4, 8) channels. Default: 64 (the
+            reference; smaller widths make CPU runs cheap).
+        norm (str): ``'instance'`` (the reference for DM: GroupNorm with one group per channel, no batch
+            statistics), ``'batch'`` (BatchNorm2d: in eval mode it uses its running statistics, in train mode the
+            batch's, so embeddings then depend on the batch) or ``'none'``. Default: ``'instance'``.
+        num_block (Sequence[int]): BasicBlocks per stage. Default: (2, 2, 2, 2) (ResNet18).
+        pool_size (int): Kernel and stride of the final ``avg_pool2d``. Default: 4.
+
+    Raises:
+        ValueError: If ``norm`` is unknown or ``num_block`` does not have 4 entries.
+
+    Input: images, shape (n, num_in_ch, H, W), any value range (DM feeds normalised images; GSDD the [0, 1] images
+    after DSA), ``ceil(H / 8)`` and ``ceil(W / 8)`` at least ``pool_size`` (H, W >= 25 by default).
+    Output: embeddings, shape (n, D) with ``D = self.embed_dim(H, W)``.
+    """
+
+    def __init__(self, num_in_ch=3, num_feat=64, norm='instance', num_block=(2, 2, 2, 2), pool_size=4):
+        super().__init__()
+        if norm not in _NORMS:
+            raise ValueError(f'DMResNet18: norm must be one of {_NORMS}, got {norm!r}.')
+        if len(num_block) != 4:
+            raise ValueError(f'DMResNet18: num_block needs 4 entries (one per stage), got {num_block}.')
+        self.num_in_ch = num_in_ch
+        self.num_feat = num_feat
+        self.norm = norm
+        self.pool_size = pool_size
+        self.conv1 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1, bias=False)
+        self.norm1 = _make_norm(norm, num_feat)
+        in_ch = num_feat
+        for i, blocks in enumerate(num_block):
+            out_ch = num_feat * 2**i
+            stride = 1 if i == 0 else 2
+            layer = []
+            for j in range(blocks):
+                layer.append(DMBasicBlock(in_ch, out_ch, stride if j == 0 else 1, norm))
+                in_ch = out_ch
+            self.add_module(f'layer{i + 1}', nn.Sequential(*layer))
+        self.num_out_feat = in_ch
+
+    def embed_dim(self, height, width):
+        """Embedding size D for (height, width) inputs: ``8 num_feat * floor(ceil(H/8)/p) * floor(ceil(W/8)/p)``."""
+        return self.num_out_feat * (math.ceil(height / 8) // self.pool_size) * (math.ceil(width / 8) // self.pool_size)
+
+    def forward(self, x):
+        """Embed a batch of images.
+
+        Args:
+            x (Tensor): Shape (n, num_in_ch, H, W).
+
+        Returns:
+            Tensor: Shape (n, D), ``D = self.embed_dim(H, W)``. With ``norm='instance'`` or ``'none'`` (or
+            ``'batch'`` in eval mode) each row depends on its own image only.
+
+        Raises:
+            ValueError: If ``x`` is not 4-D with ``num_in_ch`` channels, or too small to give a non-empty embedding.
+        """
+        if x.ndim != 4 or x.shape[1] != self.num_in_ch:
+            raise ValueError(f'DMResNet18 expects (n, {self.num_in_ch}, H, W) inputs, got {tuple(x.shape)}.')
+        if self.embed_dim(x.shape[2], x.shape[3]) == 0:
+            min_size = 8 * (self.pool_size - 1) + 1
+            raise ValueError(f'DMResNet18: inputs of size {tuple(x.shape[2:])} are too small; height and width must '
+                             f'be >= {min_size} (ceil(size / 8) >= pool_size={self.pool_size}).')
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.avg_pool2d(out, self.pool_size)
+        return out.flatten(1)
+
+    def embed(self, x):
+        """Same as :meth:`forward` (the reference's ``embed``: the network has no classifier to skip)."""
+        return self.forward(x)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator):
+        """Re-draw every parameter from ``generator`` only, as PyTorch's default initialisation would.
+
+        Convs: ``kaiming_uniform_(w, a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``nn.Conv2d``'s
+        default; the convs have no bias). Norm layers: weight 1, bias 0; BatchNorm running statistics reset to
+        mean 0, var 1. Values are drawn on ``generator.device`` and copied into the parameters, so the result does
+        not depend on the network's device, and the global RNG is never used. Also works on a network made with
+        ``to_empty`` (uninitialised memory): every parameter and buffer is overwritten.
+
+        Args:
+            generator (torch.Generator): Source of the random weights; advanced by the draw.
+
+        Returns:
+            DMResNet18: ``self``.
+
+        Raises:
+            TypeError: If ``generator`` is not a ``torch.Generator``, or the network holds a module type with
+                parameters that this method does not know how to initialise.
+        """
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f'reset_parameters needs a torch.Generator, got {type(generator).__name__}.')
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Conv2d):
+                weight = torch.empty(module.weight.shape, dtype=module.weight.dtype, device=generator.device)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+                module.weight.copy_(weight)
+                if module.bias is not None:
+                    raise TypeError(f'DMResNet18.reset_parameters: conv "{name}" has a bias, which is not handled.')
+            elif isinstance(module, (nn.GroupNorm, nn.BatchNorm2d)):
+                if module.weight is not None:
+                    module.weight.fill_(1)
+                    module.bias.zero_()
+                if isinstance(module, nn.BatchNorm2d):
+                    module.reset_running_stats()
+            elif any(True for _ in module.parameters(recurse=False)):
+                raise TypeError(f'DMResNet18.reset_parameters: cannot initialise "{name}" ({type(module).__name__}).')
+        return self
+
+
+def sample_dm_network(generator, device=None, **opts):
+    """A fresh random :class:`DMResNet18` drawn from ``generator``: frozen (no parameter requires grad), eval mode.
+
+    The network is constructed on the ``meta`` device (no memory, no random draws), allocated on ``device`` and
+    filled by :meth:`DMResNet18.reset_parameters`, so the global RNG is never touched and the same generator state
+    gives the same network on every device. To draw a new network every iteration without re-allocating, call
+    ``net.reset_parameters(generator)`` on the returned one instead.
+
+    Note:
+        With ``norm='batch'`` the DM reference embeds in train mode (batch statistics); in the eval mode returned
+        here BatchNorm uses its fresh running statistics (mean 0, var 1), i.e. it is the identity. Call
+        ``net.train()`` for the reference behaviour.
+
+    Args:
+        generator (torch.Generator): Source of the weights (advanced by the draw).
+        device (str | torch.device | None): Device of the network; None: the generator's device.
+        **opts: Options of :class:`DMResNet18` (``num_in_ch``, ``num_feat``, ``norm``, ``num_block``, ``pool_size``).
+
+    Returns:
+        DMResNet18: The network, in eval mode, with ``requires_grad=False`` on every parameter.
+    """
+    device = generator.device if device is None else torch.device(device)
+    with torch.device('meta'):
+        net = DMResNet18(**opts)
+    net = net.to_empty(device=device).reset_parameters(generator)
+    net.requires_grad_(False)
+    return net.eval()

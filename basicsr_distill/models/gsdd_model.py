@@ -1,0 +1,269 @@
+"""Generative Space Dataset Distillation (GSDD, Zhang et al., AAAI 2024) as a BasicSR model.
+
+One class is one unit of work (classes are independent: each class's latents get gradients only from its own
+loss), iterations ``c * T + 1 .. (c + 1) * T`` of BasicSR's loop:
+
+1. start: IPC real images of class c (seeded draw), a gt-size crop x_k of each; latents z_k shaped like G's input
+   (an LR image for SR generators) initialised by GAN inversion, Eq. 3-5: z_k = argmin D_f + D_p, from the bicubic
+   LR of x_k, with ``inversion.iters`` Adam steps; each latent keeps its paired x_k for R.
+2. every step: a fresh randomly initialised DMResNet18 (instance norm, frozen) and one DSA draw (siamese) from
+   the class's seeded generator; a batch of real crops of class c; L = (1 - lambda) L_dis + lambda R (Eq. 7-9,
+   losses/dm_loss.py), back-propagated to the latents in chunks (ops/latent_dm.py) so memory does not grow with
+   IPC; Adam on the latents.
+3. end: HR = clamp(G(z), 0, 1), LR = BasicSR ``imresize`` x 1/scale; IPC pairs written with their class.
+"""
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from basicsr.data import build_dataset
+from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr_distill.archs.dm_resnet_arch import DMResNet18
+from basicsr_distill.data.sr_patches import bicubic_lr
+from basicsr_distill.distilled_set import DistilledSetWriter
+from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
+from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
+from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
+from basicsr_distill.ops.latent_dm import backprop_in_chunks, embed_in_chunks, objective_and_feature_grad
+from basicsr_distill.utils.feature_tap import FeatureTap
+
+#: Defaults of the ``distill`` section (paper: lambda = 0.1, Adam (0.9, 0.999), lr 1e-3, IPC 100, 500k iterations).
+GSDD_DEFAULTS = {
+    'ipc': 100,  # latents (distilled images) per class
+    'iters_per_class': 500000,  # T
+    'batch_real': 64,  # real crops of the class per step
+    'lam': 0.1,  # lambda of Eq. 9
+    'chunk_size': 8,  # latents per forward / backward pass (memory bound)
+    'clamp_latents': True,  # keep z in [0, 1] (G's input is an LR image for SR generators)
+    'optim': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.999]},
+    'extractor': {'num_feat': 64, 'norm': 'instance'},  # DMResNet18, re-drawn every step
+    'dsa': {},  # DSAConfig fields (reference defaults)
+    'inversion': {'iters': 200, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0, 'feature_layer': None},
+}
+
+
+class _ClassUnit:
+    """The class being distilled; dropped when it is written."""
+
+
+@MODEL_REGISTRY.register()
+class GSDDModel(DistillBaseModel):
+    """GSDD: distribution matching in the latent space of a pretrained GAN SR generator, one class per unit.
+
+    Options: ``network_g`` / ``path.pretrain_network_g`` (the frozen generator G; ``params_ema`` preferred),
+    ``network_f`` / ``path.pretrain_network_f`` (the pretrained feature extractor of D_f, Eq. 4; optional when
+    ``inversion.w_feat`` is 0), ``datasets.train`` of type ``SRClassFolderDataset`` (gt_size = HR crop),
+    ``path.distilled_root``, the ``distill`` section (:data:`GSDD_DEFAULTS`) and
+    ``train.total_iter >= num_classes * distill.iters_per_class``.
+
+    Raises:
+        ValueError: unknown ``distill`` keys, IPC < 1, lambda outside [0, 1], a too small ``train.total_iter``,
+            D_f requested without ``network_f``.
+    """
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.cfg = merge_options(GSDD_DEFAULTS, opt.get('distill'))
+        cfg = self.cfg
+        if int(cfg['ipc']) < 1:
+            raise ValueError(f'distill.ipc must be >= 1, got {cfg["ipc"]}')
+        if not 0 <= float(cfg['lam']) <= 1:
+            raise ValueError(f'distill.lam (lambda) must be in [0, 1], got {cfg["lam"]}')
+        if int(cfg['chunk_size']) < 1:
+            raise ValueError('distill.chunk_size must be >= 1')
+        self.net_g = self.build_frozen_network('g')
+        self.tap_f = None
+        if float(cfg['inversion']['w_feat']) > 0:
+            if not opt.get('network_f'):
+                raise ValueError('distill.inversion.w_feat > 0 needs network_f and path.pretrain_network_f (the '
+                                 'pretrained feature extractor of D_f, Eq. 4); set w_feat: 0 to invert on pixels only')
+            self.tap_f = FeatureTap(self.build_frozen_network('f'), cfg['inversion']['feature_layer'])
+        self.dsa_cfg = DSAConfig(**cfg['dsa'])
+        self.extractor = DMResNet18(**cfg['extractor']).eval()  # CPU: seeded re-initialisation every step
+        self.extractor_dev = self.extractor if self.device.type == 'cpu' else DMResNet18(**cfg['extractor']).to(
+            self.device).eval()
+        for net in {self.extractor, self.extractor_dev}:
+            for param in net.parameters():
+                param.requires_grad_(False)
+        self.source = build_dataset(opt['datasets']['train'])
+        self.scale = int(opt['scale'])
+        self.T = int(cfg['iters_per_class'])
+        needed = self.source.num_classes * self.T
+        if int(opt['train']['total_iter']) < needed:
+            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: {self.source.num_classes} '
+                             f'classes x distill.iters_per_class={self.T} = {needed}')
+        root = opt['path'].get('distilled_root') or f'{opt["path"]["experiments_root"]}/distilled'
+        self.writer = DistilledSetWriter(
+            root, method='gsdd', scale=self.scale,
+            source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_classes': self.source.num_classes,
+                    'classes': list(self.source.class_names),
+                    'num_images': sum(len(self.source.images_of(c)) for c in range(self.source.num_classes)),
+                    'gt_size': opt['datasets']['train']['gt_size']},
+            size_control={'ipc': int(cfg['ipc'])}, options=opt)
+        self.unit = None
+        self.logger.info(f'GSDD: {self.source.num_classes} classes x {self.T} iterations, IPC {cfg["ipc"]} -> {root} '
+                         f'({len(self.writer.finished_units)} classes already written)')
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def generate(self, z):
+        """G(z): (n, 3, h, w) latents -> (n, 3, s h, s w) images (unclamped while optimising)."""
+        return self.net_g(z)
+
+    def _embed(self, images, params):
+        """psi(A(images)) with the step's DSA draw and random extractor: (n, 3, H, W) -> (n, D)."""
+        return self.extractor_dev(apply_dsa(images, params))
+
+    def _draw_extractor(self, generator):
+        self.extractor.reset_parameters(generator)
+        if self.extractor_dev is not self.extractor:
+            self.extractor_dev.load_state_dict(self.extractor.state_dict())
+
+    def invert(self, x, generator=None):
+        """GAN inversion (Eq. 3-5): z = argmin_z w_feat D_f + w_pix D_p, from the bicubic LR of x.
+
+        D_f = (1/d_f) ||psi(G(z)) - psi(x)||^2 with psi the pretrained ``network_f`` features, D_p = (1/d_I)
+        ||G(z) - x||^2. Latents are independent, so the chunks are optimised one after another (Adam is
+        element-wise: the same result as all at once).
+
+        Args:
+            x (Tensor): (K, 3, H, W) real crops in [0, 1], H and W multiples of the scale.
+
+        Returns:
+            Tensor: (K, 3, H / s, W / s) latents.
+        """
+        inv = self.cfg['inversion']
+        chunks = []
+        for i in range(0, x.shape[0], self.cfg['chunk_size']):
+            target = x[i:i + self.cfg['chunk_size']].to(self.device)
+            z0 = torch.stack([torch.from_numpy(bicubic_lr(img.permute(1, 2, 0).cpu().numpy(), self.scale))
+                              for img in target]).permute(0, 3, 1, 2).to(self.device)
+            z = torch.nn.Parameter(z0)
+            optimizer = torch.optim.Adam([z], lr=inv['lr'])
+            with torch.no_grad():
+                feat_target = self.tap_f(target) if self.tap_f is not None else None
+            for _ in range(int(inv['iters'])):
+                optimizer.zero_grad(set_to_none=True)
+                out = self.generate(z)
+                dims = tuple(range(1, out.ndim))
+                loss = inv['w_pix'] * ((out - target)**2).mean(dims).sum()  # D_p per latent, summed
+                if feat_target is not None:
+                    loss = loss + inv['w_feat'] * ((self.tap_f(out) - feat_target)**2).mean(dims).sum()  # D_f
+                loss.backward()
+                optimizer.step()
+                if self.cfg['clamp_latents']:
+                    with torch.no_grad():
+                        z.clamp_(0, 1)
+            chunks.append(z.detach())
+        return torch.cat(chunks)
+
+    def gsdd_step_losses(self, unit, real, params, accumulate=True):
+        """One step's objective (Eq. 7-9) and, if ``accumulate``, dL/dz added to ``unit.z.grad`` (chunked).
+
+        Args:
+            unit: the class unit (latents ``z`` (K, 3, h, w), paired reals ``x_pair`` (K, 3, H, W)).
+            real (Tensor): (B, 3, H, W) real crops of the class.
+            params (dict): the step's DSA draw (also applied to the real and the paired images: siamese).
+
+        Returns:
+            dict[str, float]: l_dis, r, l_total.
+        """
+        chunk, lam = self.cfg['chunk_size'], float(self.cfg['lam'])
+        feat_real = embed_in_chunks(lambda x: self._embed(x, params), real.to(self.device), chunk)
+        feat_pair = embed_in_chunks(lambda x: self._embed(x, params), unit.x_pair, chunk)
+
+        def render_embed(z):
+            return self._embed(self.generate(z), params)
+
+        feat_syn = embed_in_chunks(render_embed, unit.z, chunk)
+
+        def objective(fs):
+            l_dis, r = dm_distance(feat_real, fs), paired_distance(feat_pair, fs)
+            return {'l_dis': l_dis, 'r': r, 'l_total': gsdd_objective(l_dis, r, lam)}
+
+        losses, feat_grad = objective_and_feature_grad(objective, feat_syn)
+        if accumulate:
+            backprop_in_chunks(render_embed, unit.z, feat_grad, chunk)
+        return losses
+
+    # ------------------------------------------------------------------------------------------ units
+    def _start_unit(self, index, resumed=None):
+        cfg = self.cfg
+        unit = _ClassUnit()
+        unit.index, unit.name, unit.t0 = index, self.source.class_names[index], time.time()
+        unit.generator = self.unit_generator(index)
+        paths = self.source.images_of(index)
+        ipc = int(cfg['ipc'])
+        order = torch.randperm(len(paths), generator=unit.generator).tolist()
+        unit.pair_paths = [paths[order[k % len(order)]] for k in range(ipc)]  # with repetition if IPC > images
+        unit.x_pair = torch.stack([self.source.random_crop(p, unit.generator) for p in unit.pair_paths]).to(self.device)
+        z0 = resumed['z'].to(self.device) if resumed is not None else self.invert(unit.x_pair)
+        unit.z = torch.nn.Parameter(z0)
+        optim_cfg = dict(cfg['optim'])
+        unit.optimizer = getattr(torch.optim, optim_cfg.pop('type'))([unit.z], **optim_cfg)
+        if resumed is not None:
+            unit.optimizer.load_state_dict(resumed['optimizer'])
+            unit.generator.set_state(resumed['generator'])
+        self.unit = unit
+        self.optimizers = [unit.optimizer]
+        self.logger.info(f'GSDD class {index + 1} of {self.source.num_classes} ({unit.name}): {len(paths)} real '
+                         f'images -> IPC {ipc}; latents {tuple(unit.z.shape[1:])}'
+                         + (' (resumed)' if resumed is not None else f', inverted in {time.time() - unit.t0:.1f} s'))
+
+    def optimize_parameters(self, current_iter):
+        index, step = self.locate(current_iter, self.T)
+        if index >= self.source.num_classes or self.writer.is_finished(self.source.class_names[index]):
+            self.log_dict.clear()
+            return
+        if self.unit is None or self.unit.index != index:
+            self._start_unit(index, self.take_pending_state(index))
+        unit, cfg = self.unit, self.cfg
+        self._draw_extractor(unit.generator)
+        real = self.source.sample_class_batch(index, int(cfg['batch_real']), unit.generator)
+        params = sample_dsa_params(self.dsa_cfg, real.shape[2], real.shape[3], unit.generator)
+        unit.optimizer.zero_grad(set_to_none=True)
+        self.log_dict = self.gsdd_step_losses(unit, real, params)
+        unit.optimizer.step()
+        if cfg['clamp_latents']:
+            with torch.no_grad():
+                unit.z.clamp_(0, 1)
+        if step == self.T:
+            self._write_unit()
+
+    @torch.no_grad()
+    def _write_unit(self):
+        unit = self.unit
+        pairs = []
+        for i in range(0, unit.z.shape[0], self.cfg['chunk_size']):
+            hr = self.generate(unit.z[i:i + self.cfg['chunk_size']]).clamp(0, 1)
+            for j, img in enumerate(hr, start=i):
+                gt = img.permute(1, 2, 0).float().cpu().numpy()
+                pairs.append({
+                    'name': f'{unit.name}_gsdd{j:04d}',
+                    'lq': bicubic_lr(gt, self.scale),
+                    'gt': gt,
+                    'info': {'class': unit.name, 'class_index': unit.index, 'paired_image': unit.pair_paths[j],
+                             'init': 'gan_inversion'},
+                })
+        self.writer.write_unit(unit.name, pairs)
+        remaining = sum(not self.writer.is_finished(n) for n in self.source.class_names)
+        self.log_progress(unit.index, self.source.num_classes, unit.name, time.time() - unit.t0, remaining)
+        self.unit = None
+        self.optimizers = []
+        if remaining == 0:
+            self.finalize()
+
+    def get_current_learning_rate(self):
+        return [self.cfg['optim']['lr']]
+
+    def finalize(self):
+        if all(self.writer.is_finished(n) for n in self.source.class_names):
+            self.writer.finalize()
+
+    def unit_state(self):
+        unit = self.unit
+        if unit is None:
+            return None
+        return {'unit_index': unit.index, 'z': unit.z.detach().cpu(), 'optimizer': unit.optimizer.state_dict(),
+                'generator': unit.generator.get_state()}

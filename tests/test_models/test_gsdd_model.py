@@ -1,0 +1,213 @@
+"""GSDDModel: chunked gradients equal the full graph, Eq. 7-9 wiring, and an end-to-end run through BasicSR."""
+import os
+import os.path as osp
+import shutil
+import sys
+
+import pytest
+import torch
+import yaml
+
+import basicsr_distill  # noqa: F401
+from basicsr.archs.srvgg_arch import SRVGGNetCompact
+from basicsr.train import train_pipeline
+from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
+from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
+from basicsr_distill.models.gsdd_model import GSDDModel
+from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
+from conftest import REPO, shared_path
+
+G_OPT = {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 4,
+         'act_type': 'prelu'}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    num = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num)
+
+
+def _classes(tmp_path):
+    """Two real classes (T91 'tt' images and BSD200 images), three images each."""
+    root = tmp_path / 'classes'
+    for cls, sub, names in (('tt', 't91', ['tt1.png', 'tt2.png', 'tt3.png']),
+                            ('bsd', 'bsd200', ['100075.png', '100080.png', '100098.png'])):
+        (root / cls).mkdir(parents=True)
+        for name in names:
+            shutil.copy(shared_path('data', 'train', sub, name), root / cls / name)
+    return str(root)
+
+
+def _generator_weights(tmp_path):
+    os.makedirs(tmp_path, exist_ok=True)
+    torch.manual_seed(0)
+    path = tmp_path / 'g.pth'
+    net = SRVGGNetCompact(**{k: v for k, v in G_OPT.items() if k != 'type'})
+    torch.save({'params': net.state_dict()}, path)
+    return str(path)
+
+
+def _opt(tmp_path, dataroot, **distill):
+    cfg = {'ipc': 3, 'iters_per_class': 3, 'batch_real': 4, 'lam': 0.1, 'chunk_size': 2,
+           'extractor': {'num_feat': 4, 'norm': 'instance'},
+           'inversion': {'iters': 3, 'lr': 0.01, 'w_feat': 0.0, 'w_pix': 1.0}}
+    cfg.update(distill)
+    return {
+        'name': 'gsdd_test', 'model_type': 'GSDDModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'train': {'name': 'test', 'type': 'SRClassFolderDataset', 'dataroot_gt': dataroot,
+                               'gt_size': 32, 'io_backend': {'type': 'disk'}, 'use_shuffle': False,
+                               'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
+                               'prefetch_mode': None}},
+        'network_g': dict(G_OPT),
+        'path': {'pretrain_network_g': _generator_weights(tmp_path), 'strict_load_g': True,
+                 'ignore_resume_networks': ['network_g'], 'distilled_root': str(tmp_path / 'distilled'),
+                 'resume_state': None},
+        'distill': cfg,
+        'train': {'total_iter': 2 * cfg['iters_per_class'], 'warmup_iter': -1},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+    }
+
+
+def _model(opt):
+    opt = dict(opt, is_train=True, dist=False, rank=0, world_size=1)
+    opt['path'] = dict(opt['path'], experiments_root=opt['path']['distilled_root'] + '_exp',
+                       training_states=opt['path']['distilled_root'] + '_exp')
+    os.makedirs(opt['path']['training_states'], exist_ok=True)
+    opt['datasets'] = {'train': dict(opt['datasets']['train'], scale=opt['scale'], phase='train')}
+    return GSDDModel(opt)
+
+
+def _full_graph(model, unit, real, params, lam):
+    """Eq. 7-9 with one autograd graph over all latents (what the chunked passes must reproduce)."""
+    z = unit.z.detach().clone().requires_grad_(True)
+    feat_syn = model._embed(model.generate(z), params)
+    with torch.no_grad():
+        feat_real = model._embed(real, params)
+        feat_pair = model._embed(unit.x_pair, params)
+    l_dis, r = dm_distance(feat_real, feat_syn), paired_distance(feat_pair, feat_syn)
+    loss = gsdd_objective(l_dis, r, lam)
+    loss.backward()
+    return {'l_dis': l_dis.item(), 'r': r.item(), 'l_total': loss.item()}, z.grad
+
+
+@pytest.mark.parametrize('chunk', [1, 2, 3])
+def test_chunked_latent_gradients_equal_the_full_graph(tmp_path, chunk):
+    model = _model(_opt(tmp_path, _classes(tmp_path), chunk_size=chunk))
+    model._start_unit(0)
+    unit, gen = model.unit, torch.Generator().manual_seed(5)
+    model._draw_extractor(gen)
+    real = model.source.sample_class_batch(0, 4, gen)
+    params = sample_dsa_params(DSAConfig(strategy='scale'), 32, 32, gen)  # a non-trivial differentiable warp
+    losses = model.gsdd_step_losses(unit, real, params)
+    ref_losses, ref_grad = _full_graph(model, unit, real, params, 0.1)
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    torch.testing.assert_close(unit.z.grad, ref_grad, rtol=1e-3, atol=1e-5)  # float32 summation order
+    assert ref_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('lam, key', [(0.0, 'l_dis'), (1.0, 'r')])
+def test_lambda_extremes_reduce_to_one_term(tmp_path, lam, key):
+    model = _model(_opt(tmp_path, _classes(tmp_path), lam=lam))
+    model._start_unit(0)
+    gen = torch.Generator().manual_seed(1)
+    model._draw_extractor(gen)
+    real = model.source.sample_class_batch(0, 4, gen)
+    losses = model.gsdd_step_losses(model.unit, real, sample_dsa_params(model.dsa_cfg, 32, 32, gen), False)
+    assert losses['l_total'] == pytest.approx(losses[key]) and losses['l_dis'] > 0 and losses['r'] > 0
+
+
+def test_r_pairs_each_latent_with_its_own_real_image(tmp_path):
+    model = _model(_opt(tmp_path, _classes(tmp_path)))
+    model._start_unit(1)
+    unit = model.unit
+    # every latent keeps the crop it was inverted from, taken from an image of its class
+    assert len(unit.pair_paths) == 3 and all(p in model.source.images_of(1) for p in unit.pair_paths)
+    gen = torch.Generator().manual_seed(2)
+    model._draw_extractor(gen)
+    params = sample_dsa_params(DSAConfig(strategy='none'), 32, 32, gen)
+    real = model.source.sample_class_batch(1, 4, gen)
+    before = model.gsdd_step_losses(unit, real, params, accumulate=False)
+    with torch.no_grad():  # swapping two latents breaks the pairs (R changes) but not the mean (L_dis unchanged)
+        unit.z.copy_(unit.z[[1, 0, 2]])
+    after = model.gsdd_step_losses(unit, real, params, accumulate=False)
+    assert after['l_dis'] == pytest.approx(before['l_dis'], rel=1e-5) and after['r'] > before['r'] * 1.01
+    # and R is paired_distance of psi(A(x_k)) and psi(A(G(z_k))) row by row
+    with torch.no_grad():
+        direct = paired_distance(model._embed(apply_dsa(unit.x_pair, params), {'ops': [], 'family': '',
+                                                                               'height': 32, 'width': 32}),
+                                 model._embed(model.generate(unit.z), params))
+    assert after['r'] == pytest.approx(direct.item(), rel=1e-5)
+
+
+def test_inversion_fits_the_paired_images(tmp_path):
+    model = _model(_opt(tmp_path, _classes(tmp_path), inversion={'iters': 20, 'lr': 0.02, 'w_feat': 0.0,
+                                                                'w_pix': 1.0}))
+    model._start_unit(0)
+    unit = model.unit
+    from basicsr_distill.data.sr_patches import bicubic_lr
+    z0 = torch.stack([torch.from_numpy(bicubic_lr(x.permute(1, 2, 0).numpy(), 4)) for x in unit.x_pair])
+    with torch.no_grad():
+        start = ((model.generate(z0.permute(0, 3, 1, 2)) - unit.x_pair)**2).mean()
+        end = ((model.generate(unit.z) - unit.x_pair)**2).mean()
+    assert end < start  # Eq. 5 decreased from the bicubic initialisation
+
+
+def test_feature_inversion_needs_network_f(tmp_path):
+    opt = _opt(tmp_path, _classes(tmp_path), inversion={'iters': 1, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0})
+    with pytest.raises(ValueError, match='network_f'):
+        _model(opt)
+
+
+def test_gsdd_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, monkeypatch):
+    opt = _opt(tmp_path, _classes(tmp_path))
+    opt['network_f'] = {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4}
+    opt['path']['pretrain_network_f'] = osp.join(REPO, 'weights', 'imdn_baseline.pth')
+    opt['distill']['inversion'] = {'iters': 2, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0}
+    opt_path = tmp_path / 'gsdd.yml'
+    opt_path.write_text('plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(opt, sort_keys=False))
+    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', str(opt_path)])
+    train_pipeline(str(tmp_path))
+
+    root = opt['path']['distilled_root']
+    manifest = validate_distilled_set(root, scale=4, require_complete=True)
+    assert manifest['method'] == 'gsdd' and manifest['size_control'] == {'ipc': 3}
+    assert sorted(manifest['units_finished']) == ['bsd', 'tt'] and manifest['num_pairs'] == 6
+    assert sorted({p['class'] for p in manifest['pairs']}) == ['bsd', 'tt']
+    assert all(p['hr_shape'][:2] == [32, 32] and p['lr_shape'][:2] == [8, 8] for p in manifest['pairs'])
+
+    train_opt = {
+        'name': 'edsr_on_gsdd', 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'train': {'name': 'gsdd', 'type': 'DistilledPairedDataset', 'dataroot': root,
+                               'io_backend': {'type': 'disk'}, 'gt_size': 16, 'use_hflip': True, 'use_rot': True,
+                               'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
+                               'dataset_enlarge_ratio': 1, 'prefetch_mode': None}},
+        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 4,
+                      'img_range': 255.},
+        'path': {'pretrain_network_g': None, 'resume_state': None},
+        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
+                  'gamma': 0.5}, 'total_iter': 2, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+    }
+    train_path = tmp_path / 'edsr.yml'
+    train_path.write_text('plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(train_opt))
+    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', str(train_path)])
+    train_pipeline(str(tmp_path))
+    assert osp.isfile(tmp_path / 'experiments' / 'edsr_on_gsdd' / 'models' / 'net_g_latest.pth')
+
+
+def test_classless_flat_folder_is_one_class_or_pseudo_classes(tmp_path):
+    flat = tmp_path / 'flat'
+    flat.mkdir()
+    for name in ('tt1.png', 'tt2.png', 't46.png', 'tt25.png'):
+        shutil.copy(shared_path('data', 'train', 't91', name), flat / name)
+    one = _model(_opt(tmp_path / 'a', str(flat)))
+    assert one.source.class_names == ['flat'] and read_manifest(str(tmp_path / 'a' / 'distilled'))['source'][
+        'num_classes'] == 1
+    opt = _opt(tmp_path / 'b', str(flat))
+    opt['datasets']['train']['pseudo_labels'] = {'num_classes': 2, 'seed': 0}
+    two = _model(opt)
+    assert two.source.class_names == ['pseudo0', 'pseudo1']
+    assert sum(len(two.source.images_of(c)) for c in range(2)) == 4
