@@ -211,3 +211,26 @@ def test_classless_flat_folder_is_one_class_or_pseudo_classes(tmp_path):
     two = _model(opt)
     assert two.source.class_names == ['pseudo0', 'pseudo1']
     assert sum(len(two.source.images_of(c)) for c in range(2)) == 4
+
+
+def test_resume_inside_a_class_gives_the_same_pairs(tmp_path):
+    import numpy as np
+    classes = _classes(tmp_path)
+    opt_a, opt_b = _opt(tmp_path / 'a', classes), _opt(tmp_path / 'b', classes)
+    straight = _model(opt_a)
+    for it in range(1, 4):
+        straight.optimize_parameters(it)
+    first = _model(opt_b)
+    for it in range(1, 3):
+        first.optimize_parameters(it)
+    first.save(0, 2)
+    state = torch.load(osp.join(first.opt['path']['training_states'], '2.state'), weights_only=True)
+    restarted = _model(opt_b)
+    restarted.resume_training(state)
+    restarted.optimize_parameters(3)  # resumes the class from its saved latents, Adam state and generator
+    names = [p['name'] for p in read_manifest(opt_a['path']['distilled_root'])['pairs']]
+    assert names == [p['name'] for p in read_manifest(opt_b['path']['distilled_root'])['pairs']] and names
+    for name in names:
+        a = np.load(osp.join(opt_a['path']['distilled_root'], 'lr_float', f'{name}.npy'))
+        b = np.load(osp.join(opt_b['path']['distilled_root'], 'lr_float', f'{name}.npy'))
+        assert np.array_equal(a, b)
