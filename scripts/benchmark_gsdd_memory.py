@@ -98,7 +98,8 @@ def main():
             rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), mode=mode))
     first = rows[0]
     print(f'GSDD step vs IPC: {args.opt}, device {first["device"]}, HR {first["hr"]}x{first["hr"]}, real batch '
-          f'{first["batch_real"]}, ResNet18 width {args.width or "as the option file"}, median of {args.steps} steps; peak = process peak (CPU: max RSS) after the steps')
+          f'{first["batch_real"]}, ResNet18 width {args.width or "as the option file"}, median of {args.steps} steps;'
+          ' peak = process peak (CPU: max RSS) after the steps')
     print(f'{"IPC":>5s} {"mode":>11s} {"chunk":>6s} {"step (s)":>9s} {"peak (MiB)":>11s} {"before steps":>13s}')
     for r in rows:
         print(f'{r["ipc"]:5d} {r["mode"]:>11s} {r["chunk"]:6d} {r["step_s"]:9.3f} {r["peak_mib"]:11.0f} '

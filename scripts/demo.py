@@ -104,8 +104,9 @@ def main():
 
     lines = ['| training set | pairs | Set5 PSNR (dB) | Set5 SSIM | train wall time (s) |', '|---|---|---|---|---|']
     for row in rows + ref:
+        seconds = '-' if row['wall time (s)'] is None else round(row['wall time (s)'])
         lines.append(f'| {row["training set"]} | {row["pairs"] or "-"} | {row["Set5 PSNR (dB)"]:.2f} | '
-                     f'{row["Set5 SSIM"]:.4f} | {"-" if row["wall time (s)"] is None else round(row["wall time (s)"])} |')
+                     f'{row["Set5 SSIM"]:.4f} | {seconds} |')
     table = '\n'.join(lines)
     summary = (f'IDC distillation: {manifest["source"]["num_images"]} images -> {num_pairs} pairs in '
                f'{t_distill:.0f} s (wall time of this run; the set took {manifest["wall_time_s"]:.0f} s to distil); '

@@ -14,9 +14,7 @@ loss), iterations ``c * T + 1 .. (c + 1) * T`` of BasicSR's loop:
 """
 import time
 
-import numpy as np
 import torch
-from torch.nn import functional as F
 
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY

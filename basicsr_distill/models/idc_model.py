@@ -156,7 +156,7 @@ class IDCModel(DistillBaseModel):
     # ------------------------------------------------------------------------------------------ one step
     def _assign_round(self, step):
         """Progressive assignment (Sec. 3.4): round j at step warmup + 1 + round((j - 1) * assign_iters / S)."""
-        cfg, inst = self.cfg, self.inst
+        cfg = self.cfg
         rel = step - cfg['warmup_iters'] - 1
         num_steps, span = cfg['assign_steps'], cfg['assign_iters']
         if rel < 0 or rel > span:

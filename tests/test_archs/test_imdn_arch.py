@@ -1,5 +1,4 @@
 """Tests of the IMDN arch: strict loading of both public checkpoints, the key map, features and hooks."""
-import os
 import os.path as osp
 from collections import OrderedDict
 

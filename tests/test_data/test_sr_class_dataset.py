@@ -251,14 +251,14 @@ def test_grayscale_16bit_and_alpha_images(tmp_path):
     assert tuple(batch.shape) == (4, 3, GT, GT)
     assert torch.equal(batch[:, 0], batch[:, 1]) and torch.equal(batch[:, 1], batch[:, 2])
     for crop, where in zip(batch, info):
-        t, l = where['top'], where['left']
-        assert np.array_equal(crop[0].numpy(), gray[t:t + GT, l:l + GT].astype(np.float32) / 255.)
+        top, left = where['top'], where['left']
+        assert np.array_equal(crop[0].numpy(), gray[top:top + GT, left:left + GT].astype(np.float32) / 255.)
 
     batch, info = dataset.sample_class_batch(0, 4, torch.Generator().manual_seed(0), return_info=True)
     assert tuple(batch.shape) == (4, 3, GT, GT)  # alpha dropped
     for crop, where in zip(batch, info):
-        t, l = where['top'], where['left']
-        ref = rgb8[t:t + GT, l:l + GT, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.
+        top, left = where['top'], where['left']
+        ref = rgb8[top:top + GT, left:left + GT, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.
         np.testing.assert_allclose(crop.numpy(), ref, rtol=0, atol=1e-6)  # v * 257 / 65535 == v / 255
 
 

@@ -142,8 +142,8 @@ def test_r_pairs_each_latent_with_its_own_real_image(tmp_path):
 
 
 def test_inversion_fits_the_paired_images(tmp_path):
-    model = _model(_opt(tmp_path, _classes(tmp_path), inversion={'iters': 20, 'lr': 0.02, 'w_feat': 0.0,
-                                                                'w_pix': 1.0}))
+    inversion = {'iters': 20, 'lr': 0.02, 'w_feat': 0.0, 'w_pix': 1.0}
+    model = _model(_opt(tmp_path, _classes(tmp_path), inversion=inversion))
     model._start_unit(0)
     unit = model.unit
     from basicsr_distill.data.sr_patches import bicubic_lr

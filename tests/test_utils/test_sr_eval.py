@@ -1,5 +1,4 @@
 """Tests of evaluate_sr: published IMDN / bicubic numbers on Set5, LR matching, modcrop, grayscale, the CLI."""
-import os
 import os.path as osp
 import runpy
 
