@@ -1,0 +1,367 @@
+"""Minimax-SR's Stage-2 losses (Eq. 3-6): Minimax Diffusion's memory losses and the SR high-frequency term.
+
+With z_hat the DiT's predicted clean latent x0 (Minimax Diffusion's ``training_losses(...)['output']``, i.e.
+``sqrt(1 / a_t) z_t - sqrt(1 / a_t - 1) eps_theta``, see :func:`predict_x0_from_eps`; the paper's
+``z_t - eps_theta`` is shorthand for it), flattened to vectors, and sigma the cosine similarity:
+
+    L_r    = 1 - min_{i in batch_c, m in real_mem_c} sigma(z_hat_i, z_m)     representativeness, Eq. 3
+    L_d    =     max_{i in batch_c, d in syn_mem_c}  sigma(z_hat_i, z_d)     diversity, Eq. 4
+    L_SR   = - mean (up(down(x_hat)) - x_hat)^2                              high frequency, Eq. 5
+    L      = L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR          Eq. 6 (0.002, 0.008, 1)
+
+L_r and L_d are taken per pseudo-class c present in the batch, the min / max running over the whole similarity
+matrix (every prediction of class c x every memory entry of class c), and averaged over the classes present, as the
+reference code does: a class whose memory is still empty contributes 0 but still counts in the average (the
+reference divides by the number of classes in the batch). Eq. 3 writes ``argmax min sigma``; as a loss to minimise it
+is ``1 - min sigma``, as in the reference.
+
+Memories (:class:`FIFOMemory`, 64 entries per class): the real memory holds the scaled VAE latents of real patches,
+the synthetic one the predicted x0 of earlier steps, both detached. The reference pushes the current batch *after*
+computing the losses, so a step never compares a prediction with itself; :class:`MinimaxLoss` does the same.
+
+Eq. 5 writes ``argmax ||x_hat_bic - x_hat||^2``; as a term to *minimise* it enters Eq. 6 with a minus sign, and we
+average instead of summing over pixels so that lambda_sr = 1 keeps a pixel-MSE scale. Lowering L_SR raises the
+high-frequency energy of the predicted HR image x_hat (the VAE decoding of z_hat). Decisions (the paper is silent):
+``down`` is torch's antialiased bicubic (``F.interpolate(mode='bicubic', antialias=True)``, a=-0.75 Keys kernel,
+differentiable; close to, not equal to, MATLAB's ``imresize``), ``up`` plain bicubic back to the input size; x_hat is
+expected in [0, 1] (BasicSR's range; with [-1, 1] the term is 4x larger).
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from basicsr.utils.registry import LOSS_REGISTRY
+
+__all__ = [
+    'FIFOMemory', 'cosine_matrix', 'predict_x0_from_eps', 'representativeness_loss', 'diversity_loss',
+    'high_frequency_energy', 'sr_loss', 'minimax_objective', 'MinimaxLoss'
+]
+
+
+class FIFOMemory:
+    """Per-class first-in-first-out memory of (dim,) vectors (Minimax Diffusion's real / synthetic memories).
+
+    Args:
+        num_classes (int): Number of classes k (labels 0..k-1).
+        size (int): Capacity per class; when full, the oldest entries are dropped. Default: 64 (the reference).
+        dim (int | None): Vector size; None takes it from the first :meth:`push`. Default: None.
+
+    Raises:
+        ValueError: If ``num_classes`` or ``size`` is < 1.
+    """
+
+    def __init__(self, num_classes, size=64, dim=None):
+        if num_classes < 1 or size < 1:
+            raise ValueError(f'num_classes and size must be >= 1, got {num_classes} and {size}.')
+        self.num_classes = int(num_classes)
+        self.size = int(size)
+        self.dim = None if dim is None else int(dim)
+        self._banks = [None] * self.num_classes
+
+    def push(self, labels, vectors):
+        """Append vectors to their classes' memories (in batch order), dropping the oldest beyond ``size``.
+
+        Args:
+            labels (Tensor | Sequence[int]): (B,) class indices in [0, num_classes).
+            vectors (Tensor): (B, ...) vectors, flattened to (B, dim); stored detached (a copy).
+
+        Raises:
+            ValueError: On a label out of range, a batch-size mismatch, or a vector size differing from ``dim``.
+        """
+        labels = torch.as_tensor(labels).long().flatten().cpu()
+        vectors = vectors.detach().flatten(1) if vectors.ndim > 1 else vectors.detach()[:, None]
+        if labels.numel() != vectors.shape[0]:
+            raise ValueError(f'{labels.numel()} labels for {vectors.shape[0]} vectors.')
+        if labels.numel() == 0:
+            return
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise ValueError(f'Labels must lie in [0, {self.num_classes}), got {labels.tolist()}.')
+        if self.dim is None:
+            self.dim = vectors.shape[1]
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f'Vectors of size {vectors.shape[1]} pushed into a memory of size {self.dim}.')
+        for c in labels.unique().tolist():
+            new = vectors[labels.to(vectors.device) == c]
+            bank = self._banks[c]
+            bank = new if bank is None else torch.cat([bank.to(new), new])
+            self._banks[c] = bank[-self.size:].clone()
+
+    def get(self, c):
+        """Entries of class ``c``, oldest first.
+
+        Args:
+            c (int): Class index.
+
+        Returns:
+            Tensor: (n_c, dim) detached entries, n_c <= size; (0, dim) (or (0, 0) before any push) when empty.
+
+        Raises:
+            ValueError: If ``c`` is out of range.
+        """
+        c = int(c)
+        if not 0 <= c < self.num_classes:
+            raise ValueError(f'Class {c} out of range [0, {self.num_classes}).')
+        bank = self._banks[c]
+        return torch.empty(0, self.dim or 0) if bank is None else bank
+
+    def __len__(self):
+        """Total number of stored entries over all classes."""
+        return sum(0 if b is None else b.shape[0] for b in self._banks)
+
+    def state_dict(self):
+        """Serialisable state: ``num_classes``, ``size``, ``dim`` and the per-class entries (CPU tensors or None)."""
+        return dict(
+            num_classes=self.num_classes,
+            size=self.size,
+            dim=self.dim,
+            banks=[None if b is None else b.cpu().clone() for b in self._banks])
+
+    def load_state_dict(self, state, device=None):
+        """Restore a :meth:`state_dict`.
+
+        Args:
+            state (dict): As from :meth:`state_dict`.
+            device (torch.device | str | None): Device of the restored entries. Default: None (CPU).
+
+        Raises:
+            ValueError: If the number of classes differs; larger saved banks are cut to this memory's ``size``.
+        """
+        if int(state['num_classes']) != self.num_classes:
+            raise ValueError(f'State has {state["num_classes"]} classes, this memory {self.num_classes}.')
+        dim = state['dim']
+        if self.dim is not None and dim is not None and int(dim) != self.dim:
+            raise ValueError(f'State has vectors of size {dim}, this memory {self.dim}.')
+        self.dim = self.dim if dim is None else int(dim)
+        self._banks = [None if b is None else b[-self.size:].clone().to(device or 'cpu') for b in state['banks']]
+
+
+def cosine_matrix(a, b, eps=1e-8):
+    """Cosine similarities of every row of ``a`` with every row of ``b``.
+
+    Args:
+        a (Tensor): (N, D).
+        b (Tensor): (M, D).
+        eps (float): Lower bound of the norms. Default: 1e-8.
+
+    Returns:
+        Tensor: (N, M) similarities in [-1, 1].
+    """
+    a = a / a.norm(dim=1, keepdim=True).clamp_min(eps)
+    b = b / b.norm(dim=1, keepdim=True).clamp_min(eps)
+    return a @ b.T
+
+
+def predict_x0_from_eps(z_t, eps, alphas_cumprod, t):
+    """Predicted clean latent of DDPM: ``sqrt(1 / a_t) z_t - sqrt(1 / a_t - 1) eps`` (the z_hat of Eq. 3-4).
+
+    Args:
+        z_t (Tensor): (B, C, h, w) noisy latents.
+        eps (Tensor): (B, C, h, w) predicted noise (the DiT's first C output channels).
+        alphas_cumprod (Tensor): (T,) cumulative products a_t of the schedule (``scheduler.alphas_cumprod``).
+        t (Tensor): (B,) int64 timesteps.
+
+    Returns:
+        Tensor: (B, C, h, w) predicted x0, differentiable in ``eps``.
+    """
+    a = alphas_cumprod.to(device=z_t.device, dtype=torch.float64)[t.to(z_t.device)]
+    a = a.to(z_t.dtype).view(-1, *([1] * (z_t.ndim - 1)))
+    return (1 / a).sqrt() * z_t - (1 / a - 1).sqrt() * eps
+
+
+def _memory_term(pred_x0, labels, memory, reduce):
+    pred = pred_x0.flatten(1)
+    labels = torch.as_tensor(labels, device=pred.device).long().flatten()
+    if labels.numel() != pred.shape[0]:
+        raise ValueError(f'{labels.numel()} labels for {pred.shape[0]} predictions.')
+    total = pred.new_zeros(())
+    classes = labels.unique().tolist()
+    for c in classes:
+        mem = memory.get(c)
+        if mem is None or mem.shape[0] == 0:
+            continue
+        if mem.shape[1] != pred.shape[1]:
+            raise ValueError(f'Memory of class {c} holds vectors of size {mem.shape[1]}, predictions have '
+                             f'{pred.shape[1]}.')
+        total = total + reduce(cosine_matrix(pred[labels == c], mem.to(pred)))
+    return total / max(len(classes), 1)
+
+
+def representativeness_loss(pred_x0, labels, real_memory):
+    """Representativeness loss L_r (Eq. 3): mean over classes c in the batch of ``1 - min cos(z_hat_c, real_mem_c)``.
+
+    The min runs over the whole (n_c x m_c) similarity matrix; a class with an empty memory adds 0 but counts in the
+    mean (the reference's normalisation); 0 if no class has memory.
+
+    Args:
+        pred_x0 (Tensor): (B, ...) predicted clean latents, flattened to (B, D); gradients flow into them.
+        labels (Tensor | Sequence[int]): (B,) pseudo-class indices.
+        real_memory (FIFOMemory | Mapping): ``.get(c)`` gives the (m_c, D) real latents of class c (None or empty
+            when there are none).
+
+    Returns:
+        Tensor: Scalar in [0, 2].
+
+    Raises:
+        ValueError: On a label / prediction count mismatch or a memory of another vector size.
+    """
+    return _memory_term(pred_x0, labels, real_memory, lambda sim: 1 - sim.min())
+
+
+def diversity_loss(pred_x0, labels, syn_memory):
+    """Diversity loss L_d (Eq. 4): mean over classes c in the batch of ``max cos(z_hat_c, syn_mem_c)``.
+
+    The max runs over the whole similarity matrix; classes with an empty memory add 0 (still counted), as in
+    :func:`representativeness_loss`.
+
+    Args:
+        pred_x0 (Tensor): (B, ...) predicted clean latents; gradients flow into them.
+        labels (Tensor | Sequence[int]): (B,) pseudo-class indices.
+        syn_memory (FIFOMemory | Mapping): ``.get(c)`` gives the (m_c, D) earlier predictions of class c.
+
+    Returns:
+        Tensor: Scalar in [-1, 1].
+
+    Raises:
+        ValueError: On a label / prediction count mismatch or a memory of another vector size.
+    """
+    return _memory_term(pred_x0, labels, syn_memory, lambda sim: sim.max())
+
+
+def _bicubic_down_up(img, scale):
+    if img.ndim != 4:
+        raise ValueError(f'Expected (B, C, H, W) images, got shape {tuple(img.shape)}.')
+    h, w = img.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f'Image size {h}x{w} is not a multiple of the scale {scale}.')
+    down = F.interpolate(img, size=(h // scale, w // scale), mode='bicubic', align_corners=False, antialias=True)
+    return F.interpolate(down, size=(h, w), mode='bicubic', align_corners=False)
+
+
+def high_frequency_energy(img, scale=4):
+    """Energy of what bicubic down- and up-sampling loses: ``mean((up(down(img)) - img)^2)``.
+
+    Args:
+        img (Tensor): (B, C, H, W) images (in [0, 1] for Minimax-SR), H and W multiples of ``scale``.
+        scale (int): Down-sampling factor. Default: 4.
+
+    Returns:
+        Tensor: Scalar >= 0, differentiable.
+
+    Raises:
+        ValueError: If ``img`` is not 4-D or its size is not a multiple of ``scale``.
+    """
+    return ((_bicubic_down_up(img, scale) - img)**2).mean()
+
+
+def sr_loss(pred_hr, scale=4):
+    """SR loss L_SR (Eq. 5) as a term to minimise: ``-mean((up(down(x_hat)) - x_hat)^2)``.
+
+    Minimising it maximises :func:`high_frequency_energy` of the predicted HR image x_hat.
+
+    Args:
+        pred_hr (Tensor): (B, 3, H, W) predicted HR images x_hat (VAE decoding of z_hat), in [0, 1]; H and W
+            multiples of ``scale``.
+        scale (int): SR scale. Default: 4 (the paper's x4).
+
+    Returns:
+        Tensor: Scalar <= 0.
+
+    Raises:
+        ValueError: If ``pred_hr`` is not 4-D or its size is not a multiple of ``scale``.
+    """
+    return -high_frequency_energy(pred_hr, scale)
+
+
+def minimax_objective(l_simple, l_r, l_d, l_sr, lambda_r=0.002, lambda_d=0.008, lambda_sr=1.0):
+    """Minimax-SR's overall loss, Eq. 6: ``l_simple + lambda_r l_r + lambda_d l_d + lambda_sr l_sr``.
+
+    Args:
+        l_simple (Tensor | float): Diffusion loss L_simple (Eq. 2).
+        l_r (Tensor | float): Representativeness loss (Eq. 3, :func:`representativeness_loss`).
+        l_d (Tensor | float): Diversity loss (Eq. 4, :func:`diversity_loss`).
+        l_sr (Tensor | float): SR loss (Eq. 5, :func:`sr_loss`, already signed to be minimised).
+        lambda_r (float): Default: 0.002 (both papers).
+        lambda_d (float): Default: 0.008 (both papers).
+        lambda_sr (float): Default: 1.0 (the paper).
+
+    Returns:
+        Tensor | float: The weighted sum.
+
+    Raises:
+        ValueError: If a weight is negative.
+    """
+    for name, lam in (('lambda_r', lambda_r), ('lambda_d', lambda_d), ('lambda_sr', lambda_sr)):
+        if lam < 0:
+            raise ValueError(f'{name} must be >= 0, got {lam}.')
+    return l_simple + lambda_r * l_r + lambda_d * l_d + lambda_sr * l_sr
+
+
+@LOSS_REGISTRY.register()
+class MinimaxLoss(nn.Module):
+    """Minimax-SR's extra terms of Eq. 6 with their memories, as a BasicSR loss.
+
+    ``forward`` returns ``loss_weight * (lambda_r L_r + lambda_d L_d + lambda_sr L_SR)`` (add L_simple yourself, or
+    pass it) and then, like the reference, pushes the batch's real latents and detached predictions into the
+    memories.
+
+    Args:
+        num_classes (int): Number of pseudo-classes k.
+        memory_size (int): FIFO capacity per class. Default: 64.
+        lambda_r (float): Default: 0.002.
+        lambda_d (float): Default: 0.008.
+        lambda_sr (float): Default: 1.0.
+        scale (int): SR scale of L_SR. Default: 4.
+        loss_weight (float): Multiplier of the whole loss. Default: 1.0.
+
+    Raises:
+        ValueError: If a weight is negative.
+    """
+
+    def __init__(self,
+                 num_classes,
+                 memory_size=64,
+                 lambda_r=0.002,
+                 lambda_d=0.008,
+                 lambda_sr=1.0,
+                 scale=4,
+                 loss_weight=1.0):
+        super().__init__()
+        minimax_objective(0., 0., 0., 0., lambda_r, lambda_d, lambda_sr)  # validates the weights
+        self.lambda_r, self.lambda_d, self.lambda_sr = lambda_r, lambda_d, lambda_sr
+        self.scale = scale
+        self.loss_weight = loss_weight
+        self.real_memory = FIFOMemory(num_classes, memory_size)
+        self.syn_memory = FIFOMemory(num_classes, memory_size)
+
+    def forward(self, pred_x0, labels, real_latents, pred_hr=None, l_simple=0., update_memory=True):
+        """Compute the weighted terms, then update the memories.
+
+        Args:
+            pred_x0 (Tensor): (B, C, h, w) predicted clean latents z_hat.
+            labels (Tensor): (B,) pseudo-class indices (not the DiT labels).
+            real_latents (Tensor): (B, C, h, w) scaled latents of the batch's real patches (pushed after the loss).
+            pred_hr (Tensor | None): (B, 3, H, W) decoded x_hat in [0, 1]; None skips L_SR. Default: None.
+            l_simple (Tensor | float): L_simple, added unweighted by the lambdas. Default: 0.
+            update_memory (bool): Push the batch into the memories afterwards. Default: True.
+
+        Returns:
+            tuple[Tensor, dict]: The loss (times ``loss_weight``), and the unweighted terms ``l_r``, ``l_d``,
+            ``l_sr`` (detached).
+        """
+        l_r = representativeness_loss(pred_x0, labels, self.real_memory)
+        l_d = diversity_loss(pred_x0, labels, self.syn_memory)
+        l_sr = sr_loss(pred_hr, self.scale) if pred_hr is not None else pred_x0.new_zeros(())
+        total = minimax_objective(l_simple, l_r, l_d, l_sr, self.lambda_r, self.lambda_d, self.lambda_sr)
+        if update_memory:
+            self.real_memory.push(labels, real_latents)
+            self.syn_memory.push(labels, pred_x0)
+        return self.loss_weight * total, dict(l_r=l_r.detach(), l_d=l_d.detach(), l_sr=l_sr.detach())
+
+    def memory_state_dict(self):
+        """Both memories' states, for checkpoints."""
+        return dict(real=self.real_memory.state_dict(), syn=self.syn_memory.state_dict())
+
+    def load_memory_state_dict(self, state, device=None):
+        """Restore :meth:`memory_state_dict`."""
+        self.real_memory.load_state_dict(state['real'], device)
+        self.syn_memory.load_state_dict(state['syn'], device)
