@@ -821,11 +821,14 @@ class DistilledSetWriter():
                 The format's own fields may not be overridden. Default: None.
 
         Returns:
-            dict: A copy of the final manifest.
+            dict: A copy of the final manifest. A set that is already complete is left untouched when ``extra`` is
+            empty (a rerun over a finished set writes nothing).
 
         Raises:
             ValueError: When ``extra`` is not a dict or uses a reserved field.
         """
+        if self.complete and not extra:
+            return self.manifest
         extra = {} if extra is None else extra
         if not isinstance(extra, Mapping):
             raise ValueError(f'extra must be a dict, got {type(extra).__name__}.')

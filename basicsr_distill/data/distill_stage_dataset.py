@@ -1,0 +1,26 @@
+"""A dataset that only drives BasicSR's train loop for models whose units of work are stages (Minimax-SR)."""
+from torch.utils import data as data
+
+from basicsr.utils.registry import DATASET_REGISTRY
+
+
+@DATASET_REGISTRY.register()
+class DistillStageDataset(data.Dataset):
+    """Items are ticks ``{'tick': index}``: the model loads its own data for each stage (e.g. the stage-1 patch
+    selection of ``MinimaxDiffusionModel``, configured in ``distill.stage1``).
+
+    Options:
+        length (int): items per epoch (any positive number; it only sets BasicSR's epoch length). Default: 1000.
+    """
+
+    def __init__(self, opt):
+        super().__init__()
+        self.length = int(opt.get('length', 1000))
+        if self.length < 1:
+            raise ValueError(f'datasets.train.length must be >= 1, got {self.length}')
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return {'tick': index}

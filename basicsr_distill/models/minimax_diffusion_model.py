@@ -1,0 +1,301 @@
+"""Dataset distillation for SR without class labels and pre-trained SR networks (Minimax-SR) as a BasicSR model.
+
+Three stages, each a unit of work of BasicSR's loop, each persisted, a rerun skipping finished stages:
+
+1. iteration 1: PSNR_bic patch selection, image features and seeded k-means pseudo-labels
+   (data/patch_selection.py), saved as ``<work_dir>/stage1_selection.json``;
+2. iterations 2 .. 1 + F: DiT fine-tuning with DiffFit (archs/dit_difffit_arch.py) on the VAE latents of the
+   selected patches, loss L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR (Eq. 2-6, losses/minimax_loss.py)
+   with per-class FIFO memories, AdamW, EMA; saved as ``<work_dir>/stage2_difffit.pth``;
+3. iterations 2 + F .. 1 + F + k: one pseudo-class per iteration: sampling with the EMA weights, a diffusers
+   scheduler and classifier-free guidance, VAE decode; HR written with its bicubic x1/scale LR (label and seed of
+   every image in distill.json).
+
+Pseudo-class c is DiT label ``label_offset + c`` (the null label for guidance stays ``num_embeds_ada_norm``), see
+archs/dit_difffit_arch.py.
+"""
+import os
+import os.path as osp
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr_distill.archs.dit_difffit_arch import (TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit, build_dit,
+                                                    build_vae, drop_labels, null_label, pseudo_to_dit_labels,
+                                                    set_label_dropout, vae_decode, vae_encode)
+from basicsr_distill.data.patch_selection import iter_patches, run_stage1
+from basicsr_distill.data.sr_patches import bicubic_lr
+from basicsr_distill.distilled_set import DistilledSetWriter, options_hash
+from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, minimax_objective, predict_x0_from_eps,
+                                                 representativeness_loss, sr_loss)
+from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
+from basicsr_distill.utils.ema import EMA
+
+#: Defaults of the ``distill`` section (paper / Minimax Diffusion: lambdas 0.002 / 0.008 / 1, AdamW lr 1e-3,
+#: EMA 0.9999, memories of 64, guidance 4.0 with 50 steps).
+MINIMAX_DEFAULTS = {
+    'work_dir': None,  # stage results; default: <distilled_root>_work
+    'stage1': {},  # data/patch_selection.py: dataroot_gt, gt_size, stride, threshold, extractor, k, seed, ...
+    'dit': {'pretrained': None, 'config': None, 'subfolder': 'auto'},  # a local diffusers dir, or config: tiny
+    'vae': {'pretrained': None, 'config': None, 'subfolder': 'auto'},
+    'label_offset': 0,
+    'finetune': {'iters': 1000, 'batch_size': 8, 'lr': 1e-3, 'weight_decay': 0.0, 'ema_decay': 0.9999,
+                 'memory_size': 64, 'lambda_r': 0.002, 'lambda_d': 0.008, 'lambda_sr': 1.0, 'label_dropout': 0.1,
+                 'num_train_timesteps': 1000, 'beta_schedule': 'linear'},
+    'sample': {'images_per_class': 10, 'steps': 50, 'guidance_scale': 4.0, 'scheduler': 'DDIMScheduler', 'seed': 0},
+}
+
+
+def _build(section, builder, tiny, option, seed):
+    """A model from a local diffusers folder, or randomly initialised from a config (seeded, global RNG restored)."""
+    config = dict(tiny) if section.get('config') == 'tiny' else section.get('config')
+    if isinstance(config, dict):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return builder(dict(config))
+    if not section.get('pretrained'):
+        raise ValueError(f'{option}: give pretrained (a local diffusers folder) or config (tiny, or a dict)')
+    return builder(section['pretrained'], subfolder=section.get('subfolder', 'auto'), option_name=f'{option}.pretrained')
+
+
+@MODEL_REGISTRY.register()
+class MinimaxDiffusionModel(DistillBaseModel):
+    """Minimax-SR: label-free diffusion distillation in three persisted stages (see the module docstring).
+
+    Options: the ``distill`` section (:data:`MINIMAX_DEFAULTS`), ``path.distilled_root``, ``datasets.train`` of type
+    ``DistillStageDataset`` and ``train.total_iter >= 1 + finetune.iters + stage1.k``.
+
+    Raises:
+        ValueError: unknown or invalid options (named), a too small ``train.total_iter``.
+        FileNotFoundError: missing local DiT / VAE / CLIP folders (named by their option).
+    """
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        cfg = self.cfg = merge_options(MINIMAX_DEFAULTS, opt.get('distill'))
+        self.scale = int(opt['scale'])
+        self.k = int(cfg['stage1'].get('k', 7))
+        self.F = int(cfg['finetune']['iters'])
+        needed = 1 + self.F + self.k
+        if int(opt['train']['total_iter']) < needed:
+            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: 1 (stage 1) + '
+                             f'distill.finetune.iters={self.F} + distill.stage1.k={self.k} classes = {needed}')
+        tiny_dit = dict(TINY_DIT_CONFIG, num_embeds_ada_norm=self.k + int(cfg['label_offset']))
+        self.dit = _build(cfg['dit'], build_dit, tiny_dit, 'distill.dit', self.seed).to(self.device)
+        self.vae = _build(cfg['vae'], build_vae, TINY_VAE_CONFIG, 'distill.vae', self.seed + 1).to(self.device).eval()
+        self.vae.requires_grad_(False)
+        self.trainable = apply_difffit(self.dit)
+        set_label_dropout(self.dit, 0.0)  # labels are dropped once per sample in the loop (DiT's training)
+        from diffusers import DDPMScheduler
+        ft = cfg['finetune']
+        self.train_scheduler = DDPMScheduler(num_train_timesteps=ft['num_train_timesteps'],
+                                             beta_schedule=ft['beta_schedule'])
+        root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
+        self.work_dir = cfg['work_dir'] or f'{root.rstrip("/")}_work'
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.writer = DistilledSetWriter(
+            root, method='minimax', scale=self.scale,
+            source={'folder': cfg['stage1'].get('dataroot_gt'), 'pseudo_classes': self.k,
+                    'gt_size': cfg['stage1'].get('gt_size')},
+            size_control={'ipc': int(cfg['sample']['images_per_class'])}, options=opt)
+        self.stage2_path = osp.join(self.work_dir, 'stage2_difffit.pth')
+        self.stage2_key = options_hash({k: cfg[k] for k in ('stage1', 'dit', 'vae', 'label_offset', 'finetune')})
+        self.selection = None
+        self.ft = None  # stage-2 state while it runs
+        self.stage2_done = False
+        self.logger.info(f'Minimax-SR: stage 1, {self.F} fine-tuning iterations, {self.k} pseudo-classes x '
+                         f'{cfg["sample"]["images_per_class"]} images -> {root} (work dir {self.work_dir})')
+
+    # ------------------------------------------------------------------------------------------ stage 1
+    def stage1(self):
+        """Selection and pseudo-labels (persisted; reused when the options and images are unchanged)."""
+        if self.selection is None:
+            self.selection = run_stage1(self.cfg['stage1'], osp.join(self.work_dir, 'stage1_selection.json'))
+        return self.selection
+
+    # ------------------------------------------------------------------------------------------ stage 2
+    def _load_stage2(self):
+        if self.stage2_done:
+            return True
+        if not osp.isfile(self.stage2_path):
+            return False
+        state = torch.load(self.stage2_path, map_location='cpu', weights_only=True)
+        if state.get('key') != self.stage2_key:
+            raise ValueError(f'{self.stage2_path} was fine-tuned with other options; move it away or pick another '
+                             f'distill.work_dir')
+        self._set_trainable(state['ema'])  # sampling uses the EMA weights
+        self.stage2_done = True
+        return True
+
+    def _set_trainable(self, tensors):
+        params = dict(self.dit.named_parameters())
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value.to(params[name].device))
+
+    @torch.no_grad()
+    def _encode_selection(self):
+        sel = self.stage1()
+        latents = []
+        patches = list(iter_patches(sel['records']))
+        for i in range(0, len(patches), 16):
+            batch = torch.from_numpy(np.stack(patches[i:i + 16])).permute(0, 3, 1, 2).to(self.device)
+            latents.append(vae_encode(self.vae, batch, sample=False))
+        return torch.cat(latents), torch.as_tensor(sel['labels'], dtype=torch.long, device=self.device)
+
+    def _start_stage2(self, resumed=None):
+        ft = self.cfg['finetune']
+        st = type('Stage2', (), {})()
+        st.latents, st.labels = self._encode_selection()
+        st.generator = self.unit_generator(1)
+        params = [p for n, p in self.dit.named_parameters() if n in set(self.trainable)]
+        st.optimizer = torch.optim.AdamW(params, lr=ft['lr'], weight_decay=ft['weight_decay'])
+        st.ema = EMA(self.dit, decay=ft['ema_decay'])
+        st.real_mem = FIFOMemory(self.k, ft['memory_size'])
+        st.syn_mem = FIFOMemory(self.k, ft['memory_size'])
+        st.t0 = time.time()
+        if resumed is not None:
+            self._set_trainable(resumed['trainable'])
+            st.optimizer.load_state_dict(resumed['optimizer'])
+            st.ema.load_state_dict(resumed['ema'])
+            st.real_mem.load_state_dict(resumed['real_mem'])
+            st.syn_mem.load_state_dict(resumed['syn_mem'])
+            st.generator.set_state(resumed['generator'])
+        self.ft = st
+        self.optimizers = [st.optimizer]
+        self.logger.info(f'Minimax-SR stage 2: fine-tuning on {len(st.labels)} selected patches, '
+                         f'{len(self.trainable)} DiffFit tensors trainable'
+                         + (' (resumed)' if resumed is not None else ''))
+
+    def finetune_losses(self, z0, labels, generator):
+        """One fine-tuning step's losses (Eq. 2-6) for latents z0 (B, C, h, w) of pseudo-classes ``labels`` (B,).
+
+        Returns:
+            tuple[dict[str, Tensor], Tensor]: the losses (l_simple, l_r, l_d, l_sr, l_total) and pred_x0 (detached).
+        """
+        ft, st = self.cfg['finetune'], self.ft
+        t = torch.randint(0, ft['num_train_timesteps'], (z0.shape[0], ), generator=generator).to(self.device)
+        noise = torch.randn(z0.shape, generator=generator).to(self.device)
+        z_t = self.train_scheduler.add_noise(z0, noise, t)
+        dit_labels = pseudo_to_dit_labels(labels, self.cfg['label_offset'])
+        dit_labels = drop_labels(dit_labels.cpu(), null_label(self.dit), ft['label_dropout'], generator)
+        out = self.dit(z_t, timestep=t, class_labels=dit_labels.to(self.device)).sample
+        eps = out[:, :z0.shape[1]]  # learned-sigma DiTs return 2C channels: the first C are epsilon
+        l_simple = F.mse_loss(eps, noise)
+        pred_x0 = predict_x0_from_eps(z_t, eps, self.train_scheduler.alphas_cumprod, t)
+        l_r = representativeness_loss(pred_x0, labels, st.real_mem)
+        l_d = diversity_loss(pred_x0, labels, st.syn_mem)
+        l_sr = sr_loss(vae_decode(self.vae, pred_x0), self.scale)
+        total = minimax_objective(l_simple, l_r, l_d, l_sr, ft['lambda_r'], ft['lambda_d'], ft['lambda_sr'])
+        return {'l_simple': l_simple, 'l_r': l_r, 'l_d': l_d, 'l_sr': l_sr, 'l_total': total}, pred_x0.detach()
+
+    def _finetune_step(self, step):
+        ft, st = self.cfg['finetune'], self.ft
+        idx = torch.randint(len(st.labels), (ft['batch_size'], ), generator=st.generator).to(self.device)
+        z0, labels = st.latents[idx], st.labels[idx]
+        self.dit.train()
+        st.optimizer.zero_grad(set_to_none=True)
+        losses, pred_x0 = self.finetune_losses(z0, labels, st.generator)
+        losses['l_total'].backward()
+        st.optimizer.step()
+        st.ema.update()
+        st.real_mem.push(labels, z0.flatten(1))  # after the loss, as the reference
+        st.syn_mem.push(labels, pred_x0.flatten(1))
+        self.log_dict = {k: float(v.detach()) for k, v in losses.items()}
+        if step == self.F:
+            trainable = {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)}
+            st.ema.copy_to(self.dit)  # sampling (stage 3) uses the EMA weights
+            ema = {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)}
+            tmp = f'{self.stage2_path}.tmp'
+            torch.save({'key': self.stage2_key, 'trainable': trainable, 'ema': ema, 'iters': self.F}, tmp)
+            os.replace(tmp, self.stage2_path)
+            self.log_progress(1, 3, 'stage 2 (fine-tuning)', time.time() - st.t0, 1)
+            self.ft, self.optimizers, self.stage2_done = None, [], True
+
+    # ------------------------------------------------------------------------------------------ stage 3
+    @torch.no_grad()
+    def sample_class(self, c):
+        """Images of pseudo-class c: (n, 3, H, W) in [0, 1] and the seed of each (classifier-free guidance)."""
+        import diffusers
+        smp = self.cfg['sample']
+        scheduler = getattr(diffusers, smp['scheduler']).from_config(self.train_scheduler.config)
+        self.dit.eval()
+        size = self.dit.config.sample_size
+        channels = self.dit.config.in_channels
+        label = pseudo_to_dit_labels(torch.tensor([c]), self.cfg['label_offset']).to(self.device)
+        labels = torch.cat([label, torch.full_like(label, null_label(self.dit))])
+        images, seeds = [], []
+        for j in range(int(smp['images_per_class'])):
+            seed = int(smp['seed']) * 1000003 + c * 10007 + j
+            gen = torch.Generator().manual_seed(seed)
+            z = torch.randn(1, channels, size, size, generator=gen).to(self.device) * scheduler.init_noise_sigma
+            scheduler.set_timesteps(int(smp['steps']))
+            for t in scheduler.timesteps:
+                z_in = scheduler.scale_model_input(torch.cat([z, z]), t)
+                out = self.dit(z_in, timestep=t.expand(2).to(self.device), class_labels=labels).sample[:, :channels]
+                eps_c, eps_u = out.chunk(2)
+                eps = eps_u + smp['guidance_scale'] * (eps_c - eps_u)
+                z = scheduler.step(eps, t, z, generator=gen).prev_sample
+            images.append(vae_decode(self.vae, z).clamp(0, 1))
+            seeds.append(seed)
+        return torch.cat(images), seeds
+
+    def _write_class(self, c):
+        t0 = time.time()
+        images, seeds = self.sample_class(c)
+        name = f'pseudo{c}'
+        pairs = []
+        for j, (img, seed) in enumerate(zip(images, seeds)):
+            gt = img.permute(1, 2, 0).float().cpu().numpy()
+            pairs.append({'name': f'{name}_minimax{j:04d}', 'lq': bicubic_lr(gt, self.scale), 'gt': gt,
+                          'info': {'label': c, 'dit_label': int(c + self.cfg['label_offset']), 'seed': seed,
+                                   'sampler': self.cfg['sample']['scheduler'],
+                                   'steps': int(self.cfg['sample']['steps']),
+                                   'guidance_scale': float(self.cfg['sample']['guidance_scale'])}})
+        self.writer.write_unit(name, pairs)
+        remaining = sum(not self.writer.is_finished(f'pseudo{i}') for i in range(self.k))
+        self.log_progress(c, self.k, f'stage 3, {name}', time.time() - t0, remaining)
+        if remaining == 0:
+            self.finalize()
+
+    # ------------------------------------------------------------------------------------------ loop
+    def optimize_parameters(self, current_iter):
+        if current_iter == 1:
+            self.stage1()
+            return
+        step = current_iter - 1
+        if step <= self.F:
+            if self._load_stage2():
+                return
+            if self.ft is None:
+                self.stage1()
+                resumed = self.take_pending_state(1)
+                self._start_stage2(resumed)
+            self._finetune_step(step)
+            return
+        c = step - self.F - 1
+        if c >= self.k or self.writer.is_finished(f'pseudo{c}'):
+            return
+        if not self._load_stage2():
+            raise RuntimeError(f'stage 3 needs the fine-tuned DiT {self.stage2_path}; it is missing')
+        self._write_class(c)
+
+    def get_current_learning_rate(self):
+        return [self.cfg['finetune']['lr']]
+
+    def finalize(self):
+        if all(self.writer.is_finished(f'pseudo{i}') for i in range(self.k)):
+            self.writer.finalize()
+
+    def unit_state(self):
+        st = self.ft
+        if st is None:
+            return None
+        return {'unit_index': 1,
+                'trainable': {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)},
+                'optimizer': st.optimizer.state_dict(), 'ema': st.ema.state_dict(),
+                'real_mem': st.real_mem.state_dict(), 'syn_mem': st.syn_mem.state_dict(),
+                'generator': st.generator.get_state()}

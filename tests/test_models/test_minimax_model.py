@@ -1,0 +1,136 @@
+"""MinimaxDiffusionModel: the three stages end to end through BasicSR, persisted stages, resume inside stage 2."""
+import os
+import os.path as osp
+import shutil
+import sys
+
+import pytest
+import torch
+import yaml
+
+import basicsr_distill  # noqa: F401
+from basicsr.train import train_pipeline
+from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
+from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
+from conftest import shared_path
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    num = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num)
+
+
+def _opt(tmp_path, finetune_iters=3):
+    hr = tmp_path / 'hr'
+    if not hr.exists():
+        hr.mkdir(parents=True)
+        for name in ('tt1.png', 'tt2.png', 'tt3.png'):
+            shutil.copy(shared_path('data', 'train', 't91', name), hr / name)
+    return {
+        'name': 'minimax_test', 'model_type': 'MinimaxDiffusionModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'train': {'name': 'stages', 'type': 'DistillStageDataset', 'length': 10, 'use_shuffle': False,
+                               'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
+                               'prefetch_mode': None}},
+        'path': {'distilled_root': str(tmp_path / 'distilled'), 'resume_state': None},
+        'distill': {
+            'stage1': {'dataroot_gt': str(hr), 'gt_size': 64, 'stride': 64, 'threshold': 'median',
+                       'extractor': {'type': 'color_gradient'}, 'k': 2, 'seed': 0},
+            'dit': {'config': 'tiny'}, 'vae': {'config': 'tiny'},
+            'finetune': {'iters': finetune_iters, 'batch_size': 2, 'ema_decay': 0.9},
+            'sample': {'images_per_class': 2, 'steps': 2, 'guidance_scale': 4.0, 'seed': 0},
+        },
+        'train': {'total_iter': 1 + finetune_iters + 2, 'warmup_iter': -1},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+    }
+
+
+def _run(opt, tmp_path, monkeypatch, name):
+    path = tmp_path / f'{name}.yml'
+    opt = dict(opt, name=name)
+    path.write_text('plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(opt, sort_keys=False))
+    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', str(path)])
+    train_pipeline(str(tmp_path))
+
+
+def _model(opt):
+    opt = dict(opt, is_train=True, dist=False, rank=0, world_size=1)
+    opt['path'] = dict(opt['path'], experiments_root=opt['path']['distilled_root'] + '_exp',
+                       training_states=opt['path']['distilled_root'] + '_exp')
+    os.makedirs(opt['path']['training_states'], exist_ok=True)
+    return MinimaxDiffusionModel(opt)
+
+
+def test_three_stages_through_basicsr_then_a_rerun_skips_them_and_edsr_trains(tmp_path, monkeypatch):
+    opt = _opt(tmp_path)
+    _run(opt, tmp_path, monkeypatch, 'minimax_a')
+    root = opt['path']['distilled_root']
+    manifest = validate_distilled_set(root, scale=4, require_complete=True)
+    assert manifest['method'] == 'minimax' and manifest['size_control'] == {'ipc': 2}
+    assert sorted(manifest['units_finished']) == ['pseudo0', 'pseudo1'] and manifest['num_pairs'] == 4
+    for pair in manifest['pairs']:
+        assert pair['label'] in (0, 1) and isinstance(pair['seed'], int) and pair['hr_shape'][:2] == [64, 64]
+        assert pair['lr_shape'][:2] == [16, 16]
+    assert len({p['seed'] for p in manifest['pairs']}) == 4
+    work = root + '_work'
+    stamps = {f: os.stat(osp.join(work, f)).st_mtime_ns for f in ('stage1_selection.json', 'stage2_difffit.pth')}
+    updated = manifest['updated']
+
+    _run(opt, tmp_path, monkeypatch, 'minimax_b')  # a restart: every stage is found on disk and skipped
+    assert {f: os.stat(osp.join(work, f)).st_mtime_ns for f in stamps} == stamps
+    assert read_manifest(root)['updated'] == updated
+
+    edsr = {
+        'name': 'edsr_on_minimax', 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'train': {'name': 'minimax', 'type': 'DistilledPairedDataset', 'dataroot': root,
+                               'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
+                               'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
+                               'dataset_enlarge_ratio': 1, 'prefetch_mode': None}},
+        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 4,
+                      'img_range': 255.},
+        'path': {'pretrain_network_g': None, 'resume_state': None},
+        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
+                  'gamma': 0.5}, 'total_iter': 2, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+    }
+    _run(edsr, tmp_path, monkeypatch, 'edsr_on_minimax')
+    assert osp.isfile(tmp_path / 'experiments' / 'edsr_on_minimax' / 'models' / 'net_g_latest.pth')
+
+
+def test_resume_inside_stage2_gives_the_same_fine_tuned_weights(tmp_path):
+    a, b = _opt(tmp_path / 'a', 4), _opt(tmp_path / 'b', 4)
+    straight = _model(a)
+    for it in range(1, 6):
+        straight.optimize_parameters(it)
+    first = _model(b)
+    for it in range(1, 4):
+        first.optimize_parameters(it)
+    first.save(0, 3)
+    state = torch.load(osp.join(first.opt['path']['training_states'], '3.state'), weights_only=True)
+    restarted = _model(b)
+    restarted.resume_training(state)
+    for it in range(4, 6):
+        restarted.optimize_parameters(it)
+    ta = torch.load(straight.stage2_path, weights_only=True)
+    tb = torch.load(restarted.stage2_path, weights_only=True)
+    assert ta['trainable'].keys() == tb['trainable'].keys()
+    for name in ta['trainable']:
+        assert torch.equal(ta['trainable'][name], tb['trainable'][name]), name
+        assert torch.equal(ta['ema'][name], tb['ema'][name]), name
+
+
+def test_missing_local_dit_names_the_option(tmp_path):
+    opt = _opt(tmp_path)
+    opt['distill']['dit'] = {'pretrained': str(tmp_path / 'no_dit')}
+    with pytest.raises(FileNotFoundError, match='distill.dit.pretrained'):
+        _model(opt)
+
+
+def test_too_small_total_iter_is_refused(tmp_path):
+    opt = _opt(tmp_path)
+    opt['train']['total_iter'] = 3
+    with pytest.raises(ValueError, match='train.total_iter=3 is too small'):
+        _model(opt)
