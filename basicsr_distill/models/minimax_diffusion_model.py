@@ -58,7 +58,8 @@ def _build(section, builder, tiny, option, seed):
             return builder(dict(config))
     if not section.get('pretrained'):
         raise ValueError(f'{option}: give pretrained (a local diffusers folder) or config (tiny, or a dict)')
-    return builder(section['pretrained'], subfolder=section.get('subfolder', 'auto'), option_name=f'{option}.pretrained')
+    return builder(section['pretrained'], subfolder=section.get('subfolder', 'auto'),
+                   option_name=f'{option}.pretrained')
 
 
 @MODEL_REGISTRY.register()
