@@ -107,6 +107,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
         self.selection = None
         self.ft = None  # stage-2 state while it runs
         self.stage2_done = False
+        self.ft_latent_shape = None
         self.logger.info(f'Minimax-SR: stage 1, {self.F} fine-tuning iterations, {self.k} pseudo-classes x '
                          f'{cfg["sample"]["images_per_class"]} images -> {root} (work dir {self.work_dir})')
 
@@ -151,6 +152,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
         ft = self.cfg['finetune']
         st = type('Stage2', (), {})()
         st.latents, st.labels = self._encode_selection()
+        self.ft_latent_shape = st.latents.shape[1:]
         st.generator = self.unit_generator(1)
         params = [p for n, p in self.dit.named_parameters() if n in set(self.trainable)]
         st.optimizer = torch.optim.AdamW(params, lr=ft['lr'], weight_decay=ft['weight_decay'])
