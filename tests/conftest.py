@@ -27,3 +27,57 @@ def pytest_sessionstart(session):
     if not osp.isdir(SHARED):
         raise pytest.UsageError(f'the tests read real images and weights from {SHARED}, which is missing: put the '
                                 f'project\'s shared/ folder beside the repository or set BASICSR_DISTILL_SHARED')
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one thread avoids oversubscribing the shared cores (restored afterwards)."""
+    import torch
+    num = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num)
+
+
+def write_option_file(opt, path):
+    """Write ``opt`` as a BasicSR option file carrying the plugin key; returns the path as str."""
+    import yaml
+    path.write_text('plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(opt, sort_keys=False))
+    return str(path)
+
+
+def run_basicsr_train(opt_path, root, monkeypatch, *extra):
+    """BasicSR's own ``train_pipeline`` on an option file, experiments under ``root``."""
+    import sys
+
+    from basicsr.train import train_pipeline
+    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', str(opt_path), *extra])
+    train_pipeline(str(root))
+
+
+def build_distill_model(model_cls, opt):
+    """A distillation model built as train_pipeline builds it, for unit-level checks without the loop."""
+    opt = dict(opt, is_train=True, dist=False, rank=0, world_size=1)
+    opt['path'] = dict(opt['path'], experiments_root=opt['path']['distilled_root'] + '_exp',
+                       training_states=opt['path']['distilled_root'] + '_exp')
+    os.makedirs(opt['path']['training_states'], exist_ok=True)
+    opt['datasets'] = {'train': dict(opt['datasets']['train'], scale=opt['scale'], phase='train')}
+    return model_cls(opt)
+
+
+def tiny_edsr_options(name, dataset, gt_size=16, iters=2):
+    """A tiny EDSR x4 SRModel config training ``iters`` iterations on ``dataset`` (a datasets.train dict)."""
+    train = dict(dataset, name='distilled', io_backend={'type': 'disk'}, gt_size=gt_size, use_hflip=True,
+                 use_rot=True, use_shuffle=True, num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1,
+                 prefetch_mode=None)
+    return {
+        'name': name, 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'train': train},
+        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 4,
+                      'img_range': 255.},
+        'path': {'pretrain_network_g': None, 'resume_state': None},
+        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'total_iter': iters, 'warmup_iter': -1,
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+    }

@@ -45,6 +45,8 @@ class DistillBaseModel(BaseModel):
         self.seed = int(opt.get('manual_seed') or 0)
         self._pending_unit_state = None
         self._unit_times = []
+        self.writer = None  # subclasses: the DistilledSetWriter of the output folder
+        self.unit_names = []  # subclasses: ids of the units that write pairs, in order
 
     # ----------------------------------------------------------------------------------------- networks
     def build_frozen_network(self, key):
@@ -129,5 +131,16 @@ class DistillBaseModel(BaseModel):
             return state
         return None
 
+    def commit_unit(self, index, name, pairs, seconds):
+        """Write a finished unit's pairs, log progress with ETA, finalise the set after the last unit."""
+        self.writer.write_unit(name, pairs)
+        remaining = sum(not self.writer.is_finished(n) for n in self.unit_names)
+        self.log_progress(index, len(self.unit_names), name, seconds, remaining)
+        self.optimizers = []
+        if remaining == 0:
+            self.finalize()
+
     def finalize(self):
-        """Called at the end of training; subclasses mark the distilled set complete."""
+        """Mark the distilled set complete once every unit is written (also called at the end of training)."""
+        if self.writer is not None and all(self.writer.is_finished(n) for n in self.unit_names):
+            self.writer.finalize()

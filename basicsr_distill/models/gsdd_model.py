@@ -100,6 +100,7 @@ class GSDDModel(DistillBaseModel):
                     'num_images': sum(len(self.source.images_of(c)) for c in range(self.source.num_classes)),
                     'gt_size': opt['datasets']['train']['gt_size']},
             size_control={'ipc': int(cfg['ipc'])}, options=opt)
+        self.unit_names = list(self.source.class_names)
         self.unit = None
         self.logger.info(f'GSDD: {self.source.num_classes} classes x {self.T} iterations, IPC {cfg["ipc"]} -> {root} '
                          f'({len(self.writer.finished_units)} classes already written)')
@@ -244,20 +245,11 @@ class GSDDModel(DistillBaseModel):
                     'info': {'class': unit.name, 'class_index': unit.index, 'paired_image': unit.pair_paths[j],
                              'init': 'gan_inversion'},
                 })
-        self.writer.write_unit(unit.name, pairs)
-        remaining = sum(not self.writer.is_finished(n) for n in self.source.class_names)
-        self.log_progress(unit.index, self.source.num_classes, unit.name, time.time() - unit.t0, remaining)
         self.unit = None
-        self.optimizers = []
-        if remaining == 0:
-            self.finalize()
+        self.commit_unit(unit.index, unit.name, pairs, time.time() - unit.t0)
 
     def get_current_learning_rate(self):
         return [self.cfg['optim']['lr']]
-
-    def finalize(self):
-        if all(self.writer.is_finished(n) for n in self.source.class_names):
-            self.writer.finalize()
 
     def unit_state(self):
         unit = self.unit

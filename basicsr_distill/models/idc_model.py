@@ -85,6 +85,7 @@ class IDCModel(DistillBaseModel):
             source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_images': self.source.num_instances,
                     'gt_size': self.source.gt_size, 'stride': self.source.stride},
             size_control={'r': self.cfg['ratio']}, options=opt)
+        self.unit_names = list(self.source.names)
         self.inst = None
         self.logger.info(f'IDC: {self.source.num_instances} instances x {self.T} iterations -> {root} '
                          f'({len(self.writer.finished_units)} already written)')
@@ -252,22 +253,13 @@ class IDCModel(DistillBaseModel):
                              'num_real_patches': inst.num_real, 'init': self.cfg['init'],
                              'init_patch_hr_yx': list(inst.coords[init]) if init >= 0 else None},
                 })
-        self.writer.write_unit(inst.name, pairs)
-        remaining = sum(not self.writer.is_finished(n) for n in self.source.names)
-        self.log_progress(inst.index, self.source.num_instances, inst.name, time.time() - inst.t0, remaining)
         self.inst = None
-        self.optimizers = []
-        if remaining == 0:
-            self.finalize()
+        self.commit_unit(inst.index, inst.name, pairs, time.time() - inst.t0)
 
     def get_current_learning_rate(self):
         if self.inst is not None and getattr(self.inst, 'num_real', 0):
             return [self.inst.optimizer.param_groups[0]['lr']]
         return [self.cfg['optim']['lr']]
-
-    def finalize(self):
-        if all(self.writer.is_finished(n) for n in self.source.names):
-            self.writer.finalize()
 
     # ------------------------------------------------------------------------------------------ resume
     def unit_state(self):

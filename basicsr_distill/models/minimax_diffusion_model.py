@@ -102,6 +102,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
             source={'folder': cfg['stage1'].get('dataroot_gt'), 'pseudo_classes': self.k,
                     'gt_size': cfg['stage1'].get('gt_size')},
             size_control={'ipc': int(cfg['sample']['images_per_class'])}, options=opt)
+        self.unit_names = [f'pseudo{c}' for c in range(self.k)]  # stage 3 writes one unit per pseudo-class
         self.stage2_path = osp.join(self.work_dir, 'stage2_difffit.pth')
         self.stage2_key = options_hash({k: cfg[k] for k in ('stage1', 'dit', 'vae', 'label_offset', 'finetune')})
         self.selection = None
@@ -215,7 +216,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
             tmp = f'{self.stage2_path}.tmp'
             torch.save({'key': self.stage2_key, 'trainable': trainable, 'ema': ema, 'iters': self.F}, tmp)
             os.replace(tmp, self.stage2_path)
-            self.log_progress(1, 3, 'stage 2 (fine-tuning)', time.time() - st.t0, 1)
+            self.logger.info(f'Minimax-SR stage 2 done in {time.time() - st.t0:.1f} s: {self.stage2_path}')
             self.ft, self.optimizers, self.stage2_done = None, [], True
 
     # ------------------------------------------------------------------------------------------ stage 3
@@ -258,11 +259,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
                                    'sampler': self.cfg['sample']['scheduler'],
                                    'steps': int(self.cfg['sample']['steps']),
                                    'guidance_scale': float(self.cfg['sample']['guidance_scale'])}})
-        self.writer.write_unit(name, pairs)
-        remaining = sum(not self.writer.is_finished(f'pseudo{i}') for i in range(self.k))
-        self.log_progress(c, self.k, f'stage 3, {name}', time.time() - t0, remaining)
-        if remaining == 0:
-            self.finalize()
+        self.commit_unit(c, name, pairs, time.time() - t0)
 
     # ------------------------------------------------------------------------------------------ loop
     def optimize_parameters(self, current_iter):
@@ -280,7 +277,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
             self._finetune_step(step)
             return
         c = step - self.F - 1
-        if c >= self.k or self.writer.is_finished(f'pseudo{c}'):
+        if c >= self.k or self.writer.is_finished(self.unit_names[c]):
             return
         if not self._load_stage2():
             raise RuntimeError(f'stage 3 needs the fine-tuned DiT {self.stage2_path}; it is missing')
@@ -288,10 +285,6 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     def get_current_learning_rate(self):
         return [self.cfg['finetune']['lr']]
-
-    def finalize(self):
-        if all(self.writer.is_finished(f'pseudo{i}') for i in range(self.k)):
-            self.writer.finalize()
 
     def unit_state(self):
         st = self.ft

@@ -2,31 +2,25 @@
 import os
 import os.path as osp
 import shutil
-import sys
 
 import pytest
 import torch
-import yaml
 
 import basicsr_distill  # noqa: F401
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
-from basicsr.train import train_pipeline
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
-from conftest import REPO, shared_path
+from conftest import REPO, build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options, write_option_file
 
 G_OPT = {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 4,
          'act_type': 'prelu'}
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    num = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _threads(one_thread):
     yield
-    torch.set_num_threads(num)
 
 
 def _classes(tmp_path):
@@ -71,12 +65,7 @@ def _opt(tmp_path, dataroot, **distill):
 
 
 def _model(opt):
-    opt = dict(opt, is_train=True, dist=False, rank=0, world_size=1)
-    opt['path'] = dict(opt['path'], experiments_root=opt['path']['distilled_root'] + '_exp',
-                       training_states=opt['path']['distilled_root'] + '_exp')
-    os.makedirs(opt['path']['training_states'], exist_ok=True)
-    opt['datasets'] = {'train': dict(opt['datasets']['train'], scale=opt['scale'], phase='train')}
-    return GSDDModel(opt)
+    return build_distill_model(GSDDModel, opt)
 
 
 def _full_graph(model, unit, real, params, lam):
@@ -165,10 +154,7 @@ def test_gsdd_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mo
     opt['network_f'] = {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4}
     opt['path']['pretrain_network_f'] = osp.join(REPO, 'weights', 'imdn_baseline.pth')
     opt['distill']['inversion'] = {'iters': 2, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0}
-    opt_path = tmp_path / 'gsdd.yml'
-    opt_path.write_text('plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(opt, sort_keys=False))
-    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', str(opt_path)])
-    train_pipeline(str(tmp_path))
+    run_basicsr_train(write_option_file(opt, tmp_path / 'gsdd.yml'), tmp_path, monkeypatch)
 
     root = opt['path']['distilled_root']
     manifest = validate_distilled_set(root, scale=4, require_complete=True)
@@ -177,24 +163,8 @@ def test_gsdd_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mo
     assert sorted({p['class'] for p in manifest['pairs']}) == ['bsd', 'tt']
     assert all(p['hr_shape'][:2] == [32, 32] and p['lr_shape'][:2] == [8, 8] for p in manifest['pairs'])
 
-    train_opt = {
-        'name': 'edsr_on_gsdd', 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'gsdd', 'type': 'DistilledPairedDataset', 'dataroot': root,
-                               'io_backend': {'type': 'disk'}, 'gt_size': 16, 'use_hflip': True, 'use_rot': True,
-                               'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
-                               'dataset_enlarge_ratio': 1, 'prefetch_mode': None}},
-        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 4,
-                      'img_range': 255.},
-        'path': {'pretrain_network_g': None, 'resume_state': None},
-        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
-                  'gamma': 0.5}, 'total_iter': 2, 'warmup_iter': -1,
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
-    }
-    train_path = tmp_path / 'edsr.yml'
-    train_path.write_text('plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(train_opt))
-    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', str(train_path)])
-    train_pipeline(str(tmp_path))
+    train_opt = tiny_edsr_options('edsr_on_gsdd', {'type': 'DistilledPairedDataset', 'dataroot': root})
+    run_basicsr_train(write_option_file(train_opt, tmp_path / 'edsr.yml'), tmp_path, monkeypatch)
     assert osp.isfile(tmp_path / 'experiments' / 'edsr_on_gsdd' / 'models' / 'net_g_latest.pth')
 
 

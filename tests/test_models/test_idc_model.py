@@ -11,14 +11,13 @@ import torch
 import yaml
 
 import basicsr_distill  # noqa: F401
-from basicsr.train import train_pipeline
 from basicsr.utils.options import ordered_yaml
 from basicsr_distill.archs.imdn_arch import IMDN
 from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
-from conftest import REPO, shared_path
+from conftest import REPO, build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options, write_option_file
 
 T = 6  # iterations per instance in these tests
 
@@ -60,27 +59,16 @@ def _distill_opt(tmp_path, hr_folder, **distill):
     }
 
 
-def _write_yaml(opt, path, plugin_key=True):
-    text = yaml.safe_dump(opt, sort_keys=False)
-    if plugin_key:  # the key every option file carries: imports the plugin while BasicSR parses the file
-        text = 'plugin: !!python/name:basicsr_distill.__name__\n' + text
-    path.write_text(text)
-    return str(path)
+def _write_yaml(opt, path):
+    return write_option_file(opt, path)
 
 
 def _run_basicsr_train(opt_path, root, monkeypatch, *extra):
-    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', opt_path, *extra])
-    train_pipeline(str(root))
+    run_basicsr_train(opt_path, root, monkeypatch, *extra)
 
 
 def _model(opt):
-    """IDCModel built as train_pipeline builds it (for unit-level checks without the loop)."""
-    opt = dict(opt, is_train=True, dist=False, rank=0, world_size=1)
-    opt['path'] = dict(opt['path'], experiments_root=opt['path']['distilled_root'] + '_exp',
-                       training_states=opt['path']['distilled_root'] + '_exp')
-    os.makedirs(opt['path']['training_states'], exist_ok=True)
-    opt['datasets'] = {'train': dict(opt['datasets']['train'], scale=opt['scale'], phase='train')}
-    return IDCModel(opt)
+    return build_distill_model(IDCModel, opt)
 
 
 def test_plugin_option_file_parses_with_basicsr_loader():
@@ -124,19 +112,7 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
                      'meta_info_file': f'{root}/meta_info.txt', 'filename_tmpl': '{}'},
                     {'type': 'DistilledPairedDataset', 'dataroot': root, 'lq_source': 'float'}):
         name = f'edsr_{dataset["type"]}'
-        train_opt = {
-            'name': name, 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-            'datasets': {'train': dict(dataset, name='distilled', io_backend={'type': 'disk'}, gt_size=16,
-                                       use_hflip=True, use_rot=True, use_shuffle=True, num_worker_per_gpu=0,
-                                       batch_size_per_gpu=2, dataset_enlarge_ratio=1, prefetch_mode=None)},
-            'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
-                          'upscale': 4, 'img_range': 255.},
-            'path': {'pretrain_network_g': None, 'resume_state': None},
-            'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR',
-                      'milestones': [100], 'gamma': 0.5}, 'total_iter': 3, 'warmup_iter': -1,
-                      'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
-            'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
-        }
+        train_opt = tiny_edsr_options(name, dataset, gt_size=16, iters=3)
         _run_basicsr_train(_write_yaml(train_opt, tmp_path / f'{name}.yml'), tmp_path, monkeypatch)
         assert osp.isfile(tmp_path / 'experiments' / name / 'models' / 'net_g_latest.pth')
 

@@ -2,25 +2,19 @@
 import os
 import os.path as osp
 import shutil
-import sys
 
 import pytest
 import torch
-import yaml
 
 import basicsr_distill  # noqa: F401
-from basicsr.train import train_pipeline
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
-from conftest import shared_path
+from conftest import build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options, write_option_file
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    num = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _threads(one_thread):
     yield
-    torch.set_num_threads(num)
 
 
 def _opt(tmp_path, finetune_iters=3):
@@ -48,19 +42,11 @@ def _opt(tmp_path, finetune_iters=3):
 
 
 def _run(opt, tmp_path, monkeypatch, name):
-    path = tmp_path / f'{name}.yml'
-    opt = dict(opt, name=name)
-    path.write_text('plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(opt, sort_keys=False))
-    monkeypatch.setattr(sys, 'argv', ['basicsr/train.py', '-opt', str(path)])
-    train_pipeline(str(tmp_path))
+    run_basicsr_train(write_option_file(dict(opt, name=name), tmp_path / f'{name}.yml'), tmp_path, monkeypatch)
 
 
 def _model(opt):
-    opt = dict(opt, is_train=True, dist=False, rank=0, world_size=1)
-    opt['path'] = dict(opt['path'], experiments_root=opt['path']['distilled_root'] + '_exp',
-                       training_states=opt['path']['distilled_root'] + '_exp')
-    os.makedirs(opt['path']['training_states'], exist_ok=True)
-    return MinimaxDiffusionModel(opt)
+    return build_distill_model(MinimaxDiffusionModel, opt)
 
 
 def test_three_stages_through_basicsr_then_a_rerun_skips_them_and_edsr_trains(tmp_path, monkeypatch):
@@ -82,20 +68,7 @@ def test_three_stages_through_basicsr_then_a_rerun_skips_them_and_edsr_trains(tm
     assert {f: os.stat(osp.join(work, f)).st_mtime_ns for f in stamps} == stamps
     assert read_manifest(root)['updated'] == updated
 
-    edsr = {
-        'name': 'edsr_on_minimax', 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'minimax', 'type': 'DistilledPairedDataset', 'dataroot': root,
-                               'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
-                               'use_shuffle': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
-                               'dataset_enlarge_ratio': 1, 'prefetch_mode': None}},
-        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 4,
-                      'img_range': 255.},
-        'path': {'pretrain_network_g': None, 'resume_state': None},
-        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
-                  'gamma': 0.5}, 'total_iter': 2, 'warmup_iter': -1,
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
-    }
+    edsr = tiny_edsr_options('edsr_on_minimax', {'type': 'DistilledPairedDataset', 'dataroot': root}, gt_size=32)
     _run(edsr, tmp_path, monkeypatch, 'edsr_on_minimax')
     assert osp.isfile(tmp_path / 'experiments' / 'edsr_on_minimax' / 'models' / 'net_g_latest.pth')
 
