@@ -377,18 +377,71 @@ def _check_manifest_consistency(manifest, manifest_path):
                              'units_finished.')
 
 
-def validate_distilled_set(root, scale=None, require_complete=False, check_files=True):
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_IEND = b'\x00\x00\x00\x00IEND\xaeB`\x82'
+
+
+def _pair_file_problem(path, kind, shape):
+    """Why a pair file is broken, from its first and last bytes only (no decoding), or None.
+
+    PNG files (``hr``, ``lr``) must start with the PNG signature and an IHDR chunk of the expected size and end with
+    the IEND chunk (the writer's encoder always ends there); the npy file (``lr_float``) must hold a float (H, W, 3)
+    array of the expected shape whose data fills the file exactly. This finds truncated files, files of another
+    format and files replaced by images of another size.
+
+    Args:
+        path (str): The file.
+        kind (str): ``'hr'``, ``'lr'`` or ``'lr_float'``.
+        shape (list[int]): The (H, W, 3) shape the manifest records.
+
+    Returns:
+        str | None: The problem, or None.
+    """
+    size = osp.getsize(path)
+    with open(path, 'rb') as f:
+        if kind != 'lr_float':
+            head = f.read(24)
+            if size < 24 + len(_PNG_IEND) or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+                return 'is not a PNG file'
+            w, h = int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+            if [h, w] != [int(v) for v in shape[:2]]:
+                return f'is {h}x{w} pixels, the manifest says {shape[0]}x{shape[1]}'
+            f.seek(size - len(_PNG_IEND))
+            if f.read(len(_PNG_IEND)) != _PNG_IEND:
+                return 'is truncated (no IEND chunk at its end)'
+            return None
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                return f'is an npy file of version {version}, not 1.0 or 2.0'
+            arr_shape, _, dtype = read_header[version](f)
+        except (ValueError, OSError, EOFError) as err:
+            return f'is not a readable npy file ({err})'
+        if len(arr_shape) != 3 or arr_shape[2] != 3 or dtype.kind != 'f' or dtype.hasobject:
+            return f'must hold a float (H, W, 3) array, holds {dtype} {arr_shape}'
+        if list(arr_shape) != [int(v) for v in shape]:
+            return f'holds an array of shape {arr_shape}, the manifest says {tuple(shape)}'
+        if f.tell() + int(np.prod(arr_shape)) * dtype.itemsize != size:
+            return f'has {size} bytes, not the {f.tell() + int(np.prod(arr_shape)) * dtype.itemsize} its header says'
+    return None
+
+
+def validate_distilled_set(root, scale=None, require_complete=False, check_files=True, check_contents=False):
     """Check that ``root`` is a usable distilled set.
 
     Checks the manifest (see :func:`read_manifest`), the scale, completeness (optional), that every listed pair has
     its ``hr/`` and ``lr/`` PNG and its ``lr_float/`` npy file, and that ``meta_info.txt`` lists the same names.
-    Image contents and shapes are not read (the dataset checks them when it loads a pair).
+    Pixels are not decoded (the dataset checks a pair when it loads it); with ``check_contents`` the first and
+    last bytes of every file are read to find truncated files, files of another format and sizes other than the
+    manifest's (cheap: no decoding).
 
     Args:
         root (str): Distilled-set folder.
         scale (int | None): Expected upscaling factor; None skips the check. Default: None.
         require_complete (bool): Require ``complete: true`` (a finalized run). Default: False.
         check_files (bool): Check the pair files and meta_info.txt (an lmdb-only reader sets False). Default: True.
+        check_contents (bool): Also check the headers, sizes and ends of the pair files (see above). Default: False.
 
     Returns:
         dict: The manifest.
@@ -396,7 +449,8 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
     Raises:
         FileNotFoundError: When the manifest is missing.
         ValueError: Invalid manifest, scale mismatch (names distill.json and both scales), incomplete set while
-            ``require_complete``, the first missing pair file (named), or meta_info.txt out of sync (named).
+            ``require_complete``, the first missing pair file (named), meta_info.txt out of sync (named), or with
+            ``check_contents`` the first broken pair file (named).
     """
     manifest = read_manifest(root)
     manifest_path = osp.join(root, MANIFEST_NAME)
@@ -414,6 +468,10 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
             if not osp.isfile(path):
                 raise ValueError(f'Distilled set {root}: the {kind} file {path} of pair {pair["name"]!r} listed in '
                                  f'{manifest_path} is missing.')
+            shape = pair['hr_shape' if kind == 'hr' else 'lr_shape']
+            problem = _pair_file_problem(path, kind, shape) if check_contents else None
+            if problem:
+                raise ValueError(f'Distilled set {root}: the {kind} file {path} of pair {pair["name"]!r} {problem}.')
     meta_path = osp.join(root, META_INFO_NAME)
     if not osp.isfile(meta_path):
         raise ValueError(f'Distilled set {root}: {meta_path} is missing; regenerate it with '

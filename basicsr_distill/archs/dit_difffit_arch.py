@@ -134,6 +134,30 @@ def _resolve_dir(config_or_dir, subfolder, default_subfolder, option_name, what)
     return path, subfolder
 
 
+def _from_pretrained_strict(cls, path, sub, option_name, what, torch_dtype):
+    """``cls.from_pretrained`` from a local folder, refusing weights that do not fit the config.
+
+    diffusers only warns about missing (then randomly initialised) or unexpected keys; here they are an error.
+
+    Raises:
+        FileNotFoundError: no weights file in the folder (naming ``option_name``).
+        RuntimeError: missing, unexpected or mismatched keys (listed, naming the folder and ``option_name``).
+    """
+    where = osp.join(path, sub) if sub else path
+    try:
+        model, info = cls.from_pretrained(path, subfolder=sub, local_files_only=True, torch_dtype=torch_dtype,
+                                          output_loading_info=True)
+    except OSError as err:
+        raise FileNotFoundError(f'{what} folder {where!r} (option {option_name!r}): cannot load its weights: '
+                                f'{err}') from err
+    problems = {k: list(info.get(k) or []) for k in ('missing_keys', 'unexpected_keys', 'mismatched_keys')}
+    if any(problems.values()):
+        detail = '; '.join(f'{len(v)} {k.replace("_", " ")} {v[:5]}' for k, v in problems.items() if v)
+        raise RuntimeError(f'{what} folder {where!r} (option {option_name!r}): the weights do not fit its '
+                           f'config.json ({detail})')
+    return model
+
+
 def build_dit(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pretrained_dit'):
     """Build diffusers' :class:`~diffusers.DiTTransformer2DModel` from a local folder or a config dict.
 
@@ -154,7 +178,8 @@ def build_dit(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pr
         defaults); all parameters trainable.
 
     Raises:
-        FileNotFoundError: If the folder, or its ``config.json``, is missing (naming ``option_name``).
+        FileNotFoundError: If the folder, its ``config.json`` or its weights are missing (naming ``option_name``).
+        RuntimeError: If the weights do not fit the config (missing, unexpected or mismatched keys, listed).
     """
     from diffusers import DiTTransformer2DModel
     if isinstance(config_or_dir, dict):
@@ -165,7 +190,7 @@ def build_dit(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pr
                 block.norm1.emb.load_state_dict(ref)
         return dit if torch_dtype is None else dit.to(torch_dtype)
     path, sub = _resolve_dir(config_or_dir, subfolder, 'transformer', option_name, 'DiT')
-    return DiTTransformer2DModel.from_pretrained(path, subfolder=sub, local_files_only=True, torch_dtype=torch_dtype)
+    return _from_pretrained_strict(DiTTransformer2DModel, path, sub, option_name, 'DiT', torch_dtype)
 
 
 def build_vae(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pretrained_vae'):
@@ -182,14 +207,15 @@ def build_vae(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pr
         AutoencoderKL: The VAE. Freeze it and put it in eval mode for Stage 2 (Minimax Diffusion does).
 
     Raises:
-        FileNotFoundError: If the folder, or its ``config.json``, is missing (naming ``option_name``).
+        FileNotFoundError: If the folder, its ``config.json`` or its weights are missing (naming ``option_name``).
+        RuntimeError: If the weights do not fit the config (missing, unexpected or mismatched keys, listed).
     """
     from diffusers import AutoencoderKL
     if isinstance(config_or_dir, dict):
         vae = AutoencoderKL.from_config(dict(config_or_dir))
         return vae if torch_dtype is None else vae.to(torch_dtype)
     path, sub = _resolve_dir(config_or_dir, subfolder, 'vae', option_name, 'VAE')
-    return AutoencoderKL.from_pretrained(path, subfolder=sub, local_files_only=True, torch_dtype=torch_dtype)
+    return _from_pretrained_strict(AutoencoderKL, path, sub, option_name, 'VAE', torch_dtype)
 
 
 def vae_downsample_factor(vae):

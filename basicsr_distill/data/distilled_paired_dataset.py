@@ -42,7 +42,8 @@ class DistilledPairedDataset(data.Dataset):
     Behaves like BasicSR's ``PairedImageDataset`` (same outputs, crops and augmentations) but reads the pairs the
     set's ``distill.json`` lists, and by default the lossless float LR copy (``lr_float/*.npy``) instead of the
     quantised LR PNG. The set is validated at construction, so a broken folder fails at start with a message naming
-    the offending file.
+    the offending file: missing files, and (disk backend) truncated files, files of another format and images whose
+    size differs from the manifest's, found from the first and last bytes of each file without decoding it.
 
     Backends:
         disk: ``hr/<name>.png`` and ``lr_float/<name>.npy`` (``lq_source: float``, default) or ``lr/<name>.png``
@@ -70,8 +71,9 @@ class DistilledPairedDataset(data.Dataset):
 
     Raises:
         FileNotFoundError: Missing ``distill.json`` or lmdb folder.
-        ValueError: Invalid option, invalid set (scale mismatch, missing file; see ``validate_distilled_set``),
-            or, when loading, a pair whose GT is not scale x LQ (names both files).
+        ValueError: Invalid option, invalid set (scale mismatch, missing, truncated or resized file; see
+            ``validate_distilled_set``), or, when loading, an unreadable file (named) or a pair whose GT is not
+            scale x LQ (names both files).
     """
 
     def __init__(self, opt):
@@ -106,7 +108,7 @@ class DistilledPairedDataset(data.Dataset):
             self.io_backend_opt['client_keys'] = ['lq', 'gt']
             self.paths = [{'lq_path': p['name'], 'gt_path': p['name']} for p in manifest['pairs']]
         elif backend == 'disk':
-            manifest = validate_distilled_set(self.root, scale=scale)
+            manifest = validate_distilled_set(self.root, scale=scale, check_contents=True)
             self.lq_source = lq_source or 'float'
             lq_key = 'lr_float' if self.lq_source == 'float' else 'lr'
             self.paths = []

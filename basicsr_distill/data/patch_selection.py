@@ -442,6 +442,9 @@ def save_selection(path, records, labels, meta):
                       indent=1, allow_nan=False)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    for stale in os.listdir(folder):  # left by a writer killed (SIGKILL) before its os.replace; one writer at a time
+        if stale.startswith(f'.{osp.basename(path)}.') and stale.endswith('.tmp'):
+            os.remove(osp.join(folder, stale))
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'w') as f:

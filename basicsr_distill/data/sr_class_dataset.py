@@ -17,12 +17,11 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils import data as data
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.data.sr_patches import IMG_EXTENSIONS, list_images, read_rgb
+from basicsr_distill.data.sr_patches import IMG_EXTENSIONS, list_images, read_rgb, verify_image
 
 PSEUDO_LABEL_FEATURES = ('color_gradient', )
 PSEUDO_LABEL_KEYS = ('num_classes', 'seed', 'feature', 'crop')
@@ -108,13 +107,8 @@ def kmeans_pseudo_labels(features, num_classes, seed=0):
 
 
 def _image_hw(path):
-    """(H, W) of an image from its header (PIL); decodes it with :func:`read_rgb` when PIL cannot parse it."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-        return h, w
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return read_rgb(path).shape[:2]
+    """(H, W) of an image from its header, PNGs checked to their end (:func:`verify_image`, names a broken file)."""
+    return verify_image(path)
 
 
 @DATASET_REGISTRY.register()
@@ -131,8 +125,11 @@ class SRClassFolderDataset(data.Dataset):
     of class ``c = idx % C`` (C classes, n_c images in class c), the crop position drawn by a numpy RNG seeded with
     ``(seed, idx)``, so an index always gives the same crop.
 
-    Images smaller than ``gt_size`` in height or width are skipped (logged). Images are read with
-    :func:`read_rgb`: grayscale is replicated to 3 channels, alpha is dropped, 16-bit is scaled by 1/65535.
+    Images smaller than ``gt_size`` in height or width are skipped (logged). Every image is checked when the dataset
+    is built (:func:`verify_image`: its header, and PNGs walked to their end without decoding), so a file that is
+    not an image or a truncated PNG fails before any class is distilled; a truncated JPEG fails when its class is
+    decoded. Images are read with :func:`read_rgb`: grayscale is replicated to 3 channels, alpha is dropped,
+    16-bit is scaled by 1/65535.
 
     Options (``datasets.train``):
         dataroot_gt (str): Folder of class folders, or a flat folder of images (see the module docstring).

@@ -5,7 +5,8 @@ import torch
 from torch.utils import data as data
 
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, list_images, modcrop, read_rgb
+from basicsr_distill.data.sr_patches import (bicubic_lr, cut_patch_pairs, list_images, modcrop, read_rgb,
+                                             verify_image)
 
 
 @DATASET_REGISTRY.register()
@@ -25,9 +26,13 @@ class SRInstanceDataset(data.Dataset):
         stride (int): HR stride between patches (multiple of scale). Default: gt_size // 2.
         min_patches (int): images giving fewer patches are skipped (logged). Default: 1.
 
+    Every image is checked when the dataset is built (:func:`~basicsr_distill.data.sr_patches.verify_image`: the
+    header, and PNGs walked to their end without decoding), so a file that is not an image or a truncated PNG stops
+    the run before any instance is computed; a truncated JPEG is found when its instance is decoded.
+
     Raises:
-        FileNotFoundError: empty or missing folder.
-        ValueError: gt_size / stride not multiples of scale.
+        FileNotFoundError: empty or missing folder (named).
+        ValueError: gt_size / stride not multiples of scale, an image that cannot be read (named).
     """
 
     def __init__(self, opt):
@@ -40,6 +45,8 @@ class SRInstanceDataset(data.Dataset):
             if value <= 0 or value % self.scale:
                 raise ValueError(f'datasets.train.{key}={value} must be a positive multiple of scale={self.scale}')
         self.paths = list_images(opt['dataroot_gt'], opt.get('meta_info_file'))
+        for path in self.paths:  # before any work: headers, and PNGs walked to their end (no decoding)
+            verify_image(path)
         self.names = [osp.splitext(osp.basename(p))[0] for p in self.paths]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f'image names in {opt["dataroot_gt"]} are not unique without extension')

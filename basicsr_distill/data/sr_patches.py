@@ -5,29 +5,89 @@ import os.path as osp
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from basicsr.utils.matlab_functions import imresize
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
+def _jpeg_truncation(path):
+    """Why the JPEG ``path`` is truncated or corrupt, or None (OpenCV decodes such files partially, silently).
+
+    PIL decodes the entropy-coded data at 1/8 scale (``draft``), which is cheap and fails on a truncated stream.
+    """
+    try:
+        with Image.open(path) as img:
+            img.draft('RGB', (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            img.load()
+    except Image.DecompressionBombError:
+        return None  # too large for PIL's default limit: not evidence of corruption
+    except (OSError, SyntaxError, ValueError) as err:
+        text = str(err)  # other failures (a JPEG variant PIL cannot decode) are left to OpenCV
+        return text if 'truncated' in text or 'broken data stream' in text else None
+    return None
+
+
 def read_rgb(path):
     """Read an image as float32 RGB in [0, 1], (H, W, 3).
 
-    Grayscale images are replicated to 3 channels, alpha is dropped, 16-bit images are scaled by 1/65535.
+    Conversions: grayscale (8 or 16 bit) is replicated to 3 channels; an alpha channel is dropped (not composited:
+    the colours under transparent pixels are kept); palette images are expanded to RGB; 16-bit images are scaled
+    by 1/65535, 8-bit ones by 1/255. EXIF orientation is not applied (the pixels as stored). Other sample types
+    (float or signed TIFFs) are refused.
 
     Raises:
-        ValueError: naming the file if it cannot be decoded.
+        ValueError: naming the file if it cannot be decoded (missing, not an image, truncated or corrupt: OpenCV
+            refuses truncated PNG / BMP / TIFF / WebP files; truncated JPEGs, which OpenCV decodes partially, are
+            detected with PIL), or has an unsupported sample type.
     """
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f'cannot read image {path} (missing, truncated or not an image)')
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f'image {path} has {img.dtype} samples; only 8-bit and 16-bit images are supported')
+    with open(path, 'rb') as f:
+        is_jpeg = f.read(3) == b'\xff\xd8\xff'
+    if is_jpeg:
+        problem = _jpeg_truncation(path)
+        if problem:
+            raise ValueError(f'cannot read image {path}: truncated or corrupt JPEG ({problem})')
     scale = 65535.0 if img.dtype == np.uint16 else 255.0
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
     elif img.shape[2] == 4:
         img = img[:, :, :3]
     return (img[:, :, ::-1].astype(np.float32) / scale).copy()
+
+
+def verify_image(path):
+    """Cheap integrity check of an image file without decoding its pixels, to fail before any expensive work.
+
+    The header is parsed with PIL; PNG files are also walked chunk by chunk to their end (CRCs checked, pixels not
+    decompressed), which finds truncated PNGs. Truncated JPEGs are only found when the image is decoded
+    (:func:`read_rgb`).
+
+    Args:
+        path (str): Image file.
+
+    Returns:
+        tuple[int, int]: (H, W) from the header.
+
+    Raises:
+        ValueError: naming the file if it is not an image, or a truncated or corrupt PNG. (A file PIL cannot parse
+            or verify is decoded with :func:`read_rgb` instead, which decides.)
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.format == 'PNG':
+                img.verify()
+        return h, w
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return read_rgb(path).shape[:2]  # PIL cannot parse or verify it: OpenCV decides (raises naming the file)
 
 
 def modcrop(img, scale):

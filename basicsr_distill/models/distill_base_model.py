@@ -6,6 +6,8 @@ A distillation run is a sequence of *units of work* (an IDC instance, a GSDD cla
 work; units already in the distilled set on disk are skipped; each unit is written through the one distilled-set
 writer (``basicsr_distill.distilled_set``).
 """
+import math
+import numbers
 import os
 import os.path as osp
 import time
@@ -19,8 +21,57 @@ from basicsr.utils import get_root_logger
 from basicsr_distill.utils.checkpoint import load_pretrained
 
 
+#: Options whose default is a string but which also take None (``~``): a diffusers folder without subfolder.
+_NULLABLE = frozenset({'distill.dit.subfolder', 'distill.vae.subfolder'})
+
+
+def _check_option_type(default, value, name):
+    """``value`` checked against the type of ``default`` (bool, int, float or str); returns it normalised.
+
+    Ints are accepted for floats (returned as float); integral floats for ints (returned as int, e.g. YAML's
+    ``!!float 1e4``); a bool is never a number and a number never a bool. Other defaults accept anything.
+
+    Raises:
+        ValueError: naming the option ``name``, the expected type and the value given.
+    """
+    if default is None or not isinstance(default, (bool, int, float, str)) or (value is None and name in _NULLABLE):
+        return value
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), 'a bool (true / false)'
+    elif isinstance(default, int):
+        ok, expected = False, 'an int'
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            ok, value = True, int(value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and \
+                float(value).is_integer():
+            ok, value = True, int(value)
+    elif isinstance(default, float):
+        ok, expected = isinstance(value, numbers.Real) and not isinstance(value, bool), 'a number (float or int)'
+        value = float(value) if ok else value
+    else:
+        ok, expected = isinstance(value, str), 'a string'
+    if ok:
+        return value
+    hint = ''
+    if isinstance(value, str) and not isinstance(default, (bool, str)):
+        hint = ' (PyYAML reads 1e-3 as a string: write 1.0e-3 or !!float 1e-3)'
+    raise ValueError(f'option {name} must be {expected} like its default {default!r}, got {value!r} '
+                     f'({type(value).__name__}){hint}')
+
+
 def merge_options(defaults, given, prefix='distill'):
-    """``defaults`` updated by ``given`` (nested dicts merged); unknown keys raise ValueError naming the option."""
+    """``defaults`` updated by ``given`` (nested dicts merged), with the keys and types checked.
+
+    A value whose default is a bool, an int, a float or a str must be of that type (see
+    :func:`_check_option_type`: ints are accepted for floats, integral floats for ints); defaults that are None,
+    lists, or empty dicts accept any value; non-empty dict defaults are merged key by key.
+
+    Raises:
+        ValueError: ``given`` is not a mapping, an unknown key, or a value of the wrong type; the message names the
+            option (``distill.<key>``).
+    """
+    if given is not None and not isinstance(given, dict):
+        raise ValueError(f'option {prefix} must be a mapping of options, got {given!r} ({type(given).__name__})')
     out = dict(defaults)
     for key, value in (given or {}).items():
         if key not in defaults:
@@ -28,7 +79,7 @@ def merge_options(defaults, given, prefix='distill'):
         if isinstance(defaults[key], dict) and defaults[key] and isinstance(value, dict):
             out[key] = merge_options(defaults[key], value, f'{prefix}.{key}')
         else:
-            out[key] = value
+            out[key] = _check_option_type(defaults[key], value, f'{prefix}.{key}')
     return out
 
 
@@ -72,6 +123,36 @@ class DistillBaseModel(BaseModel):
             param.requires_grad_(False)
         self.logger.info(f'network_{key}: {type(net).__name__} loaded from {path}')
         return net
+
+    # ----------------------------------------------------------------------------------------- guards
+    @staticmethod
+    def check_finite(losses, where, params=()):
+        """Stop on a NaN or infinite loss (or gradient) before the optimiser step, naming where it happened.
+
+        Call it after the losses are computed and before ``backward()`` / ``step()`` (and again with ``params``
+        after ``backward()``): the parameters then keep their last finite values, nothing of the unit is written,
+        and the distilled set on disk keeps the units finished before.
+
+        Args:
+            losses (dict[str, Tensor | float]): The loss terms of the step (scalars).
+            where (str): The unit and iteration, e.g. ``'IDC instance 2 of 3 (t20), iteration 8 (step 2 of 6)'``.
+            params (iterable[Tensor]): Parameters whose ``.grad`` must be finite too. Default: none.
+
+        Raises:
+            FloatingPointError: naming ``where``, the non-finite terms and the value of every loss term.
+        """
+        values = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        grads = [p.grad for p in params if p.grad is not None]
+        bad_grad = not bad and any(not torch.isfinite(g).all() for g in grads)
+        if not bad and not bad_grad:
+            return
+        terms = ', '.join(f'{k}={v:.6g}' for k, v in values.items())
+        what = f'non-finite loss {", ".join(bad)}' if bad else 'non-finite gradient (finite loss)'
+        raise FloatingPointError(f'{where}: {what} ({terms}); stopped before the optimiser step: the parameters keep '
+                                 'their last finite values, nothing of this unit was written and the units already in '
+                                 'the distilled set are kept. Lower the learning rate, or check the input images and '
+                                 'the pretrained weights.')
 
     # ----------------------------------------------------------------------------------------- units
     @staticmethod

@@ -57,8 +57,10 @@ class GSDDModel(DistillBaseModel):
     ``train.total_iter >= num_classes * distill.iters_per_class``.
 
     Raises:
-        ValueError: unknown ``distill`` keys, IPC < 1, lambda outside [0, 1], a too small ``train.total_iter``,
-            D_f requested without ``network_f``.
+        ValueError: unknown ``distill`` keys or values of the wrong type, IPC < 1, lambda outside [0, 1], a too
+            small ``train.total_iter``, D_f requested without ``network_f``.
+        FloatingPointError: (``optimize_parameters``) a NaN or infinite loss or gradient; raised before the
+            optimiser step, naming the class, the iteration and the loss terms (see ``check_finite``).
     """
 
     def __init__(self, opt):
@@ -119,7 +121,7 @@ class GSDDModel(DistillBaseModel):
         if self.extractor_dev is not self.extractor:
             self.extractor_dev.load_state_dict(self.extractor.state_dict())
 
-    def invert(self, x, generator=None):
+    def invert(self, x, generator=None, where='GSDD GAN inversion'):
         """GAN inversion (Eq. 3-5): z = argmin_z w_feat D_f + w_pix D_p, from the bicubic LR of x.
 
         D_f = (1/d_f) ||psi(G(z)) - psi(x)||^2 with psi the pretrained ``network_f`` features, D_p = (1/d_I)
@@ -128,9 +130,13 @@ class GSDDModel(DistillBaseModel):
 
         Args:
             x (Tensor): (K, 3, H, W) real crops in [0, 1], H and W multiples of the scale.
+            where (str): the class, for error messages.
 
         Returns:
             Tensor: (K, 3, H / s, W / s) latents.
+
+        Raises:
+            FloatingPointError: a non-finite inversion loss (before its optimiser step).
         """
         inv = self.cfg['inversion']
         chunks = []
@@ -142,13 +148,15 @@ class GSDDModel(DistillBaseModel):
             optimizer = torch.optim.Adam([z], lr=inv['lr'])
             with torch.no_grad():
                 feat_target = self.tap_f(target) if self.tap_f is not None else None
-            for _ in range(int(inv['iters'])):
+            for it in range(int(inv['iters'])):
                 optimizer.zero_grad(set_to_none=True)
                 out = self.generate(z)
                 dims = tuple(range(1, out.ndim))
                 loss = inv['w_pix'] * ((out - target)**2).mean(dims).sum()  # D_p per latent, summed
                 if feat_target is not None:
                     loss = loss + inv['w_feat'] * ((self.tap_f(out) - feat_target)**2).mean(dims).sum()  # D_f
+                self.check_finite({'l_inversion': loss}, f'{where}, latents {i + 1}-{i + target.shape[0]}, inversion '
+                                  f'step {it + 1} of {int(inv["iters"])}')
                 loss.backward()
                 optimizer.step()
                 if self.cfg['clamp_latents']:
@@ -157,16 +165,21 @@ class GSDDModel(DistillBaseModel):
             chunks.append(z.detach())
         return torch.cat(chunks)
 
-    def gsdd_step_losses(self, unit, real, params, accumulate=True):
+    def gsdd_step_losses(self, unit, real, params, accumulate=True, where=None):
         """One step's objective (Eq. 7-9) and, if ``accumulate``, dL/dz added to ``unit.z.grad`` (chunked).
 
         Args:
             unit: the class unit (latents ``z`` (K, 3, h, w), paired reals ``x_pair`` (K, 3, H, W)).
             real (Tensor): (B, 3, H, W) real crops of the class.
             params (dict): the step's DSA draw (also applied to the real and the paired images: siamese).
+            accumulate (bool): back-propagate into ``unit.z.grad``. Default: True.
+            where (str | None): the class and iteration for error messages. Default: the class only.
 
         Returns:
             dict[str, float]: l_dis, r, l_total.
+
+        Raises:
+            FloatingPointError: a non-finite objective (checked before the chunked backward) or latent gradient.
         """
         chunk, lam = self.cfg['chunk_size'], float(self.cfg['lam'])
         feat_real = embed_in_chunks(lambda x: self._embed(x, params), real.to(self.device), chunk)
@@ -182,8 +195,11 @@ class GSDDModel(DistillBaseModel):
             return {'l_dis': l_dis, 'r': r, 'l_total': gsdd_objective(l_dis, r, lam)}
 
         losses, feat_grad = objective_and_feature_grad(objective, feat_syn)
+        where = where or f'GSDD class {unit.index + 1} of {self.source.num_classes} ({unit.name})'
+        self.check_finite(losses, where)  # before the chunked backward: z keeps its last finite values
         if accumulate:
             backprop_in_chunks(render_embed, unit.z, feat_grad, chunk)
+            self.check_finite(losses, where, [unit.z])
         return losses
 
     # ------------------------------------------------------------------------------------------ units
@@ -197,7 +213,8 @@ class GSDDModel(DistillBaseModel):
         order = torch.randperm(len(paths), generator=unit.generator).tolist()
         unit.pair_paths = [paths[order[k % len(order)]] for k in range(ipc)]  # with repetition if IPC > images
         unit.x_pair = torch.stack([self.source.random_crop(p, unit.generator) for p in unit.pair_paths]).to(self.device)
-        z0 = resumed['z'].to(self.device) if resumed is not None else self.invert(unit.x_pair)
+        z0 = resumed['z'].to(self.device) if resumed is not None else self.invert(
+            unit.x_pair, where=f'GSDD class {index + 1} of {self.source.num_classes} ({unit.name})')
         unit.z = torch.nn.Parameter(z0)
         optim_cfg = dict(cfg['optim'])
         unit.optimizer = getattr(torch.optim, optim_cfg.pop('type'))([unit.z], **optim_cfg)
@@ -222,7 +239,9 @@ class GSDDModel(DistillBaseModel):
         real = self.source.sample_class_batch(index, int(cfg['batch_real']), unit.generator)
         params = sample_dsa_params(self.dsa_cfg, real.shape[2], real.shape[3], unit.generator)
         unit.optimizer.zero_grad(set_to_none=True)
-        self.log_dict = self.gsdd_step_losses(unit, real, params)
+        where = (f'GSDD class {index + 1} of {self.source.num_classes} ({unit.name}), iteration {current_iter} '
+                 f'(step {step} of {self.T})')
+        self.log_dict = self.gsdd_step_losses(unit, real, params, where=where)
         unit.optimizer.step()
         if cfg['clamp_latents']:
             with torch.no_grad():

@@ -62,7 +62,10 @@ class IDCModel(DistillBaseModel):
     ``train.total_iter >= num_images * distill.iters_per_instance``.
 
     Raises:
-        ValueError: unknown ``distill`` keys, r outside (0, 1], a too small ``train.total_iter``, a bad schedule.
+        ValueError: unknown ``distill`` keys or values of the wrong type, r outside (0, 1], a too small
+            ``train.total_iter``, a bad schedule.
+        FloatingPointError: (``optimize_parameters``) a NaN or infinite loss or gradient; raised before the
+            optimiser step, naming the instance, the iteration and the loss terms (see ``check_finite``).
     """
 
     def __init__(self, opt):
@@ -227,7 +230,11 @@ class IDCModel(DistillBaseModel):
                 group['lr'] = self._lr(step)
             inst.optimizer.zero_grad(set_to_none=True)
             losses = self.idc_losses(inst.rlff(self.tap(inst.x_hat)), step)
+            where = (f'IDC instance {index + 1} of {self.source.num_instances} ({inst.name}), iteration '
+                     f'{current_iter} (step {step} of {self.T})')
+            self.check_finite(losses, where)  # before backward / step: x_hat keeps its last finite values
             losses['l_total'].backward()
+            self.check_finite(losses, where, [inst.x_hat])
             inst.optimizer.step()
             with torch.no_grad():
                 inst.x_hat.clamp_(0, 1)

@@ -26,8 +26,8 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dit_difffit_arch import (TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit, build_dit,
                                                     build_vae, drop_labels, null_label, pseudo_to_dit_labels,
                                                     set_label_dropout, vae_decode, vae_encode)
-from basicsr_distill.data.patch_selection import iter_patches, run_stage1
-from basicsr_distill.data.sr_patches import bicubic_lr
+from basicsr_distill.data.patch_selection import iter_patches, run_stage1, stage1_options
+from basicsr_distill.data.sr_patches import bicubic_lr, list_images, verify_image
 from basicsr_distill.distilled_set import DistilledSetWriter, options_hash
 from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, minimax_objective, predict_x0_from_eps,
                                                  representativeness_loss, sr_loss)
@@ -70,14 +70,21 @@ class MinimaxDiffusionModel(DistillBaseModel):
     ``DistillStageDataset`` and ``train.total_iter >= 1 + finetune.iters + stage1.k``.
 
     Raises:
-        ValueError: unknown or invalid options (named), a too small ``train.total_iter``.
-        FileNotFoundError: missing local DiT / VAE / CLIP folders (named by their option).
+        ValueError: unknown or invalid options (named; wrong types, ``stage1.k`` or ``sample.images_per_class``
+            < 1, ...), a too small ``train.total_iter``, a stage-1 image that is not an image or a truncated PNG
+            (named; checked before the DiT and VAE are built).
+        FileNotFoundError: missing local DiT / VAE / CLIP folders (named by their option), a missing or empty
+            ``stage1.dataroot_gt`` (named).
+        FloatingPointError: (``optimize_parameters``) a NaN or infinite stage-2 loss or gradient; raised before the
+            optimiser step, naming the stage, the iteration and the loss terms (see ``check_finite``).
     """
 
     def __init__(self, opt):
         super().__init__(opt)
         cfg = self.cfg = merge_options(MINIMAX_DEFAULTS, opt.get('distill'))
         self.scale = int(opt['scale'])
+        self._check_options()
+        self._check_stage1_images()
         self.k = int(cfg['stage1'].get('k', 7))
         self.F = int(cfg['finetune']['iters'])
         needed = 1 + self.F + self.k
@@ -111,6 +118,30 @@ class MinimaxDiffusionModel(DistillBaseModel):
         self.ft_latent_shape = None
         self.logger.info(f'Minimax-SR: stage 1, {self.F} fine-tuning iterations, {self.k} pseudo-classes x '
                          f'{cfg["sample"]["images_per_class"]} images -> {root} (work dir {self.work_dir})')
+
+    def _check_options(self):
+        """Counts of the ``distill`` section, before any model is built (types: ``merge_options``)."""
+        cfg = self.cfg
+        if not isinstance(cfg['stage1'], dict):
+            raise ValueError(f'option distill.stage1 must be a mapping of options, got {cfg["stage1"]!r}')
+        k = cfg['stage1'].get('k', 7)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f'option distill.stage1.k (pseudo-classes) must be an int >= 1, got {k!r}')
+        for name, value, low in (('sample.images_per_class', cfg['sample']['images_per_class'], 1),
+                                 ('sample.steps', cfg['sample']['steps'], 1),
+                                 ('finetune.iters', cfg['finetune']['iters'], 1),
+                                 ('finetune.batch_size', cfg['finetune']['batch_size'], 1),
+                                 ('finetune.memory_size', cfg['finetune']['memory_size'], 1),
+                                 ('finetune.num_train_timesteps', cfg['finetune']['num_train_timesteps'], 1),
+                                 ('label_offset', cfg['label_offset'], 0)):
+            if value < low:
+                raise ValueError(f'option distill.{name} must be >= {low}, got {value}')
+
+    def _check_stage1_images(self):
+        """Stage-1 options and images checked before the DiT and VAE are built (cheap: headers, PNG chunks)."""
+        opts = stage1_options(self.cfg['stage1'])
+        for path in list_images(opts['dataroot_gt'], opts['meta_info_file']):
+            verify_image(path)
 
     # ------------------------------------------------------------------------------------------ stage 1
     def stage1(self):
@@ -203,7 +234,10 @@ class MinimaxDiffusionModel(DistillBaseModel):
         self.dit.train()
         st.optimizer.zero_grad(set_to_none=True)
         losses, pred_x0 = self.finetune_losses(z0, labels, st.generator)
+        where = f'Minimax-SR stage 2 (fine-tuning), iteration {step + 1} (step {step} of {self.F})'
+        self.check_finite(losses, where)  # before backward / step: the DiffFit tensors and EMA keep their values
         losses['l_total'].backward()
+        self.check_finite(losses, where, st.optimizer.param_groups[0]['params'])
         st.optimizer.step()
         st.ema.update()
         st.real_mem.push(labels, z0.flatten(1))  # after the loss, as the reference

@@ -175,12 +175,14 @@ def test_wrong_scale_fails_at_construction(distilled_root):
 
 def test_hr_of_wrong_size_names_both_files(broken_root):
     hr_path = pair_paths(broken_root, 'b0')['hr']
+    datasets = [DistilledPairedDataset(make_opt(broken_root, phase=phase, gt_size=16)) for phase in ('val', 'train')]
     cv2.imwrite(hr_path, cv2.imread(hr_path)[:-2])
-    for phase in ('val', 'train'):
-        dataset = DistilledPairedDataset(make_opt(broken_root, phase=phase, gt_size=16))
+    for dataset in datasets:  # replaced after the datasets were built: found when the pair is loaded
         with pytest.raises(ValueError) as err:
             dataset[2]
         assert hr_path in str(err.value) and pair_paths(broken_root, 'b0')['lr_float'] in str(err.value)
+    with pytest.raises(ValueError, match=f'{hr_path}.* is 62x56 pixels, the manifest says 64x56'):
+        DistilledPairedDataset(make_opt(broken_root))  # and at construction from the PNG header
 
 
 def test_bad_options(distilled_root, broken_root):

@@ -218,7 +218,7 @@ def test_too_small_total_iter_is_refused(tmp_path):
         _model(opt)
 
 
-def test_auto_resume_on_cpu_after_a_crash_gives_the_uninterrupted_set(tmp_path, monkeypatch):
+def test_auto_resume_on_cpu_after_a_crash_gives_the_uninterrupted_set(tmp_path, monkeypatch, one_thread):
     hr_folder = _images(tmp_path)
     monkeypatch.chdir(tmp_path)  # BasicSR's --auto_resume looks for experiments/<name> in the current directory
     straight = _distill_opt(tmp_path / 'a', hr_folder)
