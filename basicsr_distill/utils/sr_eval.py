@@ -74,8 +74,15 @@ def make_lr(img_hr, scale):
     return (np.clip(np.round(img_lr * 255.), 0, 255) / 255.).astype(np.float32)
 
 
-def evaluate_sr(net, hr_folder, lr_folder=None, scale=4, device='cpu', crop_border=None, test_y_channel=True):
-    """PSNR / SSIM of ``net`` on the images of ``hr_folder``, as in BasicSR's validation.
+def evaluate_sr(net,
+                hr_folder,
+                lr_folder=None,
+                scale=4,
+                device='cpu',
+                crop_border=None,
+                test_y_channel=True,
+                extra_metrics=None):
+    """PSNR / SSIM (and optionally more metrics) of ``net`` on the images of ``hr_folder``, as in BasicSR's validation.
 
     For each HR image (read with OpenCV, grayscale replicated to 3 channels): the LR image is read from
     ``lr_folder`` (matched by :func:`find_lr_file`) or, when ``lr_folder`` is None, made from the mod-cropped HR
@@ -92,15 +99,25 @@ def evaluate_sr(net, hr_folder, lr_folder=None, scale=4, device='cpu', crop_bord
         device (str | torch.device): Device to run the network on. Default: ``'cpu'``.
         crop_border (int | None): Pixels shaved from each border before measuring; None uses ``scale``.
         test_y_channel (bool): Measure on the Y channel (BT.601) instead of BGR. Default: True.
+        extra_metrics (dict[str, callable] | None): More metrics, ``name -> fn(img_sr, img_gt) -> float``, called on
+            every image with the same two arrays as PSNR / SSIM: uint8 BGR, shape (h, w, 3), in [0, 255], the border
+            not shaved (each function shaves what it needs). Names must differ from ``'psnr'``, ``'ssim'`` and
+            ``'per_image'``. Default: None.
 
     Returns:
         dict: ``{'psnr': float, 'ssim': float, 'per_image': {hr_name: {'psnr': float, 'ssim': float}}}``, the first
-        two being means over the images.
+        two being means over the images. Each extra metric adds its mean under its name and its value to every
+        ``per_image`` entry.
 
     Raises:
         FileNotFoundError: If a folder is missing, it holds no images, or an HR image has no matching LR image.
-        ValueError: If an HR image is smaller than ``scale`` x its LR image, or the output has the wrong size.
+        ValueError: If an HR image is smaller than ``scale`` x its LR image, the output has the wrong size, an extra
+            metric has a reserved name, or an extra metric raises ValueError (re-raised naming the metric and image).
     """
+    extra_metrics = dict(extra_metrics or {})
+    reserved = {'psnr', 'ssim', 'per_image'}.intersection(extra_metrics)
+    if reserved:
+        raise ValueError(f'extra_metrics may not use the reserved names {sorted(reserved)}.')
     crop_border = scale if crop_border is None else crop_border
     hr_names = list_images(hr_folder)
     if not hr_names:
@@ -139,11 +156,14 @@ def evaluate_sr(net, hr_folder, lr_folder=None, scale=4, device='cpu', crop_bord
                 'psnr': float(calculate_psnr(img_sr, img_gt, crop_border, test_y_channel=test_y_channel)),
                 'ssim': float(calculate_ssim(img_sr, img_gt, crop_border, test_y_channel=test_y_channel))
             }
+            for key, metric in extra_metrics.items():
+                try:
+                    per_image[hr_name][key] = float(metric(img_sr, img_gt))
+                except ValueError as err:
+                    raise ValueError(f'{key} of "{osp.join(hr_folder, hr_name)}": {err}') from err
     finally:
         net.train(was_training)
 
-    return {
-        'psnr': float(np.mean([v['psnr'] for v in per_image.values()])),
-        'ssim': float(np.mean([v['ssim'] for v in per_image.values()])),
-        'per_image': per_image
-    }
+    result = {key: float(np.mean([v[key] for v in per_image.values()])) for key in ('psnr', 'ssim', *extra_metrics)}
+    result['per_image'] = per_image
+    return result

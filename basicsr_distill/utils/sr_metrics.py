@@ -1,0 +1,408 @@
+"""Evaluation of a trained SR network on test folders: PSNR / SSIM / NIQE (BasicSR's metrics) and LPIPS (optional).
+
+Also the two cost figures reported beside the quality of a training set: its size on disk
+(:func:`dataset_size`) and the training wall time read from a BasicSR train log (:func:`parse_train_time`).
+
+LPIPS needs the ``lpips`` package, which is not a dependency of this project; it is imported only when asked for,
+and never downloads anything: when the package or one of its weight files is missing it is reported unavailable
+(:func:`load_lpips` says why and how to enable it) and its values are ``None``.
+"""
+import copy
+import importlib
+import inspect
+import os
+import os.path as osp
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from basicsr.metrics import calculate_niqe
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import ARCH_REGISTRY
+from basicsr_distill.distilled_set import HR_DIR, LR_DIR, LR_FLOAT_DIR, MANIFEST_NAME
+from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.sr_eval import evaluate_sr, list_images
+
+METRICS = ('psnr', 'ssim', 'niqe', 'lpips')
+NIQE_BLOCK = 96  # BasicSR's NIQE works on 96 x 96 blocks without overlap
+NIQE_PARAMS_NAME = 'niqe_pris_params.npz'
+LPIPS_VERSION = '0.1.4'
+ALEXNET_FILE = 'alexnet-owt-7be5be79.pth'  # torchvision's AlexNet IMAGENET1K_V1 weights, LPIPS' trunk
+TRAIN_TIME_RE = re.compile(r'End of training\. Time consumed: (?:(\d+) days?, )?(\d+):(\d{2}):(\d{2})')
+
+
+def niqe_params_path():
+    """Path of BasicSR's NIQE parameters ``niqe_pris_params.npz``, shipped beside ``basicsr/metrics/niqe.py``."""
+    niqe_module = importlib.import_module('basicsr.metrics.niqe')
+    return osp.join(osp.dirname(osp.abspath(niqe_module.__file__)), NIQE_PARAMS_NAME)
+
+
+def check_niqe_params():
+    """Check that the installed basicsr has its NIQE parameters (the pristine-image model), before any work.
+
+    Returns:
+        str: Path of ``niqe_pris_params.npz``.
+
+    Raises:
+        FileNotFoundError: If the file is missing from the installed basicsr package.
+        ValueError: If it cannot be read or lacks ``mu_pris_param``, ``cov_pris_param`` or ``gaussian_window``.
+    """
+    path = niqe_params_path()
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'NIQE needs BasicSR\'s {NIQE_PARAMS_NAME}, which is missing from the installed '
+                                f'basicsr (expected at "{path}"): reinstall basicsr==1.4.2 (the file ships inside the '
+                                f'package, basicsr/metrics/), or leave niqe out of the metrics.')
+    try:
+        with np.load(path) as params:
+            missing = {'mu_pris_param', 'cov_pris_param', 'gaussian_window'}.difference(params.files)
+    except Exception as err:  # a truncated or foreign file: np.load raises various errors
+        raise ValueError(f'Cannot read BasicSR\'s NIQE parameters "{path}" ({err}): reinstall basicsr==1.4.2.') from err
+    if missing:
+        raise ValueError(f'BasicSR\'s NIQE parameters "{path}" lack {sorted(missing)}: reinstall basicsr==1.4.2.')
+    return path
+
+
+def niqe_of(img_sr, crop_border):
+    """NIQE of an SR output with BasicSR's ``calculate_niqe`` (Y channel, 96 x 96 blocks). Lower is better.
+
+    Args:
+        img_sr (ndarray): uint8 BGR image, shape (h, w, 3), in [0, 255].
+        crop_border (int): Pixels shaved from each border first.
+
+    Returns:
+        float: The NIQE score, finite and usually positive.
+
+    Raises:
+        ValueError: If the shaved image holds fewer than two whole 96 x 96 blocks (the covariance of the block
+            features needs two; one block makes BasicSR's ``niqe`` fail), BasicSR's ``niqe`` fails (flat blocks), or
+            the score is not finite.
+    """
+    h, w = img_sr.shape[0] - 2 * crop_border, img_sr.shape[1] - 2 * crop_border
+    if max(h, 0) // NIQE_BLOCK * (max(w, 0) // NIQE_BLOCK) < 2:
+        raise ValueError(f'NIQE needs at least two {NIQE_BLOCK} x {NIQE_BLOCK} blocks (e.g. {NIQE_BLOCK} x '
+                         f'{2 * NIQE_BLOCK} pixels) after shaving {crop_border} pixels per border; the image is '
+                         f'{img_sr.shape[0]} x {img_sr.shape[1]}.')
+    try:
+        value = float(calculate_niqe(img_sr, crop_border, input_order='HWC', convert_to='y'))
+    except np.linalg.LinAlgError as err:  # flat blocks give NaN features, and the covariance is then undefined
+        raise ValueError(f'NIQE failed ({err}): the image ({img_sr.shape[0]} x {img_sr.shape[1]}) has too few '
+                         f'textured {NIQE_BLOCK} x {NIQE_BLOCK} blocks.') from err
+    if not np.isfinite(value):
+        raise ValueError(f'NIQE is {value} for an image of {img_sr.shape[0]} x {img_sr.shape[1]} (border '
+                         f'{crop_border}).')
+    return value
+
+
+def lpips_unavailable_message(reason):
+    """The message reported instead of LPIPS values: ``reason`` plus how to enable LPIPS without any download."""
+    return (f'LPIPS unavailable: {reason}. To enable it (nothing is downloaded at run time): pip install '
+            f'lpips=={LPIPS_VERSION} (the package ships its linear weights lpips/weights/v0.1/alex.pth) and put '
+            f'torchvision\'s AlexNet weights {ALEXNET_FILE} under $TORCH_HOME/hub/checkpoints/ (here: '
+            f'"{osp.join(torch.hub.get_dir(), "checkpoints")}").')
+
+
+def load_lpips(device='cpu'):
+    """LPIPS (AlexNet, v0.1) from locally present weights only, or the reason it is unavailable.
+
+    ``lpips`` is imported here (it is not a dependency). Its linear weights ``lpips/weights/v0.1/alex.pth`` (inside
+    the package) and torchvision's ``alexnet-owt-7be5be79.pth`` under ``torch.hub.get_dir()/checkpoints`` (that is
+    ``$TORCH_HOME/hub/checkpoints``) must both exist, so that building the network never downloads.
+
+    Args:
+        device (str | torch.device): Device of the network. Default: ``'cpu'``.
+
+    Returns:
+        tuple: ``(net, None)`` with ``net`` an ``lpips.LPIPS`` in eval mode, or ``(None, message)`` with the message
+        of :func:`lpips_unavailable_message`.
+    """
+    try:
+        import lpips
+    except Exception as err:  # ImportError, or an import-time error of lpips' own dependencies
+        return None, lpips_unavailable_message(f'the lpips package cannot be imported ({type(err).__name__}: {err})')
+    linear_weights = osp.join(osp.dirname(osp.abspath(lpips.__file__)), 'weights', 'v0.1', 'alex.pth')
+    if not osp.isfile(linear_weights):
+        return None, lpips_unavailable_message(f'lpips is installed but its weights "{linear_weights}" are missing')
+    alexnet_weights = osp.join(torch.hub.get_dir(), 'checkpoints', ALEXNET_FILE)
+    if not osp.isfile(alexnet_weights):
+        return None, lpips_unavailable_message(f'torchvision\'s AlexNet weights "{alexnet_weights}" are missing')
+    try:
+        net = lpips.LPIPS(net='alex', version='0.1', verbose=False)
+    except Exception as err:  # e.g. an lpips / torchvision version mismatch or a corrupt weight file
+        return None, lpips_unavailable_message(f'building lpips.LPIPS(net=\'alex\') failed ({type(err).__name__}: '
+                                               f'{err})')
+    return net.to(device).eval(), None
+
+
+def lpips_of(lpips_net, img_sr, img_gt, crop_border, device='cpu'):
+    """LPIPS distance between an SR output and its ground truth (RGB, both 8-bit). Lower is better.
+
+    Args:
+        lpips_net (callable): ``lpips_net(sr, gt)`` on RGB tensors in [-1, 1], shape (1, 3, h, w), returning a
+            one-element tensor (``lpips.LPIPS`` does).
+        img_sr (ndarray): uint8 BGR SR output, shape (h, w, 3).
+        img_gt (ndarray): uint8 BGR ground truth, same shape.
+        crop_border (int): Pixels shaved from each border first (as for PSNR / SSIM).
+        device (str | torch.device): Device of ``lpips_net``. Default: ``'cpu'``.
+
+    Returns:
+        float: The distance.
+    """
+
+    def to_tensor(img):
+        if crop_border:
+            img = img[crop_border:-crop_border, crop_border:-crop_border]
+        rgb = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)).astype(np.float32)
+        return (torch.from_numpy(rgb) / 127.5 - 1.).unsqueeze(0).to(device)
+
+    with torch.no_grad():
+        return float(lpips_net(to_tensor(img_sr), to_tensor(img_gt)).reshape(-1)[0])
+
+
+def parse_test_set(spec):
+    """Parse a test-set argument ``NAME=HR_DIR[:LR_DIR]`` (the first ``:`` after ``=`` separates the folders).
+
+    Returns:
+        tuple: ``(name, hr_dir, lr_dir)``, ``lr_dir`` None when absent (LR made on the fly from HR).
+
+    Raises:
+        ValueError: If there is no ``=``, or the name or HR folder is empty.
+    """
+    name, sep, dirs = spec.partition('=')
+    hr_dir, _, lr_dir = dirs.partition(':')
+    if not sep or not name.strip() or not hr_dir:
+        raise ValueError(f'A test set is NAME=HR_DIR[:LR_DIR], got "{spec}".')
+    return name.strip(), hr_dir, lr_dir or None
+
+
+def check_test_sets(test_sets):
+    """Check test folders before any work; ``[(name, hr_dir, lr_dir)]`` in the order given.
+
+    Args:
+        test_sets (dict | list): ``{name: hr_dir}``, ``{name: (hr_dir, lr_dir)}`` or ``[(name, hr_dir[, lr_dir])]``.
+
+    Returns:
+        list[tuple]: ``(name, hr_dir, lr_dir)``, folders as str, ``lr_dir`` None when absent.
+
+    Raises:
+        ValueError: If there is no test set or a name repeats.
+        FileNotFoundError: If a folder is missing, or an HR folder holds no images.
+    """
+    if isinstance(test_sets, Mapping):
+        items = [(name, *((value, None) if isinstance(value, (str, os.PathLike)) else tuple(value)))
+                 for name, value in test_sets.items()]
+    else:
+        items = [tuple(item) if len(item) == 3 else (*item, None) for item in test_sets]
+    if not items:
+        raise ValueError('No test set given.')
+    names = [item[0] for item in items]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f'Duplicate test set names {duplicates}.')
+    result = []
+    for name, hr_dir, lr_dir in items:
+        if not list_images(hr_dir):  # FileNotFoundError naming a missing folder
+            raise FileNotFoundError(f'Test set "{name}": no images in "{hr_dir}".')
+        if lr_dir is not None:
+            list_images(lr_dir)
+        result.append((name, str(hr_dir), None if lr_dir is None else str(lr_dir)))
+    return result
+
+
+def evaluate_network(net,
+                     test_sets,
+                     scale=4,
+                     metrics=METRICS,
+                     device='cpu',
+                     lpips_net=None,
+                     crop_border=None,
+                     test_y_channel=True):
+    """PSNR, SSIM, NIQE and LPIPS of an SR network on test folders.
+
+    Each test set is run through :func:`basicsr_distill.utils.sr_eval.evaluate_sr` (LR read from its folder, or made
+    from the HR image with BasicSR's MATLAB ``imresize``; output rounded to 8 bits as BasicSR's ``tensor2img``):
+
+    - PSNR / SSIM: BasicSR's ``calculate_psnr`` / ``calculate_ssim``, border ``crop_border``, Y channel by default;
+    - NIQE: BasicSR's ``calculate_niqe`` on the SR output alone (Y channel, border ``crop_border``); its parameters
+      file is checked before the network runs (:func:`check_niqe_params`);
+    - LPIPS (AlexNet, v0.1): between SR output and HR image, RGB in [-1, 1], border ``crop_border`` shaved. When
+      ``lpips_net`` is None it is loaded with :func:`load_lpips`; if that is impossible the values are None and
+      ``result['unavailable']['lpips']`` says why and how to enable it (also logged as a warning).
+
+    Means are over the images of a set. PSNR / SSIM are always computed (one pass gives both); ``metrics`` selects
+    what is reported.
+
+    Args:
+        net (nn.Module): SR network, RGB [0, 1] in and out, output ``scale`` times the input size (moved to
+            ``device``; its training mode is restored).
+        test_sets (dict | list): ``{name: hr_dir}``, ``{name: (hr_dir, lr_dir)}`` or ``[(name, hr_dir, lr_dir)]``
+            (see :func:`parse_test_set`); ``lr_dir`` None makes the LR images on the fly.
+        scale (int): Upsampling factor. Default: 4.
+        metrics (Sequence[str]): Subset of ``('psnr', 'ssim', 'niqe', 'lpips')``. Default: all four.
+        device (str | torch.device): Device of the network (and of LPIPS). Default: ``'cpu'``.
+        lpips_net (callable | None): LPIPS network to use instead of :func:`load_lpips` (see :func:`lpips_of` for
+            the call). Default: None.
+        crop_border (int | None): Border shaved for every metric; None uses ``scale``.
+        test_y_channel (bool): PSNR / SSIM on the Y channel (BT.601) instead of BGR. Default: True.
+
+    Returns:
+        dict: ``{'scale', 'crop_border', 'test_y_channel', 'metrics': [...], 'unavailable': {metric: message},
+        'test_sets': {name: {'hr': str, 'lr': str | None, 'num_images': int, <metric>: float | None, ...,
+        'per_image': {hr_name: {<metric>: float | None}}}}}``, test sets and metrics in the order given.
+
+    Raises:
+        ValueError: If a metric name is unknown, a test set name repeats, an image is too small for NIQE, or
+            anything :func:`evaluate_sr` refuses.
+        FileNotFoundError: If a folder is missing or empty, an LR image is missing, or NIQE is asked for and
+            BasicSR's ``niqe_pris_params.npz`` is missing.
+    """
+    metrics = list(dict.fromkeys(metrics))
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f'Unknown metrics {unknown}; choose at least one of {list(METRICS)}.')
+    crop_border = scale if crop_border is None else crop_border
+    test_sets = check_test_sets(test_sets)
+    unavailable = {}
+    extra = {}
+    if 'niqe' in metrics:
+        check_niqe_params()
+        extra['niqe'] = lambda img_sr, img_gt: niqe_of(img_sr, crop_border)
+    if 'lpips' in metrics:
+        if lpips_net is None:
+            lpips_net, message = load_lpips(device)
+            if message is not None:
+                unavailable['lpips'] = message
+                get_root_logger().warning(message)
+        if lpips_net is not None:
+            extra['lpips'] = lambda img_sr, img_gt: lpips_of(lpips_net, img_sr, img_gt, crop_border, device)
+
+    results = {}
+    for name, hr_dir, lr_dir in test_sets:
+        res = evaluate_sr(
+            net,
+            hr_dir,
+            lr_dir,
+            scale=scale,
+            device=device,
+            crop_border=crop_border,
+            test_y_channel=test_y_channel,
+            extra_metrics=extra)
+        results[name] = {'hr': hr_dir, 'lr': lr_dir, 'num_images': len(res['per_image'])}
+        results[name].update({m: res.get(m) for m in metrics})
+        per_image = {img: {m: values.get(m) for m in metrics} for img, values in res['per_image'].items()}
+        results[name]['per_image'] = per_image
+    return {
+        'scale': scale,
+        'crop_border': crop_border,
+        'test_y_channel': test_y_channel,
+        'metrics': metrics,
+        'unavailable': unavailable,
+        'test_sets': results
+    }
+
+
+def build_network(network_opt, scale=None):
+    """Build an SR network from a BasicSR ``network_g``-style dict: ``{'type': name, **constructor options}``.
+
+    Args:
+        network_opt (dict): ``type`` is a name in BasicSR's ``ARCH_REGISTRY``; the rest goes to the constructor.
+        scale (int | None): When given and the constructor takes ``upscale`` (BasicSR's name) without it being set,
+            it is set to ``scale``. Default: None.
+
+    Returns:
+        nn.Module: The network (random weights).
+
+    Raises:
+        ValueError: If ``type`` is missing.
+        KeyError: If the type is not registered (BasicSR's message).
+    """
+    opt = copy.deepcopy(dict(network_opt))
+    if 'type' not in opt:
+        raise ValueError(f'The network options need a "type" (an ARCH_REGISTRY name), got {opt}.')
+    arch_cls = ARCH_REGISTRY.get(opt.pop('type'))
+    if scale is not None and 'upscale' in inspect.signature(arch_cls).parameters:
+        opt.setdefault('upscale', scale)
+    return arch_cls(**opt)
+
+
+def load_network(network_opt, weights, scale=None, param_key='auto', strict=True):
+    """:func:`build_network` then :func:`basicsr_distill.utils.checkpoint.load_pretrained` (strict by default).
+
+    Raises:
+        FileNotFoundError, ValueError, RuntimeError: As :func:`load_pretrained` (missing file, wrong keys).
+    """
+    return load_pretrained(build_network(network_opt, scale), weights, param_key=param_key, strict=strict)
+
+
+def dataset_size(path):
+    """Size on disk of a training set, in bytes.
+
+    A distilled set (a folder with ``distill.json``) counts the files of its ``hr/``, ``lr/`` and ``lr_float/``
+    folders (not the manifest, ``meta_info.txt``, lmdb copies or ``.distill-tmp-*`` leftovers); any other folder
+    counts all its regular files, recursively (symbolic links to folders are not followed).
+
+    Args:
+        path (str): The folder.
+
+    Returns:
+        dict: ``{'path': str, 'bytes': int, 'files': int, 'parts': {'hr': int, 'lr': int, 'lr_float': int} | None}``,
+        ``parts`` (bytes per folder) only for a distilled set.
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a folder.
+    """
+    path = str(path)
+    if not osp.isdir(path):
+        raise FileNotFoundError(f'Training set folder not found: "{path}".')
+
+    def walk(folder, skip_tmp):
+        total = count = 0
+        for root, _, files in os.walk(folder):
+            for name in files:
+                file_path = osp.join(root, name)
+                if (skip_tmp and name.startswith('.distill-tmp-')) or not osp.isfile(file_path):
+                    continue
+                total += osp.getsize(file_path)
+                count += 1
+        return total, count
+
+    if osp.isfile(osp.join(path, MANIFEST_NAME)):
+        parts, total, count = {}, 0, 0
+        for part in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
+            part_bytes, part_files = walk(osp.join(path, part), skip_tmp=True)
+            parts[part] = part_bytes
+            total, count = total + part_bytes, count + part_files
+        return {'path': path, 'bytes': total, 'files': count, 'parts': parts}
+    total, count = walk(path, skip_tmp=False)
+    return {'path': path, 'bytes': total, 'files': count, 'parts': None}
+
+
+def parse_train_time(log_path):
+    """Training wall time from a BasicSR train log's ``End of training. Time consumed: H:MM:SS`` line.
+
+    BasicSR writes ``str(datetime.timedelta(seconds=...))``, so ``1 day, 2:03:04`` is read as well. With several such
+    lines the last one counts. A run resumed with ``--auto_resume`` writes a new log whose time covers that run only.
+
+    Args:
+        log_path (str): The log file (``experiments/<name>/train_<name>_<time>.log``).
+
+    Returns:
+        dict: ``{'path': str, 'seconds': int, 'text': str}``, ``text`` as logged (e.g. ``'0:02:15'``).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it has no such line (the run did not finish, or it is not a BasicSR train log).
+    """
+    log_path = str(log_path)
+    if not osp.isfile(log_path):
+        raise FileNotFoundError(f'Train log not found: "{log_path}".')
+    with open(log_path, encoding='utf-8', errors='replace') as f:
+        matches = TRAIN_TIME_RE.findall(f.read())
+    if not matches:
+        raise ValueError(f'No "End of training. Time consumed: H:MM:SS" line in "{log_path}": the run did not finish, '
+                         f'or this is not a BasicSR train log.')
+    days, hours, minutes, seconds = matches[-1]
+    total = ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
+    text = (f'{days} day{"s" if int(days) != 1 else ""}, ' if days else '') + f'{hours}:{minutes}:{seconds}'
+    return {'path': log_path, 'seconds': total, 'text': text}
