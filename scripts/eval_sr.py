@@ -11,26 +11,11 @@ import inspect
 
 import basicsr_distill  # noqa: F401  (compat fixes and arch registration; must precede basicsr / torchvision)
 
-import yaml  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
 from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
 from basicsr_distill.utils.sr_eval import evaluate_sr  # noqa: E402
-
-
-def parse_arch_opts(items):
-    """Turn ``['key=value', ...]`` into a dict; values are parsed as YAML scalars (``4`` -> int, ``true`` -> bool).
-
-    Raises:
-        ValueError: If an item has no ``=``.
-    """
-    opts = {}
-    for item in items or []:
-        if '=' not in item:
-            raise ValueError(f'--arch-opt expects key=value, got "{item}".')
-        key, value = item.split('=', 1)
-        opts[key.strip()] = yaml.safe_load(value)
-    return opts
+from basicsr_distill.utils.sr_metrics import parse_arch_opts  # noqa: E402
 
 
 def main(argv=None):

@@ -30,22 +30,7 @@ import yaml  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
 from basicsr_distill.utils.sr_metrics import (METRICS, check_test_sets, dataset_size, evaluate_network,  # noqa: E402
-                                              load_network, parse_test_set, parse_train_time)
-
-
-def parse_arch_opts(items):
-    """Turn ``['key=value', ...]`` into a dict; values are parsed as YAML scalars (``4`` -> int, ``true`` -> bool).
-
-    Raises:
-        ValueError: If an item has no ``=``.
-    """
-    opts = {}
-    for item in items or []:
-        if '=' not in item:
-            raise ValueError(f'--arch-opt expects key=value, got "{item}".')
-        key, value = item.split('=', 1)
-        opts[key.strip()] = yaml.safe_load(value)
-    return opts
+                                              load_network, parse_arch_opts, parse_test_set, parse_train_time)
 
 
 def read_option_file(path):

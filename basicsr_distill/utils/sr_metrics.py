@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+import yaml
 
 from basicsr.metrics import calculate_niqe
 from basicsr.utils import get_root_logger
@@ -406,3 +407,18 @@ def parse_train_time(log_path):
     total = ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
     text = (f'{days} day{"s" if int(days) != 1 else ""}, ' if days else '') + f'{hours}:{minutes}:{seconds}'
     return {'path': log_path, 'seconds': total, 'text': text}
+
+
+def parse_arch_opts(items):
+    """Turn ``['key=value', ...]`` into a dict; values are parsed as YAML scalars (``4`` -> int, ``true`` -> bool).
+
+    Raises:
+        ValueError: If an item has no ``=``.
+    """
+    opts = {}
+    for item in items or []:
+        if '=' not in item:
+            raise ValueError(f'--arch-opt expects key=value, got "{item}".')
+        key, value = item.split('=', 1)
+        opts[key.strip()] = yaml.safe_load(value)
+    return opts
