@@ -3,6 +3,7 @@
 ``SHARED`` is the project's read-only ``shared/`` folder, beside the repository (as in CI) unless
 ``BASICSR_DISTILL_SHARED`` names another place. ``BUNDLED`` is the demo data inside the repository.
 """
+import contextlib
 import os
 import os.path as osp
 
@@ -29,14 +30,34 @@ def pytest_sessionstart(session):
                                 f'project\'s shared/ folder beside the repository or set BASICSR_DISTILL_SHARED')
 
 
+@contextlib.contextmanager
+def limited_threads(most):
+    """At most ``most`` torch threads inside the block (tiny networks on shared cores); restored afterwards."""
+    import torch
+    num = torch.get_num_threads()
+    torch.set_num_threads(min(num, most))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(num)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny networks: one thread avoids oversubscribing the shared cores (restored afterwards)."""
-    import torch
-    num = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num)
+    with limited_threads(1):
+        yield
+
+
+class NearestUp(__import__('torch').nn.Module):
+    """x``scale`` nearest-neighbour up-sampling: a stand-in SR network for evaluation tests."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return __import__('torch').nn.functional.interpolate(x, scale_factor=self.scale, mode='nearest')
 
 
 def write_option_file(opt, path):

@@ -19,14 +19,13 @@ from basicsr_distill.archs.dit_difffit_arch import vae_encode  # noqa: E402
 CLASS_TABLE = 'transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight'
 # per gamma block: the hooked modules of the four sites
 SITE_PARAMS = ['attn1.to_q', 'attn1.to_k', 'attn1.to_v', 'attn1.to_out.0', 'attn1', 'ff']
+from conftest import limited_threads  # noqa: E402
 
 
 @pytest.fixture(scope='module', autouse=True)
 def _threads():
-    num = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(num)
+    with limited_threads(1):
+        yield
 
 
 def _tiny_dit(seed=0):

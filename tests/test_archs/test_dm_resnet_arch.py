@@ -10,14 +10,13 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 from torch import nn  # noqa: E402
 
 from basicsr_distill.archs.dm_resnet_arch import DMResNet18, sample_dm_network  # noqa: E402
+from conftest import limited_threads  # noqa: E402
 
 
 @pytest.fixture(scope='module', autouse=True)
 def _threads():
-    num = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(num)
+    with limited_threads(1):
+        yield
 
 
 def _gen(seed):

@@ -9,17 +9,15 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 from basicsr_distill.archs.srgan_arch import SRGANGenerator  # noqa: E402
 from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
 from basicsr_distill.utils.sr_eval import evaluate_sr  # noqa: E402
-from conftest import shared_path  # noqa: E402
+from conftest import limited_threads, shared_path  # noqa: E402
 
 SRGAN_WEIGHTS = ('weights', 'srgan_netG_epoch_4_100.pth')
 
 
 @pytest.fixture(scope='module', autouse=True)
 def _threads():
-    num = torch.get_num_threads()
-    torch.set_num_threads(min(num, 2))
-    yield
-    torch.set_num_threads(num)
+    with limited_threads(2):
+        yield
 
 
 def test_registered():

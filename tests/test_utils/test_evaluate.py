@@ -15,7 +15,6 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 
 from basicsr_distill.archs.imdn_arch import IMDN  # noqa: E402
 from basicsr_distill.utils import sr_metrics  # noqa: E402
@@ -24,7 +23,7 @@ from basicsr_distill.utils.sr_eval import evaluate_sr  # noqa: E402
 from basicsr_distill.utils.sr_metrics import (dataset_size, evaluate_network, load_lpips, parse_test_set,  # noqa: E402
                                               parse_train_time)
 
-from conftest import BUNDLED, REPO, write_option_file  # noqa: E402
+from conftest import BUNDLED, NearestUp, REPO, limited_threads, write_option_file  # noqa: E402
 
 SET5_HR = osp.join(BUNDLED, 'Set5', 'HR')
 SET5_LR = osp.join(BUNDLED, 'Set5', 'LR_bicubic', 'X4')
@@ -35,16 +34,6 @@ SCRIPT = osp.join(REPO, 'scripts', 'evaluate.py')
 IMDN_SET5_NIQE = 7.077
 
 
-class NearestUp(nn.Module):
-
-    def __init__(self, scale):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, x):
-        return F.interpolate(x, scale_factor=self.scale, mode='nearest')
-
-
 class MustNotRun(nn.Module):
 
     def forward(self, x):
@@ -53,10 +42,8 @@ class MustNotRun(nn.Module):
 
 @pytest.fixture(scope='module', autouse=True)
 def _threads():
-    num = torch.get_num_threads()
-    torch.set_num_threads(min(num, 2))
-    yield
-    torch.set_num_threads(num)
+    with limited_threads(2):
+        yield
 
 
 @pytest.fixture(scope='module')

@@ -11,13 +11,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 
 from basicsr_distill.archs.imdn_arch import IMDN  # noqa: E402
 from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
 from basicsr_distill.utils.sr_eval import evaluate_sr, find_lr_file  # noqa: E402
 
-from conftest import SHARED  # noqa: E402
+from conftest import NearestUp, SHARED, limited_threads  # noqa: E402
 
 IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')
 IMDN_NTIRE22 = osp.join(SHARED, 'weights', 'imdn_baseline.pth')
@@ -39,22 +38,10 @@ class MatlabBicubic(nn.Module):
         return torch.stack([imresize(img, self.scale) for img in x])
 
 
-class NearestUp(nn.Module):
-
-    def __init__(self, scale):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, x):
-        return F.interpolate(x, scale_factor=self.scale, mode='nearest')
-
-
 @pytest.fixture(scope='module', autouse=True)
 def _threads():
-    num = torch.get_num_threads()
-    torch.set_num_threads(min(num, 2))
-    yield
-    torch.set_num_threads(num)
+    with limited_threads(2):
+        yield
 
 
 @needs_data
