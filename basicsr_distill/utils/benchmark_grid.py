@@ -1,0 +1,332 @@
+"""The benchmark grid: a YAML preset -> cells (training sets, downstream runs), their option files, results on disk.
+
+A preset (``options/benchmark/*.yml``, plain YAML read with ``yaml.safe_load``: no tags) names methods (each with its
+sizes), downstream archs, seeds and test sets; see the README section "Benchmark" for the keys. Two kinds of cells:
+
+* a **set cell** ``set/<method>/<size>`` writes a training set in the distilled-set format under
+  ``<work_dir>/sets/<method>_<size>``: ``type: distill`` runs ``basicsr_distill/train.py`` on a derived option file,
+  ``type: select`` runs ``scripts/select_subset.py`` on the preset's patch pool;
+* a **train cell** ``train/<arch>/<method>/<size>/seed<k>`` trains ``arch`` on that set with BasicSR's ``SRModel``
+  loop (``basicsr_distill/train.py`` on a derived option file) and evaluates it on the test sets.
+
+Each finished cell leaves ``<work_dir>/cells/<cell id>.json`` (written atomically) holding its spec hash and results;
+a rerun skips it. A cell whose spec changed is refused (name the file to delete), so a table never mixes settings.
+Distillation and training run with ``--auto_resume``, so a cell interrupted half-way also continues where it stopped.
+"""
+import copy
+import hashlib
+import json
+import math
+import os
+import os.path as osp
+import statistics
+
+import yaml
+
+#: keys of a preset, with their defaults (None: required)
+GRID_DEFAULTS = {
+    'name': None,
+    'work_dir': None,
+    'scale': 4,
+    'train_hr': None,  # a folder, or a list of folders linked into one flat folder (names must be unique)
+    'pool': None,  # {gt_size, stride}: the patch pool of the select methods and of r
+    'selection_opt': None,  # an option file whose network_t / distill.feature_layer the select methods may use
+    'set_seed': 0,  # seed of every distillation / selection
+    'seeds': [0],  # seeds of the downstream training runs (mean +- std over them)
+    'test_sets': None,  # {name: {hr: dir, lr: dir | null}}
+    'metrics': ['psnr', 'ssim'],
+    'device': 'auto',  # evaluation device: auto (cuda when present), cpu, cuda
+    'bicubic_reference': True,  # a 'bicubic' row (BasicSR's MATLAB imresize) in the table
+    'methods': None,  # {name: {type: distill | select, ...}}
+    'archs': None,  # {name: {opt: train option file, options: {...}}}
+}
+METHOD_KEYS = {'type', 'opt', 'args', 'sizes', 'size_name', 'like', 'options', 'reference'}
+ARCH_KEYS = {'opt', 'options'}
+PLACEHOLDERS = ('train_hr', 'size', 'gt_size', 'stride', 'scale')
+
+
+class GridError(ValueError):
+    """A preset that cannot run; the message names the file and the key."""
+
+
+def _require(cond, path, message):
+    if not cond:
+        raise GridError(f'{path}: {message}')
+
+
+def load_grid(path, repo, check_paths=True):
+    """Read and check a preset; relative paths are resolved against ``repo``.
+
+    Args:
+        path (str): The preset YAML file.
+        repo (str): Repository root (relative paths in the preset are relative to it).
+        check_paths (bool): Check that the training folders and option files exist. Default: True.
+
+    Returns:
+        dict: The preset with defaults filled in, paths absolute, ``methods`` / ``archs`` as ordered dicts with each
+        method's ``sizes`` (list of numbers) and ``size_name`` (label prefix, default ``'r'``) resolved.
+
+    Raises:
+        FileNotFoundError: If the preset, a folder or an option file it names does not exist.
+        GridError: On an unknown or missing key, a bad method type, an empty size list, a ``like`` that refers to a
+            method not defined before it, or a duplicate name.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'benchmark preset {path} does not exist')
+    with open(path, encoding='utf-8') as f:
+        given = yaml.safe_load(f) or {}
+    _require(isinstance(given, dict), path, 'a preset is a mapping of keys')
+    unknown = sorted(set(given) - set(GRID_DEFAULTS))
+    _require(not unknown, path, f'unknown keys {unknown}; known: {sorted(GRID_DEFAULTS)}')
+    grid = copy.deepcopy(GRID_DEFAULTS)
+    grid.update(given)
+    for key, value in grid.items():
+        _require(value is not None or key == 'selection_opt', path, f'key "{key}" is required')
+
+    def absolute(value):
+        return value if osp.isabs(value) else osp.normpath(osp.join(repo, value))
+
+    grid['preset'] = osp.abspath(path)
+    grid['work_dir'] = absolute(grid['work_dir'])
+    hr_dirs = grid['train_hr'] if isinstance(grid['train_hr'], list) else [grid['train_hr']]
+    grid['train_hr'] = [absolute(d) for d in hr_dirs]
+    for folder in grid['train_hr']:
+        if check_paths and not osp.isdir(folder):
+            raise FileNotFoundError(f'{path}: train_hr folder {folder} does not exist')
+    _require(isinstance(grid['pool'], dict) and {'gt_size', 'stride'} <= set(grid['pool']), path,
+             'pool must give gt_size and stride (HR pixels)')
+    _require(isinstance(grid['seeds'], list) and grid['seeds'], path, 'seeds must be a non-empty list')
+    _require(isinstance(grid['test_sets'], dict) and grid['test_sets'], path, 'test_sets must be a non-empty mapping')
+    for name, spec in grid['test_sets'].items():
+        _require(isinstance(spec, dict) and 'hr' in spec, path, f'test_sets.{name} needs hr (and optionally lr)')
+        spec['hr'] = absolute(spec['hr'])
+        spec['lr'] = absolute(spec['lr']) if spec.get('lr') else None
+    if grid['selection_opt']:
+        grid['selection_opt'] = absolute(grid['selection_opt'])
+
+    _require(isinstance(grid['methods'], dict) and grid['methods'], path, 'methods must be a non-empty mapping')
+    for name, method in grid['methods'].items():
+        where = f'methods.{name}'
+        _require(isinstance(method, dict), path, f'{where} must be a mapping')
+        unknown = sorted(set(method) - METHOD_KEYS)
+        _require(not unknown, path, f'{where}: unknown keys {unknown}; known: {sorted(METHOD_KEYS)}')
+        _require(method.get('type') in ('distill', 'select'), path, f'{where}.type must be distill or select')
+        if method['type'] == 'distill':
+            _require(method.get('opt'), path, f'{where}.opt (a distillation option file) is required')
+            method['opt'] = absolute(method['opt'])
+            if check_paths and not osp.isfile(method['opt']):
+                raise FileNotFoundError(f'{path}: {where}.opt {method["opt"]} does not exist')
+        else:
+            _require(isinstance(method.get('args', []), list), path, f'{where}.args must be a list')
+            _require(not method.get('opt'), path, f'{where}: a select method uses the preset\'s pool, not opt')
+        if method.get('like'):
+            like = method['like']
+            before = list(grid['methods'])[:list(grid['methods']).index(name)]
+            _require(like in before, path, f'{where}.like={like!r} must name a method defined before it')
+            _require(not method.get('sizes'), path, f'{where}: give sizes or like, not both')
+            method['sizes'] = list(grid['methods'][like]['sizes'])
+            method['size_name'] = grid['methods'][like]['size_name']
+        _require(isinstance(method.get('sizes'), list) and method['sizes'], path,
+                 f'{where}.sizes must be a non-empty list (r or IPC values) unless like is given')
+        method.setdefault('size_name', 'r')
+        method.setdefault('options', {})
+        method.setdefault('args', [])
+    _require(isinstance(grid['archs'], dict) and grid['archs'], path, 'archs must be a non-empty mapping')
+    for name, arch in grid['archs'].items():
+        unknown = sorted(set(arch) - ARCH_KEYS)
+        _require(not unknown, path, f'archs.{name}: unknown keys {unknown}; known: {sorted(ARCH_KEYS)}')
+        _require(arch.get('opt'), path, f'archs.{name}.opt (a BasicSR train option file) is required')
+        arch['opt'] = absolute(arch['opt'])
+        if check_paths and not osp.isfile(arch['opt']):
+            raise FileNotFoundError(f'{path}: archs.{name}.opt {arch["opt"]} does not exist')
+        arch.setdefault('options', {})
+    return grid
+
+
+def size_label(method, size):
+    """``'r0.05'``, ``'ipc8'``: the method's size name and the value."""
+    return f'{method["size_name"]}{size:g}'
+
+
+def spec_hash(spec):
+    """Short SHA-256 of a JSON-able spec (sorted keys): what makes a finished cell reusable."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def set_cells(grid):
+    """The set cells in preset order: ``[{'id', 'method', 'size', 'label', 'root', 'spec'}]``."""
+    cells = []
+    for name, method in grid['methods'].items():
+        for index, size in enumerate(method['sizes']):
+            label = size_label(method, size)
+            spec = {'method': name, 'size': size, 'definition': method, 'pool': grid['pool'], 'scale': grid['scale'],
+                    'train_hr': grid['train_hr'], 'set_seed': grid['set_seed']}
+            if method['type'] == 'select':
+                spec['selection_opt'] = grid['selection_opt']
+            cells.append({'id': f'set/{name}/{label}', 'kind': 'set', 'method': name, 'size': size, 'label': label,
+                          'size_index': index, 'root': osp.join(grid['work_dir'], 'sets', f'{name}_{label}'),
+                          'spec': spec})
+    return cells
+
+
+def train_cells(grid, sets):
+    """The train cells: every arch x set x seed, in that nesting order."""
+    cells = []
+    for arch_name, arch in grid['archs'].items():
+        for set_cell in sets:
+            for seed in grid['seeds']:
+                spec = {'arch': arch_name, 'definition': arch, 'set': set_cell['id'], 'set_hash':
+                        spec_hash(set_cell['spec']), 'seed': seed, 'test_sets': grid['test_sets'],
+                        'metrics': grid['metrics']}
+                cells.append({'id': f'train/{arch_name}/{set_cell["method"]}/{set_cell["label"]}/seed{seed}',
+                              'kind': 'train', 'arch': arch_name, 'set': set_cell, 'seed': seed, 'spec': spec,
+                              'name': f'{grid["name"]}_{arch_name}_{set_cell["method"]}_{set_cell["label"]}_s{seed}'})
+    return cells
+
+
+# ------------------------------------------------------------------------------------------------ option files
+def fill_placeholders(value, values):
+    """Replace ``{train_hr}``-style placeholders in every string of a nested structure.
+
+    A string that is exactly one placeholder takes the value with its type (``'{size}'`` -> 0.1); other strings are
+    formatted. Unknown placeholders raise ``KeyError`` naming them.
+    """
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_placeholders(v, values) for v in value]
+    if isinstance(value, str) and '{' in value:
+        stripped = value.strip()
+        if stripped.startswith('{') and stripped.endswith('}') and stripped[1:-1] in values:
+            return values[stripped[1:-1]]
+        return value.format(**values)
+    return value
+
+
+def deep_merge(base, extra):
+    """``base`` updated recursively by ``extra`` (a None value deletes the key); returns a new dict."""
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def absolutize(opt, repo, keys=('dataroot', 'meta_info_file', 'pretrain_network_', 'distilled_root', 'path')):
+    """Make relative paths under keys starting with one of ``keys`` absolute (against ``repo``) when they exist there.
+
+    The derived option files run with the work dir as current directory, so ``weights/imdn_baseline.pth`` must
+    become absolute; values that do not exist under ``repo`` (names, types) are left as they are.
+    """
+    if isinstance(opt, dict):
+        out = {}
+        for key, value in opt.items():
+            if (isinstance(value, str) and value and not osp.isabs(value) and str(key).startswith(keys)
+                    and osp.exists(osp.join(repo, value))):
+                out[key] = osp.normpath(osp.join(repo, value))
+            else:
+                out[key] = absolutize(value, repo, keys)
+        return out
+    if isinstance(opt, list):
+        return [absolutize(v, repo, keys) for v in opt]
+    return opt
+
+
+def read_option_file(path):
+    """A BasicSR option file as a plain dict (BasicSR's loader: tags run, e.g. the plugin import)."""
+    from basicsr.utils.options import ordered_yaml
+    with open(path, encoding='utf-8') as f:
+        return json.loads(json.dumps(yaml.load(f, Loader=ordered_yaml()[0])))
+
+
+def write_option_file(opt, path):
+    """Write a derived option file (atomically); the plugin line is written as the tag that imports the plugin."""
+    opt = dict(opt)
+    opt.pop('plugin', None)
+    text = ('# Derived by scripts/benchmark.py: do not edit (edit the preset). Option files are code: trusted only.\n'
+            'plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(opt, sort_keys=False))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ results
+class CellStore():
+    """Finished cells as ``<work_dir>/cells/<id>.json``, written atomically (temp name + rename)."""
+
+    def __init__(self, work_dir):
+        self.folder = osp.join(work_dir, 'cells')
+
+    def path(self, cell):
+        return osp.join(self.folder, cell['id'].replace('/', '__') + '.json')
+
+    def load(self, cell):
+        """The stored result of ``cell``, or None if it has not finished.
+
+        Raises:
+            GridError: If the stored cell was made with a different spec (naming the file to delete).
+        """
+        path = self.path(cell)
+        if not osp.isfile(path):
+            return None
+        with open(path, encoding='utf-8') as f:
+            record = json.load(f)
+        if record.get('spec_hash') != spec_hash(cell['spec']):
+            raise GridError(f'{path} holds cell {cell["id"]} made with other settings than the preset gives now. '
+                            'Use another work_dir, or delete that file (and the set / experiment it describes) to '
+                            'recompute it.')
+        return record
+
+    def save(self, cell, result):
+        os.makedirs(self.folder, exist_ok=True)
+        record = {'id': cell['id'], 'spec_hash': spec_hash(cell['spec']), 'spec': cell['spec'], **result}
+        path = self.path(cell)
+        tmp = f'{path}.tmp'
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(record, f, indent=1, default=str)
+            f.write('\n')
+        os.replace(tmp, path)
+        return record
+
+
+def mean_std(values):
+    """(mean, sample std) of the finite values; std is 0 for one value; (nan, nan) for none."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float('nan'), float('nan')
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(rows, test_sets, metrics):
+    """Group per-seed rows by (arch, method, size) and give mean / std of every metric and of the training time.
+
+    Args:
+        rows (list[dict]): One per train cell: ``arch, method, label, size, pairs, ratio, set_bytes, set_time_s,
+            seed, train_time_s`` and ``<test set>/<metric>`` values.
+        test_sets (list[str]): Test set names (column order).
+        metrics (list[str]): Metric names (column order).
+
+    Returns:
+        list[dict]: One per group, in the order of ``rows``: the group keys, ``seeds`` (count) and
+        ``<col>_mean`` / ``<col>_std`` for every metric column and ``train_time_s``.
+    """
+    groups = {}
+    for row in rows:
+        groups.setdefault((row['arch'], row['method'], row['label']), []).append(row)
+    summary = []
+    for members in groups.values():
+        first = members[0]
+        keys = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'reference')
+        out = {k: first.get(k) for k in keys}
+        out['seeds'] = len(members)
+        for col in [f'{t}/{m}' for t in test_sets for m in metrics] + ['train_time_s']:
+            out[f'{col}_mean'], out[f'{col}_std'] = mean_std([m.get(col) for m in members])
+        summary.append(out)
+    return summary

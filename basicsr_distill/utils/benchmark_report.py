@@ -1,0 +1,157 @@
+"""Outputs of the benchmark: CSV (one row per run), Markdown table (mean +- std over seeds), plots and sample grids.
+
+Plots use matplotlib's Agg backend (no display needed); images are read with OpenCV.
+"""
+import csv
+import math
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+
+CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'seed', 'train_time_s',
+              'train_wall_s', 'reference')
+
+
+def _atomic_text(path, text):
+    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8', newline='') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_csv(rows, path, test_sets, metrics):
+    """One line per (arch, method, size, seed) run, plus the bicubic reference rows; written atomically."""
+    import io
+    fields = list(CSV_FIELDS) + [f'{t}/{m}' for t in test_sets for m in metrics]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction='ignore', lineterminator='\n')
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in fields})
+    _atomic_text(path, buf.getvalue())
+
+
+def _pm(mean, std, digits):
+    if mean is None or not math.isfinite(mean):
+        return '-'
+    return f'{mean:.{digits}f} ± {std:.{digits}f}' if std is not None and math.isfinite(std) else f'{mean:.{digits}f}'
+
+
+def markdown_table(summary, test_sets, metrics, bicubic=None, title=None):
+    """The comparison table: one row per (arch, method, size), metric columns as mean ± std over the seeds.
+
+    Args:
+        summary (list[dict]): From :func:`basicsr_distill.utils.benchmark_grid.summarize`.
+        test_sets (list[str]), metrics (list[str]): Column order.
+        bicubic (dict | None): ``{'<test set>/<metric>': value}`` for a bicubic row.
+        title (str | None): A line written above the table.
+
+    Returns:
+        str: Markdown text.
+    """
+    digits = {'psnr': 2, 'ssim': 4, 'niqe': 2, 'lpips': 4}
+    cols = [f'{t}/{m}' for t in test_sets for m in metrics]
+    head = ['arch', 'method', 'size', 'pairs', 'ratio of pool', 'set (MB)', 'set time (s)', 'seeds'] + \
+        [f'{t} {m.upper()}' for t in test_sets for m in metrics] + ['train time (s)']
+    lines = ([title, ''] if title else []) + ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in summary:
+        cells = [row['arch'], row['method'] + (' (reference)' if row.get('reference') else ''), row['label'],
+                 str(row['pairs']), f'{100 * row["ratio"]:.1f} %' if row.get('ratio') is not None else '-',
+                 f'{row["set_bytes"] / 2**20:.1f}' if row.get('set_bytes') is not None else '-',
+                 f'{row["set_time_s"]:.0f}' if row.get('set_time_s') is not None else '-', str(row['seeds'])]
+        cells += [_pm(row[f'{c}_mean'], row[f'{c}_std'], digits.get(c.split('/')[-1], 3)) for c in cols]
+        cells.append(_pm(row['train_time_s_mean'], row['train_time_s_std'], 0))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    if bicubic:
+        cells = ['-', 'bicubic', '-', '-', '-', '-', '-', '-']
+        cells += [f'{bicubic[c]:.{digits.get(c.split("/")[-1], 3)}f}' if bicubic.get(c) is not None else '-'
+                  for c in cols]
+        lines.append('| ' + ' | '.join(cells + ['-']) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_markdown(text, path):
+    _atomic_text(path, text)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_psnr(summary, test_sets, x_key, path, xlabel, logx=True, bicubic=None):
+    """PSNR (mean ± std over seeds) against ``x_key`` (``'ratio'`` or ``'train_time_s_mean'``), one panel per test
+    set and arch, one line per method; the reference (full set) methods as dashed lines, bicubic as a dotted line."""
+    plt = _pyplot()
+    archs = list(dict.fromkeys(row['arch'] for row in summary))
+    fig, axes = plt.subplots(len(archs), len(test_sets), figsize=(5.2 * len(test_sets), 3.8 * len(archs)),
+                             squeeze=False)
+    for i, arch in enumerate(archs):
+        rows = [r for r in summary if r['arch'] == arch]
+        methods = list(dict.fromkeys(r['method'] for r in rows))
+        for j, test in enumerate(test_sets):
+            ax = axes[i][j]
+            col = f'{test}/psnr'
+            for method in methods:
+                points = sorted((r[x_key], r[f'{col}_mean'], r[f'{col}_std'], r.get('reference')) for r in rows
+                                if r['method'] == method and r.get(x_key) is not None)
+                if not points:
+                    continue
+                xs, ys, es, ref = zip(*points)
+                if ref[0] and x_key == 'ratio':
+                    ax.axhline(ys[0], linestyle='--', color='k', linewidth=1, label=f'{method} ({xs[0]:.0%})')
+                    continue
+                ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=method,
+                            linestyle='--' if ref[0] else '-')
+            if bicubic and bicubic.get(col) is not None:
+                ax.axhline(bicubic[col], linestyle=':', color='gray', linewidth=1, label='bicubic')
+            if logx:
+                ax.set_xscale('log')
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f'{test} PSNR (dB, Y)')
+            ax.set_title(f'{arch} on {test}')
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 6), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sample_grid(set_root, path, title, num=16, cols=8):
+    """A PNG of ``num`` HR samples of a distilled set (evenly spaced in its pair order), ``cols`` per row.
+
+    Args:
+        set_root (str): A distilled-set folder (``hr/`` holds the PNGs).
+        path (str): Output PNG.
+        title (str): Figure title (method and size).
+
+    Raises:
+        FileNotFoundError: If the set has no HR image.
+    """
+    plt = _pyplot()
+    from basicsr_distill.distilled_set import pair_paths, read_manifest
+    names = [p['name'] for p in read_manifest(set_root)['pairs']]
+    if not names:
+        raise FileNotFoundError(f'{set_root}: no pair to show')
+    picks = [names[int(k)] for k in np.linspace(0, len(names) - 1, min(num, len(names)))]
+    rows = math.ceil(len(picks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis('off')
+    for ax, name in zip(axes.flat, picks):
+        img = cv2.imread(pair_paths(set_root, name)['hr'], cv2.IMREAD_COLOR)
+        ax.imshow(img[:, :, ::-1])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,196 @@
+"""The benchmark runner (scripts/benchmark.py) and its grid / report helpers.
+
+The end-to-end test runs a real tiny grid (IDC + the random baseline on 6 T91 images from two folders, EDSR for
+a few iterations with two seeds, evaluated on Set5) through the BasicSR loops, stops it half-way, and checks that the
+second run computes only the cells that were missing.
+"""
+import csv
+import glob
+import importlib.util
+import json
+import os
+import os.path as osp
+import shutil
+
+import pytest
+import yaml
+
+import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+from basicsr_distill.utils import benchmark_grid as grid_lib
+from basicsr_distill.utils import benchmark_report as report
+from conftest import REPO, shared_path
+
+SCRIPT = osp.join(REPO, 'scripts', 'benchmark.py')
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location('benchmark_script', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def test_fill_placeholders_keeps_types():
+    values = {'size': 0.05, 'train_hr': '/data/hr', 'gt_size': 64}
+    out = grid_lib.fill_placeholders({'a': '{size}', 'b': ['{train_hr}/x', 3], 'c': {'d': '{gt_size}'}}, values)
+    assert out == {'a': 0.05, 'b': ['/data/hr/x', 3], 'c': {'d': 64}}
+    with pytest.raises(KeyError):
+        grid_lib.fill_placeholders('{nope}/x', values)
+
+
+def test_deep_merge_and_delete():
+    base = {'train': {'total_iter': 10, 'optim': {'lr': 1}}, 'val': {'x': 1}}
+    merged = grid_lib.deep_merge(base, {'train': {'optim': {'lr': 2}}, 'val': None})
+    assert merged == {'train': {'total_iter': 10, 'optim': {'lr': 2}}}
+    assert base['train']['optim']['lr'] == 1  # the input is not modified
+
+
+def test_summarize_mean_std_by_hand():
+    rows = [{'arch': 'A', 'method': 'm', 'label': 'r0.1', 'size': 0.1, 'pairs': 5, 'ratio': 0.1, 'set_bytes': 1,
+             'set_time_s': 2, 'seed': s, 'Set5/psnr': v, 'train_time_s': t}
+            for s, v, t in ((0, 30.0, 10), (1, 31.0, 12), (2, 32.0, 14))]
+    (row,) = grid_lib.summarize(rows, ['Set5'], ['psnr'])
+    assert row['seeds'] == 3
+    assert row['Set5/psnr_mean'] == pytest.approx(31.0)
+    assert row['Set5/psnr_std'] == pytest.approx(1.0)  # sample std of 30, 31, 32
+    assert row['train_time_s_mean'] == pytest.approx(12.0) and row['train_time_s_std'] == pytest.approx(2.0)
+    text = report.markdown_table([row], ['Set5'], ['psnr'], bicubic={'Set5/psnr': 28.4312})
+    assert '| 31.00 ± 1.00 |' in text and '| 12 ± 2 |' in text and '28.43' in text and '10.0 %' in text
+
+
+def test_mean_std_single_and_missing():
+    assert grid_lib.mean_std([2.5]) == (2.5, 0.0)
+    mean, std = grid_lib.mean_std([None])
+    assert mean != mean and std != std  # nan
+
+
+def _write_preset(path, work_dir, hr_dirs, **changes):
+    preset = {
+        'name': 'tiny',
+        'work_dir': str(work_dir),
+        'scale': 4,
+        'train_hr': [str(d) for d in hr_dirs],
+        'pool': {'gt_size': 64, 'stride': 64},
+        'selection_opt': 'options/distill/idc_demo.yml',
+        'set_seed': 0,
+        'seeds': [0, 1],
+        'test_sets': {'Set5': {'hr': shared_path('data', 'val', 'Set5', 'HR'),
+                               'lr': shared_path('data', 'val', 'Set5', 'LR_bicubic', 'X4')}},
+        'metrics': ['psnr', 'ssim'],
+        'device': 'cpu',
+        'methods': {
+            'idc': {'type': 'distill', 'opt': 'options/distill/idc_demo.yml', 'sizes': [0.05, 0.2], 'options': {
+                'datasets': {'train': {'dataroot_gt': '{train_hr}', 'gt_size': '{gt_size}', 'stride': '{stride}'}},
+                'distill': {'ratio': '{size}', 'iters_per_instance': 3, 'warmup_iters': 1, 'assign_iters': 2,
+                            'assign_steps': 1, 'real_batch_size': 16},
+                'train': {'total_iter': 18}, 'logger': {'print_freq': 100, 'save_checkpoint_freq': 100}}},
+            'random': {'type': 'select', 'args': ['--method', 'random'], 'like': 'idc'},
+        },
+        'archs': {'EDSR_tiny': {'opt': 'options/train/EDSR/train_EDSR_x4_distilled_demo.yml', 'options': {
+            'network_g': {'num_feat': 8, 'num_block': 1},
+            'datasets': {'train': {'gt_size': '{gt_size}', 'batch_size_per_gpu': 2}},
+            'train': {'total_iter': 4, 'scheduler': {'periods': [4]}}, 'logger': {'print_freq': 100}}}},
+    }
+    preset.update(changes)
+    with open(path, 'w') as f:
+        yaml.safe_dump(preset, f, sort_keys=False)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def hr_dirs(tmp_path_factory):
+    """Two folders of 3 small real T91 images each (the runner links them into one flat folder)."""
+    root = tmp_path_factory.mktemp('bench_hr')
+    t91 = sorted(glob.glob(osp.join(shared_path('data', 'train', 't91'), '*.png')))
+    dirs = []
+    for k in range(2):
+        folder = root / f'part{k}'
+        folder.mkdir()
+        for path in t91[3 * k:3 * k + 3]:
+            shutil.copy(path, folder)
+        dirs.append(folder)
+    return dirs
+
+
+def test_load_grid_errors(tmp_path, hr_dirs):
+    good = _write_preset(tmp_path / 'good.yml', tmp_path / 'w', hr_dirs)
+    grid = grid_lib.load_grid(good, REPO)
+    assert grid['methods']['random']['sizes'] == [0.05, 0.2]  # like: idc
+    bad = _write_preset(tmp_path / 'bad.yml', tmp_path / 'w', hr_dirs, typo_key=1)
+    with pytest.raises(grid_lib.GridError, match=r'bad.yml: unknown keys \[\'typo_key\'\]'):
+        grid_lib.load_grid(bad, REPO)
+    methods = {'random': {'type': 'select', 'like': 'idc'}}
+    bad = _write_preset(tmp_path / 'bad2.yml', tmp_path / 'w', hr_dirs, methods=methods)
+    with pytest.raises(grid_lib.GridError, match="methods.random.like='idc' must name a method defined before"):
+        grid_lib.load_grid(bad, REPO)
+    bad = _write_preset(tmp_path / 'bad3.yml', tmp_path / 'w', [tmp_path / 'missing'])
+    with pytest.raises(FileNotFoundError, match='train_hr folder .*missing does not exist'):
+        grid_lib.load_grid(bad, REPO)
+
+
+def test_presets_parse():
+    for path in sorted(glob.glob(osp.join(REPO, 'options', 'benchmark', '*.yml'))):
+        grid = grid_lib.load_grid(path, REPO, check_paths=False)
+        sets = grid_lib.set_cells(grid)
+        assert grid_lib.train_cells(grid, sets)
+        assert any(grid['methods'][c['method']].get('reference') for c in sets)  # a full-set reference row
+        for method in grid['methods'].values():
+            if method['type'] == 'distill':
+                assert osp.isfile(method['opt'])
+    cpu = grid_lib.load_grid(osp.join(REPO, 'options', 'benchmark', 'cpu_291.yml'), REPO)
+    assert set(cpu['methods']) >= {'idc', 'gsdd', 'minimax', 'random', 'herding', 'kcenter', 'dcsr', 'psnr_bic'}
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
+    work = tmp_path / 'work'
+    preset = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs)
+    script = _load_script()
+    calls = []
+    real_run = script.run_logged
+
+    def recording_run(cmd, cwd, log_path):
+        calls.append(' '.join(cmd))
+        return real_run(cmd, cwd, log_path)
+
+    monkeypatch.setattr(script, 'run_logged', recording_run)
+    # first run stops after 3 cells: the 2 IDC sets and random r0.05
+    assert script.main(['-opt', preset, '--max_cells', '3']) == 0
+    finished = sorted(os.listdir(work / 'cells'))
+    assert finished == ['set__idc__r0.05.json', 'set__idc__r0.2.json', 'set__random__r0.05.json']
+    assert len(calls) == 3
+    stamps = {name: os.stat(work / 'cells' / name).st_mtime_ns for name in finished}
+    idc_manifest = json.load(open(work / 'sets' / 'idc_r0.05' / 'distill.json'))
+    assert idc_manifest['complete'] and idc_manifest['method'] == 'idc'
+    random_manifest = json.load(open(work / 'sets' / 'random_r0.05' / 'distill.json'))
+    assert random_manifest['num_pairs'] == idc_manifest['num_pairs']  # like: idc
+
+    calls.clear()
+    assert script.main(['-opt', preset]) == 0
+    assert not any('idc' in c and 'train.py' in c and '/sets/' in c for c in calls)  # no set recomputed
+    selections = [c for c in calls if 'select_subset.py' in c]
+    assert len(selections) == 1 and 'random_r0.2' in selections[0]  # only the missing set
+    assert sum('train.py' in c for c in calls) == 2 * 2 * 2  # 2 methods x 2 sizes x 2 seeds
+    for name, stamp in stamps.items():
+        assert os.stat(work / 'cells' / name).st_mtime_ns == stamp
+
+    with open(work / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    runs = [r for r in rows if r['method'] != 'bicubic']
+    assert len(runs) == 8 and {r['seed'] for r in runs} == {'0', '1'}
+    for row in rows:
+        assert 5 < float(row['Set5/psnr']) < 40 and 0 < float(row['Set5/ssim']) <= 1
+    table = (work / 'table.md').read_text()
+    assert table.count('| EDSR_tiny |') == 4 and ' ± ' in table and '| bicubic |' in table
+    for name in ('psnr_vs_ratio.png', 'psnr_vs_train_time.png', 'samples/idc.png', 'samples/random.png'):
+        assert (work / name).stat().st_size > 1000, name
+
+    calls.clear()  # a third run does nothing but the report
+    assert script.main(['-opt', preset]) == 0
+    assert calls == []
+
+    # changing a cell's settings is refused rather than mixed into the table
+    changed = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs, set_seed=1)
+    with pytest.raises(grid_lib.GridError, match='made with other settings'):
+        script.main(['-opt', changed])
