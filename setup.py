@@ -21,6 +21,7 @@ setup(
         'scikit-learn',
         'mmengine==0.10.7',
         'tqdm',
+        'matplotlib',  # benchmark plots and sample grids
         'diffusers==0.42.1',  # Minimax-SR: DiT, AutoencoderKL, schedulers
         'transformers==5.23.0',  # Minimax-SR stage 1: CLIP image features from a local folder
     ],

@@ -12,10 +12,17 @@ Each fix checks whether its problem occurs and does nothing otherwise:
 3. ``basicsr.train.load_resume_state`` maps the resume state onto ``torch.cuda.current_device()``, which fails on
    a machine without CUDA. Where CUDA is unavailable we replace it by a version that loads onto the CPU (with
    ``weights_only=True``); where CUDA is available BasicSR's function is kept.
+4. ``basicsr.utils.dist_util._init_dist_pytorch`` (``--launcher pytorch``) calls
+   ``torch.cuda.set_device(rank % torch.cuda.device_count())`` (``ZeroDivisionError`` without CUDA) and
+   ``basicsr.utils.options.parse_options`` asks it for BasicSR's default backend ``nccl``, which needs CUDA. Where
+   CUDA is unavailable we replace it by a version that initialises the process group with ``gloo`` and touches no
+   CUDA API; where CUDA is available BasicSR's function is kept (``nccl``, one GPU per process: device
+   ``rank % device_count``, which is the local rank when every node runs one process per GPU).
 
 ``apply()`` is idempotent and is called by ``import basicsr_distill`` before anything imports torchvision.
 """
 import importlib.util
+import os
 import os.path as osp
 import sys
 
@@ -113,6 +120,35 @@ def fix_cpu_resume():
     return True
 
 
+def _init_dist_pytorch_cpu(backend, **kwargs):
+    """BasicSR's ``_init_dist_pytorch`` for machines without CUDA: no CUDA call, ``nccl`` replaced by ``gloo``.
+
+    Args:
+        backend (str): The backend BasicSR asks for (``'nccl'`` unless the caller passes another); ``'nccl'``
+            becomes ``'gloo'``, any other backend is kept.
+        **kwargs: Passed to ``torch.distributed.init_process_group`` (rank, world size and the rendezvous come from
+            torchrun's environment: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+    """
+    import torch.distributed as dist
+    if backend == 'nccl':
+        backend = 'gloo'
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+        raise RuntimeError('--launcher pytorch needs the environment of torchrun (RANK, WORLD_SIZE, MASTER_ADDR, '
+                           'MASTER_PORT): start it as torchrun --nproc_per_node=N basicsr_distill/train.py -opt ... '
+                           '--launcher pytorch')
+    dist.init_process_group(backend=backend, **kwargs)
+
+
+def fix_cpu_dist_init():
+    """Make ``--launcher pytorch`` initialise ``gloo`` without CUDA. No-op where CUDA is available (``nccl``)."""
+    if torch.cuda.is_available():
+        return False
+    from basicsr.utils import dist_util
+    if dist_util._init_dist_pytorch is not _init_dist_pytorch_cpu:
+        dist_util._init_dist_pytorch = _init_dist_pytorch_cpu
+    return True
+
+
 def apply():
     """Apply every fix that is needed here; safe to call more than once."""
     global _APPLIED
@@ -121,4 +157,5 @@ def apply():
     fix_torchvision_ops()
     fix_functional_tensor()
     fix_cpu_resume()
+    fix_cpu_dist_init()
     _APPLIED = True

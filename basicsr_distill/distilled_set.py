@@ -13,6 +13,7 @@ Layout of a distilled set ``root/``::
     ├── meta_info.txt          one line ``<name>.png (H,W,3)`` (HR shape) per pair, readable by BasicSR's
     │                          PairedImageDataset (dataroot_gt=root/hr, dataroot_lq=root/lr, filename_tmpl='{}')
     ├── distill.json           the manifest (see below)
+    ├── distill.rank<k>.json   only while a multi-process run is unfinished: rank k's shard (see below)
     ├── hr.lmdb/, lr.lmdb/     optional, written by :func:`make_distilled_lmdb` (keys = pair names)
 
 Manifest fields (``distill.json``): ``format`` (``'basicsr_distill.distilled_set'``), ``format_version``,
@@ -20,14 +21,26 @@ Manifest fields (``distill.json``): ``format`` (``'basicsr_distill.distilled_set
 BasicSR's PairedImageDataset reads the PNGs), ``source`` (dict: folder, num_images, ...), ``size_control``
 (e.g. ``{'r': 0.1}`` or ``{'ipc': 10}``), ``complete``, ``num_pairs``, ``units_finished`` (unit ids as str),
 ``wall_time_s`` (accumulated over restarts), ``created``, ``updated`` (local ISO 8601 timestamps), ``versions``,
-``options_hash``, ``options`` (JSON-safe copy of the full option dict), ``pairs`` (list of
+``options_hash``, ``options`` (JSON-safe copy of the full option dict), ``world_size`` (processes of the run that
+wrote it last; absent in sets written before multi-process runs existed), ``pairs`` (list of
 ``{'name', 'unit', 'hr_shape', 'lr_shape', **info}``), plus whatever :meth:`DistilledSetWriter.finalize` merges.
+With ``unit_order`` the writer lists ``units_finished`` and ``pairs`` in that order of units, whatever order the units
+were written in.
 
 Crash safety: every file is written under a temporary name (``.distill-tmp-*``) in its final folder, flushed,
 fsync'ed and moved into place with ``os.replace``, so a file with a final name is never half written. The manifest
 is the commit record: a unit counts only once ``distill.json`` lists it; ``meta_info.txt`` is derived from the
 manifest and rewritten right after it (and again whenever a writer opens the folder). Only one writer may work on a
-folder at a time (there is no inter-process lock).
+folder at a time (there is no inter-process lock), except for the shards below.
+
+Multi-process runs (``torchrun ... --launcher pytorch``): rank 0 opens the folder first with the ordinary writer
+(``shard=None``; it creates or resumes ``distill.json`` and merges the shards an interrupted run left), then every
+rank k >= 1 opens it with ``shard=k``: it reads ``distill.json`` (never writes it), writes its units' pair files as
+above and commits each unit to its own shard ``distill.rank<k>.json`` (same pair entries as the manifest, replaced
+atomically). A unit counts once ``distill.json`` *or* a shard lists it. At the end rank 0 calls
+:meth:`DistilledSetWriter.merge_shards` (after a barrier): the shards' units go into ``distill.json`` (in unit order
+with ``unit_order``), which is replaced atomically, and the shards are deleted; a crash between the two only makes the
+next merge repeat the same replacement. So no two processes ever write the same file.
 """
 import copy
 import hashlib
@@ -62,6 +75,8 @@ HR_LMDB = 'hr.lmdb'
 LR_LMDB = 'lr.lmdb'
 LMDB_SOURCE_NAME = 'distill_source.json'
 LR_FOR_TRAINING = 'lr_float'
+SHARD_FORMAT_NAME = 'basicsr_distill.distilled_set.shard'
+_SHARD_RE = re.compile(r'^distill\.rank([1-9][0-9]*)\.json$')
 
 # Top-level option keys left out of ``options_hash``: run bookkeeping that may change between a run and its
 # restart without changing what is distilled (BasicSR draws a new ``manual_seed`` at every start when none is set;
@@ -76,7 +91,8 @@ _PAIR_RESERVED = frozenset({'name', 'unit', 'hr_shape', 'lr_shape'})
 # Manifest fields that ``finalize(extra)`` may not override.
 _MANIFEST_RESERVED = frozenset({
     'format', 'format_version', 'method', 'scale', 'lr_for_training', 'size_control', 'complete', 'num_pairs',
-    'units_finished', 'wall_time_s', 'created', 'updated', 'versions', 'options_hash', 'options', 'pairs'
+    'units_finished', 'wall_time_s', 'created', 'updated', 'versions', 'options_hash', 'options', 'pairs',
+    'world_size'
 })
 _REQUIRED_FIELDS = {
     'format_version': int,
@@ -377,6 +393,63 @@ def _check_manifest_consistency(manifest, manifest_path):
                              'units_finished.')
 
 
+def shard_path(root, rank):
+    """Path of rank ``rank``'s shard of a multi-process run: ``root/distill.rank<rank>.json`` (rank >= 1)."""
+    return osp.join(root, f'distill.rank{int(rank)}.json')
+
+
+def pending_shards(root):
+    """Shards an unfinished multi-process run left in ``root`` (not merged into ``distill.json`` yet).
+
+    Args:
+        root (str): Distilled-set folder.
+
+    Returns:
+        list[tuple[int, str]]: ``(rank, path)`` by rank; empty when there is none (or no folder).
+    """
+    if not osp.isdir(root):
+        return []
+    found = []
+    for entry in os.listdir(root):
+        match = _SHARD_RE.match(entry)
+        if match:
+            found.append((int(match.group(1)), osp.join(root, entry)))
+    return sorted(found)
+
+
+def read_shard(path):
+    """Read and sanity-check one rank's shard (see the module docstring).
+
+    Args:
+        path (str): A ``distill.rank<k>.json`` file.
+
+    Returns:
+        dict: ``format``, ``rank``, ``method``, ``scale``, ``size_control``, ``options_hash``, ``units_finished``,
+        ``pairs`` (manifest pair entries).
+
+    Raises:
+        ValueError: When it is not valid JSON, not a shard, misses a field or lists a pair of an unlisted unit (the
+            message names the file).
+    """
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            shard = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path} is not valid JSON ({err}).') from err
+    if not isinstance(shard, dict) or shard.get('format') != SHARD_FORMAT_NAME:
+        raise ValueError(f'{path} is not a shard of a distilled set (expected "format": "{SHARD_FORMAT_NAME}").')
+    for key, typ in (('rank', int), ('method', str), ('scale', int), ('size_control', dict), ('options_hash', str),
+                     ('units_finished', list), ('pairs', list)):
+        if not isinstance(shard.get(key), typ) or isinstance(shard.get(key), bool):
+            raise ValueError(f'{path}: field {key!r} must be {typ.__name__}, got {shard.get(key)!r}.')
+    units = set(shard['units_finished'])
+    for i, pair in enumerate(shard['pairs']):
+        if not isinstance(pair, dict) or not all(k in pair for k in _PAIR_RESERVED) or pair['unit'] not in units:
+            raise ValueError(f'{path}: pair #{i} must be a dict with keys {sorted(_PAIR_RESERVED)} of a unit listed '
+                             'in units_finished.')
+    return shard
+
+
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_IEND = b'\x00\x00\x00\x00IEND\xaeB`\x82'
 
@@ -458,8 +531,11 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
         raise ValueError(f'{manifest_path} was distilled for scale x{manifest["scale"]}, but scale x{int(scale)} is '
                          'requested (check the "scale" of your option file or pick the set for that scale).')
     if require_complete and not manifest['complete']:
-        raise ValueError(f'{manifest_path} is not complete (the distillation run was interrupted or not finalized); '
-                         'resume the run to finish it.')
+        shards = pending_shards(root)
+        more = (f' ({len(shards)} shard(s) of a multi-process run, e.g. {shards[0][1]}, are not merged yet)'
+                if shards else '')
+        raise ValueError(f'{manifest_path} is not complete (the distillation run was interrupted or not finalized)'
+                         f'{more}; resume the run to finish it.')
     _check_manifest_consistency(manifest, manifest_path)
     if not check_files:
         return manifest
@@ -620,6 +696,9 @@ class DistilledSetWriter():
     :meth:`write_unit` stores its pairs and marks it finished; a restarted run asks :meth:`is_finished` and skips
     it. Unit ids are stored as str (``3`` and ``'3'`` are the same unit).
 
+    In a multi-process run (see the module docstring) rank 0 opens the folder first with ``shard=None`` and rank
+    k >= 1 afterwards with ``shard=k``; rank 0 merges the shards with :meth:`merge_shards` once every rank is done.
+
     Args:
         root (str): Output folder (created if needed).
         method (str): Method name, e.g. ``'idc'``.
@@ -629,15 +708,25 @@ class DistilledSetWriter():
         options (Mapping | None): The full option dict of the run (stored JSON-safe; hashed without
             :data:`HASH_IGNORED_KEYS`).
         resume (bool): Continue a folder that already holds a manifest of the same run. Default: True.
+        unit_order (Sequence[str | int] | None): Every unit id in the method's order; the manifest then lists
+            ``units_finished`` and ``pairs`` in this order of units (others after them, in write order), whatever
+            order the units were written or merged in. None keeps the write order. Default: None.
+        world_size (int): Processes of the run (recorded as the manifest's ``world_size``). Default: 1.
+        shard (int | None): None for the writer of ``distill.json`` (a single process, or rank 0); k in
+            [1, world_size) for rank k's writer, which reads ``distill.json`` and commits its units to
+            ``distill.rank<k>.json`` only. Default: None.
 
     Raises:
         ValueError: Invalid arguments, or (resume) the existing manifest belongs to another run (method, scale,
-            size_control or options_hash differ); the message names distill.json.
-        FileExistsError: ``resume=False`` and the folder already holds a manifest, or the folder holds images but
-            no manifest. Nothing is ever deleted.
+            size_control or options_hash differ); the message names distill.json (or the shard of another run).
+        FileExistsError: ``resume=False`` and the folder already holds a manifest, or the folder holds images or
+            shards but no manifest. Nothing is ever deleted.
+        FileNotFoundError: (``shard=k``) rank 0 has not created ``distill.json`` yet.
+        RuntimeError: (``shard=k``) rank k's shard of an earlier run exists: rank 0 must open the folder first.
     """
 
-    def __init__(self, root, method, scale, source, size_control, options, resume=True):
+    def __init__(self, root, method, scale, source, size_control, options, resume=True, unit_order=None,
+                 world_size=1, shard=None):
         if not isinstance(method, str) or not method:
             raise ValueError(f'method must be a non-empty str, got {method!r}.')
         if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
@@ -648,10 +737,18 @@ class DistilledSetWriter():
             raise ValueError(f"size_control must be a non-empty dict such as {{'r': 0.1}}, got {size_control!r}.")
         if options is not None and not isinstance(options, Mapping):
             raise ValueError(f'options must be a dict or None, got {type(options).__name__}.')
+        if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+            raise ValueError(f'world_size must be an int >= 1, got {world_size!r}.')
+        if shard is not None and (isinstance(shard, bool) or not isinstance(shard, (int, np.integer))
+                                  or not 1 <= shard < world_size):
+            raise ValueError(f'shard must be None (rank 0) or a rank in [1, world_size={world_size}), got {shard!r}.')
         self.root = osp.abspath(os.fspath(root))
         self.scale = int(scale)
         self.manifest_path = osp.join(self.root, MANIFEST_NAME)
         self.meta_info_path = osp.join(self.root, META_INFO_NAME)
+        self.unit_order = None if unit_order is None else [_unit_id(u) for u in unit_order]
+        self.shard_path = None if shard is None else shard_path(self.root, shard)
+        self._shard = None
         self._start = time.monotonic()
         logger = get_root_logger()
 
@@ -672,10 +769,13 @@ class DistilledSetWriter():
             'versions': collect_versions(),
             'options_hash': options_hash(options),
             'options': to_jsonable(dict(options or {})),
+            'world_size': int(world_size),
             'pairs': [],
         }
 
-        if osp.exists(self.manifest_path):
+        if shard is not None:
+            self._open_shard(new, int(shard))
+        elif osp.exists(self.manifest_path):
             if not resume:
                 raise FileExistsError(f'{self.manifest_path} already exists (resume=False): pick another output '
                                       'folder, or resume the run. Nothing was changed.')
@@ -686,22 +786,27 @@ class DistilledSetWriter():
                 logger.warning(f'Resuming {self.root} with other software versions: {old.get("versions")} -> '
                                f'{new["versions"]}.')
             # keep the record of the run, take this run's description and options
-            for key in ('format_version', 'lr_for_training', 'source', 'options', 'versions'):
+            for key in ('format_version', 'lr_for_training', 'source', 'options', 'versions', 'world_size'):
                 old[key] = new[key]
             self._manifest = old
             self._wall_base = float(old.get('wall_time_s', 0.0))
             self._cleanup_tmp()
+            merged = self.merge_shards()  # an interrupted multi-process run: its ranks' finished units count
             self._warn_orphans(logger)
             # meta_info.txt may lag behind the manifest after a crash between the two writes
-            _write_bytes_atomic(self.meta_info_path, meta_info_text(old['pairs']).encode('utf-8'))
-            logger.info(f'Resuming distilled set {self.root}: {len(old["units_finished"])} units finished, '
-                        f'{len(old["pairs"])} pairs.')
+            _write_bytes_atomic(self.meta_info_path, meta_info_text(self._manifest['pairs']).encode('utf-8'))
+            logger.info(f'Resuming distilled set {self.root}: {len(self._manifest["units_finished"])} units finished '
+                        f'({len(merged)} merged from shards), {len(self._manifest["pairs"])} pairs.')
         else:
             for sub in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
                 folder = osp.join(self.root, sub)
                 if osp.isdir(folder) and any(not v.startswith('.') for v in os.listdir(folder)):
                     raise FileExistsError(f'{folder} holds files but {self.manifest_path} does not exist: this is not '
                                           'a distilled set written by this writer; pick another output folder.')
+            shards = pending_shards(self.root)
+            if shards:
+                raise FileExistsError(f'{shards[0][1]} exists but {self.manifest_path} does not: this is not a '
+                                      'distilled set written by this writer; pick another output folder.')
             self._manifest = None
             self._wall_base = 0.0
             for sub in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
@@ -709,17 +814,33 @@ class DistilledSetWriter():
             self._cleanup_tmp()
             self._commit(new)
 
+    def _open_shard(self, new, rank):
+        """Rank ``rank``'s writer: read ``distill.json`` (rank 0 made it), start an empty shard; writes nothing."""
+        if not osp.exists(self.manifest_path):
+            raise FileNotFoundError(f'{self.manifest_path} does not exist: the writer of rank 0 (shard=None) must open '
+                                    f'{self.root} before the writer of rank {rank}.')
+        if osp.exists(self.shard_path):
+            raise RuntimeError(f'{self.shard_path} is left by an earlier run and not merged: the writer of rank 0 '
+                               '(shard=None) merges it when it opens the folder, which must happen first.')
+        old = read_manifest(self.root)
+        self._check_same_run(old, new)
+        _check_manifest_consistency(old, self.manifest_path)
+        self._manifest = old
+        self._shard = {'format': SHARD_FORMAT_NAME, 'rank': rank, 'method': new['method'], 'scale': new['scale'],
+                       'size_control': new['size_control'], 'options_hash': new['options_hash'],
+                       'units_finished': [], 'pairs': []}
+
     # ------------------------------------------------------------------------------------------------------------
-    def _check_same_run(self, old, new):
+    def _check_same_run(self, old, new, path=None):
         diffs = []
         for key in ('method', 'scale', 'size_control'):
             if old.get(key) != new[key]:
                 diffs.append(f'{key}: {old.get(key)!r} (stored) vs {new[key]!r} (this run)')
         if old.get('options_hash') != new['options_hash']:
-            changed = _diff_paths(to_jsonable(old.get('options', {})), new['options'])
+            changed = _diff_paths(to_jsonable(old.get('options', {})), new['options']) if 'options' in old else []
             diffs.append(f'options_hash differs (changed options: {", ".join(changed) or "unknown"})')
         if diffs:
-            raise ValueError(f'{self.manifest_path} belongs to another run: ' + '; '.join(diffs) +
+            raise ValueError(f'{path or self.manifest_path} belongs to another run: ' + '; '.join(diffs) +
                              '. Pick another output folder for this run (or restore the original options to resume).')
 
     def _cleanup_tmp(self):
@@ -744,9 +865,21 @@ class DistilledSetWriter():
                            f'{MANIFEST_NAME} (left by an interrupted unit, e.g. {orphans[0]}); they are ignored by '
                            'readers and overwritten when their unit is written again.')
 
+    def _in_unit_order(self, record):
+        """``record`` (manifest or shard) with its units and pairs in ``unit_order`` (stable; no order: unchanged)."""
+        if self.unit_order is None:
+            return dict(record)
+        position = {u: i for i, u in enumerate(self.unit_order)}
+
+        def key(uid):
+            return position.get(uid, len(position))
+
+        return dict(record, units_finished=sorted(record['units_finished'], key=key),
+                    pairs=sorted(record['pairs'], key=lambda p: key(p['unit'])))
+
     def _commit(self, manifest):
         """Write ``manifest`` (then meta_info.txt) atomically; the in-memory state changes only on success."""
-        manifest = dict(manifest)
+        manifest = self._in_unit_order(manifest)
         manifest['num_pairs'] = len(manifest['pairs'])
         manifest['updated'] = _now()
         manifest['wall_time_s'] = round(self._wall_base + time.monotonic() - self._start, 3)
@@ -754,16 +887,25 @@ class DistilledSetWriter():
         self._manifest = manifest
         _write_bytes_atomic(self.meta_info_path, meta_info_text(manifest['pairs']).encode('utf-8'))
 
+    def _store(self, pairs, units):
+        """Commit this writer's record: ``distill.json`` (shard None) or its shard, atomically."""
+        if self._shard is None:
+            self._commit(dict(self._manifest, pairs=pairs, units_finished=units, complete=False))
+        else:
+            shard = self._in_unit_order(dict(self._shard, pairs=pairs, units_finished=units))
+            _write_json_atomic(self.shard_path, shard)
+            self._shard = shard
+
     # ------------------------------------------------------------------------------------------------------------
     @property
     def manifest(self):
-        """dict: A deep copy of the current manifest."""
+        """dict: A deep copy of the current manifest (for a shard writer: ``distill.json`` as it was opened)."""
         return copy.deepcopy(self._manifest)
 
     @property
     def finished_units(self):
-        """list[str]: Ids of the finished units, in the order they were (last) written."""
-        return list(self._manifest['units_finished'])
+        """list[str]: Ids of the finished units, in the order they are listed (a shard writer: its own last)."""
+        return list(self._manifest['units_finished']) + (list(self._shard['units_finished']) if self._shard else [])
 
     @property
     def complete(self):
@@ -771,8 +913,10 @@ class DistilledSetWriter():
         return bool(self._manifest['complete'])
 
     def is_finished(self, unit):
-        """Whether ``unit`` (str or int id) is finished (its pairs are in the manifest)."""
-        return _unit_id(unit) in self._manifest['units_finished']
+        """Whether ``unit`` (str or int id) is finished (its pairs are in the manifest, or in this writer's shard)."""
+        uid = _unit_id(unit)
+        in_shard = self._shard is not None and uid in self._shard['units_finished']
+        return in_shard or uid in self._manifest['units_finished']
 
     def _prepare_pair(self, pair, uid):
         if not isinstance(pair, Mapping):
@@ -815,9 +959,10 @@ class DistilledSetWriter():
         """Store the pairs of one unit and mark it finished (idempotent: a rewrite replaces the unit's pairs).
 
         Everything is validated before anything is written. Each file goes through a temporary name and
-        ``os.replace``; the manifest, then meta_info.txt, are updated atomically afterwards. When the unit was
-        written before, it is first removed from the manifest (so that a crash during the rewrite leaves a
-        consistent set without it) and files of its old pairs that the new pairs do not reuse are deleted at the end.
+        ``os.replace``; the manifest (a shard writer: its shard), then meta_info.txt, are updated atomically
+        afterwards. When the unit was written before, it is first removed from the manifest (so that a crash during
+        the rewrite leaves a consistent set without it) and files of its old pairs that the new pairs do not reuse
+        are deleted at the end.
 
         Args:
             unit (str | int): Unit id.
@@ -828,13 +973,17 @@ class DistilledSetWriter():
         Raises:
             TypeError: Invalid unit id.
             ValueError: Invalid pair (named): keys, dtype, shape (gt must be scale x lq), non-finite values, name
-                used twice or by another unit, reserved info keys.
+                used twice or by another unit, reserved info keys; (shard writer) a unit ``distill.json`` lists.
             OSError: When writing fails (the manifest keeps its previous state).
         """
         uid = _unit_id(unit)
         if isinstance(pairs, Mapping) or not hasattr(pairs, '__iter__'):
             raise ValueError(f'Unit {uid!r}: pairs must be a list of dicts.')
-        others = {p['name']: p['unit'] for p in self._manifest['pairs'] if p['unit'] != uid}
+        if self._shard is not None and uid in self._manifest['units_finished']:
+            raise ValueError(f'Unit {uid!r} is already listed in {self.manifest_path}; only the writer of rank 0 '
+                             f'(shard=None) may rewrite it, not the writer of {self.shard_path}.')
+        listed = self._manifest['pairs'] + (self._shard['pairs'] if self._shard is not None else [])
+        others = {p['name']: p['unit'] for p in listed if p['unit'] != uid}
         prepared, names = [], set()
         for pair in pairs:
             entry, lq, gt = self._prepare_pair(pair, uid)
@@ -846,11 +995,12 @@ class DistilledSetWriter():
             names.add(entry['name'])
             prepared.append((entry, lq, gt))
 
-        old_names = [p['name'] for p in self._manifest['pairs'] if p['unit'] == uid]
-        kept_pairs = [p for p in self._manifest['pairs'] if p['unit'] != uid]
-        kept_units = [u for u in self._manifest['units_finished'] if u != uid]
-        if old_names or uid in self._manifest['units_finished']:
-            self._commit(dict(self._manifest, pairs=kept_pairs, units_finished=kept_units, complete=False))
+        record = self._manifest if self._shard is None else self._shard
+        old_names = [p['name'] for p in record['pairs'] if p['unit'] == uid]
+        kept_pairs = [p for p in record['pairs'] if p['unit'] != uid]
+        kept_units = [u for u in record['units_finished'] if u != uid]
+        if old_names or uid in record['units_finished']:
+            self._store(kept_pairs, kept_units)
 
         for entry, lq, gt in prepared:
             paths = pair_paths(self.root, entry['name'])
@@ -858,18 +1008,62 @@ class DistilledSetWriter():
             _write_bytes_atomic(paths['lr'], _encode_png(_to_uint8(lq), f'lq of pair {entry["name"]!r}'))
             _write_bytes_atomic(paths['lr_float'], _encode_npy(np.ascontiguousarray(lq)))
 
-        self._commit(
-            dict(
-                self._manifest,
-                pairs=kept_pairs + [entry for entry, _, _ in prepared],
-                units_finished=kept_units + [uid],
-                complete=False))
+        self._store(kept_pairs + [entry for entry, _, _ in prepared], kept_units + [uid])
+        self._remove_pair_files(n for n in old_names if n not in names)
 
-        for name in old_names:
-            if name not in names:
-                for path in pair_paths(self.root, name).values():
-                    if osp.isfile(path):
-                        os.remove(path)
+    def _remove_pair_files(self, names):
+        for name in names:
+            for path in pair_paths(self.root, name).values():
+                if osp.isfile(path):
+                    os.remove(path)
+
+    def merge_shards(self):
+        """Merge the shards of the other ranks into ``distill.json``, then delete them (rank 0's writer only).
+
+        Every unit a shard lists replaces that unit's entries in the manifest (files of its former pairs that the
+        shard's pairs do not reuse are deleted afterwards); the manifest is then replaced atomically (in
+        ``unit_order``, marked incomplete until :meth:`finalize`), and only then are the shards removed, so a crash
+        in between makes the next merge repeat the same replacement. Called when the folder is opened (shards left
+        by an interrupted run) and by the model after the last unit of every rank (behind a barrier).
+
+        Returns:
+            list[str]: The units merged, by shard rank then shard order (empty, and nothing written, without
+            shards).
+
+        Raises:
+            RuntimeError: Called on a shard writer.
+            ValueError: A shard that is not one (see :func:`read_shard`), belongs to another run (method, scale,
+                size_control or options_hash differ from the manifest's), or uses a pair name another unit uses;
+                the message names the shard.
+        """
+        if self._shard is not None:
+            raise RuntimeError(f'merge_shards is for the writer of rank 0 (shard=None), not of {self.shard_path}.')
+        shards = pending_shards(self.root)
+        if not shards:
+            return []
+        pairs, units = list(self._manifest['pairs']), list(self._manifest['units_finished'])
+        replaced, merged = [], []
+        for _, path in shards:
+            shard = read_shard(path)
+            self._check_same_run(self._manifest, dict(shard, options=self._manifest.get('options', {})), path)
+            for uid in shard['units_finished']:
+                entries = [p for p in shard['pairs'] if p['unit'] == uid]
+                replaced.extend(p['name'] for p in pairs if p['unit'] == uid)
+                pairs = [p for p in pairs if p['unit'] != uid] + entries
+                units = [u for u in units if u != uid] + [uid]
+                merged.append(uid)
+            seen = {}
+            for pair in pairs:
+                if seen.setdefault(pair['name'], pair['unit']) != pair['unit']:
+                    raise ValueError(f'{path}: pair name {pair["name"]!r} of unit {pair["unit"]!r} is already used by '
+                                     f'unit {seen[pair["name"]]!r}; names must be unique in the set.')
+        self._commit(dict(self._manifest, pairs=pairs, units_finished=units, complete=False))
+        kept = {p['name'] for p in pairs}
+        self._remove_pair_files(n for n in replaced if n not in kept)
+        for _, path in shards:
+            os.remove(path)
+        get_root_logger().info(f'Merged {len(shards)} shard(s) into {self.manifest_path}: {len(merged)} unit(s).')
+        return merged
 
     def finalize(self, extra=None):
         """Mark the set complete, merge ``extra`` into the manifest and write it atomically.
@@ -884,7 +1078,11 @@ class DistilledSetWriter():
 
         Raises:
             ValueError: When ``extra`` is not a dict or uses a reserved field.
+            RuntimeError: Called on a shard writer (rank 0 merges the shards and finalises).
         """
+        if self._shard is not None:
+            raise RuntimeError(f'finalize is for the writer of rank 0 (shard=None), which merges {self.shard_path}; '
+                               'a shard writer only writes units.')
         if self.complete and not extra:
             return self.manifest
         extra = {} if extra is None else extra

@@ -5,7 +5,17 @@ A distillation run is a sequence of *units of work* (an IDC instance, a GSDD cla
 ``current_iter`` alone, so BasicSR's shuffling sampler, restarts and ``--auto_resume`` cannot reorder or repeat
 work; units already in the distilled set on disk are skipped; each unit is written through the one distilled-set
 writer (``basicsr_distill.distilled_set``).
+
+Multi-process runs (``torchrun --nproc_per_node=W basicsr_distill/train.py -opt ... --launcher pytorch``): rank k
+takes the units with index ``u % W == k``; its local iteration ``i`` belongs to unit ``((i - 1) // T) * W + k``
+(:meth:`DistillBaseModel.locate`), so every rank runs ``ceil(units / W) * T`` iterations of work and idles after
+them. A unit's random draws come from generators seeded by (``manual_seed``, unit), never from the rank, so a unit
+gives the same pairs whichever rank computes it. Rank 0 writes ``distill.json``, rank k >= 1 a shard that rank 0
+merges at the end (``distilled_set``); the training states of every rank are gathered into the one
+``training_states/<iter>.state`` that rank 0 writes, so ``--auto_resume`` resumes every rank from the same iteration.
+Collectives come from ``mmengine.dist`` (no-ops in a single process).
 """
+import copy
 import math
 import numbers
 import os
@@ -14,10 +24,13 @@ import time
 from collections import OrderedDict
 
 import torch
+from mmengine import dist as mmdist
 
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import get_dist_info
+from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.utils.checkpoint import load_pretrained
 
 
@@ -83,10 +96,32 @@ def merge_options(defaults, given, prefix='distill'):
     return out
 
 
+def to_cpu(obj):
+    """``obj`` with every tensor moved to the CPU (dicts, lists and tuples walked), for states sent between ranks."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = copy.copy(obj)  # the same kind of mapping (dict, OrderedDict)
+        out.update((k, to_cpu(v)) for k, v in obj.items())
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 class DistillBaseModel(BaseModel):
     """Base class: frozen networks, seeded per-unit generators, progress with ETA, unit-level save / resume.
 
     Subclasses implement ``optimize_parameters(current_iter)`` and ``unit_state()`` / ``load_unit_state()``.
+
+    Attributes:
+        rank (int), world_size (int): This process and the number of processes (0 and 1 without
+            ``--launcher pytorch``).
+
+    Raises:
+        ValueError: (several processes) ``num_gpu`` does not fit the process group: CUDA asked for
+            (``num_gpu`` != 0) where it is unavailable, ``num_gpu: 0`` (CPU) under the ``nccl`` backend, or more
+            processes on a node than GPUs.
     """
 
     def __init__(self, opt):
@@ -94,10 +129,28 @@ class DistillBaseModel(BaseModel):
         self.logger = get_root_logger()
         self.log_dict = OrderedDict()
         self.seed = int(opt.get('manual_seed') or 0)
+        self.rank, self.world_size = get_dist_info() if opt.get('dist') else (0, 1)
+        if self.world_size > 1:
+            self._check_dist_device()
         self._pending_unit_state = None
         self._unit_times = []
-        self.writer = None  # subclasses: the DistilledSetWriter of the output folder
+        self.writer = None  # subclasses: the DistilledSetWriter of the output folder (open_writer)
         self.unit_names = []  # subclasses: ids of the units that write pairs, in order
+
+    def _check_dist_device(self):
+        """The model's device fits the process group (see the class docstring)."""
+        backend = torch.distributed.get_backend()
+        if self.device.type == 'cuda' and not torch.cuda.is_available():
+            raise ValueError(f'option num_gpu={self.opt["num_gpu"]} asks for CUDA, which is not available here: set '
+                             'num_gpu: 0 (or auto) to run the processes on the CPU (gloo)')
+        if self.device.type == 'cpu' and backend == 'nccl':
+            raise ValueError('option num_gpu: 0 runs on the CPU, but the process group uses nccl (CUDA is available): '
+                             "set num_gpu: auto to use one GPU per process, or hide the GPUs (CUDA_VISIBLE_DEVICES='') "
+                             'to run on the CPU with gloo')
+        local = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+        if self.device.type == 'cuda' and local > torch.cuda.device_count():
+            raise ValueError(f'{local} processes on this node but {torch.cuda.device_count()} GPU(s): use '
+                             f'torchrun --nproc_per_node={torch.cuda.device_count()} (one GPU per process)')
 
     # ----------------------------------------------------------------------------------------- networks
     def build_frozen_network(self, key):
@@ -156,10 +209,47 @@ class DistillBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------- units
     @staticmethod
-    def locate(current_iter, iters_per_unit):
-        """1-based ``current_iter`` -> (unit index, 1-based step inside the unit)."""
-        unit, step = divmod(current_iter - 1, iters_per_unit)
-        return unit, step + 1
+    def locate(current_iter, iters_per_unit, rank=0, world_size=1):
+        """1-based ``current_iter`` of process ``rank`` -> (unit index, 1-based step inside the unit).
+
+        Rank k of W processes takes the units ``k, k + W, k + 2W, ...``: its j-th unit is iterations
+        ``j * T + 1 .. (j + 1) * T`` of its own loop (T = ``iters_per_unit``).
+        """
+        local, step = divmod(current_iter - 1, iters_per_unit)
+        return local * world_size + rank, step + 1
+
+    def units_per_rank(self, num_units):
+        """Units of the busiest process: ``ceil(num_units / world_size)`` (the iterations it needs / T)."""
+        return -(-num_units // self.world_size)
+
+    def iters_needed_text(self, num_units, what, per_unit, option):
+        """'N <what> x <option>=T = X' (with the processes when several) for ``train.total_iter`` messages."""
+        if self.world_size == 1:
+            return f'{num_units} {what} x {option}={per_unit} = {num_units * per_unit}'
+        return (f'ceil({num_units} {what} / {self.world_size} processes) = {self.units_per_rank(num_units)} x '
+                f'{option}={per_unit} = {self.units_per_rank(num_units) * per_unit}')
+
+    def log_idle_iterations(self, needed):
+        """Say how many iterations of ``train.total_iter`` this process has no work for (several processes)."""
+        total = int(self.opt['train']['total_iter'])
+        if self.world_size > 1 and total > needed:
+            self.logger.info(f'{self.world_size} processes: each needs {needed} of train.total_iter={total} '
+                             f'iterations; iterations {needed + 1}-{total} are idle (--force_yml '
+                             f'train:total_iter={needed} skips them)')
+
+    def open_writer(self, root, **kwargs):
+        """The :class:`DistilledSetWriter` of ``root`` for this process (``unit_names`` must be set).
+
+        Rank 0 opens it first (creates or resumes ``distill.json``, merges the shards an interrupted run left); after
+        a barrier rank k >= 1 opens it as shard k. Units are listed in ``unit_names`` order.
+        """
+        kwargs.update(unit_order=self.unit_names, world_size=self.world_size)
+        writer = DistilledSetWriter(root, **kwargs) if self.rank == 0 else None
+        if self.world_size > 1:
+            mmdist.barrier()
+        if writer is None:
+            writer = DistilledSetWriter(root, shard=self.rank, **kwargs)
+        return writer
 
     def unit_generator(self, unit_index, salt=0):
         """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is never touched."""
@@ -169,8 +259,10 @@ class DistillBaseModel(BaseModel):
         """Log 'unit i of N' with the unit's time and an ETA from the mean time of the units computed so far."""
         self._unit_times.append(seconds)
         eta = sum(self._unit_times) / len(self._unit_times) * remaining
+        where = f' on rank {self.rank} of {self.world_size}' if self.world_size > 1 else ''
         self.logger.info(f'[{type(self).__name__}] unit {done_index + 1} of {num_units} ({name}) written in '
-                         f'{seconds:.1f} s; {remaining} left, ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
+                         f'{seconds:.1f} s; {remaining} left{where}, ETA '
+                         f'{time.strftime("%H:%M:%S", time.gmtime(eta))}')
 
     # ----------------------------------------------------------------------------------------- BasicSR API
     def feed_data(self, data):
@@ -190,38 +282,81 @@ class DistillBaseModel(BaseModel):
         """Restore what :meth:`unit_state` returned (called when the unit restarts after a resume)."""
 
     def save(self, epoch, current_iter):
-        """Save the unit in progress as a BasicSR training state (atomically); -1 finalises the distilled set."""
+        """Save the unit in progress as a BasicSR training state (atomically); -1 finalises the distilled set.
+
+        With several processes (all call it at the same iteration) the units in progress of every rank are gathered
+        to rank 0, which alone writes ``<iter>.state`` (``unit_states``: one per rank, ``world_size``).
+        """
         if current_iter == -1:
             self.finalize()
             return
         state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [], 'schedulers': [],
                  'unit_state': self.unit_state()}
+        if self.world_size > 1:
+            states = mmdist.gather_object(to_cpu(state.pop('unit_state')), dst=0)
+            if self.rank != 0:
+                return
+            state.update(unit_state=None, unit_states=states, world_size=self.world_size)
         path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
         tmp = f'{path}.tmp'
         torch.save(state, tmp)
         os.replace(tmp, path)
 
     def resume_training(self, resume_state):
-        """Keep the saved unit state until the unit it belongs to starts again."""
-        self._pending_unit_state = resume_state.get('unit_state')
+        """Keep the saved unit state (this rank's) until the unit it belongs to starts again.
+
+        Raises:
+            ValueError: The state was saved by a run with another number of processes (naming both and the file):
+                the iteration maps to other units then.
+        """
+        saved = int(resume_state.get('world_size', 1))
+        if saved != self.world_size:
+            path = self.opt['path'].get('resume_state') or 'the training state'
+            raise ValueError(f'{path} was saved by a run of {saved} process(es), this run has {self.world_size}: '
+                             f'resume with torchrun --nproc_per_node={saved} ... --launcher pytorch (or '
+                             f'{"--launcher none" if saved == 1 else "the same number"}), or rerun without '
+                             '--auto_resume: the units already in the distilled set are kept, only the others are '
+                             'computed')
+        states = resume_state.get('unit_states') if saved > 1 else [resume_state.get('unit_state')]
+        self._pending_unit_state = states[self.rank]
 
     def take_pending_state(self, unit_index):
-        """The resumed state of ``unit_index`` if there is one (consumed once)."""
+        """The resumed state of ``unit_index`` if there is one (consumed once), on the CPU.
+
+        BasicSR's ``load_resume_state`` maps a state onto the GPU where CUDA is available; generator states must be
+        CPU tensors, and the models move the rest to their device themselves.
+        """
         state, self._pending_unit_state = self._pending_unit_state, None
         if state is not None and state.get('unit_index') == unit_index:
-            return state
+            return to_cpu(state)
         return None
 
     def commit_unit(self, index, name, pairs, seconds):
-        """Write a finished unit's pairs, log progress with ETA, finalise the set after the last unit."""
+        """Write a finished unit's pairs, log progress with ETA (this rank's units), finalise after the last unit.
+
+        With several processes the set is finalised at the end of training only (:meth:`finalize`).
+        """
         self.writer.write_unit(name, pairs)
-        remaining = sum(not self.writer.is_finished(n) for n in self.unit_names)
+        mine = self.unit_names[self.rank::self.world_size]
+        remaining = sum(not self.writer.is_finished(n) for n in mine)
         self.log_progress(index, len(self.unit_names), name, seconds, remaining)
         self.optimizers = []
-        if remaining == 0:
+        if remaining == 0 and self.world_size == 1:
             self.finalize()
 
     def finalize(self):
-        """Mark the distilled set complete once every unit is written (also called at the end of training)."""
-        if self.writer is not None and all(self.writer.is_finished(n) for n in self.unit_names):
+        """Mark the distilled set complete once every unit is written (also called at the end of training).
+
+        With several processes every rank calls it at the end of training: after a barrier (every rank has
+        committed its units to its shard) rank 0 merges the shards into ``distill.json``, in unit order, and marks
+        the set complete.
+        """
+        if self.writer is None:
+            return
+        if self.world_size > 1:
+            mmdist.barrier()
+            if self.rank != 0:
+                return
+            self.writer.merge_shards()
+        if all(self.writer.is_finished(n) for n in self.unit_names):
             self.writer.finalize()

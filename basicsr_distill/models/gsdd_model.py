@@ -20,7 +20,6 @@ from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dm_resnet_arch import DMResNet18
 from basicsr_distill.data.sr_patches import bicubic_lr
-from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
@@ -90,19 +89,20 @@ class GSDDModel(DistillBaseModel):
         self.source = build_dataset(opt['datasets']['train'])
         self.scale = int(opt['scale'])
         self.T = int(cfg['iters_per_class'])
-        needed = self.source.num_classes * self.T
+        needed = self.units_per_rank(self.source.num_classes) * self.T
         if int(opt['train']['total_iter']) < needed:
-            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: {self.source.num_classes} '
-                             f'classes x distill.iters_per_class={self.T} = {needed}')
+            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: ' + self.iters_needed_text(
+                self.source.num_classes, 'classes', self.T, 'distill.iters_per_class'))
+        self.log_idle_iterations(needed)
         root = opt['path'].get('distilled_root') or f'{opt["path"]["experiments_root"]}/distilled'
-        self.writer = DistilledSetWriter(
+        self.unit_names = list(self.source.class_names)
+        self.writer = self.open_writer(
             root, method='gsdd', scale=self.scale,
             source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_classes': self.source.num_classes,
                     'classes': list(self.source.class_names),
                     'num_images': sum(len(self.source.images_of(c)) for c in range(self.source.num_classes)),
                     'gt_size': opt['datasets']['train']['gt_size']},
             size_control={'ipc': int(cfg['ipc'])}, options=opt)
-        self.unit_names = list(self.source.class_names)
         self.unit = None
         self.logger.info(f'GSDD: {self.source.num_classes} classes x {self.T} iterations, IPC {cfg["ipc"]} -> {root} '
                          f'({len(self.writer.finished_units)} classes already written)')
@@ -228,7 +228,7 @@ class GSDDModel(DistillBaseModel):
                          + (' (resumed)' if resumed is not None else f', inverted in {time.time() - unit.t0:.1f} s'))
 
     def optimize_parameters(self, current_iter):
-        index, step = self.locate(current_iter, self.T)
+        index, step = self.locate(current_iter, self.T, self.rank, self.world_size)
         if index >= self.source.num_classes or self.writer.is_finished(self.source.class_names[index]):
             self.log_dict.clear()
             return

@@ -20,7 +20,6 @@ import torch
 
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
-from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_ncfd, pair_loss
 from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
@@ -78,17 +77,18 @@ class IDCModel(DistillBaseModel):
         self.source = build_dataset(opt['datasets']['train'])
         self.scale = int(opt['scale'])
         self.T = int(self.cfg['iters_per_instance'])
-        needed = self.source.num_instances * self.T
+        needed = self.units_per_rank(self.source.num_instances) * self.T
         if int(opt['train']['total_iter']) < needed:
-            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: '
-                             f'{self.source.num_instances} images x distill.iters_per_instance={self.T} = {needed}')
+            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: ' + self.iters_needed_text(
+                self.source.num_instances, 'images', self.T, 'distill.iters_per_instance'))
+        self.log_idle_iterations(needed)
         root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
-        self.writer = DistilledSetWriter(
+        self.unit_names = list(self.source.names)
+        self.writer = self.open_writer(
             root, method='idc', scale=self.scale,
             source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_images': self.source.num_instances,
                     'gt_size': self.source.gt_size, 'stride': self.source.stride},
             size_control={'r': self.cfg['ratio']}, options=opt)
-        self.unit_names = list(self.source.names)
         self.inst = None
         self.logger.info(f'IDC: {self.source.num_instances} instances x {self.T} iterations -> {root} '
                          f'({len(self.writer.finished_units)} already written)')
@@ -212,7 +212,7 @@ class IDCModel(DistillBaseModel):
         return losses
 
     def optimize_parameters(self, current_iter):
-        index, step = self.locate(current_iter, self.T)
+        index, step = self.locate(current_iter, self.T, self.rank, self.world_size)
         if index >= self.source.num_instances or self.writer.is_finished(self.source.names[index]):
             self.log_dict.clear()
             return

@@ -13,6 +13,13 @@ Three stages, each a unit of work of BasicSR's loop, each persisted, a rerun ski
 
 Pseudo-class c is DiT label ``label_offset + c`` (the null label for guidance stays ``num_embeds_ada_norm``), see
 archs/dit_difffit_arch.py.
+
+Several processes (``--launcher pytorch``, see distill_base_model.py): stage 1 is computed by rank 0 and read by the
+others after a barrier; stage 2 runs on every rank with the DiT in DistributedDataParallel, every rank drawing the
+whole batch (same generator) and computing its slice ``finetune.batch_size / W`` (see :meth:`finetune_losses`), so
+the step's gradient is the single-process one up to the order of float sums; rank 0 saves stage 2; stage 3's
+pseudo-classes are shared out like IDC's instances (rank k: classes k, k + W, ...; local iteration
+``2 + F + j`` samples class ``j * W + k``).
 """
 import os
 import os.path as osp
@@ -20,15 +27,17 @@ import time
 
 import numpy as np
 import torch
+from mmengine import dist as mmdist
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dit_difffit_arch import (TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit, build_dit,
                                                     build_vae, drop_labels, null_label, pseudo_to_dit_labels,
                                                     set_label_dropout, vae_decode, vae_encode)
-from basicsr_distill.data.patch_selection import iter_patches, run_stage1, stage1_options
+from basicsr_distill.data.patch_selection import iter_patches, load_selection, run_stage1, stage1_options
 from basicsr_distill.data.sr_patches import bicubic_lr, list_images, verify_image
-from basicsr_distill.distilled_set import DistilledSetWriter, options_hash
+from basicsr_distill.distilled_set import options_hash
 from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, minimax_objective, predict_x0_from_eps,
                                                  representativeness_loss, sr_loss)
 from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
@@ -72,7 +81,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
     Raises:
         ValueError: unknown or invalid options (named; wrong types, ``stage1.k`` or ``sample.images_per_class``
             < 1, ...), a too small ``train.total_iter``, a stage-1 image that is not an image or a truncated PNG
-            (named; checked before the DiT and VAE are built).
+            (named; checked before the DiT and VAE are built), with several processes a ``finetune.batch_size``
+            that is not a multiple of their number.
         FileNotFoundError: missing local DiT / VAE / CLIP folders (named by their option), a missing or empty
             ``stage1.dataroot_gt`` (named).
         FloatingPointError: (``optimize_parameters``) a NaN or infinite stage-2 loss or gradient; raised before the
@@ -87,10 +97,13 @@ class MinimaxDiffusionModel(DistillBaseModel):
         self._check_stage1_images()
         self.k = int(cfg['stage1'].get('k', 7))
         self.F = int(cfg['finetune']['iters'])
-        needed = 1 + self.F + self.k
+        needed = 1 + self.F + self.units_per_rank(self.k)
         if int(opt['train']['total_iter']) < needed:
+            classes = f'distill.stage1.k={self.k} classes' if self.world_size == 1 else (
+                f'ceil(distill.stage1.k={self.k} classes / {self.world_size} processes)')
             raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: 1 (stage 1) + '
-                             f'distill.finetune.iters={self.F} + distill.stage1.k={self.k} classes = {needed}')
+                             f'distill.finetune.iters={self.F} + {classes} = {needed}')
+        self.log_idle_iterations(needed)
         tiny_dit = dict(TINY_DIT_CONFIG, num_embeds_ada_norm=self.k + int(cfg['label_offset']))
         self.dit = _build(cfg['dit'], build_dit, tiny_dit, 'distill.dit', self.seed).to(self.device)
         self.vae = _build(cfg['vae'], build_vae, TINY_VAE_CONFIG, 'distill.vae', self.seed + 1).to(self.device).eval()
@@ -104,16 +117,17 @@ class MinimaxDiffusionModel(DistillBaseModel):
         root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
         self.work_dir = cfg['work_dir'] or f'{root.rstrip("/")}_work'
         os.makedirs(self.work_dir, exist_ok=True)
-        self.writer = DistilledSetWriter(
+        self.unit_names = [f'pseudo{c}' for c in range(self.k)]  # stage 3 writes one unit per pseudo-class
+        self.writer = self.open_writer(
             root, method='minimax', scale=self.scale,
             source={'folder': cfg['stage1'].get('dataroot_gt'), 'pseudo_classes': self.k,
                     'gt_size': cfg['stage1'].get('gt_size')},
             size_control={'ipc': int(cfg['sample']['images_per_class'])}, options=opt)
-        self.unit_names = [f'pseudo{c}' for c in range(self.k)]  # stage 3 writes one unit per pseudo-class
         self.stage2_path = osp.join(self.work_dir, 'stage2_difffit.pth')
         self.stage2_key = options_hash({k: cfg[k] for k in ('stage1', 'dit', 'vae', 'label_offset', 'finetune')})
         self.selection = None
         self.ft = None  # stage-2 state while it runs
+        self.dit_ddp = None  # several processes: the DiT in DistributedDataParallel while stage 2 runs
         self.stage2_done = False
         self.ft_latent_shape = None
         self.logger.info(f'Minimax-SR: stage 1, {self.F} fine-tuning iterations, {self.k} pseudo-classes x '
@@ -136,6 +150,9 @@ class MinimaxDiffusionModel(DistillBaseModel):
                                  ('label_offset', cfg['label_offset'], 0)):
             if value < low:
                 raise ValueError(f'option distill.{name} must be >= {low}, got {value}')
+        if cfg['finetune']['batch_size'] % self.world_size:
+            raise ValueError(f'option distill.finetune.batch_size={cfg["finetune"]["batch_size"]} must be a multiple '
+                             f'of the {self.world_size} processes (each computes an equal slice of the batch)')
 
     def _check_stage1_images(self):
         """Stage-1 options and images checked before the DiT and VAE are built (cheap: headers, PNG chunks)."""
@@ -145,9 +162,19 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ stage 1
     def stage1(self):
-        """Selection and pseudo-labels (persisted; reused when the options and images are unchanged)."""
+        """Selection and pseudo-labels (persisted; reused when the options and images are unchanged).
+
+        With several processes (all call it at the same iteration) rank 0 computes or reuses the file and the others
+        read it after a barrier.
+        """
         if self.selection is None:
-            self.selection = run_stage1(self.cfg['stage1'], osp.join(self.work_dir, 'stage1_selection.json'))
+            path = osp.join(self.work_dir, 'stage1_selection.json')
+            if self.rank == 0:
+                self.selection = run_stage1(self.cfg['stage1'], path)
+            if self.world_size > 1:
+                mmdist.barrier()
+            if self.rank != 0:
+                self.selection = load_selection(path)
         return self.selection
 
     # ------------------------------------------------------------------------------------------ stage 2
@@ -199,6 +226,9 @@ class MinimaxDiffusionModel(DistillBaseModel):
             st.real_mem.load_state_dict(resumed['real_mem'])
             st.syn_mem.load_state_dict(resumed['syn_mem'])
             st.generator.set_state(resumed['generator'])
+        if self.world_size > 1:  # after the resumed values: DDP broadcasts rank 0's (equal) weights
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            self.dit_ddp = DistributedDataParallel(self.dit, device_ids=device_ids, broadcast_buffers=False)
         self.ft = st
         self.optimizers = [st.optimizer]
         self.logger.info(f'Minimax-SR stage 2: fine-tuning on {len(st.labels)} selected patches, '
@@ -208,8 +238,18 @@ class MinimaxDiffusionModel(DistillBaseModel):
     def finetune_losses(self, z0, labels, generator):
         """One fine-tuning step's losses (Eq. 2-6) for latents z0 (B, C, h, w) of pseudo-classes ``labels`` (B,).
 
+        Every process draws the timesteps, noise and label dropout of the whole batch (the same generator state
+        everywhere) and runs the DiT (and the VAE decoding of L_SR) on its slice ``rank * B / W .. (rank + 1) * B /
+        W`` only. DistributedDataParallel averages the W gradients: the batch means L_simple and L_SR of equal slices
+        average to the whole batch's; L_r and L_d (a min / max over the whole batch) are computed on every process on
+        the whole batch of predictions (the other slices gathered, detached), so each process's gradient reaches its
+        own slice only, and they enter its objective times W. The sum is the single-process gradient up to the order
+        of float additions. One process: the plain single-batch computation.
+
         Returns:
-            tuple[dict[str, Tensor], Tensor]: the losses (l_simple, l_r, l_d, l_sr, l_total) and pred_x0 (detached).
+            tuple[dict[str, Tensor], Tensor, Tensor]: the losses of the whole batch (l_simple, l_r, l_d, l_sr,
+            l_total; the batch means averaged over the processes), pred_x0 of the whole batch (B, C, h, w, detached)
+            and this process's objective to back-propagate.
         """
         ft, st = self.cfg['finetune'], self.ft
         t = torch.randint(0, ft['num_train_timesteps'], (z0.shape[0], ), generator=generator).to(self.device)
@@ -217,15 +257,31 @@ class MinimaxDiffusionModel(DistillBaseModel):
         z_t = self.train_scheduler.add_noise(z0, noise, t)
         dit_labels = pseudo_to_dit_labels(labels, self.cfg['label_offset'])
         dit_labels = drop_labels(dit_labels.cpu(), null_label(self.dit), ft['label_dropout'], generator)
-        out = self.dit(z_t, timestep=t, class_labels=dit_labels.to(self.device)).sample
+        per = z0.shape[0] // self.world_size
+        part = slice(self.rank * per, (self.rank + 1) * per)
+        dit = self.dit if self.dit_ddp is None else self.dit_ddp
+        out = dit(z_t[part], timestep=t[part], class_labels=dit_labels[part].to(self.device)).sample
         eps = out[:, :z0.shape[1]]  # learned-sigma DiTs return 2C channels: the first C are epsilon
-        l_simple = F.mse_loss(eps, noise)
-        pred_x0 = predict_x0_from_eps(z_t, eps, self.train_scheduler.alphas_cumprod, t)
+        l_simple = F.mse_loss(eps, noise[part])
+        pred_x0 = predict_x0_from_eps(z_t[part], eps, self.train_scheduler.alphas_cumprod, t[part])
+        if self.world_size > 1:
+            parts = mmdist.all_gather(pred_x0.detach())
+            parts[self.rank] = pred_x0
+            pred_x0 = torch.cat(parts)
         l_r = representativeness_loss(pred_x0, labels, st.real_mem)
         l_d = diversity_loss(pred_x0, labels, st.syn_mem)
-        l_sr = sr_loss(vae_decode(self.vae, pred_x0), self.scale)
-        total = minimax_objective(l_simple, l_r, l_d, l_sr, ft['lambda_r'], ft['lambda_d'], ft['lambda_sr'])
-        return {'l_simple': l_simple, 'l_r': l_r, 'l_d': l_d, 'l_sr': l_sr, 'l_total': total}, pred_x0.detach()
+        l_sr = sr_loss(vae_decode(self.vae, pred_x0[part]), self.scale)
+        lams = ft['lambda_r'], ft['lambda_d'], ft['lambda_sr']
+        total = minimax_objective(l_simple, l_r, l_d, l_sr, *lams)
+        losses = {'l_simple': l_simple, 'l_r': l_r, 'l_d': l_d, 'l_sr': l_sr, 'l_total': total}
+        if self.world_size == 1:
+            return losses, pred_x0.detach(), total
+        means = torch.stack([l_simple, l_sr]).detach()
+        mmdist.all_reduce(means, op='mean')
+        objective = minimax_objective(l_simple, self.world_size * l_r, self.world_size * l_d, l_sr, *lams)
+        losses.update(l_simple=means[0], l_sr=means[1], l_r=l_r.detach(), l_d=l_d.detach())
+        losses['l_total'] = minimax_objective(means[0], losses['l_r'], losses['l_d'], means[1], *lams)
+        return losses, pred_x0.detach(), objective
 
     def _finetune_step(self, step):
         ft, st = self.cfg['finetune'], self.ft
@@ -233,10 +289,10 @@ class MinimaxDiffusionModel(DistillBaseModel):
         z0, labels = st.latents[idx], st.labels[idx]
         self.dit.train()
         st.optimizer.zero_grad(set_to_none=True)
-        losses, pred_x0 = self.finetune_losses(z0, labels, st.generator)
+        losses, pred_x0, objective = self.finetune_losses(z0, labels, st.generator)
         where = f'Minimax-SR stage 2 (fine-tuning), iteration {step + 1} (step {step} of {self.F})'
         self.check_finite(losses, where)  # before backward / step: the DiffFit tensors and EMA keep their values
-        losses['l_total'].backward()
+        objective.backward()
         self.check_finite(losses, where, st.optimizer.param_groups[0]['params'])
         st.optimizer.step()
         st.ema.update()
@@ -247,11 +303,12 @@ class MinimaxDiffusionModel(DistillBaseModel):
             trainable = {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)}
             st.ema.copy_to(self.dit)  # sampling (stage 3) uses the EMA weights
             ema = {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)}
-            tmp = f'{self.stage2_path}.tmp'
-            torch.save({'key': self.stage2_key, 'trainable': trainable, 'ema': ema, 'iters': self.F}, tmp)
-            os.replace(tmp, self.stage2_path)
+            if self.rank == 0:  # every rank holds the same tensors
+                tmp = f'{self.stage2_path}.tmp'
+                torch.save({'key': self.stage2_key, 'trainable': trainable, 'ema': ema, 'iters': self.F}, tmp)
+                os.replace(tmp, self.stage2_path)
             self.logger.info(f'Minimax-SR stage 2 done in {time.time() - st.t0:.1f} s: {self.stage2_path}')
-            self.ft, self.optimizers, self.stage2_done = None, [], True
+            self.ft, self.optimizers, self.stage2_done, self.dit_ddp = None, [], True, None
 
     # ------------------------------------------------------------------------------------------ stage 3
     @torch.no_grad()
@@ -310,7 +367,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
                 self._start_stage2(resumed)
             self._finetune_step(step)
             return
-        c = step - self.F - 1
+        c = (step - self.F - 1) * self.world_size + self.rank
         if c >= self.k or self.writer.is_finished(self.unit_names[c]):
             return
         if not self._load_stage2():
