@@ -715,6 +715,8 @@ class DistilledSetWriter():
         shard (int | None): None for the writer of ``distill.json`` (a single process, or rank 0); k in
             [1, world_size) for rank k's writer, which reads ``distill.json`` and commits its units to
             ``distill.rank<k>.json`` only. Default: None.
+        start_time (float | None): ``time.monotonic()`` when the run's work began, for ``wall_time_s`` (e.g. a
+            selection that scores the whole pool before it opens the writer). Default: None (now).
 
     Raises:
         ValueError: Invalid arguments, or (resume) the existing manifest belongs to another run (method, scale,
@@ -726,7 +728,7 @@ class DistilledSetWriter():
     """
 
     def __init__(self, root, method, scale, source, size_control, options, resume=True, unit_order=None,
-                 world_size=1, shard=None):
+                 world_size=1, shard=None, start_time=None):
         if not isinstance(method, str) or not method:
             raise ValueError(f'method must be a non-empty str, got {method!r}.')
         if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
@@ -749,7 +751,7 @@ class DistilledSetWriter():
         self.unit_order = None if unit_order is None else [_unit_id(u) for u in unit_order]
         self.shard_path = None if shard is None else shard_path(self.root, shard)
         self._shard = None
-        self._start = time.monotonic()
+        self._start = time.monotonic() if start_time is None else float(start_time)
         logger = get_root_logger()
 
         new = {

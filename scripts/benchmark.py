@@ -268,8 +268,9 @@ def write_outputs(grid, store, sets, trains, final):
     report.write_csv(csv_rows, osp.join(work, 'results.csv'), tests, metrics)
     summary = grid_lib.summarize(rows, tests, metrics)
     title = (f'Preset `{osp.relpath(grid["preset"], REPO)}`: {len(rows)} runs, mean ± std over seeds '
-             f'{grid["seeds"]}; PSNR / SSIM on Y, {grid["scale"]}-pixel border (BasicSR). Train time: BasicSR\'s '
-             '"Time consumed" of the downstream run.')
+             f'{grid["seeds"]}; PSNR / SSIM on Y, {grid["scale"]}-pixel border (BasicSR). Set time: the set\'s '
+             '`wall_time_s` (distill.json: distillation, or scoring the pool + selecting + writing; no process '
+             'start-up). Train time: BasicSR\'s "Time consumed" of the downstream run.')
     report.write_markdown(report.markdown_table(summary, tests, metrics, bicubic, title), osp.join(work, 'table.md'))
     if final and summary and 'psnr' in metrics:
         report.plot_psnr(summary, tests, 'ratio', osp.join(work, 'psnr_vs_ratio.png'),

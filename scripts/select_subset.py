@@ -24,6 +24,7 @@ import copy
 import json
 import os.path as osp
 import sys
+import time
 
 import numpy as np
 import torch
@@ -144,6 +145,7 @@ def main(argv=None):
                         help='kcenter: start at the patch closest to the mean, or a seeded random one')
     parser.add_argument('--num_clusters', type=int, default=15, help='dcsr: k-means clusters (the paper: 15)')
     args = parser.parse_args(argv)
+    start = time.monotonic()  # the set's wall_time_s covers scoring the pool, selecting and writing
 
     with open(args.opt) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
@@ -179,7 +181,7 @@ def main(argv=None):
         source={'folder': dataset_opt['dataroot_gt'], 'num_images': source.num_instances,
                 'num_patches': len(pool), 'gt_size': source.gt_size, 'stride': source.stride},
         size_control={'num_pairs': num, 'r': num / len(pool)},
-        options=options)
+        options=options, start_time=start)
     tag = 'rand' if args.method == 'random' else args.method
     offsets = np.cumsum([0] + counts)
     for i in range(source.num_instances):

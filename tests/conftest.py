@@ -31,6 +31,27 @@ def pytest_sessionstart(session):
 
 
 @contextlib.contextmanager
+def basicsr_log(level=None):
+    """Collect what BasicSR's ``basicsr`` logger writes (it does not propagate to pytest's caplog) in a StringIO.
+
+    Args:
+        level (int | None): Logger level while collecting (e.g. ``logging.INFO``); None keeps the current one.
+    """
+    import io
+    import logging
+    stream, logger = io.StringIO(), logging.getLogger('basicsr')
+    handler, old_level = logging.StreamHandler(stream), logger.level
+    logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+@contextlib.contextmanager
 def limited_threads(most):
     """At most ``most`` torch threads inside the block (tiny networks on shared cores); restored afterwards."""
     import torch

@@ -289,3 +289,16 @@ def test_options_hash_and_jsonable():
     safe = ds.to_jsonable({'x': np.float32(0.5), 'y': np.arange(3), 'z': float('inf'), 1: {2, 1}, 'p': object})
     assert json.loads(json.dumps(safe, allow_nan=False)) == safe
     assert safe['x'] == 0.5 and safe['y'] == [0, 1, 2] and safe['z'] == 'inf' and safe['1'] == [1, 2]
+
+
+def test_wall_time_counts_from_start_time(tmp_path):
+    """A selection scores the pool before it opens the writer: ``start_time`` makes wall_time_s cover that work."""
+    import time
+    started = time.monotonic() - 100.0  # as if the work had begun 100 s ago
+    writer = new_writer(str(tmp_path / 'set'), start_time=started)
+    writer.write_unit(0, real_pairs('u0_', 1))
+    manifest = writer.finalize()
+    assert 100.0 <= manifest['wall_time_s'] < 160.0
+    fresh = new_writer(str(tmp_path / 'set2'))
+    fresh.write_unit(0, real_pairs('u0_', 1))
+    assert fresh.finalize()['wall_time_s'] < 60.0

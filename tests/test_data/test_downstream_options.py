@@ -9,7 +9,6 @@ scale-pixel border. One test file runs end to end through BasicSR's test_pipelin
 """
 import copy
 import glob
-import io
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter
-from conftest import REPO, limited_threads, shared_path, write_option_file  # noqa: E402
+from conftest import REPO, basicsr_log, limited_threads, shared_path, write_option_file  # noqa: E402
 
 TRAIN_ROOT = osp.join(REPO, 'options', 'train')
 TEST_ROOT = osp.join(REPO, 'options', 'test')
@@ -351,18 +350,8 @@ def test_test_file_runs_in_basicsr_test_pipeline(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['basicsr/test.py', '-opt', write_option_file(test_opt, tmp_path / 'test.yml')])
 
     from basicsr.test import test_pipeline
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger('basicsr')  # BasicSR's logger does not propagate to pytest's caplog
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with limited_threads(2):
-            test_pipeline(str(tmp_path))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with basicsr_log(logging.INFO) as stream, limited_threads(2):
+        test_pipeline(str(tmp_path))
     log = stream.getvalue()
     assert 'Validation Set5' in log
     psnr = float(re.search(r'# psnr: (\S+)', log).group(1))

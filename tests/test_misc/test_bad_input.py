@@ -18,8 +18,6 @@ Cases covered elsewhere (not repeated here):
 """
 import ast
 import glob
-import io
-import logging
 import os
 import os.path as osp
 import shutil
@@ -41,7 +39,7 @@ from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_op
 from basicsr_distill.models.gsdd_model import GSDD_DEFAULTS, GSDDModel
 from basicsr_distill.models.idc_model import IDC_DEFAULTS, IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MINIMAX_DEFAULTS, MinimaxDiffusionModel
-from conftest import REPO, build_distill_model, shared_path
+from conftest import REPO, basicsr_log, build_distill_model, shared_path
 
 T91 = ('data', 'train', 't91')
 IMDN_WEIGHTS = osp.join(REPO, 'weights', 'imdn_baseline.pth')
@@ -260,13 +258,8 @@ def test_idc_image_smaller_than_a_patch_is_skipped_with_a_warning_and_recorded(t
     cv2.imwrite(str(folder / 'tiny.png'), cv2.imread(shared_path(*T91, 't1.png'))[:28, :28])
     opt = _idc_opt(tmp_path, str(folder))
     model = build_distill_model(IDCModel, opt)
-    stream, logger = io.StringIO(), logging.getLogger('basicsr')
-    handler = logging.StreamHandler(stream)
-    logger.addHandler(handler)
-    try:
+    with basicsr_log() as stream:
         model.optimize_parameters(1)
-    finally:
-        logger.removeHandler(handler)
     assert 'smaller than one 32x32 patch: skipped' in stream.getvalue() and 'tiny.png' in stream.getvalue()
     manifest = validate_distilled_set(opt['path']['distilled_root'], require_complete=True)
     assert manifest['units_finished'] == ['tiny'] and manifest['num_pairs'] == 0

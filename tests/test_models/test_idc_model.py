@@ -1,5 +1,6 @@
 """IDCModel end to end on real images with the real pretrained teacher, through BasicSR's own train_pipeline."""
 import json
+import logging
 import os
 import os.path as osp
 import shutil
@@ -17,7 +18,8 @@ from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
-from conftest import REPO, build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options, write_option_file
+from conftest import (REPO, basicsr_log, build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options,
+                      write_option_file)
 
 T = 6  # iterations per instance in these tests
 
@@ -128,19 +130,8 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
     for key in ('dataroot_gt', 'dataroot_lq'):
         test_opt['datasets']['test_1'][key] = osp.join(REPO, test_opt['datasets']['test_1'][key])
     monkeypatch.setattr(sys, 'argv', ['basicsr/test.py', '-opt', _write_yaml(test_opt, tmp_path / 'test.yml')])
-    import io
-    import logging
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger('basicsr')  # BasicSR's logger does not propagate to pytest's caplog
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with basicsr_log(logging.INFO) as stream:
         test_pipeline(str(tmp_path))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert 'Validation Set5' in stream.getvalue() and '# psnr' in stream.getvalue()
 
 
