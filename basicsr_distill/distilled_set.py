@@ -339,6 +339,15 @@ def _unit_id(unit):
 # ----------------------------------------------------------------------------------------------------------------
 # reading and validation
 # ----------------------------------------------------------------------------------------------------------------
+def _load_json(path):
+    """The parsed JSON file ``path``; ``ValueError`` naming the file when it is not valid JSON (UTF-8)."""
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path} is not valid JSON ({err}).') from err
+
+
 def read_manifest(root):
     """Read and sanity-check ``root/distill.json``.
 
@@ -357,11 +366,7 @@ def read_manifest(root):
     if not osp.isfile(path):
         raise FileNotFoundError(f'No distilled-set manifest {path}: {root} is not a distilled set '
                                 '(written by basicsr_distill.distilled_set.DistilledSetWriter).')
-    try:
-        with open(path, 'r', encoding='utf-8') as f:
-            manifest = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f'{path} is not valid JSON ({err}).') from err
+    manifest = _load_json(path)
     if not isinstance(manifest, dict) or manifest.get('format') != FORMAT_NAME:
         raise ValueError(f'{path} is not a distilled-set manifest (expected "format": "{FORMAT_NAME}").')
     for key, typ in _REQUIRED_FIELDS.items():
@@ -431,11 +436,7 @@ def read_shard(path):
         ValueError: When it is not valid JSON, not a shard, misses a field or lists a pair of an unlisted unit (the
             message names the file).
     """
-    try:
-        with open(path, 'r', encoding='utf-8') as f:
-            shard = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f'{path} is not valid JSON ({err}).') from err
+    shard = _load_json(path)
     if not isinstance(shard, dict) or shard.get('format') != SHARD_FORMAT_NAME:
         raise ValueError(f'{path} is not a shard of a distilled set (expected "format": "{SHARD_FORMAT_NAME}").')
     for key, typ in (('rank', int), ('method', str), ('scale', int), ('size_control', dict), ('options_hash', str),

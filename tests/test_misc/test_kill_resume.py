@@ -126,16 +126,23 @@ OPTIONS = {'idc': idc_options, 'gsdd': gsdd_options, 'minimax': minimax_options}
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def start_run(opt, cwd, *extra):
-    """Start ``basicsr_distill/train.py -opt <cwd>/<name>.yml [extra]`` in ``cwd`` (one thread, CPU only)."""
+def start_run(opt, cwd, *extra, nproc=None):
+    """Start ``basicsr_distill/train.py -opt <cwd>/<name>.yml [extra]`` in ``cwd`` (one thread, CPU only).
+
+    With ``nproc``: under ``torchrun --standalone --nproc_per_node=nproc ... --launcher pytorch``, in a process group
+    of its own (so that a SIGKILL of the group reaches every rank).
+    """
     os.makedirs(cwd, exist_ok=True)
     opt_path = osp.join(cwd, f'{opt["name"]}.yml')
     if not osp.isfile(opt_path):
         write_option_file(opt, pathlib.Path(opt_path))
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     log = open(osp.join(cwd, f'run_{len([f for f in os.listdir(cwd) if f.startswith("run_")])}.log'), 'w')
-    proc = subprocess.Popen([sys.executable, TRAIN, '-opt', opt_path, *extra], cwd=cwd, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    cmd = [sys.executable, TRAIN, '-opt', opt_path, *extra]
+    if nproc:
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', *cmd[1:],
+               '--launcher', 'pytorch']
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=bool(nproc))
     proc.log_file = log
     return proc
 

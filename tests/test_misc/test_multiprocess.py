@@ -24,7 +24,6 @@ import glob
 import json
 import os
 import os.path as osp
-import pathlib
 import shutil
 import signal
 import socket
@@ -42,8 +41,8 @@ from basicsr_distill import compat
 from basicsr_distill.distilled_set import (HASH_IGNORED_KEYS, DistilledSetWriter, pending_shards, read_manifest,
                                            shard_path, validate_distilled_set)
 from basicsr_distill.models.distill_base_model import DistillBaseModel
-from conftest import shared_path, write_option_file
-from test_kill_resume import (OPTIONS, RUN_TIMEOUT, TRAIN, finish, leftovers, listing, start_run, state_iters,
+from conftest import shared_path
+from test_kill_resume import (OPTIONS, RUN_TIMEOUT, finish, leftovers, listing, start_run, state_iters,
                               stop)
 
 # manifest fields that differ between a 1- and a 2-process run of the same options
@@ -72,19 +71,8 @@ def run_options(method, data):
 
 # ------------------------------------------------------------------------------------------------ processes
 def start_torchrun(opt, cwd, *extra, nproc=2):
-    """``torchrun --standalone --nproc_per_node=nproc basicsr_distill/train.py -opt ... --launcher pytorch`` in
-    ``cwd``, one thread per process, CPU only, in its own process group (so that a SIGKILL reaches every rank)."""
-    os.makedirs(cwd, exist_ok=True)
-    opt_path = osp.join(cwd, f'{opt["name"]}.yml')
-    if not osp.isfile(opt_path):
-        write_option_file(opt, pathlib.Path(opt_path))
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    log = open(osp.join(cwd, f'run_{len([f for f in os.listdir(cwd) if f.startswith("run_")])}.log'), 'w')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', TRAIN, '-opt',
-           opt_path, '--launcher', 'pytorch', *extra]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.log_file = log
-    return proc
+    """:func:`start_run` under ``torchrun`` with ``nproc`` processes (``--launcher pytorch``, own process group)."""
+    return start_run(opt, cwd, *extra, nproc=nproc)
 
 
 def kill_group_when(proc, condition, delay, what):
