@@ -60,7 +60,7 @@ class Progress():
         mean = {k: (sum(v) / len(v) if v else GUESS_S[k]) for k, v in self.times.items()}
         return sum(mean[kind] for kind in self.left.values())
 
-    def begin(self, cell, what):
+    def begin(self, what):
         print(f'[{self.count + 1}/{self.total}] {what} ...', flush=True)
 
     def end(self, cell, seconds):
@@ -125,19 +125,12 @@ def link_train_hr(grid):
     return flat
 
 
-def pool_size(train_hr, grid):
-    """Number of (gt_size, stride) patches of the pool (images read as headers only, as SRInstanceDataset cuts)."""
-    from PIL import Image
-
-    from basicsr_distill.data.sr_patches import list_images, patch_positions
-    scale, gt, stride = grid['scale'], grid['pool']['gt_size'], grid['pool']['stride']
-    total = 0
-    for path in list_images(train_hr):
-        with Image.open(path) as img:
-            w, h = img.size
-        total += len(patch_positions(h // scale, gt // scale, stride // scale)) * \
-            len(patch_positions(w // scale, gt // scale, stride // scale))
-    return total
+def pool_size(pool_opt_path):
+    """Number of patches of the pool (SRInstanceDataset of the pool option file, from the image headers)."""
+    from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
+    opt = grid_lib.read_option_file(pool_opt_path)
+    source = SRInstanceDataset(dict(opt['datasets']['train'], scale=opt['scale'], phase='train'))
+    return sum(source.num_patches(i) for i in range(source.num_instances))
 
 
 def pool_option_file(grid, train_hr):
@@ -230,16 +223,9 @@ def evaluate_sets(net, grid, ctx):
 
 
 def bicubic_reference(grid, ctx):
-    import torch
-    from basicsr.utils.matlab_functions import imresize
-
-    class Bicubic(torch.nn.Module):
-        """BasicSR's MATLAB-style bicubic up-sampling: the usual reference row of SR tables."""
-
-        def forward(self, x):
-            return torch.stack([imresize(img, grid['scale']) for img in x.cpu()]).to(x.device)
-
-    return evaluate_sets(Bicubic(), grid, dict(ctx, device='cpu'))
+    """The bicubic row: BasicSR's MATLAB-style ``imresize`` evaluated like the trained networks."""
+    from basicsr_distill.utils.sr_eval import BicubicSR
+    return evaluate_sets(BicubicSR(grid['scale']), grid, dict(ctx, device='cpu'))
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -282,9 +268,9 @@ def write_outputs(grid, store, sets, trains, final):
             done = [c for c in sets if c['method'] == name and store.load(c) is not None]
             if done:
                 cell = done[-1]  # the largest size given last
+                num = read_manifest(cell['root'])['num_pairs']
                 report.sample_grid(cell['root'], osp.join(work, 'samples', f'{name}.png'),
-                                   f'{name} {cell["label"]}: HR of {min(16, read_manifest(cell["root"])["num_pairs"])}'
-                                   f' of {read_manifest(cell["root"])["num_pairs"]} pairs')
+                                   f'{name} {cell["label"]}: HR of {min(16, num)} of {num} pairs')
     return summary
 
 
@@ -321,8 +307,8 @@ def main(argv=None):
         import torch
         device = grid['device'] if grid['device'] != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
         ctx = {'train_hr': link_train_hr(grid), 'sets': sets, 'device': device}
-        ctx['pool'] = pool_size(ctx['train_hr'], grid)
         ctx['pool_opt'] = pool_option_file(grid, ctx['train_hr'])
+        ctx['pool'] = pool_size(ctx['pool_opt'])
         progress, computed = Progress(cells, done), 0
         for cell in cells:
             if cell['id'] in done:
@@ -332,13 +318,13 @@ def main(argv=None):
                 break
             start = time.time()
             if cell['kind'] == 'set' and cell['id'] == 'ref/bicubic':
-                progress.begin(cell, 'bicubic reference')
+                progress.begin('bicubic reference')
                 result = bicubic_reference(grid, ctx)
             elif cell['kind'] == 'set':
-                progress.begin(cell, f'training set: {cell["method"]} {cell["label"]}')
+                progress.begin(f'training set: {cell["method"]} {cell["label"]}')
                 result = run_set_cell(cell, grid, ctx)
             else:
-                progress.begin(cell, f'train {cell["arch"]} on {cell["set"]["method"]} {cell["set"]["label"]} '
+                progress.begin(f'train {cell["arch"]} on {cell["set"]["method"]} {cell["set"]["label"]} '
                                f'seed {cell["seed"]}')
                 result = run_train_cell(cell, grid, ctx)
             store.save(cell, result)

@@ -78,11 +78,11 @@ def main():
             f'logger:save_checkpoint_freq={args.edsr_iters}'
         ], f'train_{name}.log')
 
-    import torch
     import basicsr_distill  # noqa: F401
     from basicsr.archs.edsr_arch import EDSR
     from basicsr_distill.archs.imdn_arch import IMDN
     from basicsr_distill.utils.checkpoint import load_pretrained
+    from basicsr_distill.utils.sr_eval import BicubicSR
 
     rows = []
     for tag, label in (('idc', 'IDC distilled (r = 0.1)'), ('random', 'random real patches')):
@@ -90,17 +90,9 @@ def main():
         load_pretrained(net, f'experiments/EDSR_demo_x4_f32b4_{tag}/models/net_g_latest.pth')
         rows.append(evaluate(f'EDSR on {label}', net, times[tag], num_pairs))
 
-    from basicsr.utils.matlab_functions import imresize
-
-    class Bicubic(torch.nn.Module):
-        """MATLAB-style bicubic x4 (BasicSR's imresize), the usual reference row of SR tables."""
-
-        def forward(self, x):
-            return torch.stack([imresize(img, 4) for img in x])
-
     teacher = load_pretrained(IMDN(block_type='imdb_ntire22'), 'weights/imdn_baseline.pth')
     ref = [evaluate('IDC teacher (IMDN, pretrained)', teacher, None, None),
-           evaluate('bicubic', Bicubic(), None, None)]
+           evaluate('bicubic', BicubicSR(4), None, None)]
 
     lines = ['| training set | pairs | Set5 PSNR (dB) | Set5 SSIM | train wall time (s) |', '|---|---|---|---|---|']
     for row in rows + ref:

@@ -15,18 +15,12 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
 from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
 from basicsr_distill.utils.sr_eval import evaluate_sr  # noqa: E402
-from basicsr_distill.utils.sr_metrics import parse_arch_opts  # noqa: E402
+from basicsr_distill.utils.sr_metrics import add_arch_arguments, parse_arch_opts  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--arch', required=True, help='architecture name in BasicSR\'s ARCH_REGISTRY, e.g. IMDN')
-    parser.add_argument(
-        '--arch-opt',
-        action='append',
-        default=[],
-        metavar='KEY=VALUE',
-        help='constructor option of the architecture (repeatable), e.g. block_type=imdb_ntire22')
+    add_arch_arguments(parser, required=True)
     parser.add_argument('--weights', required=True, help='checkpoint file')
     parser.add_argument('--param-key', default='auto', help='entry of the checkpoint holding the state dict')
     parser.add_argument('--hr', required=True, help='folder of HR images')

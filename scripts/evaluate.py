@@ -29,8 +29,9 @@ import basicsr_distill  # noqa: F401  (compat fixes and arch registration; must 
 import yaml  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
-from basicsr_distill.utils.sr_metrics import (METRICS, check_test_sets, dataset_size, evaluate_network,  # noqa: E402
-                                              load_network, parse_arch_opts, parse_test_set, parse_train_time)
+from basicsr_distill.utils.sr_metrics import (METRICS, add_arch_arguments, check_test_sets, dataset_size,  # noqa: E402
+                                              evaluate_network, load_network, parse_arch_opts, parse_test_set,
+                                              parse_train_time)
 
 
 def read_option_file(path):
@@ -118,14 +119,7 @@ def format_report(report, per_image=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('-opt', '--opt', default=None, help='BasicSR option file: network_g, scale, pretrain path')
-    parser.add_argument('--arch', default=None, help='architecture name in BasicSR\'s ARCH_REGISTRY, e.g. IMDN')
-    parser.add_argument(
-        '--arch-opt',
-        '--arch_opt',
-        action='append',
-        default=[],
-        metavar='KEY=VALUE',
-        help='constructor option of the architecture (repeatable), e.g. block_type=imdb_ntire22')
+    add_arch_arguments(parser, required=False)
     parser.add_argument('--weights', default=None, help='checkpoint file (default with -opt: path.pretrain_network_g)')
     parser.add_argument(
         '--param-key',

@@ -123,3 +123,26 @@ def tiny_edsr_options(name, dataset, gt_size=16, iters=2):
                   'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
         'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
     }
+
+
+def straight_and_restarted(make_model, opt_straight, opt_restart, total, stop):
+    """Run a distillation model straight through iterations 1..total, and again (into ``opt_restart``'s folders)
+    stopped after ``stop``, saved as a BasicSR training state, rebuilt, resumed from that state and run to ``total``.
+
+    Returns:
+        tuple: ``(straight, restarted)`` models, for the caller to compare what they wrote.
+    """
+    import torch
+    straight = make_model(opt_straight)
+    for it in range(1, total + 1):
+        straight.optimize_parameters(it)
+    first = make_model(opt_restart)
+    for it in range(1, stop + 1):
+        first.optimize_parameters(it)
+    first.save(0, stop)
+    state = torch.load(osp.join(first.opt['path']['training_states'], f'{stop}.state'), weights_only=True)
+    restarted = make_model(opt_restart)
+    restarted.resume_training(state)
+    for it in range(stop + 1, total + 1):
+        restarted.optimize_parameters(it)
+    return straight, restarted

@@ -5,8 +5,8 @@ import torch
 from torch.utils import data as data
 
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.data.sr_patches import (bicubic_lr, cut_patch_pairs, list_images, modcrop, read_rgb,
-                                             verify_image)
+from basicsr_distill.data.sr_patches import (bicubic_lr, cut_patch_pairs, list_images, lr_patch_grid, modcrop,
+                                             read_rgb, verify_image)
 
 
 @DATASET_REGISTRY.register()
@@ -45,15 +45,22 @@ class SRInstanceDataset(data.Dataset):
             if value <= 0 or value % self.scale:
                 raise ValueError(f'datasets.train.{key}={value} must be a positive multiple of scale={self.scale}')
         self.paths = list_images(opt['dataroot_gt'], opt.get('meta_info_file'))
-        for path in self.paths:  # before any work: headers, and PNGs walked to their end (no decoding)
-            verify_image(path)
+        # before any work: headers, and PNGs walked to their end (no decoding); (H, W) of every image
+        self.hr_shapes = [verify_image(path) for path in self.paths]
         self.names = [osp.splitext(osp.basename(p))[0] for p in self.paths]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f'image names in {opt["dataroot_gt"]} are not unique without extension')
 
     @property
     def num_instances(self):
+        """Number of training images (one IDC instance each)."""
         return len(self.paths)
+
+    def num_patches(self, index):
+        """Number of patch pairs of instance ``index`` (from its header size; no decoding)."""
+        h, w = self.hr_shapes[index]
+        ys, xs = lr_patch_grid(h // self.scale, w // self.scale, self.scale, self.gt_size, self.stride)
+        return len(ys) * len(xs)
 
     def __len__(self):
         return len(self.paths)

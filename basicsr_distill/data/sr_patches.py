@@ -111,6 +111,23 @@ def patch_positions(size, patch, stride):
     return pos
 
 
+def lr_patch_grid(lr_h, lr_w, scale, gt_size, stride):
+    """LR top-left rows and columns of the patches :func:`cut_patch_pairs` cuts from an (lr_h, lr_w) LR image.
+
+    Args:
+        lr_h (int), lr_w (int): LR size in pixels (the mod-cropped HR size // scale).
+        scale (int): s.
+        gt_size (int): HR patch size (multiple of s).
+        stride (int): HR stride (multiple of s).
+
+    Returns:
+        tuple[list[int], list[int]]: ``(ys, xs)``; the image has ``len(ys) * len(xs)`` patches (0 if it is smaller
+        than one patch).
+    """
+    lq_size, lq_stride = gt_size // scale, stride // scale
+    return patch_positions(lr_h, lq_size, lq_stride), patch_positions(lr_w, lq_size, lq_stride)
+
+
 def cut_patch_pairs(hr, lr, scale, gt_size, stride):
     """Aligned HR / LR patches of one image.
 
@@ -124,9 +141,8 @@ def cut_patch_pairs(hr, lr, scale, gt_size, stride):
     Returns:
         tuple: gt (N, gt, gt, 3), lq (N, gt/s, gt/s, 3) float32 arrays and the HR top-left (y, x) of each patch.
     """
-    lq_size, lq_stride = gt_size // scale, stride // scale
-    ys = patch_positions(lr.shape[0], lq_size, lq_stride)
-    xs = patch_positions(lr.shape[1], lq_size, lq_stride)
+    lq_size = gt_size // scale
+    ys, xs = lr_patch_grid(lr.shape[0], lr.shape[1], scale, gt_size, stride)
     coords = [(y * scale, x * scale) for y in ys for x in xs]
     lq = np.stack([lr[y:y + lq_size, x:x + lq_size] for y in ys for x in xs]) if coords else np.zeros(
         (0, lq_size, lq_size, 3), np.float32)

@@ -228,6 +228,15 @@ class GSDDModel(DistillBaseModel):
                          + (' (resumed)' if resumed is not None else f', inverted in {time.time() - unit.t0:.1f} s'))
 
     def optimize_parameters(self, current_iter):
+        """One step on the latents of the class ``current_iter`` falls in (see the module docstring).
+
+        Starts the class (GAN inversion, Eq. 3-5) at its first step, takes one Adam step on the latents z (IPC, 3, h, w)
+        for L = (1 - lambda) L_dis + lambda R (Eq. 7-9) with a fresh random extractor and one DSA draw, and writes
+        the class's pairs at its last step. Finished or out-of-range classes are skipped.
+
+        Raises:
+            FloatingPointError: A NaN / infinite loss or gradient (before the Adam step; see ``check_finite``).
+        """
         index, step = self.locate(current_iter, self.T, self.rank, self.world_size)
         if index >= self.source.num_classes or self.writer.is_finished(self.source.class_names[index]):
             self.log_dict.clear()

@@ -212,6 +212,15 @@ class IDCModel(DistillBaseModel):
         return losses
 
     def optimize_parameters(self, current_iter):
+        """One step of Algorithm 1 for the instance ``current_iter`` falls in (see the module docstring).
+
+        Starts the instance at its first step, takes one Adam step on x_hat (N_syn, 3, h, w) in [0, 1] for
+        L = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up; NCFD Eq. 2-3 / 6, Eq. 7-8), and writes the
+        instance's pairs at its last step. Finished or out-of-range instances are skipped.
+
+        Raises:
+            FloatingPointError: A NaN / infinite loss or gradient (before the Adam step; see ``check_finite``).
+        """
         index, step = self.locate(current_iter, self.T, self.rank, self.world_size)
         if index >= self.source.num_instances or self.writer.is_finished(self.source.names[index]):
             self.log_dict.clear()

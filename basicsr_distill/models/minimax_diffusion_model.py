@@ -354,6 +354,13 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ loop
     def optimize_parameters(self, current_iter):
+        """Iteration 1: stage 1 (PSNR_bic selection, pseudo-classes); 2 .. 1 + finetune.iters: one DiffFit step of
+        stage 2 (L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR, Eq. 2-6); then one pseudo-class of stage-3
+        sampling per iteration. Each stage's result is persisted and skipped when it exists.
+
+        Raises:
+            FloatingPointError: A NaN / infinite loss or gradient in stage 2 (before the optimiser step).
+        """
         if current_iter == 1:
             self.stage1()
             return

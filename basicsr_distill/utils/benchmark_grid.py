@@ -46,6 +46,16 @@ ARCH_KEYS = {'opt', 'options'}
 PLACEHOLDERS = ('train_hr', 'size', 'gt_size', 'stride', 'scale')
 
 
+def write_text_atomic(path, text):
+    """Write ``text`` (UTF-8) to ``path`` through ``<path>.tmp`` and ``os.replace``: readers never see half a file."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', encoding='utf-8', newline='') as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
 class GridError(ValueError):
     """A preset that cannot run; the message names the file and the key."""
 
@@ -250,12 +260,7 @@ def write_option_file(opt, path):
     opt.pop('plugin', None)
     text = ('# Derived by scripts/benchmark.py: do not edit (edit the preset). Option files are code: trusted only.\n'
             'plugin: !!python/name:basicsr_distill.__name__\n' + yaml.safe_dump(opt, sort_keys=False))
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -266,6 +271,7 @@ class CellStore():
         self.folder = osp.join(work_dir, 'cells')
 
     def path(self, cell):
+        """``<work_dir>/cells/<id with / as __>.json``."""
         return osp.join(self.folder, cell['id'].replace('/', '__') + '.json')
 
     def load(self, cell):
@@ -286,14 +292,9 @@ class CellStore():
         return record
 
     def save(self, cell, result):
-        os.makedirs(self.folder, exist_ok=True)
+        """Record a finished cell (id, spec, spec hash and the JSON-able ``result``) atomically; returns it."""
         record = {'id': cell['id'], 'spec_hash': spec_hash(cell['spec']), 'spec': cell['spec'], **result}
-        path = self.path(cell)
-        tmp = f'{path}.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(record, f, indent=1, default=str)
-            f.write('\n')
-        os.replace(tmp, path)
+        write_text_atomic(self.path(cell), json.dumps(record, indent=1, default=str) + '\n')
         return record
 
 

@@ -10,16 +10,10 @@ import os.path as osp
 import cv2
 import numpy as np
 
+from basicsr_distill.utils.benchmark_grid import write_text_atomic
+
 CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'seed', 'train_time_s',
               'train_wall_s', 'reference')
-
-
-def _atomic_text(path, text):
-    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_csv(rows, path, test_sets, metrics):
@@ -31,7 +25,7 @@ def write_csv(rows, path, test_sets, metrics):
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in fields})
-    _atomic_text(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 def _pm(mean, std, digits):
@@ -74,7 +68,8 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None):
 
 
 def write_markdown(text, path):
-    _atomic_text(path, text)
+    """Write the table of :func:`markdown_table` (atomically)."""
+    write_text_atomic(path, text)
 
 
 def _pyplot():

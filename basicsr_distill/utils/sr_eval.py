@@ -13,6 +13,24 @@ from basicsr.utils.matlab_functions import imresize
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
 
 
+class BicubicSR(torch.nn.Module):
+    """MATLAB-style bicubic up-sampling (BasicSR's ``imresize``): the usual reference row of SR tables.
+
+    Args:
+        scale (int): Upsampling factor.
+
+    Forward: ``x`` (B, 3, h, w) RGB in [0, 1] -> (B, 3, scale * h, scale * w), not clamped (as ``imresize``);
+    computed on the CPU and returned on ``x``'s device.
+    """
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return torch.stack([imresize(img, self.scale) for img in x.cpu()]).to(x.device)
+
+
 def list_images(folder):
     """Sorted file names of the images (by extension) directly inside ``folder``.
 

@@ -409,6 +409,18 @@ def parse_train_time(log_path):
     return {'path': log_path, 'seconds': total, 'text': text}
 
 
+def add_arch_arguments(parser, required=False):
+    """Add ``--arch NAME`` and the repeatable ``--arch-opt KEY=VALUE`` (see :func:`parse_arch_opts`) to a parser."""
+    parser.add_argument('--arch', required=required, help='architecture name in BasicSR\'s ARCH_REGISTRY, e.g. IMDN')
+    parser.add_argument(
+        '--arch-opt',
+        '--arch_opt',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='constructor option of the architecture (repeatable), e.g. block_type=imdb_ntire22')
+
+
 def parse_arch_opts(items):
     """Turn ``['key=value', ...]`` into a dict; values are parsed as YAML scalars (``4`` -> int, ``true`` -> bool).
 

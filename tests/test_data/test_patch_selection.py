@@ -257,3 +257,17 @@ def test_run_stage1_with_clip_and_option_errors(t91, meta_info, tmp_path, monkey
     with pytest.raises(ValueError, match='distill.stage1.k'):
         ps.run_stage1({**stage1, 'k': 1000}, str(tmp_path / 'x.json'))
     assert not osp.exists(tmp_path / 'x.json')
+
+
+def test_instance_patch_count_from_the_header_by_hand(tmp_path):
+    """HR 100 x 70, x4, 32 px patches every 16 px: mod-crop 100 x 68 -> LR 25 x 17, 8 px LR patches every 4 px:
+    rows 0, 4, 8, 12, 16 + the last 17 (6), columns 0, 4, 8 + the last 9 (4): 24 patches, as load_instance cuts."""
+    import cv2
+    from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
+    folder = tmp_path / 'hr'
+    folder.mkdir()
+    img = cv2.imread(os.path.join(shared_path('data', 'train', 'bsd200'), '100075.png'))[:100, :70]
+    cv2.imwrite(str(folder / 'crop.png'), img)
+    source = SRInstanceDataset({'dataroot_gt': str(folder), 'scale': 4, 'gt_size': 32, 'stride': 16})
+    assert source.hr_shapes == [(100, 70)]
+    assert source.num_patches(0) == 24 == source.load_instance(0)['lq'].shape[0]

@@ -12,7 +12,8 @@ from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
-from conftest import REPO, build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options, write_option_file
+from conftest import (REPO, build_distill_model, run_basicsr_train, shared_path, straight_and_restarted,
+                      tiny_edsr_options, write_option_file)
 
 G_OPT = {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 4,
          'act_type': 'prelu'}
@@ -187,17 +188,8 @@ def test_resume_inside_a_class_gives_the_same_pairs(tmp_path):
     import numpy as np
     classes = _classes(tmp_path)
     opt_a, opt_b = _opt(tmp_path / 'a', classes), _opt(tmp_path / 'b', classes)
-    straight = _model(opt_a)
-    for it in range(1, 4):
-        straight.optimize_parameters(it)
-    first = _model(opt_b)
-    for it in range(1, 3):
-        first.optimize_parameters(it)
-    first.save(0, 2)
-    state = torch.load(osp.join(first.opt['path']['training_states'], '2.state'), weights_only=True)
-    restarted = _model(opt_b)
-    restarted.resume_training(state)
-    restarted.optimize_parameters(3)  # resumes the class from its saved latents, Adam state and generator
+    # resumes the class from its saved latents, Adam state and generator
+    straight_and_restarted(_model, opt_a, opt_b, total=3, stop=2)
     names = [p['name'] for p in read_manifest(opt_a['path']['distilled_root'])['pairs']]
     assert names == [p['name'] for p in read_manifest(opt_b['path']['distilled_root'])['pairs']] and names
     for name in names:

@@ -18,8 +18,8 @@ from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
-from conftest import (REPO, basicsr_log, build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options,
-                      write_option_file)
+from conftest import (REPO, basicsr_log, build_distill_model, run_basicsr_train, shared_path, straight_and_restarted,
+                      tiny_edsr_options, write_option_file)
 
 T = 6  # iterations per instance in these tests
 
@@ -155,18 +155,9 @@ def test_written_instances_are_never_recomputed(tmp_path, monkeypatch):
 
 def test_resume_inside_an_instance_gives_the_same_pairs(tmp_path):
     hr_folder = _images(tmp_path)
-    straight = _model(_distill_opt(tmp_path / 'a', hr_folder))
-    for it in range(1, T + 1):
-        straight.optimize_parameters(it)
-    resumed = _model(_distill_opt(tmp_path / 'b', hr_folder))
-    for it in range(1, 5):  # stop inside the instance, after an assignment round
-        resumed.optimize_parameters(it)
-    resumed.save(0, 4)
-    state = torch.load(osp.join(resumed.opt['path']['training_states'], '4.state'), weights_only=True)
-    restarted = _model(_distill_opt(tmp_path / 'b', hr_folder))
-    restarted.resume_training(state)
-    for it in range(5, T + 1):
-        restarted.optimize_parameters(it)
+    # stop inside the instance (after iteration 4, past an assignment round)
+    straight_and_restarted(_model, _distill_opt(tmp_path / 'a', hr_folder), _distill_opt(tmp_path / 'b', hr_folder),
+                           total=T, stop=4)
     name = read_manifest(str(tmp_path / 'a' / 'distilled'))['pairs'][0]['name']
     a = np.load(tmp_path / 'a' / 'distilled' / 'lr_float' / f'{name}.npy')
     b = np.load(tmp_path / 'b' / 'distilled' / 'lr_float' / f'{name}.npy')

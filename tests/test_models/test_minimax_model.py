@@ -9,7 +9,8 @@ import torch
 import basicsr_distill  # noqa: F401
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
-from conftest import build_distill_model, run_basicsr_train, shared_path, tiny_edsr_options, write_option_file
+from conftest import (build_distill_model, run_basicsr_train, shared_path, straight_and_restarted, tiny_edsr_options,
+                      write_option_file)
 
 
 @pytest.fixture(autouse=True)
@@ -75,18 +76,7 @@ def test_three_stages_through_basicsr_then_a_rerun_skips_them_and_edsr_trains(tm
 
 def test_resume_inside_stage2_gives_the_same_fine_tuned_weights(tmp_path):
     a, b = _opt(tmp_path / 'a', 4), _opt(tmp_path / 'b', 4)
-    straight = _model(a)
-    for it in range(1, 6):
-        straight.optimize_parameters(it)
-    first = _model(b)
-    for it in range(1, 4):
-        first.optimize_parameters(it)
-    first.save(0, 3)
-    state = torch.load(osp.join(first.opt['path']['training_states'], '3.state'), weights_only=True)
-    restarted = _model(b)
-    restarted.resume_training(state)
-    for it in range(4, 6):
-        restarted.optimize_parameters(it)
+    straight, restarted = straight_and_restarted(_model, a, b, total=5, stop=3)
     ta = torch.load(straight.stage2_path, weights_only=True)
     tb = torch.load(restarted.stage2_path, weights_only=True)
     assert ta['trainable'].keys() == tb['trainable'].keys()

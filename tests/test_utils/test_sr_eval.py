@@ -125,3 +125,12 @@ def test_cli(capsys):
     assert round(result['psnr'], 2) == 32.21
     out = capsys.readouterr().out
     assert 'baby.png' in out and 'mean' in out and '32.2' in out
+
+
+def test_bicubic_sr_is_basicsr_imresize():
+    from basicsr.utils.matlab_functions import imresize
+    from basicsr_distill.utils.sr_eval import BicubicSR
+    x = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+    out = BicubicSR(4)(x)
+    assert out.shape == (2, 3, 24, 20)
+    assert torch.equal(out[1], imresize(x[1], 4))
