@@ -1,11 +1,22 @@
 """Shared test fixtures: paths of the real data and weights.
 
-``SHARED`` is the project's read-only ``shared/`` folder, beside the repository (as in CI) unless
-``BASICSR_DISTILL_SHARED`` names another place. ``BUNDLED`` is the demo data inside the repository.
+Two sources of real files:
+
+- ``DATA``: what the repository bundles (``datasets/demo/``, ``tests/data/``, ``weights/``), laid out once per test
+  session in a temporary folder in the layout of the project's shared folder (``data/train/t91``,
+  ``data/train/bsd200``, ``data/val/Set5``, ``data/val/Set14``, ``weights``). Every test reads it through
+  :func:`data_path`, so the suite runs the same on a fresh clone and in CI.
+- ``SHARED``: the project's read-only ``shared/`` folder (beside the repository, as in CI, unless
+  ``BASICSR_DISTILL_SHARED`` names another place), for the few tests marked ``needs_shared`` that need files the
+  repository does not bundle; they read it through :func:`shared_path`. Without it they are skipped, naming the
+  missing file, unless ``BASICSR_DISTILL_REQUIRE_SHARED=1`` (CI), where a missing file fails the test.
 """
+import atexit
 import contextlib
 import os
 import os.path as osp
+import shutil
+import tempfile
 
 import pytest
 
@@ -13,21 +24,80 @@ import basicsr_distill  # noqa: F401  (compat fixes before anything imports torc
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 SHARED = os.environ.get('BASICSR_DISTILL_SHARED', osp.abspath(osp.join(REPO, '..', 'shared')))
+REQUIRE_SHARED = os.environ.get('BASICSR_DISTILL_REQUIRE_SHARED', '') not in ('', '0')
 BUNDLED = osp.join(REPO, 'datasets', 'demo')
+TEST_DATA = osp.join(REPO, 'tests', 'data')
 
 
-def shared_path(*parts):
-    """Path under shared/; fails (not skips) when missing, since CI always has shared/ beside the clone."""
-    path = osp.join(SHARED, *parts)
+def _lay_out_bundled_data():
+    """Copy the bundled real files into a temporary folder in the shared folder's layout; returns its path.
+
+    T91 names (``t*.png`` / ``tt*.png``) and BSD200 names (digits) of ``datasets/demo/train_hr`` go to
+    ``data/train/t91`` / ``data/train/bsd200``, with ``tests/data/t91``; Set5 from ``datasets/demo/Set5``; Set14 from
+    ``tests/data/Set14``; ``weights/*.pth``. Files are copied (not linked) so a test may modify its inputs freely.
+    """
+    root = tempfile.mkdtemp(prefix='basicsr_distill_testdata_')
+    atexit.register(shutil.rmtree, root, True)
+    places = {'t91': osp.join(root, 'data', 'train', 't91'), 'bsd200': osp.join(root, 'data', 'train', 'bsd200')}
+    for folder in places.values():
+        os.makedirs(folder)
+    train = osp.join(BUNDLED, 'train_hr')
+    for name in sorted(os.listdir(train)):
+        shutil.copy(osp.join(train, name), places['bsd200' if name[0].isdigit() else 't91'])
+    for name in sorted(os.listdir(osp.join(TEST_DATA, 't91'))):
+        shutil.copy(osp.join(TEST_DATA, 't91', name), places['t91'])
+    shutil.copytree(osp.join(BUNDLED, 'Set5'), osp.join(root, 'data', 'val', 'Set5'))
+    shutil.copytree(osp.join(TEST_DATA, 'Set14'), osp.join(root, 'data', 'val', 'Set14'))
+    os.makedirs(osp.join(root, 'weights'))
+    for name in sorted(os.listdir(osp.join(REPO, 'weights'))):
+        if name.endswith('.pth'):
+            shutil.copy(osp.join(REPO, 'weights', name), osp.join(root, 'weights'))
+    return root
+
+
+DATA = _lay_out_bundled_data()
+
+
+def data_path(*parts):
+    """Path of a bundled real file or folder, named as in the shared folder (``data_path('data', 'train', 't91',
+    't1.png')``); fails when the repository does not bundle it (add it to ``tests/data`` or use
+    :func:`shared_path` in a test marked ``needs_shared``)."""
+    path = osp.join(DATA, *parts)
     if not osp.exists(path):
-        pytest.fail(f'{path} is missing: shared/ must sit beside the repository (or set BASICSR_DISTILL_SHARED)')
+        pytest.fail(f'{osp.join(*parts)} is not bundled with the repository (datasets/demo, tests/data, weights): '
+                    f'add it to tests/data, or read it with shared_path() in a test marked needs_shared')
     return path
 
 
-def pytest_sessionstart(session):
+def shared_path(*parts):
+    """Path under the project's shared folder, for tests marked ``needs_shared`` only.
+
+    Skips the test naming the missing file when the shared folder is not there (a user's machine), fails when
+    ``BASICSR_DISTILL_REQUIRE_SHARED`` is set (CI always has it).
+    """
+    path = osp.join(SHARED, *parts)
+    if not osp.exists(path):
+        message = (f'needs {path} (the project\'s shared data, not bundled): put shared/ beside the repository or set '
+                   f'BASICSR_DISTILL_SHARED')
+        if REQUIRE_SHARED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'needs_shared: needs real files of the project\'s shared folder that the '
+                            'repository does not bundle (skipped without it, run in CI)')
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker('needs_shared') is None:
+        return
     if not osp.isdir(SHARED):
-        raise pytest.UsageError(f'the tests read real images and weights from {SHARED}, which is missing: put the '
-                                f'project\'s shared/ folder beside the repository or set BASICSR_DISTILL_SHARED')
+        message = f'needs the project\'s shared folder {SHARED} (not bundled): set BASICSR_DISTILL_SHARED'
+        if REQUIRE_SHARED:
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @contextlib.contextmanager

@@ -12,16 +12,14 @@ from torch import nn  # noqa: E402
 
 from basicsr_distill.archs.imdn_arch import IMDN, imdn_key_map  # noqa: E402
 from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
-from conftest import SHARED  # noqa: E402
+from conftest import DATA, SHARED  # noqa: E402
 
-WEIGHTS = osp.join(SHARED, 'weights')
-IMDN_X4 = osp.join(WEIGHTS, 'IMDN_x4.pth')
-IMDN_NTIRE22 = osp.join(WEIGHTS, 'imdn_baseline.pth')
-RFDN = osp.join(WEIGHTS, 'rfdn_baseline.pth')
-needs_weights = pytest.mark.skipif(
-    not all(osp.isfile(p) for p in (IMDN_X4, IMDN_NTIRE22, RFDN)), reason=f'pretrained weights not in {WEIGHTS}')
+IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')  # no licence to bundle: tests with it need shared/
+RFDN = osp.join(SHARED, 'weights', 'rfdn_baseline.pth')  # not bundled (only this test needs it)
+IMDN_NTIRE22 = osp.join(DATA, 'weights', 'imdn_baseline.pth')  # bundled
+needs_shared = pytest.mark.needs_shared
 
-LAYOUTS = [('imdb', IMDN_X4, 6, 715176), ('imdb_ntire22', IMDN_NTIRE22, 8, 893936)]
+LAYOUTS = [pytest.param('imdb', IMDN_X4, 6, 715176, marks=needs_shared), ('imdb_ntire22', IMDN_NTIRE22, 8, 893936)]
 
 
 def _raw(path):
@@ -82,7 +80,6 @@ def test_key_map():
         assert imdn_key_map(key) == key
 
 
-@needs_weights
 @pytest.mark.parametrize('block_type, path, num_block, num_params', LAYOUTS)
 def test_load_raw_checkpoint_strict(block_type, path, num_block, num_params):
     raw = _raw(path)
@@ -101,7 +98,7 @@ def test_load_raw_checkpoint_strict(block_type, path, num_block, num_params):
     assert all(torch.equal(v, ours[k]) for k, v in net2.state_dict().items())
 
 
-@needs_weights
+@needs_shared
 def test_load_as_submodule():
     """The pre-hook handles a parent prefix (e.g. a teacher inside a distillation model)."""
     parent = nn.Module()
@@ -111,8 +108,9 @@ def test_load_as_submodule():
     assert torch.equal(parent.teacher.conv_first.weight, raw['module.fea_conv.weight'])
 
 
-@needs_weights
-@pytest.mark.parametrize('block_type, path', [('imdb', RFDN), ('imdb', IMDN_NTIRE22), ('imdb_ntire22', IMDN_X4)])
+@pytest.mark.parametrize('block_type, path', [
+    pytest.param('imdb', RFDN, marks=needs_shared), ('imdb', IMDN_NTIRE22),
+    pytest.param('imdb_ntire22', IMDN_X4, marks=needs_shared)])
 def test_wrong_weights_fail(block_type, path):
     with pytest.raises(RuntimeError) as info:
         load_pretrained(IMDN(block_type=block_type), path)

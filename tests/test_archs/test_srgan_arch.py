@@ -9,7 +9,7 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 from basicsr_distill.archs.srgan_arch import SRGANGenerator  # noqa: E402
 from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
 from basicsr_distill.utils.sr_eval import evaluate_sr  # noqa: E402
-from conftest import limited_threads, shared_path  # noqa: E402
+from conftest import limited_threads, data_path  # noqa: E402
 
 SRGAN_WEIGHTS = ('weights', 'srgan_netG_epoch_4_100.pth')
 
@@ -25,7 +25,7 @@ def test_registered():
 
 
 def test_strict_load_same_keys():
-    path = shared_path(*SRGAN_WEIGHTS)
+    path = data_path(*SRGAN_WEIGHTS)
     raw = torch.load(path, map_location='cpu', weights_only=True)
     net = load_pretrained(SRGANGenerator(), path, strict=True)
     state = net.state_dict()
@@ -37,7 +37,7 @@ def test_strict_load_same_keys():
 
 def test_wrong_checkpoint_lists_keys():
     with pytest.raises(RuntimeError) as err:
-        load_pretrained(SRGANGenerator(), shared_path('weights', 'imdn_baseline.pth'))
+        load_pretrained(SRGANGenerator(), data_path('weights', 'imdn_baseline.pth'))
     msg = str(err.value)
     assert 'imdn_baseline.pth' in msg and 'SRGANGenerator' in msg
     assert 'Missing key(s)' in msg and '"block2.bn1.running_mean"' in msg
@@ -46,7 +46,7 @@ def test_wrong_checkpoint_lists_keys():
 
 def test_wrong_structure_fails():
     with pytest.raises(RuntimeError, match='block6'):  # one residual block too few
-        load_pretrained(SRGANGenerator(num_block=4), shared_path(*SRGAN_WEIGHTS))
+        load_pretrained(SRGANGenerator(num_block=4), data_path(*SRGAN_WEIGHTS))
 
 
 @pytest.mark.parametrize('upscale', [2, 4, 8])
@@ -66,7 +66,7 @@ def test_invalid_options(kwargs):
 
 
 def test_pretrained_x4_shape():
-    net = load_pretrained(SRGANGenerator(), shared_path(*SRGAN_WEIGHTS)).eval()
+    net = load_pretrained(SRGANGenerator(), data_path(*SRGAN_WEIGHTS)).eval()
     with torch.no_grad():
         out = net(torch.rand(1, 3, 10, 12))
     assert out.shape == (1, 3, 40, 48)
@@ -79,9 +79,9 @@ def test_set5_x4_psnr():
     measured too and are far off: reading the output as tanh in [-1, 1] gives 12.84 dB, feeding [-1, 1] inputs
     13.05 dB. Bicubic is 28.43 dB, IMDN 32.21 dB: a GAN generator sits between them.
     """
-    net = load_pretrained(SRGANGenerator(), shared_path(*SRGAN_WEIGHTS))
+    net = load_pretrained(SRGANGenerator(), data_path(*SRGAN_WEIGHTS))
     result = evaluate_sr(
-        net, shared_path('data', 'val', 'Set5', 'HR'), shared_path('data', 'val', 'Set5', 'LR_bicubic', 'X4'), scale=4)
+        net, data_path('data', 'val', 'Set5', 'HR'), data_path('data', 'val', 'Set5', 'LR_bicubic', 'X4'), scale=4)
     assert abs(result['psnr'] - 30.6539) < 0.01
     assert abs(result['ssim'] - 0.8642) < 0.001
     assert abs(result['per_image']['butterfly.png']['psnr'] - 26.365) < 0.01

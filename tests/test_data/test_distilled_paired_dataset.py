@@ -14,9 +14,9 @@ import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision
 from basicsr.data import build_dataset
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter, load_pair, make_distilled_lmdb, pair_paths
-from conftest import SHARED  # noqa: E402
+from conftest import DATA  # noqa: E402
 
-T91 = osp.join(SHARED, 'data', 'train', 't91')
+T91 = osp.join(DATA, 'data', 'train', 't91')
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SCALE = 2
 SIZES = {'a0': (40, 48), 'a1': (48, 40), 'b0': (64, 56)}  # HR sizes

@@ -12,9 +12,9 @@ import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision
 from basicsr_distill import distilled_set as ds
 from basicsr_distill.distilled_set import (DistilledSetWriter, load_pair, options_hash, read_manifest,
                                            validate_distilled_set, write_meta_info)
-from conftest import SHARED  # noqa: E402
+from conftest import DATA  # noqa: E402
 
-T91 = osp.join(SHARED, 'data', 'train', 't91')
+T91 = osp.join(DATA, 'data', 'train', 't91')
 SCALE = 2
 SOURCE = {'folder': T91, 'num_images': 91}
 SIZE = {'r': 0.1}

@@ -31,7 +31,7 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter
-from conftest import REPO, basicsr_log, limited_threads, shared_path, write_option_file  # noqa: E402
+from conftest import REPO, basicsr_log, limited_threads, data_path, write_option_file  # noqa: E402
 
 TRAIN_ROOT = osp.join(REPO, 'options', 'train')
 TEST_ROOT = osp.join(REPO, 'options', 'test')
@@ -119,16 +119,17 @@ def _train_files_of(key):
 
 
 def _resolve(dataroot):
-    """A dataroot of a test file (relative to the repository root) on this machine: '../shared/...' is the shared
-    folder beside the repository, wherever conftest found it."""
-    if dataroot.startswith('../shared/'):
-        return shared_path(*dataroot[len('../shared/'):].split('/'))
+    """A dataroot of a test file (relative to the repository root) on this machine: BasicSR's ``datasets/Set5/...``
+    and ``datasets/Set14/...`` are the bundled copies (conftest's layout); any other path is under the repository."""
+    parts = dataroot.split('/')
+    if parts[0] == 'datasets' and len(parts) > 1 and parts[1] in ('Set5', 'Set14'):
+        return data_path('data', 'val', *parts[1:])
     return osp.join(REPO, dataroot)
 
 
 def _bsd_crops(num):
     """``num`` HR_SIZE x HR_SIZE float32 RGB crops of real BSD200 images and their x4 area-downsampled LR."""
-    folder = shared_path('data', 'train', 'bsd200')
+    folder = data_path('data', 'train', 'bsd200')
     pairs = []
     for name in sorted(glob.glob(osp.join(folder, '*.png')))[:num]:
         hr = cv2.imread(name, cv2.IMREAD_COLOR)[:HR_SIZE, :HR_SIZE, ::-1].astype(np.float32) / 255.
@@ -141,7 +142,7 @@ def _bsd_crops(num):
 def distilled_root(tmp_path_factory):
     """Two x4 pairs of BSD200 crops (HR) and their area-downsampled LR, as a distilled set."""
     root = str(tmp_path_factory.mktemp('options') / 'distilled_x4')
-    folder = shared_path('data', 'train', 'bsd200')
+    folder = data_path('data', 'train', 'bsd200')
     writer = DistilledSetWriter(root, 'test', 4, {'folder': folder, 'num_images': 2}, {'ipc': 1}, {'scale': 4})
     for i, (hr, lq) in enumerate(_bsd_crops(2)):
         writer.write_unit(f'class{i}', [{'name': f'pair{i}', 'lq': lq, 'gt': hr}])

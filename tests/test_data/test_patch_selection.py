@@ -12,14 +12,14 @@ from basicsr_distill.data import patch_selection as ps
 from basicsr_distill.data.sr_class_dataset import kmeans_pseudo_labels
 from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, modcrop, read_rgb
 from basicsr_distill.ops.psnr_bic import psnr_bic
-from conftest import shared_path
+from conftest import data_path
 
 T91_SUBSET = ['t1.png', 't2.png', 't5.png', 't10.png', 't20.png', 't50.png']  # t20 is 88 pixels wide
 
 
 @pytest.fixture(scope='module')
 def t91():
-    return shared_path('data', 'train', 't91')
+    return data_path('data', 'train', 't91')
 
 
 @pytest.fixture(scope='module')
@@ -266,7 +266,7 @@ def test_instance_patch_count_from_the_header_by_hand(tmp_path):
     from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
     folder = tmp_path / 'hr'
     folder.mkdir()
-    img = cv2.imread(os.path.join(shared_path('data', 'train', 'bsd200'), '100075.png'))[:100, :70]
+    img = cv2.imread(os.path.join(data_path('data', 'train', 'bsd200'), '100075.png'))[:100, :70]
     cv2.imwrite(str(folder / 'crop.png'), img)
     source = SRInstanceDataset({'dataroot_gt': str(folder), 'scale': 4, 'gt_size': 32, 'stride': 16})
     assert source.hr_shapes == [(100, 70)]

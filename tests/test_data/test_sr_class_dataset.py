@@ -16,7 +16,7 @@ import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision
 from basicsr.data import build_dataset
 from basicsr_distill.data.sr_class_dataset import SRClassFolderDataset, color_gradient_features, kmeans_pseudo_labels
 from basicsr_distill.data.sr_patches import read_rgb
-from conftest import shared_path  # noqa: E402
+from conftest import data_path  # noqa: E402
 
 GT = 32
 SCALE = 4
@@ -31,15 +31,15 @@ def _copy(names, src, dst):
 
 
 def _bsd_names(num):
-    return sorted(os.listdir(shared_path('data', 'train', 'bsd200')))[:num]
+    return sorted(os.listdir(data_path('data', 'train', 'bsd200')))[:num]
 
 
 @pytest.fixture(scope='module')
 def class_root(tmp_path_factory):
     """OST-like tree: ``ost/tt`` (4 T91 images) and ``ost/bsd`` (3 BSD200 images)."""
     root = str(tmp_path_factory.mktemp('classes') / 'ost')
-    _copy(TT, shared_path('data', 'train', 't91'), osp.join(root, 'tt'))
-    _copy(_bsd_names(NUM_BSD), shared_path('data', 'train', 'bsd200'), osp.join(root, 'bsd'))
+    _copy(TT, data_path('data', 'train', 't91'), osp.join(root, 'tt'))
+    _copy(_bsd_names(NUM_BSD), data_path('data', 'train', 'bsd200'), osp.join(root, 'bsd'))
     return root
 
 
@@ -47,8 +47,8 @@ def class_root(tmp_path_factory):
 def flat_root(tmp_path_factory):
     """A flat folder ``mixed`` of 6 T91 tt images and 6 BSD200 images."""
     root = str(tmp_path_factory.mktemp('flat') / 'mixed')
-    _copy([f'tt{i}.png' for i in range(1, 7)], shared_path('data', 'train', 't91'), root)
-    _copy(_bsd_names(6), shared_path('data', 'train', 'bsd200'), root)
+    _copy([f'tt{i}.png' for i in range(1, 7)], data_path('data', 'train', 't91'), root)
+    _copy(_bsd_names(6), data_path('data', 'train', 'bsd200'), root)
     return root
 
 
@@ -209,7 +209,7 @@ def test_random_crop(class_root):
     }
     assert len(positions) > 1
     with pytest.raises(KeyError, match='not an image'):
-        dataset.random_crop(shared_path('data', 'train', 't91', 't1.png'), torch.Generator())
+        dataset.random_crop(data_path('data', 'train', 't91', 't1.png'), torch.Generator())
 
 
 # ------------------------------------------------------------------------------------------------ BasicSR dataloader
@@ -237,15 +237,15 @@ def test_getitem_is_class_balanced_and_reproducible(class_root):
 # ------------------------------------------------------------------------------------------------------ image kinds
 def test_grayscale_16bit_and_alpha_images(tmp_path):
     root = str(tmp_path / 'kinds')
-    _copy(['bridge.png'], shared_path('data', 'val', 'Set14', 'HR'), osp.join(root, 'gray'))
-    rgb8 = cv2.imread(shared_path('data', 'train', 't91', 'tt1.png'), cv2.IMREAD_COLOR)  # BGR uint8
+    _copy(['bridge.png'], data_path('data', 'val', 'Set14', 'HR'), osp.join(root, 'gray'))
+    rgb8 = cv2.imread(data_path('data', 'train', 't91', 'tt1.png'), cv2.IMREAD_COLOR)  # BGR uint8
     os.makedirs(osp.join(root, 'deep'))
     bgra16 = np.concatenate([rgb8, np.full_like(rgb8[..., :1], 200)], 2).astype(np.uint16) * 257
     cv2.imwrite(osp.join(root, 'deep', 'tt1_16bit_alpha.png'), bgra16)
     dataset = make(root)
     assert dataset.class_names == ['deep', 'gray']
 
-    gray = cv2.imread(shared_path('data', 'val', 'Set14', 'HR', 'bridge.png'), cv2.IMREAD_UNCHANGED)
+    gray = cv2.imread(data_path('data', 'val', 'Set14', 'HR', 'bridge.png'), cv2.IMREAD_UNCHANGED)
     assert gray.ndim == 2
     batch, info = dataset.sample_class_batch(1, 4, torch.Generator().manual_seed(0), return_info=True)
     assert tuple(batch.shape) == (4, 3, GT, GT)
@@ -281,11 +281,11 @@ def test_errors_name_the_folder(tmp_path, class_root):
         make(empty_flat)
 
     small = str(tmp_path / 'small')  # T91 t20 (78x78) and t12 (114x119): smaller than 128
-    _copy(['t20.png', 't12.png'], shared_path('data', 'train', 't91'), osp.join(small, 'tiny'))
+    _copy(['t20.png', 't12.png'], data_path('data', 'train', 't91'), osp.join(small, 'tiny'))
     with pytest.raises(ValueError, match=r'tiny.*0 image\(s\)'):
         make(small, gt_size=128)
     small_flat = str(tmp_path / 'small_flat')
-    _copy(['t20.png'], shared_path('data', 'train', 't91'), small_flat)
+    _copy(['t20.png'], data_path('data', 'train', 't91'), small_flat)
     with pytest.raises(ValueError, match='small_flat'):
         make(small_flat, gt_size=128)
 
@@ -296,7 +296,7 @@ def test_errors_name_the_folder(tmp_path, class_root):
         make(class_root, gt_size=30)  # not a multiple of scale 4
 
     broken = str(tmp_path / 'broken')
-    _copy(TT[:1], shared_path('data', 'train', 't91'), osp.join(broken, 'tt'))
+    _copy(TT[:1], data_path('data', 'train', 't91'), osp.join(broken, 'tt'))
     with open(osp.join(broken, 'tt', 'truncated.png'), 'wb') as f:
         f.write(b'\x89PNG\r\n\x1a\n not an image')
     with pytest.raises(ValueError, match='truncated.png'):
@@ -305,7 +305,7 @@ def test_errors_name_the_folder(tmp_path, class_root):
 
 def test_small_images_are_skipped_with_a_warning(tmp_path, caplog):
     root = str(tmp_path / 'mixed_sizes')
-    _copy(['t20.png', 't1.png'], shared_path('data', 'train', 't91'), osp.join(root, 'tt'))  # 78x78, 197x176
+    _copy(['t20.png', 't1.png'], data_path('data', 'train', 't91'), osp.join(root, 'tt'))  # 78x78, 197x176
     with caplog.at_level(logging.WARNING, logger='basicsr'):
         dataset = make(root, gt_size=96)
     assert dataset.images_of(0) == [osp.join(root, 'tt', 't1.png')]
@@ -314,7 +314,7 @@ def test_small_images_are_skipped_with_a_warning(tmp_path, caplog):
 
 # ---------------------------------------------------------------------------------------------------- pseudo-labels
 def test_color_gradient_features():
-    img = read_rgb(shared_path('data', 'train', 't91', 'tt1.png'))
+    img = read_rgb(data_path('data', 'train', 't91', 'tt1.png'))
     feat = color_gradient_features(img)
     assert feat.shape == (14, ) and feat.dtype == np.float64
     np.testing.assert_allclose(feat[6:].sum(), 1.0)
@@ -325,7 +325,7 @@ def test_color_gradient_features():
     np.testing.assert_allclose(feat[3:6], centre.std(0), rtol=1e-12)
     assert np.array_equal(feat, color_gradient_features(img.copy()))
 
-    gray = read_rgb(shared_path('data', 'val', 'Set14', 'HR', 'bridge.png'))
+    gray = read_rgb(data_path('data', 'val', 'Set14', 'HR', 'bridge.png'))
     gfeat = color_gradient_features(gray)
     assert gfeat[0] == gfeat[1] == gfeat[2] and gfeat[3] == gfeat[4] == gfeat[5]
     flat = np.full((40, 50, 3), 0.3, np.float32)

@@ -39,7 +39,7 @@ from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_op
 from basicsr_distill.models.gsdd_model import GSDD_DEFAULTS, GSDDModel
 from basicsr_distill.models.idc_model import IDC_DEFAULTS, IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MINIMAX_DEFAULTS, MinimaxDiffusionModel
-from conftest import REPO, basicsr_log, build_distill_model, shared_path
+from conftest import REPO, basicsr_log, build_distill_model, data_path
 
 T91 = ('data', 'train', 't91')
 IMDN_WEIGHTS = osp.join(REPO, 'weights', 'imdn_baseline.pth')
@@ -56,7 +56,7 @@ def _threads(one_thread):
 def _copy_t91(folder, names):
     os.makedirs(folder, exist_ok=True)
     for name in names:
-        shutil.copy(shared_path(*T91, name), osp.join(folder, name))
+        shutil.copy(data_path(*T91, name), osp.join(folder, name))
     return str(folder)
 
 
@@ -128,14 +128,14 @@ def _minimax_opt(tmp_path, hr_folder, finetune_iters=2, **sections):
 def _broken_images(folder):
     """A PNG cut in half, a text file named .png and a JPEG cut in half, in ``folder``: {kind: path}."""
     os.makedirs(folder, exist_ok=True)
-    data = open(shared_path(*T91, 'tt1.png'), 'rb').read()
+    data = open(data_path(*T91, 'tt1.png'), 'rb').read()
     paths = {'half_png': osp.join(folder, 'half.png'), 'text_png': osp.join(folder, 'text.png'),
              'half_jpg': osp.join(folder, 'half.jpg')}
     with open(paths['half_png'], 'wb') as f:
         f.write(data[:len(data) // 2])
     with open(paths['text_png'], 'w') as f:
         f.write('not an image\n')
-    jpg = cv2.imencode('.jpg', cv2.imread(shared_path(*T91, 'tt1.png')))[1].tobytes()
+    jpg = cv2.imencode('.jpg', cv2.imread(data_path(*T91, 'tt1.png')))[1].tobytes()
     with open(paths['half_jpg'], 'wb') as f:
         f.write(jpg[:len(jpg) // 2])
     return paths
@@ -150,7 +150,7 @@ def test_read_rgb_and_verify_image_name_broken_files(tmp_path):
     for kind in ('half_png', 'text_png'):  # without decoding: PNG chunks walked to IEND
         with pytest.raises(ValueError, match=paths[kind]):
             verify_image(paths[kind])
-    assert verify_image(shared_path(*T91, 'tt1.png')) == read_rgb(shared_path(*T91, 'tt1.png')).shape[:2]
+    assert verify_image(data_path(*T91, 'tt1.png')) == read_rgb(data_path(*T91, 'tt1.png')).shape[:2]
 
 
 @pytest.mark.parametrize('kind', ['half_png', 'text_png'])
@@ -225,7 +225,7 @@ def test_distilled_set_broken_file_fails_at_construction(tmp_path, kind, how):
 # ---------------------------------------------------------------------- 3. grayscale, alpha, 16-bit, palette
 def test_image_kinds_are_converted_as_documented(tmp_path):
     from PIL import Image
-    rgb8 = cv2.imread(shared_path(*T91, 't20.png'), cv2.IMREAD_COLOR)[:, :, ::-1]  # RGB uint8
+    rgb8 = cv2.imread(data_path(*T91, 't20.png'), cv2.IMREAD_COLOR)[:, :, ::-1]  # RGB uint8
     gray8 = cv2.cvtColor(np.ascontiguousarray(rgb8), cv2.COLOR_RGB2GRAY)
     alpha = np.full(gray8.shape, 77, np.uint8)
     gray3 = np.repeat(gray8[..., None], 3, 2) / 255.
@@ -255,7 +255,7 @@ def test_image_kinds_are_converted_as_documented(tmp_path):
 def test_idc_image_smaller_than_a_patch_is_skipped_with_a_warning_and_recorded(tmp_path):
     folder = tmp_path / 'hr'
     folder.mkdir()
-    cv2.imwrite(str(folder / 'tiny.png'), cv2.imread(shared_path(*T91, 't1.png'))[:28, :28])
+    cv2.imwrite(str(folder / 'tiny.png'), cv2.imread(data_path(*T91, 't1.png'))[:28, :28])
     opt = _idc_opt(tmp_path, str(folder))
     model = build_distill_model(IDCModel, opt)
     with basicsr_log() as stream:

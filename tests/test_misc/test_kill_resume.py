@@ -32,7 +32,7 @@ import torch
 import basicsr_distill  # noqa: F401
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr_distill.distilled_set import validate_distilled_set
-from conftest import REPO, shared_path, write_option_file
+from conftest import REPO, data_path, write_option_file
 
 TRAIN = osp.join(REPO, 'basicsr_distill', 'train.py')
 RUN_TIMEOUT = 120  # seconds for one process, a safety net only
@@ -61,8 +61,8 @@ def idc_options(data):
     if not osp.isdir(hr):
         os.makedirs(hr)
         for name in ('tt27', 't20'):
-            shutil.copy(shared_path('data', 'train', 't91', f'{name}.png'), osp.join(hr, f'{name}.png'))
-        cv2.imwrite(osp.join(hr, 'tiny.png'), cv2.imread(shared_path('data', 'train', 't91', 't1.png'))[:28, :28])
+            shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), osp.join(hr, f'{name}.png'))
+        cv2.imwrite(osp.join(hr, 'tiny.png'), cv2.imread(data_path('data', 'train', 't91', 't1.png'))[:28, :28])
     T = 8
     opt = _common('idc_kill', 'IDCModel', {'type': 'SRInstanceDataset', 'dataroot_gt': hr, 'gt_size': 32,
                                            'stride': 16}, 3 * T, 3)
@@ -87,7 +87,7 @@ def gsdd_options(data):
                                 ('bsd', 'bsd200', ['100075.png', '100080.png', '100098.png'])):
             os.makedirs(osp.join(root, cls))
             for name in names:
-                shutil.copy(shared_path('data', 'train', sub, name), osp.join(root, cls, name))
+                shutil.copy(data_path('data', 'train', sub, name), osp.join(root, cls, name))
         net = SRVGGNetCompact(**{k: v for k, v in G_OPT.items() if k != 'type'})
         with torch.no_grad():  # a fixed, seeded generator without touching the global RNG
             gen = torch.Generator().manual_seed(0)
@@ -110,7 +110,7 @@ def minimax_options(data):
     if not osp.isdir(hr):
         os.makedirs(hr)
         for name in ('tt1.png', 'tt2.png', 'tt3.png'):
-            shutil.copy(shared_path('data', 'train', 't91', name), osp.join(hr, name))
+            shutil.copy(data_path('data', 'train', 't91', name), osp.join(hr, name))
     opt = _common('minimax_kill', 'MinimaxDiffusionModel', {'type': 'DistillStageDataset', 'length': 10}, 7, 2)
     opt['distill'] = {
         'stage1': {'dataroot_gt': hr, 'gt_size': 64, 'stride': 64, 'threshold': 'median',

@@ -41,7 +41,7 @@ from basicsr_distill import compat
 from basicsr_distill.distilled_set import (HASH_IGNORED_KEYS, DistilledSetWriter, pending_shards, read_manifest,
                                            shard_path, validate_distilled_set)
 from basicsr_distill.models.distill_base_model import DistillBaseModel
-from conftest import shared_path
+from conftest import data_path
 from test_kill_resume import (OPTIONS, RUN_TIMEOUT, finish, leftovers, listing, start_run, state_iters,
                               stop)
 
@@ -55,7 +55,7 @@ def idc4_options(data):
     opt = OPTIONS['idc'](data)
     hr = opt['datasets']['train']['dataroot_gt']
     if not osp.isfile(osp.join(hr, 't9.png')):
-        shutil.copy(shared_path('data', 'train', 't91', 't9.png'), osp.join(hr, 't9.png'))
+        shutil.copy(data_path('data', 'train', 't91', 't9.png'), osp.join(hr, 't9.png'))
     opt['name'] = 'idc_mp'
     opt['train']['total_iter'] = 4 * opt['distill']['iters_per_instance']  # one process's need; 2 need half
     return opt

@@ -12,7 +12,7 @@ from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
-from conftest import (REPO, build_distill_model, run_basicsr_train, shared_path, straight_and_restarted,
+from conftest import (REPO, build_distill_model, run_basicsr_train, data_path, straight_and_restarted,
                       tiny_edsr_options, write_option_file)
 
 G_OPT = {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 4,
@@ -31,7 +31,7 @@ def _classes(tmp_path):
                             ('bsd', 'bsd200', ['100075.png', '100080.png', '100098.png'])):
         (root / cls).mkdir(parents=True)
         for name in names:
-            shutil.copy(shared_path('data', 'train', sub, name), root / cls / name)
+            shutil.copy(data_path('data', 'train', sub, name), root / cls / name)
     return str(root)
 
 
@@ -173,7 +173,7 @@ def test_classless_flat_folder_is_one_class_or_pseudo_classes(tmp_path):
     flat = tmp_path / 'flat'
     flat.mkdir()
     for name in ('tt1.png', 'tt2.png', 't46.png', 'tt25.png'):
-        shutil.copy(shared_path('data', 'train', 't91', name), flat / name)
+        shutil.copy(data_path('data', 'train', 't91', name), flat / name)
     one = _model(_opt(tmp_path / 'a', str(flat)))
     assert one.source.class_names == ['flat'] and read_manifest(str(tmp_path / 'a' / 'distilled'))['source'][
         'num_classes'] == 1

@@ -18,7 +18,7 @@ from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
-from conftest import (REPO, basicsr_log, build_distill_model, run_basicsr_train, shared_path, straight_and_restarted,
+from conftest import (REPO, basicsr_log, build_distill_model, run_basicsr_train, data_path, straight_and_restarted,
                       tiny_edsr_options, write_option_file)
 
 T = 6  # iterations per instance in these tests
@@ -29,9 +29,9 @@ def _images(tmp_path):
     folder = tmp_path / 'hr'
     folder.mkdir()
     for name in ('tt27', 't20'):
-        shutil.copy(shared_path('data', 'train', 't91', f'{name}.png'), folder / f'{name}.png')
+        shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), folder / f'{name}.png')
     import cv2
-    img = cv2.imread(shared_path('data', 'train', 't91', 't1.png'))
+    img = cv2.imread(data_path('data', 'train', 't91', 't1.png'))
     cv2.imwrite(str(folder / 'tiny.png'), img[:28, :28])
     return str(folder)
 

@@ -9,7 +9,7 @@ import torch
 import basicsr_distill  # noqa: F401
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
-from conftest import (build_distill_model, run_basicsr_train, shared_path, straight_and_restarted, tiny_edsr_options,
+from conftest import (build_distill_model, run_basicsr_train, data_path, straight_and_restarted, tiny_edsr_options,
                       write_option_file)
 
 
@@ -23,7 +23,7 @@ def _opt(tmp_path, finetune_iters=3):
     if not hr.exists():
         hr.mkdir(parents=True)
         for name in ('tt1.png', 'tt2.png', 'tt3.png'):
-            shutil.copy(shared_path('data', 'train', 't91', name), hr / name)
+            shutil.copy(data_path('data', 'train', 't91', name), hr / name)
     return {
         'name': 'minimax_test', 'model_type': 'MinimaxDiffusionModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
         'datasets': {'train': {'name': 'stages', 'type': 'DistillStageDataset', 'length': 10, 'use_shuffle': False,

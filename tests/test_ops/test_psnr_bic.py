@@ -6,13 +6,13 @@ import basicsr_distill  # noqa: F401  (compat fixes first)
 from basicsr.utils.matlab_functions import imresize
 from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.ops.psnr_bic import bicubic_resize_matrix, bicubic_round_trip, psnr_bic, psnr_bic_batch
-from conftest import shared_path
+from conftest import data_path
 
 
 @pytest.fixture(scope='module')
 def t91_patches():
     """Six 32x32 patches of real T91 images (float32 RGB in [0, 1])."""
-    img = read_rgb(shared_path('data', 'train', 't91', 't1.png'))
+    img = read_rgb(data_path('data', 'train', 't91', 't1.png'))
     return np.stack([img[y:y + 32, x:x + 32] for y in (0, 64, 128) for x in (0, 96)])
 
 

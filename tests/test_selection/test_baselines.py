@@ -21,7 +21,7 @@ from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.selection import (patch_features, random_feature_network, select_dcsr, select_herding,
                                        select_kcenter, select_lowest_psnr_bic, select_psnr_bic, texture_complexity,
                                        texture_features)
-from conftest import REPO, shared_path, write_option_file
+from conftest import REPO, data_path, write_option_file
 
 POINTS_1D = np.array([0., 1., 2., 3., 10.])
 
@@ -261,13 +261,13 @@ def three_image_options(tmp_path_factory):
     hr = root / 'hr'
     os.makedirs(hr)
     for name in ('t1', 't10', 't12'):
-        shutil.copy(shared_path('data', 'train', 't91', f'{name}.png'), hr / f'{name}.png')
+        shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), hr / f'{name}.png')
     opt = {
         'name': 'select_subset_test', 'model_type': 'IDCModel', 'scale': 4,
         'datasets': {'train': {'name': 't91_3', 'type': 'SRInstanceDataset', 'dataroot_gt': str(hr), 'gt_size': 96,
                                'stride': 48}},
         'network_t': {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4},
-        'path': {'pretrain_network_t': shared_path('weights', 'imdn_baseline.pth'), 'param_key_t': 'auto',
+        'path': {'pretrain_network_t': data_path('weights', 'imdn_baseline.pth'), 'param_key_t': 'auto',
                  'strict_load_t': True},
         'distill': {'feature_layer': None},
     }
