@@ -7,10 +7,12 @@ from basicsr.utils.registry import DATASET_REGISTRY
 @DATASET_REGISTRY.register()
 class DistillStageDataset(data.Dataset):
     """Items are ticks ``{'tick': index}``: the model loads its own data for each stage (e.g. the stage-1 patch
-    selection of ``MinimaxDiffusionModel``, configured in ``distill.stage1``).
+    selection of ``MinimaxDiffusionModel``).
 
     Options:
         length (int): items per epoch (any positive number; it only sets BasicSR's epoch length). Default: 1000.
+        dataroot_gt, meta_info_file, gt_size, stride: The data of the model's stages, read by the model (Minimax-SR:
+            the HR images of stage 1, their meta-info filter and the HR patch size and stride); not used here.
     """
 
     def __init__(self, opt):

@@ -17,7 +17,6 @@ Collectives come from ``mmengine.dist`` (no-ops in a single process).
 """
 import copy
 import math
-import numbers
 import os
 import os.path as osp
 import time
@@ -26,74 +25,12 @@ from collections import OrderedDict
 import torch
 from mmengine import dist as mmdist
 
-from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 from basicsr_distill.distilled_set import DistilledSetWriter
-from basicsr_distill.utils.checkpoint import load_pretrained
-
-
-#: Options whose default is a string but which also take None (``~``): a diffusers folder without subfolder.
-_NULLABLE = frozenset({'distill.dit.subfolder', 'distill.vae.subfolder'})
-
-
-def _check_option_type(default, value, name):
-    """``value`` checked against the type of ``default`` (bool, int, float or str); returns it normalised.
-
-    Ints are accepted for floats (returned as float); integral floats for ints (returned as int, e.g. YAML's
-    ``!!float 1e4``); a bool is never a number and a number never a bool. Other defaults accept anything.
-
-    Raises:
-        ValueError: naming the option ``name``, the expected type and the value given.
-    """
-    if default is None or not isinstance(default, (bool, int, float, str)) or (value is None and name in _NULLABLE):
-        return value
-    if isinstance(default, bool):
-        ok, expected = isinstance(value, bool), 'a bool (true / false)'
-    elif isinstance(default, int):
-        ok, expected = False, 'an int'
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            ok, value = True, int(value)
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and \
-                float(value).is_integer():
-            ok, value = True, int(value)
-    elif isinstance(default, float):
-        ok, expected = isinstance(value, numbers.Real) and not isinstance(value, bool), 'a number (float or int)'
-        value = float(value) if ok else value
-    else:
-        ok, expected = isinstance(value, str), 'a string'
-    if ok:
-        return value
-    hint = ''
-    if isinstance(value, str) and not isinstance(default, (bool, str)):
-        hint = ' (PyYAML reads 1e-3 as a string: write 1.0e-3 or !!float 1e-3)'
-    raise ValueError(f'option {name} must be {expected} like its default {default!r}, got {value!r} '
-                     f'({type(value).__name__}){hint}')
-
-
-def merge_options(defaults, given, prefix='distill'):
-    """``defaults`` updated by ``given`` (nested dicts merged), with the keys and types checked.
-
-    A value whose default is a bool, an int, a float or a str must be of that type (see
-    :func:`_check_option_type`: ints are accepted for floats, integral floats for ints); defaults that are None,
-    lists, or empty dicts accept any value; non-empty dict defaults are merged key by key.
-
-    Raises:
-        ValueError: ``given`` is not a mapping, an unknown key, or a value of the wrong type; the message names the
-            option (``distill.<key>``).
-    """
-    if given is not None and not isinstance(given, dict):
-        raise ValueError(f'option {prefix} must be a mapping of options, got {given!r} ({type(given).__name__})')
-    out = dict(defaults)
-    for key, value in (given or {}).items():
-        if key not in defaults:
-            raise ValueError(f'unknown option {prefix}.{key}; known: {sorted(defaults)}')
-        if isinstance(defaults[key], dict) and defaults[key] and isinstance(value, dict):
-            out[key] = merge_options(defaults[key], value, f'{prefix}.{key}')
-        else:
-            out[key] = _check_option_type(defaults[key], value, f'{prefix}.{key}')
-    return out
+from basicsr_distill.utils.checkpoint import build_network, load_pretrained
+from basicsr_distill.utils.options import merge_options  # noqa: F401  (re-exported: moved there)
 
 
 def to_cpu(obj):
@@ -110,9 +47,17 @@ def to_cpu(obj):
 
 
 class DistillBaseModel(BaseModel):
-    """Base class: frozen networks, seeded per-unit generators, progress with ETA, unit-level save / resume.
+    """Base class: frozen networks, seeded per-unit generators, progress with ETA, unit-level save / resume, and the
+    step sequence every method shares (:meth:`optimize_parameters`).
 
-    Subclasses implement ``optimize_parameters(current_iter)`` and ``unit_state()`` / ``load_unit_state()``.
+    The sequence of one iteration: locate the unit and the step (:meth:`locate_unit`), skip finished or
+    out-of-range units, start the unit at its first step seen in this process (:meth:`start_unit`, with the resumed
+    state when ``--auto_resume`` saved one), take one step (:meth:`step_unit`), and at the unit's last step (or when
+    ``step_unit`` says the unit is done early) write its pairs (:meth:`finish_unit` -> :meth:`commit_unit`).
+
+    Subclasses set ``unit_names`` (one per unit, in order), ``steps_per_unit`` and ``writer`` in ``__init__`` and
+    implement the hooks :meth:`start_unit`, :meth:`step_unit`, :meth:`finish_unit` and :meth:`unit_state`; the
+    unit in progress is ``self.unit`` (a small dataclass per method with at least ``index``, ``name`` and ``t0``).
 
     Attributes:
         rank (int), world_size (int): This process and the number of processes (0 and 1 without
@@ -136,6 +81,8 @@ class DistillBaseModel(BaseModel):
         self._unit_times = []
         self.writer = None  # subclasses: the DistilledSetWriter of the output folder (open_writer)
         self.unit_names = []  # subclasses: ids of the units that write pairs, in order
+        self.steps_per_unit = 1  # subclasses: T, the iterations of one unit
+        self.unit = None  # the unit in progress (a dataclass of the method), None between units
 
     def _check_dist_device(self):
         """The model's device fits the process group (see the class docstring)."""
@@ -264,6 +211,60 @@ class DistillBaseModel(BaseModel):
                          f'{seconds:.1f} s; {remaining} left{where}, ETA '
                          f'{time.strftime("%H:%M:%S", time.gmtime(eta))}')
 
+    # ----------------------------------------------------------------------------------------- the step sequence
+    def locate_unit(self, current_iter):
+        """``current_iter`` -> (unit index, 1-based step inside the unit) for this process; None: no unit.
+
+        Default: :meth:`locate` with ``steps_per_unit`` (rank k of W takes units k, k + W, ...).
+        """
+        return self.locate(current_iter, self.steps_per_unit, self.rank, self.world_size)
+
+    def start_unit(self, index, resumed):
+        """Hook: set up unit ``index`` and return its state object (``index``, ``name``, ``t0`` at least).
+
+        Args:
+            index (int): The unit (0-based, in ``unit_names`` order).
+            resumed (dict | None): What :meth:`unit_state` returned for this unit before a restart (on the CPU), or
+                None for a fresh start.
+        """
+        raise NotImplementedError
+
+    def step_unit(self, unit, step, current_iter):
+        """Hook: one step of ``unit`` (``step`` is 1-based inside it); set ``self.log_dict``.
+
+        Returns:
+            bool: True if the unit is complete before ``steps_per_unit`` (e.g. an image with no patch).
+        """
+        raise NotImplementedError
+
+    def finish_unit(self, unit):
+        """Hook: the finished unit's pairs (``{'name', 'lq', 'gt', 'info'}`` dicts, see ``DistilledSetWriter``)."""
+        raise NotImplementedError
+
+    def optimize_parameters(self, current_iter):
+        """One iteration of the step sequence (see the class docstring); BasicSR's train loop calls it.
+
+        Raises:
+            FloatingPointError: From :meth:`step_unit`: a NaN / infinite loss or gradient, before the optimiser step
+                (see :meth:`check_finite`); nothing of the unit is written.
+        """
+        located = self.locate_unit(current_iter)
+        if located is None:
+            self.log_dict.clear()
+            return
+        index, step = located
+        if index >= len(self.unit_names) or self.writer.is_finished(self.unit_names[index]):
+            self.log_dict.clear()
+            return
+        if self.unit is None or self.unit.index != index:
+            self.unit = self.start_unit(index, self.take_pending_state(index))
+        self.log_dict.clear()  # a step that computes no loss logs none (not the previous step's)
+        done_early = self.step_unit(self.unit, step, current_iter)
+        if done_early or step == self.steps_per_unit:
+            unit, self.unit = self.unit, None
+            pairs = self.finish_unit(unit)
+            self.commit_unit(unit.index, unit.name, pairs, time.time() - unit.t0)
+
     # ----------------------------------------------------------------------------------------- BasicSR API
     def feed_data(self, data):
         """The loop's item is only a tick; the unit's data is loaded by the model (see the module docstring)."""
@@ -275,11 +276,10 @@ class DistillBaseModel(BaseModel):
         return [group['lr'] for opt in self.optimizers for group in opt.param_groups] or [0.0]
 
     def unit_state(self):
-        """State of the unit in progress (tensors, numbers, strings only), or None between units."""
+        """Hook: state of ``self.unit`` (tensors, numbers, strings only, with its ``unit_index``), or None between
+        units. After a restart it comes back as ``resumed`` to :meth:`start_unit` of the same unit (the one resume
+        path: :meth:`resume_training` -> :meth:`take_pending_state`)."""
         return None
-
-    def load_unit_state(self, state):
-        """Restore what :meth:`unit_state` returned (called when the unit restarts after a resume)."""
 
     def save(self, epoch, current_iter):
         """Save the unit in progress as a BasicSR training state (atomically); -1 finalises the distilled set.

@@ -13,6 +13,8 @@ loss), iterations ``c * T + 1 .. (c + 1) * T`` of BasicSR's loop:
 3. end: HR = clamp(G(z), 0, 1), LR = BasicSR ``imresize`` x 1/scale; IPC pairs written with their class.
 """
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,10 +23,11 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dm_resnet_arch import DMResNet18
 from basicsr_distill.data.sr_patches import bicubic_lr
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
-from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
+from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
 from basicsr_distill.ops.latent_dm import backprop_in_chunks, embed_in_chunks, objective_and_feature_grad
 from basicsr_distill.utils.feature_tap import FeatureTap
+from basicsr_distill.utils.options import merge_options
 
 #: Defaults of the ``distill`` section (paper: lambda = 0.1, Adam (0.9, 0.999), lr 1e-3, IPC 100, 500k iterations).
 GSDD_DEFAULTS = {
@@ -41,8 +44,26 @@ GSDD_DEFAULTS = {
 }
 
 
-class _ClassUnit:
-    """The class being distilled; dropped when it is written."""
+@dataclass
+class GSDDClassUnit:
+    """The class being distilled; dropped when it is written.
+
+    Attributes:
+        index (int), name (str), t0 (float): The unit (0-based class), its name and start time (s).
+        generator (torch.Generator): The class's seeded generator (image draw, crops, extractors, DSA, batches).
+        pair_paths (list[str]): The real image of each latent (IPC entries, repeated if IPC > images).
+        x_pair (Tensor): (IPC, 3, H, W) real crops in [0, 1] paired with the latents (R, Eq. 8).
+        z (Parameter): (IPC, 3, h, w) latents (G's LR input).
+        optimizer (Optimizer): Adam on z.
+    """
+    index: int
+    name: str
+    t0: float
+    generator: torch.Generator
+    pair_paths: Any = None
+    x_pair: Any = None
+    z: Any = None
+    optimizer: Any = None
 
 
 @MODEL_REGISTRY.register()
@@ -88,7 +109,7 @@ class GSDDModel(DistillBaseModel):
                 param.requires_grad_(False)
         self.source = build_dataset(opt['datasets']['train'])
         self.scale = int(opt['scale'])
-        self.T = int(cfg['iters_per_class'])
+        self.T = self.steps_per_unit = int(cfg['iters_per_class'])
         needed = self.units_per_rank(self.source.num_classes) * self.T
         if int(opt['train']['total_iter']) < needed:
             raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: ' + self.iters_needed_text(
@@ -103,7 +124,6 @@ class GSDDModel(DistillBaseModel):
                     'num_images': sum(len(self.source.images_of(c)) for c in range(self.source.num_classes)),
                     'gt_size': opt['datasets']['train']['gt_size']},
             size_control={'ipc': int(cfg['ipc'])}, options=opt)
-        self.unit = None
         self.logger.info(f'GSDD: {self.source.num_classes} classes x {self.T} iterations, IPC {cfg["ipc"]} -> {root} '
                          f'({len(self.writer.finished_units)} classes already written)')
 
@@ -204,10 +224,19 @@ class GSDDModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ units
     def _start_unit(self, index, resumed=None):
+        """Start class ``index`` outside the train loop (tests, profilers): ``self.unit`` is the fresh class."""
+        self.unit = self.start_unit(index, resumed)
+
+    def start_unit(self, index, resumed):
+        """Start class ``index``: IPC real crops (seeded) and their latents by GAN inversion (Eq. 3-5), or the saved
+        latents, optimiser and generator when ``resumed``.
+
+        Returns:
+            GSDDClassUnit: The class.
+        """
         cfg = self.cfg
-        unit = _ClassUnit()
-        unit.index, unit.name, unit.t0 = index, self.source.class_names[index], time.time()
-        unit.generator = self.unit_generator(index)
+        unit = GSDDClassUnit(index=index, name=self.source.class_names[index], t0=time.time(),
+                             generator=self.unit_generator(index))
         paths = self.source.images_of(index)
         ipc = int(cfg['ipc'])
         order = torch.randperm(len(paths), generator=unit.generator).tolist()
@@ -221,46 +250,41 @@ class GSDDModel(DistillBaseModel):
         if resumed is not None:
             unit.optimizer.load_state_dict(resumed['optimizer'])
             unit.generator.set_state(resumed['generator'])
-        self.unit = unit
         self.optimizers = [unit.optimizer]
         self.logger.info(f'GSDD class {index + 1} of {self.source.num_classes} ({unit.name}): {len(paths)} real '
                          f'images -> IPC {ipc}; latents {tuple(unit.z.shape[1:])}'
                          + (' (resumed)' if resumed is not None else f', inverted in {time.time() - unit.t0:.1f} s'))
+        return unit
 
-    def optimize_parameters(self, current_iter):
-        """One step on the latents of the class ``current_iter`` falls in (see the module docstring).
+    def step_unit(self, unit, step, current_iter):
+        """One step on the latents z (IPC, 3, h, w) of ``unit`` (the base model's step sequence calls it).
 
-        Starts the class (GAN inversion, Eq. 3-5) at its first step, takes one Adam step on the latents z (IPC, 3, h, w)
-        for L = (1 - lambda) L_dis + lambda R (Eq. 7-9) with a fresh random extractor and one DSA draw, and writes
-        the class's pairs at its last step. Finished or out-of-range classes are skipped.
+        One Adam step for L = (1 - lambda) L_dis + lambda R (Eq. 7-9) with a fresh random extractor and one DSA draw
+        from the class's generator, then z clamped to [0, 1] if ``clamp_latents``.
+
+        Returns:
+            bool: False (a class always runs its T steps).
 
         Raises:
             FloatingPointError: A NaN / infinite loss or gradient (before the Adam step; see ``check_finite``).
         """
-        index, step = self.locate(current_iter, self.T, self.rank, self.world_size)
-        if index >= self.source.num_classes or self.writer.is_finished(self.source.class_names[index]):
-            self.log_dict.clear()
-            return
-        if self.unit is None or self.unit.index != index:
-            self._start_unit(index, self.take_pending_state(index))
-        unit, cfg = self.unit, self.cfg
+        cfg = self.cfg
         self._draw_extractor(unit.generator)
-        real = self.source.sample_class_batch(index, int(cfg['batch_real']), unit.generator)
+        real = self.source.sample_class_batch(unit.index, int(cfg['batch_real']), unit.generator)
         params = sample_dsa_params(self.dsa_cfg, real.shape[2], real.shape[3], unit.generator)
         unit.optimizer.zero_grad(set_to_none=True)
-        where = (f'GSDD class {index + 1} of {self.source.num_classes} ({unit.name}), iteration {current_iter} '
+        where = (f'GSDD class {unit.index + 1} of {self.source.num_classes} ({unit.name}), iteration {current_iter} '
                  f'(step {step} of {self.T})')
         self.log_dict = self.gsdd_step_losses(unit, real, params, where=where)
         unit.optimizer.step()
         if cfg['clamp_latents']:
             with torch.no_grad():
                 unit.z.clamp_(0, 1)
-        if step == self.T:
-            self._write_unit()
+        return False
 
     @torch.no_grad()
-    def _write_unit(self):
-        unit = self.unit
+    def finish_unit(self, unit):
+        """The class's pairs: HR = clamp(G(z), 0, 1) (in chunks), LR = its bicubic x 1/scale."""
         pairs = []
         for i in range(0, unit.z.shape[0], self.cfg['chunk_size']):
             hr = self.generate(unit.z[i:i + self.cfg['chunk_size']]).clamp(0, 1)
@@ -273,8 +297,7 @@ class GSDDModel(DistillBaseModel):
                     'info': {'class': unit.name, 'class_index': unit.index, 'paired_image': unit.pair_paths[j],
                              'init': 'gan_inversion'},
                 })
-        self.unit = None
-        self.commit_unit(unit.index, unit.name, pairs, time.time() - unit.t0)
+        return pairs
 
     def get_current_learning_rate(self):
         return [self.cfg['optim']['lr']]

@@ -15,17 +15,20 @@ losses/idc_loss.py (Eq. 7-8), grouping in ops/grouping.py.
 import math
 import os.path as osp
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_ncfd, pair_loss
-from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
+from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
                                           nearest_real_in_group, patch_descriptors)
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
 from basicsr_distill.utils.feature_tap import FeatureTap
+from basicsr_distill.utils.options import merge_options
 
 #: Defaults of the ``distill`` section; the paper gives r = 0.1 and 20k iterations per image, the rest is ours.
 IDC_DEFAULTS = {
@@ -46,8 +49,52 @@ IDC_DEFAULTS = {
 }
 
 
-class _Instance:
-    """Everything about the instance being condensed; dropped when it is written (memory bound: one instance)."""
+@dataclass
+class IDCInstance:
+    """Everything about the instance (training image) being condensed; dropped when it is written, so memory holds
+    one instance. Tensors live on the model's device except ``generator`` (CPU) and ``init_ids``.
+
+    Attributes:
+        index (int), name (str), path (str): The unit (0-based), its name (image stem) and image path.
+        t0 (float): Start time (s, ``time.time()``).
+        num_real (int): N, real LR patches of the image (0: too small, no pair is written).
+        generator (torch.Generator): The instance's seeded generator (RLFF channels, NCFD frequencies, init).
+        n_syn (int): n = max(1, round(r N)) synthetic patches.
+        init_ids (Tensor): (n,) indices of the real patches x_hat started from (-1 for noise).
+        coords (list): HR (y, x) of every real patch.
+        x_hat (Parameter): (n, 3, h, w) synthetic LR patches in [0, 1].
+        optimizer (Optimizer), base_lr (float): Adam on x_hat and its learning rate before the schedule.
+        rlff (RandomLocalFourierFeatures): The instance's RLFF (Eq. 4-5).
+        local_real (Tensor): (P_r, p*p, C_out) real local features.
+        labels_real (Tensor), centroids (Tensor), num_groups (int): K-means groups of the real local patches.
+        patches_per_image (int), num_syn_patches (int): Local patches per LR patch, and of all of x_hat.
+        bank (RealCharacteristicBank): Real-side characteristic functions (NCFD, Eq. 2-3).
+        quotas (Tensor), assigned (Tensor), pair_index (Tensor): Group quotas, the group of each synthetic local
+            patch (-1: not yet assigned) and its L_pair partner.
+    """
+    index: int
+    name: str
+    path: str
+    t0: float
+    num_real: int
+    generator: torch.Generator
+    n_syn: int = 0
+    init_ids: Any = None
+    coords: Any = None
+    x_hat: Any = None
+    optimizer: Any = None
+    base_lr: float = 0.0
+    rlff: Any = None
+    local_real: Any = None
+    labels_real: Any = None
+    centroids: Any = None
+    num_groups: int = 0
+    patches_per_image: int = 0
+    num_syn_patches: int = 0
+    bank: Any = None
+    quotas: Any = None
+    assigned: Any = None
+    pair_index: Any = None
 
 
 @MODEL_REGISTRY.register()
@@ -76,7 +123,7 @@ class IDCModel(DistillBaseModel):
         self.tap = FeatureTap(self.net_t, self.cfg['feature_layer'])
         self.source = build_dataset(opt['datasets']['train'])
         self.scale = int(opt['scale'])
-        self.T = int(self.cfg['iters_per_instance'])
+        self.T = self.steps_per_unit = int(self.cfg['iters_per_instance'])
         needed = self.units_per_rank(self.source.num_instances) * self.T
         if int(opt['train']['total_iter']) < needed:
             raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: ' + self.iters_needed_text(
@@ -89,7 +136,6 @@ class IDCModel(DistillBaseModel):
             source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_images': self.source.num_instances,
                     'gt_size': self.source.gt_size, 'stride': self.source.stride},
             size_control={'r': self.cfg['ratio']}, options=opt)
-        self.inst = None
         self.logger.info(f'IDC: {self.source.num_instances} instances x {self.T} iterations -> {root} '
                          f'({len(self.writer.finished_units)} already written)')
 
@@ -106,19 +152,26 @@ class IDCModel(DistillBaseModel):
         if cfg['lr_schedule'] not in ('constant', 'cosine'):
             raise ValueError(f"distill.lr_schedule must be 'constant' or 'cosine', got {cfg['lr_schedule']!r}")
 
+    @property
+    def inst(self):
+        """The instance in progress (``self.unit``), an :class:`IDCInstance`, or None."""
+        return self.unit
+
     # ------------------------------------------------------------------------------------------ instance start
-    def _start_instance(self, index):
+    def start_unit(self, index, resumed):
+        """Start instance ``index`` (step 1 of Algorithm 1, see the module docstring); ``resumed``: its saved state.
+
+        Returns:
+            IDCInstance: The instance (``num_real`` 0 when the image is smaller than one patch).
+        """
         cfg = self.cfg
         data = self.source.load_instance(index)
-        inst = _Instance()
-        inst.index, inst.name, inst.path, inst.t0 = index, data['name'], data['path'], time.time()
-        inst.num_real = data['lq'].shape[0]
-        inst.generator = self.unit_generator(index)
+        inst = IDCInstance(index=index, name=data['name'], path=data['path'], t0=time.time(),
+                           num_real=data['lq'].shape[0], generator=self.unit_generator(index))
         if inst.num_real == 0:
             self.logger.warning(f'IDC instance {index + 1}: {data["path"]} {data["hr_shape"]} is smaller than one '
                                 f'{self.source.gt_size}x{self.source.gt_size} patch: skipped, no pair written')
-            self.inst = inst
-            return
+            return inst
         real = data['lq'].to(self.device)
         inst.n_syn = max(1, round(cfg['ratio'] * inst.num_real))
         if cfg['init'] == 'real':
@@ -151,11 +204,23 @@ class IDCModel(DistillBaseModel):
         inst.quotas = group_quotas(inst.labels_real, inst.num_groups, inst.num_syn_patches)
         inst.assigned = torch.full((inst.num_syn_patches, ), -1, dtype=torch.long, device=self.device)
         inst.pair_index = torch.zeros(inst.num_syn_patches, dtype=torch.long, device=self.device)
-        self.inst = inst
         self.optimizers = [inst.optimizer]
         self.logger.info(f'IDC instance {index + 1} of {self.source.num_instances} ({inst.name}): N={inst.num_real} '
                          f'real patches -> n={inst.n_syn} synthetic; {inst.local_real.shape[0]} real local patches '
                          f'in {inst.num_groups} groups')
+        if resumed is not None:
+            with torch.no_grad():
+                inst.x_hat.copy_(resumed['x_hat'].to(self.device))
+            inst.optimizer.load_state_dict(resumed['optimizer'])
+            inst.assigned = resumed['assigned'].to(self.device)
+            inst.pair_index = resumed['pair_index'].to(self.device)
+            inst.generator.set_state(resumed['generator'])
+            self.logger.info(f'IDC instance {inst.index + 1} ({inst.name}) resumed from its saved state')
+        return inst
+
+    def _start_instance(self, index):
+        """Start instance ``index`` outside the train loop (profilers): ``self.unit`` is the fresh instance."""
+        self.unit = self.start_unit(index, None)
 
     # ------------------------------------------------------------------------------------------ one step
     def _assign_round(self, step):
@@ -211,50 +276,39 @@ class IDCModel(DistillBaseModel):
         losses['l_total'] = total
         return losses
 
-    def optimize_parameters(self, current_iter):
-        """One step of Algorithm 1 for the instance ``current_iter`` falls in (see the module docstring).
+    def step_unit(self, inst, step, current_iter):
+        """One step of Algorithm 1 on ``inst`` (the base model's step sequence calls it; see the module docstring).
 
-        Starts the instance at its first step, takes one Adam step on x_hat (N_syn, 3, h, w) in [0, 1] for
-        L = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up; NCFD Eq. 2-3 / 6, Eq. 7-8), and writes the
-        instance's pairs at its last step. Finished or out-of-range instances are skipped.
+        One Adam step on x_hat (n, 3, h, w) in [0, 1] for L = w_ins L_ins (+ w_group L_group + w_pair L_pair after
+        the warm-up; NCFD Eq. 2-3 / 6, Eq. 7-8), then x_hat clamped to [0, 1].
+
+        Returns:
+            bool: True for an image with no patch (written at once, with no pair).
 
         Raises:
             FloatingPointError: A NaN / infinite loss or gradient (before the Adam step; see ``check_finite``).
         """
-        index, step = self.locate(current_iter, self.T, self.rank, self.world_size)
-        if index >= self.source.num_instances or self.writer.is_finished(self.source.names[index]):
-            self.log_dict.clear()
-            return
-        if self.inst is None or self.inst.index != index:
-            self._start_instance(index)
-            resumed = self.take_pending_state(index)
-            if resumed is not None and self.inst.num_real:
-                self.load_unit_state(resumed)
-            if not self.inst.num_real:  # too small for one patch: record the empty unit now, idle until the next
-                self._write_instance()
-                return
-        inst = self.inst
-        if inst.num_real:
-            for group in inst.optimizer.param_groups:
-                group['lr'] = self._lr(step)
-            inst.optimizer.zero_grad(set_to_none=True)
-            losses = self.idc_losses(inst.rlff(self.tap(inst.x_hat)), step)
-            where = (f'IDC instance {index + 1} of {self.source.num_instances} ({inst.name}), iteration '
-                     f'{current_iter} (step {step} of {self.T})')
-            self.check_finite(losses, where)  # before backward / step: x_hat keeps its last finite values
-            losses['l_total'].backward()
-            self.check_finite(losses, where, [inst.x_hat])
-            inst.optimizer.step()
-            with torch.no_grad():
-                inst.x_hat.clamp_(0, 1)
-            self.log_dict = {k: float(v.detach()) for k, v in losses.items()}
-        if step == self.T:
-            self._write_instance()
+        if not inst.num_real:
+            return True
+        for group in inst.optimizer.param_groups:
+            group['lr'] = self._lr(step)
+        inst.optimizer.zero_grad(set_to_none=True)
+        losses = self.idc_losses(inst.rlff(self.tap(inst.x_hat)), step)
+        where = (f'IDC instance {inst.index + 1} of {self.source.num_instances} ({inst.name}), iteration '
+                 f'{current_iter} (step {step} of {self.T})')
+        self.check_finite(losses, where)  # before backward / step: x_hat keeps its last finite values
+        losses['l_total'].backward()
+        self.check_finite(losses, where, [inst.x_hat])
+        inst.optimizer.step()
+        with torch.no_grad():
+            inst.x_hat.clamp_(0, 1)
+        self.log_dict = {k: float(v.detach()) for k, v in losses.items()}
+        return False
 
     # ------------------------------------------------------------------------------------------ instance end
     @torch.no_grad()
-    def _write_instance(self):
-        inst = self.inst
+    def finish_unit(self, inst):
+        """The instance's pairs: x_hat (LR) and x_hat^HR = network_up(x_hat) (the teacher unless given), clamped."""
         pairs = []
         if inst.num_real:
             x_hat = inst.x_hat.detach().clamp(0, 1)
@@ -269,8 +323,7 @@ class IDCModel(DistillBaseModel):
                              'num_real_patches': inst.num_real, 'init': self.cfg['init'],
                              'init_patch_hr_yx': list(inst.coords[init]) if init >= 0 else None},
                 })
-        self.inst = None
-        self.commit_unit(inst.index, inst.name, pairs, time.time() - inst.t0)
+        return pairs
 
     def get_current_learning_rate(self):
         if self.inst is not None and getattr(self.inst, 'num_real', 0):
@@ -285,13 +338,3 @@ class IDCModel(DistillBaseModel):
         return {'unit_index': inst.index, 'x_hat': inst.x_hat.detach().cpu(), 'optimizer': inst.optimizer.state_dict(),
                 'assigned': inst.assigned.cpu(), 'pair_index': inst.pair_index.cpu(),
                 'generator': inst.generator.get_state()}
-
-    def load_unit_state(self, state):
-        inst = self.inst
-        with torch.no_grad():
-            inst.x_hat.copy_(state['x_hat'].to(self.device))
-        inst.optimizer.load_state_dict(state['optimizer'])
-        inst.assigned = state['assigned'].to(self.device)
-        inst.pair_index = state['pair_index'].to(self.device)
-        inst.generator.set_state(state['generator'])
-        self.logger.info(f'IDC instance {inst.index + 1} ({inst.name}) resumed from its saved state')

@@ -2,8 +2,8 @@
 
 Three stages, each a unit of work of BasicSR's loop, each persisted, a rerun skipping finished stages:
 
-1. iteration 1: PSNR_bic patch selection, image features and seeded k-means pseudo-labels
-   (data/patch_selection.py), saved as ``<work_dir>/stage1_selection.json``;
+1. iteration 1: PSNR_bic patch selection of the HR images of ``datasets.train``, image features and seeded k-means
+   pseudo-labels (data/patch_selection.py), saved as ``<work_dir>/stage1_selection.json``;
 2. iterations 2 .. 1 + F: DiT fine-tuning with DiffFit (archs/dit_difffit_arch.py) on the VAE latents of the
    selected patches, loss L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR (Eq. 2-6, losses/minimax_loss.py)
    with per-class FIFO memories, AdamW, EMA; saved as ``<work_dir>/stage2_difffit.pth``;
@@ -24,6 +24,8 @@ pseudo-classes are shared out like IDC's instances (rank k: classes k, k + W, ..
 import os
 import os.path as osp
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,19 +37,21 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dit_difffit_arch import (TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit, build_dit,
                                                     build_vae, drop_labels, null_label, pseudo_to_dit_labels,
                                                     set_label_dropout, vae_decode, vae_encode)
+from basicsr_distill.data.image_io import list_images, verify_image
 from basicsr_distill.data.patch_selection import iter_patches, load_selection, run_stage1, stage1_options
-from basicsr_distill.data.sr_patches import bicubic_lr, list_images, verify_image
+from basicsr_distill.data.sr_patches import bicubic_lr
 from basicsr_distill.distilled_set import options_hash
 from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, minimax_objective, predict_x0_from_eps,
                                                  representativeness_loss, sr_loss)
-from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
+from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.utils.ema import EMA
+from basicsr_distill.utils.options import merge_options
 
 #: Defaults of the ``distill`` section (paper / Minimax Diffusion: lambdas 0.002 / 0.008 / 1, AdamW lr 1e-3,
 #: EMA 0.9999, memories of 64, guidance 4.0 with 50 steps).
 MINIMAX_DEFAULTS = {
     'work_dir': None,  # stage results; default: <distilled_root>_work
-    'stage1': {},  # data/patch_selection.py: dataroot_gt, gt_size, stride, threshold, extractor, k, seed, ...
+    'stage1': {},  # data/patch_selection.py: threshold, extractor, k, seed, ... (the data: datasets.train)
     'dit': {'pretrained': None, 'config': None, 'subfolder': 'auto'},  # a local diffusers dir, or config: tiny
     'vae': {'pretrained': None, 'config': None, 'subfolder': 'auto'},
     'label_offset': 0,
@@ -56,6 +60,63 @@ MINIMAX_DEFAULTS = {
                  'num_train_timesteps': 1000, 'beta_schedule': 'linear'},
     'sample': {'images_per_class': 10, 'steps': 50, 'guidance_scale': 4.0, 'scheduler': 'DDIMScheduler', 'seed': 0},
 }
+
+
+@dataclass
+class MinimaxStage2State:
+    """Stage 2 (DiffFit fine-tuning) while it runs; dropped when ``stage2_difffit.pth`` is written.
+
+    Attributes:
+        latents (Tensor): (N, C, h, w) VAE latents of the N selected patches (posterior mode).
+        labels (Tensor): (N,) pseudo-labels in [0, k).
+        generator (torch.Generator): The stage's seeded generator (batches, timesteps, noise, label dropout).
+        optimizer (Optimizer): AdamW on the DiffFit tensors.
+        ema (EMA): EMA of the DiT's trainable tensors.
+        real_mem (FIFOMemory), syn_mem (FIFOMemory): Per-class memories of real and predicted latents.
+        t0 (float): Start time (s).
+    """
+    latents: Any
+    labels: Any
+    generator: torch.Generator
+    optimizer: Any
+    ema: Any
+    real_mem: Any
+    syn_mem: Any
+    t0: float
+
+
+@dataclass
+class MinimaxClassUnit:
+    """A stage-3 unit: pseudo-class ``index`` (named ``pseudo<index>``), sampled in one iteration."""
+    index: int
+    name: str
+    t0: float
+
+
+#: Stage-1 keys read from ``datasets.train`` (the data, as for IDC and GSDD); the rest of stage 1 is ``distill.stage1``.
+MINIMAX_DATA_KEYS = ('dataroot_gt', 'meta_info_file', 'gt_size', 'stride')
+
+
+def stage1_section(opt):
+    """The stage-1 options of a Minimax-SR option dict: ``distill.stage1`` plus the data keys of ``datasets.train``.
+
+    Args:
+        opt (dict): Whole options (``datasets.train`` and ``distill``).
+
+    Returns:
+        dict: The section :func:`~basicsr_distill.data.patch_selection.run_stage1` takes.
+
+    Raises:
+        ValueError: A data key given in ``distill.stage1`` (it belongs to ``datasets.train``), naming both places.
+    """
+    stage1 = dict((opt.get('distill') or {}).get('stage1') or {})
+    moved = [k for k in MINIMAX_DATA_KEYS if k in stage1]
+    if moved:
+        raise ValueError(f'option distill.stage1.{moved[0]} moved to datasets.train.{moved[0]} (the data options of '
+                         f'Minimax-SR are in datasets.train, as for IDC and GSDD): move {moved}')
+    train = (opt.get('datasets') or {}).get('train') or {}
+    stage1.update({k: train[k] for k in MINIMAX_DATA_KEYS if k in train})
+    return stage1
 
 
 def _build(section, builder, tiny, option, seed):
@@ -75,8 +136,9 @@ def _build(section, builder, tiny, option, seed):
 class MinimaxDiffusionModel(DistillBaseModel):
     """Minimax-SR: label-free diffusion distillation in three persisted stages (see the module docstring).
 
-    Options: the ``distill`` section (:data:`MINIMAX_DEFAULTS`), ``path.distilled_root``, ``datasets.train`` of type
-    ``DistillStageDataset`` and ``train.total_iter >= 1 + finetune.iters + stage1.k``.
+    Options: ``datasets.train`` of type ``DistillStageDataset`` with the stage-1 data (:data:`MINIMAX_DATA_KEYS`:
+    ``dataroot_gt``, ``meta_info_file``, ``gt_size``, ``stride``), the ``distill`` section (:data:`MINIMAX_DEFAULTS`),
+    ``path.distilled_root`` and ``train.total_iter >= 1 + finetune.iters + stage1.k``.
 
     Raises:
         ValueError: unknown or invalid options (named; wrong types, ``stage1.k`` or ``sample.images_per_class``
@@ -84,7 +146,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
             (named; checked before the DiT and VAE are built), with several processes a ``finetune.batch_size``
             that is not a multiple of their number.
         FileNotFoundError: missing local DiT / VAE / CLIP folders (named by their option), a missing or empty
-            ``stage1.dataroot_gt`` (named).
+            ``datasets.train.dataroot_gt`` (named).
         FloatingPointError: (``optimize_parameters``) a NaN or infinite stage-2 loss or gradient; raised before the
             optimiser step, naming the stage, the iteration and the loss terms (see ``check_finite``).
     """
@@ -94,6 +156,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
         cfg = self.cfg = merge_options(MINIMAX_DEFAULTS, opt.get('distill'))
         self.scale = int(opt['scale'])
         self._check_options()
+        self.stage1_opt = stage1_section(opt)  # after _check_options: distill.stage1 is a mapping
         self._check_stage1_images()
         self.k = int(cfg['stage1'].get('k', 7))
         self.F = int(cfg['finetune']['iters'])
@@ -120,11 +183,12 @@ class MinimaxDiffusionModel(DistillBaseModel):
         self.unit_names = [f'pseudo{c}' for c in range(self.k)]  # stage 3 writes one unit per pseudo-class
         self.writer = self.open_writer(
             root, method='minimax', scale=self.scale,
-            source={'folder': cfg['stage1'].get('dataroot_gt'), 'pseudo_classes': self.k,
-                    'gt_size': cfg['stage1'].get('gt_size')},
+            source={'folder': self.stage1_opt.get('dataroot_gt'), 'pseudo_classes': self.k,
+                    'gt_size': self.stage1_opt.get('gt_size')},
             size_control={'ipc': int(cfg['sample']['images_per_class'])}, options=opt)
         self.stage2_path = osp.join(self.work_dir, 'stage2_difffit.pth')
-        self.stage2_key = options_hash({k: cfg[k] for k in ('stage1', 'dit', 'vae', 'label_offset', 'finetune')})
+        self.stage2_key = options_hash(dict({k: cfg[k] for k in ('dit', 'vae', 'label_offset', 'finetune')},
+                                            stage1=self.stage1_opt))
         self.selection = None
         self.ft = None  # stage-2 state while it runs
         self.dit_ddp = None  # several processes: the DiT in DistributedDataParallel while stage 2 runs
@@ -156,7 +220,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     def _check_stage1_images(self):
         """Stage-1 options and images checked before the DiT and VAE are built (cheap: headers, PNG chunks)."""
-        opts = stage1_options(self.cfg['stage1'])
+        opts = stage1_options(self.stage1_opt)
         for path in list_images(opts['dataroot_gt'], opts['meta_info_file']):
             verify_image(path)
 
@@ -170,7 +234,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
         if self.selection is None:
             path = osp.join(self.work_dir, 'stage1_selection.json')
             if self.rank == 0:
-                self.selection = run_stage1(self.cfg['stage1'], path)
+                self.selection = run_stage1(self.stage1_opt, path)
             if self.world_size > 1:
                 mmdist.barrier()
             if self.rank != 0:
@@ -209,16 +273,14 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     def _start_stage2(self, resumed=None):
         ft = self.cfg['finetune']
-        st = type('Stage2', (), {})()
-        st.latents, st.labels = self._encode_selection()
-        self.ft_latent_shape = st.latents.shape[1:]
-        st.generator = self.unit_generator(1)
+        latents, labels = self._encode_selection()
+        self.ft_latent_shape = latents.shape[1:]
         params = [p for n, p in self.dit.named_parameters() if n in set(self.trainable)]
-        st.optimizer = torch.optim.AdamW(params, lr=ft['lr'], weight_decay=ft['weight_decay'])
-        st.ema = EMA(self.dit, decay=ft['ema_decay'])
-        st.real_mem = FIFOMemory(self.k, ft['memory_size'])
-        st.syn_mem = FIFOMemory(self.k, ft['memory_size'])
-        st.t0 = time.time()
+        st = MinimaxStage2State(latents=latents, labels=labels, generator=self.unit_generator(1),
+                                optimizer=torch.optim.AdamW(params, lr=ft['lr'], weight_decay=ft['weight_decay']),
+                                ema=EMA(self.dit, decay=ft['ema_decay']),
+                                real_mem=FIFOMemory(self.k, ft['memory_size']),
+                                syn_mem=FIFOMemory(self.k, ft['memory_size']), t0=time.time())
         if resumed is not None:
             self._set_trainable(resumed['trainable'])
             st.optimizer.load_state_dict(resumed['optimizer'])
@@ -338,10 +400,28 @@ class MinimaxDiffusionModel(DistillBaseModel):
             seeds.append(seed)
         return torch.cat(images), seeds
 
-    def _write_class(self, c):
-        t0 = time.time()
+    def locate_unit(self, current_iter):
+        """Stage 3: iteration ``2 + F + j`` of rank k samples pseudo-class ``j * W + k`` (one step per unit)."""
+        return (current_iter - 2 - self.F) * self.world_size + self.rank, 1
+
+    def start_unit(self, index, resumed):
+        """Stage-3 unit ``index`` (pseudo-class); needs the fine-tuned DiT of stage 2.
+
+        Raises:
+            RuntimeError: ``stage2_difffit.pth`` is missing.
+        """
+        if not self._load_stage2():
+            raise RuntimeError(f'stage 3 needs the fine-tuned DiT {self.stage2_path}; it is missing')
+        return MinimaxClassUnit(index=index, name=self.unit_names[index], t0=time.time())
+
+    def step_unit(self, unit, step, current_iter):
+        """Nothing to optimise in stage 3: the class is sampled by :meth:`finish_unit`."""
+        return False
+
+    def finish_unit(self, unit):
+        """The pseudo-class's pairs: sampled HR images and their bicubic x 1/scale LR, with label and seed."""
+        c, name = unit.index, unit.name
         images, seeds = self.sample_class(c)
-        name = f'pseudo{c}'
         pairs = []
         for j, (img, seed) in enumerate(zip(images, seeds)):
             gt = img.permute(1, 2, 0).float().cpu().numpy()
@@ -350,7 +430,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
                                    'sampler': self.cfg['sample']['scheduler'],
                                    'steps': int(self.cfg['sample']['steps']),
                                    'guidance_scale': float(self.cfg['sample']['guidance_scale'])}})
-        self.commit_unit(c, name, pairs, time.time() - t0)
+        return pairs
 
     # ------------------------------------------------------------------------------------------ loop
     def optimize_parameters(self, current_iter):
@@ -374,12 +454,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
                 self._start_stage2(resumed)
             self._finetune_step(step)
             return
-        c = (step - self.F - 1) * self.world_size + self.rank
-        if c >= self.k or self.writer.is_finished(self.unit_names[c]):
-            return
-        if not self._load_stage2():
-            raise RuntimeError(f'stage 3 needs the fine-tuned DiT {self.stage2_path}; it is missing')
-        self._write_class(c)
+        super().optimize_parameters(current_iter)  # stage 3: the shared step sequence, one pseudo-class per unit
 
     def get_current_learning_rate(self):
         return [self.cfg['finetune']['lr']]

@@ -108,8 +108,7 @@ def _gsdd_classes(tmp_path):
 
 def _minimax_opt(tmp_path, hr_folder, finetune_iters=2, **sections):
     cfg = {
-        'stage1': {'dataroot_gt': hr_folder, 'gt_size': 64, 'stride': 64, 'extractor': {'type': 'color_gradient'},
-                   'k': 2},
+        'stage1': {'extractor': {'type': 'color_gradient'}, 'k': 2},
         'dit': {'config': 'tiny'}, 'vae': {'config': 'tiny'},
         'finetune': {'iters': finetune_iters, 'batch_size': 2, 'ema_decay': 0.9},
         'sample': {'images_per_class': 1, 'steps': 1},
@@ -118,7 +117,8 @@ def _minimax_opt(tmp_path, hr_folder, finetune_iters=2, **sections):
         cfg[key] = dict(cfg.get(key) or {}, **value) if isinstance(value, dict) else value
     return {
         'name': 'minimax_bad', 'model_type': 'MinimaxDiffusionModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'stages', 'type': 'DistillStageDataset', 'length': 10}},
+        'datasets': {'train': {'name': 'stages', 'type': 'DistillStageDataset', 'length': 10, 'dataroot_gt': hr_folder,
+                               'gt_size': 64, 'stride': 64}},
         'path': {'distilled_root': str(tmp_path / 'distilled'), 'resume_state': None},
         'distill': cfg,
         'train': {'total_iter': 1 + finetune_iters + 2},
@@ -379,6 +379,15 @@ def test_sizes_out_of_range_name_the_option(tmp_path, model, change, match):
         opt, cls = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png']), **change), MinimaxDiffusionModel
     with pytest.raises(ValueError, match=match):
         build_distill_model(cls, opt)
+
+
+@pytest.mark.parametrize('key', ['dataroot_gt', 'gt_size', 'stride', 'meta_info_file'])
+def test_minimax_data_options_in_distill_stage1_are_refused_naming_the_new_place(tmp_path, key):
+    """Minimax-SR's data options live in datasets.train (as IDC's and GSDD's): the old place gets a clear error."""
+    opt = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png']), stage1={key: 'x'})
+    with pytest.raises(ValueError, match=rf'option distill.stage1.{key} moved to datasets.train.{key}'):
+        build_distill_model(MinimaxDiffusionModel, opt)
+    assert not osp.exists(opt['path']['distilled_root'])  # refused before anything is written
 
 
 # --------------------------------------------------------------------------------------------- 9. NaN / Inf

@@ -111,10 +111,10 @@ def minimax_options(data):
         os.makedirs(hr)
         for name in ('tt1.png', 'tt2.png', 'tt3.png'):
             shutil.copy(data_path('data', 'train', 't91', name), osp.join(hr, name))
-    opt = _common('minimax_kill', 'MinimaxDiffusionModel', {'type': 'DistillStageDataset', 'length': 10}, 7, 2)
+    opt = _common('minimax_kill', 'MinimaxDiffusionModel', {'type': 'DistillStageDataset', 'length': 10,
+                                                             'dataroot_gt': hr, 'gt_size': 64, 'stride': 64}, 7, 2)
     opt['distill'] = {
-        'stage1': {'dataroot_gt': hr, 'gt_size': 64, 'stride': 64, 'threshold': 'median',
-                   'extractor': {'type': 'color_gradient'}, 'k': 2, 'seed': 0},
+        'stage1': {'threshold': 'median', 'extractor': {'type': 'color_gradient'}, 'k': 2, 'seed': 0},
         'dit': {'config': 'tiny'}, 'vae': {'config': 'tiny'},
         'finetune': {'iters': 4, 'batch_size': 2, 'ema_decay': 0.9},
         'sample': {'images_per_class': 2, 'steps': 2, 'guidance_scale': 4.0, 'seed': 0},

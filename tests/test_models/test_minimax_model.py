@@ -28,11 +28,10 @@ def _opt(tmp_path, finetune_iters=3):
         'name': 'minimax_test', 'model_type': 'MinimaxDiffusionModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
         'datasets': {'train': {'name': 'stages', 'type': 'DistillStageDataset', 'length': 10, 'use_shuffle': False,
                                'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
-                               'prefetch_mode': None}},
+                               'prefetch_mode': None, 'dataroot_gt': str(hr), 'gt_size': 64, 'stride': 64}},
         'path': {'distilled_root': str(tmp_path / 'distilled'), 'resume_state': None},
         'distill': {
-            'stage1': {'dataroot_gt': str(hr), 'gt_size': 64, 'stride': 64, 'threshold': 'median',
-                       'extractor': {'type': 'color_gradient'}, 'k': 2, 'seed': 0},
+            'stage1': {'threshold': 'median', 'extractor': {'type': 'color_gradient'}, 'k': 2, 'seed': 0},
             'dit': {'config': 'tiny'}, 'vae': {'config': 'tiny'},
             'finetune': {'iters': finetune_iters, 'batch_size': 2, 'ema_decay': 0.9},
             'sample': {'images_per_class': 2, 'steps': 2, 'guidance_scale': 4.0, 'seed': 0},
