@@ -79,18 +79,21 @@ def main():
         ], f'train_{name}.log')
 
     import basicsr_distill  # noqa: F401
-    from basicsr.archs.edsr_arch import EDSR
-    from basicsr_distill.archs.imdn_arch import IMDN
-    from basicsr_distill.utils.checkpoint import load_pretrained
+    from basicsr_distill.utils.checkpoint import load_network
+    from basicsr_distill.utils.options import read_option_file
     from basicsr_distill.utils.sr_eval import BicubicSR
 
+    # the networks as the option files define them: EDSR as trained, the teacher as the distillation loaded it
+    edsr_opt, distill_opt = read_option_file(EDSR_OPT), read_option_file(DISTILL_OPT)
     rows = []
     for tag, label in (('idc', 'IDC distilled (r = 0.1)'), ('random', 'random real patches')):
-        net = EDSR(3, 3, num_feat=32, num_block=4, upscale=4, img_range=255.)
-        load_pretrained(net, f'experiments/EDSR_demo_x4_f32b4_{tag}/models/net_g_latest.pth')
+        net = load_network(edsr_opt['network_g'], f'experiments/EDSR_demo_x4_f32b4_{tag}/models/net_g_latest.pth')
         rows.append(evaluate(f'EDSR on {label}', net, times[tag], num_pairs))
 
-    teacher = load_pretrained(IMDN(block_type='imdb_ntire22'), 'weights/imdn_baseline.pth')
+    distill_path = distill_opt['path']
+    teacher = load_network(distill_opt['network_t'], distill_path['pretrain_network_t'],
+                           param_key=distill_path.get('param_key_t', 'auto'),
+                           strict=distill_path.get('strict_load_t', True))
     ref = [evaluate('IDC teacher (IMDN, pretrained)', teacher, None, None),
            evaluate('bicubic', BicubicSR(4), None, None)]
 

@@ -2,8 +2,9 @@
 """Evaluate a trained SR network on test folders: PSNR / SSIM / NIQE / LPIPS, training-set size and wall time.
 
 The network comes from a BasicSR option file (its ``network_g`` and ``scale``; the weights from ``--weights`` or
-its ``path.pretrain_network_g``) or from ``--arch`` / ``--arch-opt`` / ``--weights`` as in ``scripts/eval_sr.py``.
-Test sets are ``NAME=HR_DIR[:LR_DIR]``; without LR_DIR the LR images are made from the HR images (MATLAB bicubic).
+its ``path.pretrain_network_g``) or from ``--arch`` / ``--arch-opt`` / ``--weights``.
+Test sets are ``--test_set NAME=HR_DIR[:LR_DIR]`` (repeatable) or one ``--hr HR_DIR [--lr LR_DIR]`` (named after the
+HR folder); without an LR folder the LR images are made from the HR images (MATLAB bicubic).
 Metrics as in BasicSR (Y channel, border = scale, 8-bit output); see ``basicsr_distill/utils/sr_metrics.py``.
 LPIPS is optional: without ``pip install lpips==0.1.4`` and torchvision's ``alexnet-owt-7be5be79.pth`` in
 ``$TORCH_HOME/hub/checkpoints/`` it is reported unavailable (null in the JSON). Examples::
@@ -16,6 +17,8 @@ LPIPS is optional: without ``pip install lpips==0.1.4`` and torchvision's ``alex
         --json results/eval_idc.json
     python scripts/evaluate.py --arch IMDN --arch-opt block_type=imdb_ntire22 --weights weights/imdn_baseline.pth \\
         --test_set Set5=datasets/demo/Set5/HR --metrics psnr ssim niqe
+    python scripts/evaluate.py --arch IMDN --arch-opt block_type=imdb --weights ../shared/weights/IMDN_x4.pth \\
+        --hr datasets/demo/Set5/HR --lr datasets/demo/Set5/LR_bicubic/X4 --metrics psnr ssim --per-image
 
 Option files are code (BasicSR's YAML loader runs their tags): use trusted files only.
 """
@@ -26,28 +29,31 @@ import os.path as osp
 
 import basicsr_distill  # noqa: F401  (compat fixes and arch registration; must precede basicsr / torchvision)
 
-import yaml  # noqa: E402
-from basicsr.utils.options import ordered_yaml  # noqa: E402
-
+from basicsr_distill.utils import options  # noqa: E402
+from basicsr_distill.utils.checkpoint import load_network  # noqa: E402
 from basicsr_distill.utils.sr_metrics import (METRICS, add_arch_arguments, check_test_sets, dataset_size,  # noqa: E402
-                                              evaluate_network, load_network, parse_arch_opts, parse_test_set,
-                                              parse_train_time)
+                                              evaluate_network, parse_arch_opts, parse_test_set, parse_train_time)
 
 
 def read_option_file(path):
-    """A BasicSR option file, read with BasicSR's own loader (which imports the ``plugin`` tag's module).
+    """A BasicSR option file (:func:`basicsr_distill.utils.options.read_option_file`) with a ``network_g`` dict.
 
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If it has no ``network_g`` dict.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Option file not found: "{path}".')
-    with open(path, encoding='utf-8') as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    try:
+        opt = options.read_option_file(path)
+    except ValueError:  # not a mapping: it has no network_g either
+        opt = None
     if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
         raise ValueError(f'Option file "{path}" has no network_g section.')
     return opt
+
+
+def hr_lr_test_set(hr_dir, lr_dir=None):
+    """The test set of ``--hr HR_DIR [--lr LR_DIR]``: ``(name, hr_dir, lr_dir)``, named after the HR folder."""
+    return osp.basename(osp.normpath(hr_dir)) or hr_dir, hr_dir, lr_dir
 
 
 def network_from_args(args, parser):
@@ -131,9 +137,11 @@ def main(argv=None):
         '--test_set',
         '--test-set',
         action='append',
-        required=True,
+        default=[],
         metavar='NAME=HR_DIR[:LR_DIR]',
         help='test folder (repeatable); without LR_DIR the LR images are made by bicubic downsampling')
+    parser.add_argument('--hr', default=None, help='one more test folder of HR images, named after the folder')
+    parser.add_argument('--lr', default=None, help='with --hr: its LR images (default: made by bicubic downsampling)')
     parser.add_argument('--scale', type=int, default=None, help='upsampling factor (default: the option file\'s, or 4)')
     parser.add_argument('--crop-border', '--crop_border', type=int, default=None, help='border shaved (default: scale)')
     parser.add_argument('--rgb', action='store_true', help='PSNR / SSIM on RGB instead of the Y channel')
@@ -145,12 +153,18 @@ def main(argv=None):
     parser.add_argument('--per-image', '--per_image', action='store_true', help='print per-image values too')
     args = parser.parse_args(argv)
 
+    if not args.test_set and not args.hr:
+        parser.error('give at least one test set: --test_set NAME=HR_DIR[:LR_DIR] or --hr HR_DIR [--lr LR_DIR]')
+    if args.lr and not args.hr:
+        parser.error('--lr goes with --hr')
     test_sets = []
     for spec in args.test_set:
         try:
             test_sets.append(parse_test_set(spec))
         except ValueError as err:
             parser.error(str(err))
+    if args.hr:
+        test_sets.append(hr_lr_test_set(args.hr, args.lr))
     # cheap checks first: a missing folder or a bad log fails before the network is built
     test_sets = check_test_sets(test_sets)
     train_set = dataset_size(args.train_set) if args.train_set else None

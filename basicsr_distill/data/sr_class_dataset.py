@@ -21,7 +21,8 @@ from torch.utils import data as data
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.data.sr_patches import IMG_EXTENSIONS, list_images, read_rgb, verify_image
+from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
+from basicsr_distill.ops.clustering import seeded_kmeans
 
 PSEUDO_LABEL_FEATURES = ('color_gradient', )
 PSEUDO_LABEL_KEYS = ('num_classes', 'seed', 'feature', 'crop')
@@ -73,8 +74,9 @@ def kmeans_pseudo_labels(features, num_classes, seed=0):
 
     Each feature dimension is standardised over the images (zero mean, unit variance; constant dimensions become 0)
     so that colour and texture weigh alike, then scikit-learn's ``KMeans(n_clusters=num_classes, n_init=10,
-    random_state=seed)`` runs. Clusters are renumbered in the order of their first member (in the row order of
-    ``features``), so the labels do not depend on k-means' internal numbering.
+    random_state=seed)`` runs (:func:`~basicsr_distill.ops.clustering.seeded_kmeans`). Clusters are renumbered in
+    the order of their first member (in the row order of ``features``, ``renumber='first_seen'``), so the labels do
+    not depend on k-means' internal numbering.
 
     Args:
         features (ndarray): (N, D) float features, one row per image.
@@ -88,8 +90,6 @@ def kmeans_pseudo_labels(features, num_classes, seed=0):
         ValueError: If k is not in [1, N], or k-means leaves a cluster empty (fewer than k distinct feature vectors,
             e.g. duplicated images).
     """
-    from sklearn.cluster import KMeans  # imported here: only pseudo-labels need scikit-learn
-
     features = np.asarray(features, dtype=np.float64)
     num = features.shape[0]
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or not 1 <= num_classes <= num:
@@ -97,13 +97,12 @@ def kmeans_pseudo_labels(features, num_classes, seed=0):
                          f'got {num_classes!r}')
     std = features.std(0)
     normed = (features - features.mean(0)) / np.where(std > 0, std, 1.)
-    raw = KMeans(n_clusters=int(num_classes), n_init=10, random_state=int(seed)).fit_predict(normed)
-    order = list(OrderedDict.fromkeys(raw.tolist()))  # cluster ids by first member
-    if len(order) != num_classes:
-        raise ValueError(f'k-means found only {len(order)} non-empty clusters for pseudo_labels.num_classes='
+    labels = seeded_kmeans(normed, int(num_classes), int(seed), n_init=10, renumber='first_seen')
+    found = len(np.unique(labels))
+    if found != num_classes:
+        raise ValueError(f'k-means found only {found} non-empty clusters for pseudo_labels.num_classes='
                          f'{num_classes} (too few distinct images); lower num_classes')
-    renumber = {old: new for new, old in enumerate(order)}
-    return np.array([renumber[v] for v in raw.tolist()], dtype=np.int64)
+    return labels
 
 
 def _image_hw(path):

@@ -5,8 +5,8 @@ import torch
 from torch.utils import data as data
 
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.data.sr_patches import (bicubic_lr, cut_patch_pairs, list_images, lr_patch_grid, modcrop,
-                                             read_rgb, verify_image)
+from basicsr_distill.data.image_io import list_images, read_rgb, verify_image
+from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, lr_patch_grid, modcrop
 
 
 @DATASET_REGISTRY.register()

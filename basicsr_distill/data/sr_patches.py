@@ -1,93 +1,18 @@
-"""Reading training images and cutting aligned HR / LR patch pairs (shared by the IDC instance dataset and the
-coreset baselines)."""
-import os
-import os.path as osp
+"""Cutting aligned HR / LR patch pairs from training images (shared by the IDC instance dataset and the coreset
+baselines).
 
-import cv2
+Images are listed and read by :mod:`basicsr_distill.data.image_io`; its names are re-exported here for the modules
+that import them from this one.
+"""
 import numpy as np
-from PIL import Image
 
 from basicsr.utils.matlab_functions import imresize
+from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image  # noqa: F401
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
-
-
-def _jpeg_truncation(path):
-    """Why the JPEG ``path`` is truncated or corrupt, or None (OpenCV decodes such files partially, silently).
-
-    PIL decodes the entropy-coded data at 1/8 scale (``draft``), which is cheap and fails on a truncated stream.
-    """
-    try:
-        with Image.open(path) as img:
-            img.draft('RGB', (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
-            img.load()
-    except Image.DecompressionBombError:
-        return None  # too large for PIL's default limit: not evidence of corruption
-    except (OSError, SyntaxError, ValueError) as err:
-        text = str(err)  # other failures (a JPEG variant PIL cannot decode) are left to OpenCV
-        return text if 'truncated' in text or 'broken data stream' in text else None
-    return None
-
-
-def read_rgb(path):
-    """Read an image as float32 RGB in [0, 1], (H, W, 3).
-
-    Conversions: grayscale (8 or 16 bit) is replicated to 3 channels; an alpha channel is dropped (not composited:
-    the colours under transparent pixels are kept); palette images are expanded to RGB; 16-bit images are scaled
-    by 1/65535, 8-bit ones by 1/255. EXIF orientation is not applied (the pixels as stored). Other sample types
-    (float or signed TIFFs) are refused.
-
-    Raises:
-        ValueError: naming the file if it cannot be decoded (missing, not an image, truncated or corrupt: OpenCV
-            refuses truncated PNG / BMP / TIFF / WebP files; truncated JPEGs, which OpenCV decodes partially, are
-            detected with PIL), or has an unsupported sample type.
-    """
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'cannot read image {path} (missing, truncated or not an image)')
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f'image {path} has {img.dtype} samples; only 8-bit and 16-bit images are supported')
-    with open(path, 'rb') as f:
-        is_jpeg = f.read(3) == b'\xff\xd8\xff'
-    if is_jpeg:
-        problem = _jpeg_truncation(path)
-        if problem:
-            raise ValueError(f'cannot read image {path}: truncated or corrupt JPEG ({problem})')
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[:, :, :3]
-    return (img[:, :, ::-1].astype(np.float32) / scale).copy()
-
-
-def verify_image(path):
-    """Cheap integrity check of an image file without decoding its pixels, to fail before any expensive work.
-
-    The header is parsed with PIL; PNG files are also walked chunk by chunk to their end (CRCs checked, pixels not
-    decompressed), which finds truncated PNGs. Truncated JPEGs are only found when the image is decoded
-    (:func:`read_rgb`).
-
-    Args:
-        path (str): Image file.
-
-    Returns:
-        tuple[int, int]: (H, W) from the header.
-
-    Raises:
-        ValueError: naming the file if it is not an image, or a truncated or corrupt PNG. (A file PIL cannot parse
-            or verify is decoded with :func:`read_rgb` instead, which decides.)
-    """
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.format == 'PNG':
-                img.verify()
-        return h, w
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return read_rgb(path).shape[:2]  # PIL cannot parse or verify it: OpenCV decides (raises naming the file)
+__all__ = [
+    'IMG_EXTENSIONS', 'list_images', 'read_rgb', 'verify_image', 'modcrop', 'bicubic_lr', 'patch_positions',
+    'lr_patch_grid', 'cut_patch_pairs'
+]
 
 
 def modcrop(img, scale):
@@ -149,22 +74,3 @@ def cut_patch_pairs(hr, lr, scale, gt_size, stride):
     gt = np.stack([hr[y:y + gt_size, x:x + gt_size] for y, x in coords]) if coords else np.zeros(
         (0, gt_size, gt_size, 3), np.float32)
     return gt, lq, coords
-
-
-def list_images(folder, meta_info_file=None):
-    """Sorted image paths of ``folder`` (or those named in the first column of ``meta_info_file``).
-
-    Raises:
-        FileNotFoundError: if the folder does not exist or holds no image.
-    """
-    if not osp.isdir(folder):
-        raise FileNotFoundError(f'image folder {folder} does not exist')
-    if meta_info_file:
-        with open(meta_info_file) as f:
-            names = [line.split()[0] for line in f if line.strip()]
-        paths = [osp.join(folder, n) for n in names]
-    else:
-        paths = [osp.join(folder, n) for n in sorted(os.listdir(folder)) if n.lower().endswith(IMG_EXTENSIONS)]
-    if not paths:
-        raise FileNotFoundError(f'no image found in {folder}')
-    return paths

@@ -3,11 +3,13 @@ quota-bounded progressive assignment of synthetic local patches, and nearest-rea
 
 A local patch is the unit everywhere: all p * p samples unfolded from one local feature patch stay in one group.
 Grouping and assignment use a patch descriptor, the mean of its p * p samples (C_out values); pairing uses the
-whole patch (p * p * C_out values). K-means is scikit-learn's, seeded.
+whole patch (p * p * C_out values). K-means is scikit-learn's, seeded
+(:func:`~basicsr_distill.ops.clustering.seeded_kmeans`, k-means' own cluster ids).
 """
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
+
+from basicsr_distill.ops.clustering import seeded_kmeans
 
 
 def patch_descriptors(local):
@@ -33,8 +35,7 @@ def kmeans_groups(desc_real, num_groups, seed=0, n_init=3):
         labels = np.zeros(len(data), dtype=np.int64)
         centroids = data.mean(0, keepdims=True)
     else:
-        km = KMeans(n_clusters=m, n_init=n_init, random_state=seed).fit(data)
-        labels, centroids = km.labels_.astype(np.int64), km.cluster_centers_
+        labels, centroids = seeded_kmeans(data, m, seed, n_init=n_init, renumber='none', return_centers=True)
     return (torch.from_numpy(labels).to(desc_real.device),
             torch.from_numpy(centroids).to(device=desc_real.device, dtype=desc_real.dtype))
 

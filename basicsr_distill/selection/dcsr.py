@@ -17,7 +17,8 @@ Decisions where the paper is silent (or that a baseline must fix):
   :data:`~basicsr_distill.data.sr_class_dataset.GRADIENT_BIN_EDGES` ``[0, 1/128, ..., 1/2, inf)``, and a
   magnitude-weighted histogram of the unsigned gradient orientation ``atan2(gy, gx) mod 180 deg`` in 9 bins of
   20 deg centred on 0, 20, ..., 160 deg (one global HOG cell; all zeros for a flat patch).
-* k-means: scikit-learn ``KMeans(n_clusters=min(num_clusters, kept), n_init=10, random_state=seed)``.
+* k-means: scikit-learn ``KMeans(n_clusters=min(num_clusters, kept), n_init=10, random_state=seed)``
+  (:func:`~basicsr_distill.ops.clustering.seeded_kmeans`, k-means' own cluster ids).
 * Even sampling, seeded: the members of each cluster are put in a random order and the clusters in a random order
   (``torch.Generator().manual_seed(seed)``), then round ``r`` takes the ``r``-th member of every cluster that still
   has one, cluster after cluster, until ``num_select`` patches are taken. Every cluster therefore gets the same
@@ -34,6 +35,7 @@ import torch
 
 from basicsr.utils import get_root_logger
 from basicsr_distill.data.sr_class_dataset import GRADIENT_BIN_EDGES
+from basicsr_distill.ops.clustering import seeded_kmeans
 from basicsr_distill.selection.common import as_feature_matrix, check_num_select
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -180,11 +182,8 @@ def select_dcsr_from_descriptors(complexity, features, num_select, num_clusters=
     labels = np.full(num, -1, dtype=np.int64)
     per_cluster, used_clusters = [], 0
     if len(kept_idx) > num_select:
-        from sklearn.cluster import KMeans  # imported here: only DCSR needs scikit-learn in this package
-
         used_clusters = int(min(num_clusters, len(kept_idx)))
-        labels[kept_idx] = KMeans(n_clusters=used_clusters, n_init=10, random_state=int(seed)).fit_predict(
-            feats[kept_idx])
+        labels[kept_idx] = seeded_kmeans(feats[kept_idx], used_clusters, int(seed), n_init=10, renumber='none')
         chosen = kept_idx[_round_robin(labels[kept_idx], seed)[:num_select]]
         per_cluster = np.bincount(labels[chosen], minlength=used_clusters).tolist()
         order = chosen.tolist()

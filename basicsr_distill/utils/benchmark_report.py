@@ -1,15 +1,16 @@
 """Outputs of the benchmark: CSV (one row per run), Markdown table (mean +- std over seeds), plots and sample grids.
 
-Plots use matplotlib's Agg backend (no display needed); images are read with OpenCV.
+Plots use matplotlib's Agg backend (no display needed); images are read with
+:func:`basicsr_distill.data.image_io.read_rgb`.
 """
 import csv
 import math
 import os
 import os.path as osp
 
-import cv2
 import numpy as np
 
+from basicsr_distill.data.image_io import read_rgb
 from basicsr_distill.utils.benchmark_grid import write_text_atomic
 
 CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'seed', 'train_time_s',
@@ -142,8 +143,8 @@ def sample_grid(set_root, path, title, num=16, cols=8):
     for ax in axes.flat:
         ax.axis('off')
     for ax, name in zip(axes.flat, picks):
-        img = cv2.imread(pair_paths(set_root, name)['hr'], cv2.IMREAD_COLOR)
-        ax.imshow(img[:, :, ::-1])
+        # back to the 8-bit RGB samples of the PNG (exact: read_rgb scales 8-bit by 1/255), which imshow shows as is
+        ax.imshow(np.round(read_rgb(pair_paths(set_root, name)['hr']) * 255).astype(np.uint8))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(osp.dirname(path), exist_ok=True)

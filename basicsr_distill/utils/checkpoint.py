@@ -1,9 +1,14 @@
-"""Loading pretrained weights into a network with clear errors."""
+"""Building networks from option dicts and loading pretrained weights into them, with clear errors: the one place
+of the package that does either (:func:`build_network`, :func:`load_pretrained`, :func:`load_network`)."""
+import copy
+import inspect
 import os.path as osp
 from collections import OrderedDict
 
 import torch
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 _AUTO_PARAM_KEYS = ('params_ema', 'params')
 
@@ -62,3 +67,48 @@ def load_pretrained(net, path, param_key='auto', strict=True):
     except RuntimeError as err:
         raise RuntimeError(f'Cannot load "{path}" into {type(bare_net).__name__} (strict={strict}): {err}') from err
     return net
+
+
+def build_network(network_opt, scale=None):
+    """Build an SR network from a BasicSR ``network_g``-style dict: ``{'type': name, **constructor options}``.
+
+    Args:
+        network_opt (dict): ``type`` is a name in BasicSR's ``ARCH_REGISTRY``; the rest goes to the constructor
+            (``network_opt`` itself is not modified).
+        scale (int | None): When given and the constructor takes ``upscale`` (BasicSR's name) without it being set,
+            it is set to ``scale``. Default: None.
+
+    Returns:
+        nn.Module: The network (random weights).
+
+    Raises:
+        ValueError: If ``type`` is missing.
+        KeyError: If the type is not registered (BasicSR's message).
+    """
+    opt = copy.deepcopy(dict(network_opt))
+    if 'type' not in opt:
+        raise ValueError(f'The network options need a "type" (an ARCH_REGISTRY name), got {opt}.')
+    arch_cls = ARCH_REGISTRY.get(opt.pop('type'))
+    if scale is not None and 'upscale' in inspect.signature(arch_cls).parameters:
+        opt.setdefault('upscale', scale)
+    return arch_cls(**opt)
+
+
+def load_network(network_opt, weights, scale=None, param_key='auto', strict=True):
+    """:func:`build_network` then :func:`load_pretrained` (strict by default).
+
+    Args:
+        network_opt (dict): See :func:`build_network`.
+        weights (str): Checkpoint file.
+        scale (int | None): See :func:`build_network`. Default: None.
+        param_key (str | None): See :func:`load_pretrained`. Default: ``'auto'``.
+        strict (bool): See :func:`load_pretrained`. Default: True.
+
+    Returns:
+        nn.Module: The network with the weights loaded (in training mode, on the CPU).
+
+    Raises:
+        ValueError, KeyError: As :func:`build_network` (no or unknown ``type``).
+        FileNotFoundError, ValueError, RuntimeError: As :func:`load_pretrained` (missing file, wrong keys).
+    """
+    return load_pretrained(build_network(network_opt, scale), weights, param_key=param_key, strict=strict)

@@ -1,16 +1,16 @@
 """PSNR / SSIM evaluation of a super-resolution network on an image folder, following BasicSR's conventions."""
-import os
 import os.path as osp
 
-import cv2
 import numpy as np
 import torch
 
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
+from basicsr_distill.data import image_io
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
+# the evaluation has always listed PPM files too (the training folders do not): kept as it was
+IMG_EXTENSIONS = image_io.IMG_EXTENSIONS + ('.ppm', )
 
 
 class BicubicSR(torch.nn.Module):
@@ -32,26 +32,33 @@ class BicubicSR(torch.nn.Module):
 
 
 def list_images(folder):
-    """Sorted file names of the images (by extension) directly inside ``folder``.
+    """Sorted file names (not paths) of the images (by extension, PPM included) directly inside ``folder``.
+
+    :func:`basicsr_distill.data.image_io.list_images` with the evaluation's extensions and error message; an empty
+    folder gives ``[]`` (the callers name what is missing).
 
     Raises:
         FileNotFoundError: If ``folder`` is not a directory.
     """
     if not osp.isdir(folder):
         raise FileNotFoundError(f'Image folder not found: "{folder}".')
-    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMG_EXTENSIONS))
+    return [osp.basename(p) for p in image_io.list_images(folder, extensions=IMG_EXTENSIONS, allow_empty=True)]
 
 
 def read_image(path):
-    """Read an image as 3-channel BGR float32 in [0, 1], shape (h, w, 3). Grayscale images are replicated to 3.
+    """Read an image as 3-channel BGR float32 in [0, 1], shape (h, w, 3), for BasicSR's metrics.
+
+    :func:`basicsr_distill.data.image_io.read_rgb` (grayscale replicated to 3 channels, alpha dropped, 16-bit
+    scaled by 1/65535) flipped to BGR.
 
     Raises:
-        FileNotFoundError: If the file cannot be read as an image.
+        FileNotFoundError: If the file cannot be read as an image (the reason of ``read_rgb`` chained).
     """
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f'Cannot read image "{path}".')
-    return img.astype(np.float32) / 255.
+    try:
+        img = image_io.read_rgb(str(path))
+    except ValueError as err:
+        raise FileNotFoundError(f'Cannot read image "{path}".') from err
+    return np.ascontiguousarray(img[..., ::-1])  # RGB -> BGR: BasicSR's img2tensor / metrics take BGR
 
 
 def find_lr_file(hr_name, lr_names, scale):
@@ -102,7 +109,7 @@ def evaluate_sr(net,
                 extra_metrics=None):
     """PSNR / SSIM (and optionally more metrics) of ``net`` on the images of ``hr_folder``, as in BasicSR's validation.
 
-    For each HR image (read with OpenCV, grayscale replicated to 3 channels): the LR image is read from
+    For each HR image (read with :func:`read_image`, grayscale replicated to 3 channels): the LR image is read from
     ``lr_folder`` (matched by :func:`find_lr_file`) or, when ``lr_folder`` is None, made from the mod-cropped HR
     image by :func:`make_lr`. The HR image is cropped to ``scale`` x the LR size. The network gets the LR image as
     RGB in [0, 1], shape (1, 3, h, w), under ``torch.no_grad()`` in eval mode; its output is clamped and rounded to

@@ -7,9 +7,7 @@ LPIPS needs the ``lpips`` package, which is not a dependency of this project; it
 and never downloads anything: when the package or one of its weight files is missing it is reported unavailable
 (:func:`load_lpips` says why and how to enable it) and its values are ``None``.
 """
-import copy
 import importlib
-import inspect
 import os
 import os.path as osp
 import re
@@ -21,9 +19,8 @@ import yaml
 
 from basicsr.metrics import calculate_niqe
 from basicsr.utils import get_root_logger
-from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_distill.distilled_set import HR_DIR, LR_DIR, LR_FLOAT_DIR, MANIFEST_NAME
-from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.checkpoint import build_network, load_network  # noqa: F401  (re-exported: moved there)
 from basicsr_distill.utils.sr_eval import evaluate_sr, list_images
 
 METRICS = ('psnr', 'ssim', 'niqe', 'lpips')
@@ -301,39 +298,6 @@ def evaluate_network(net,
         'unavailable': unavailable,
         'test_sets': results
     }
-
-
-def build_network(network_opt, scale=None):
-    """Build an SR network from a BasicSR ``network_g``-style dict: ``{'type': name, **constructor options}``.
-
-    Args:
-        network_opt (dict): ``type`` is a name in BasicSR's ``ARCH_REGISTRY``; the rest goes to the constructor.
-        scale (int | None): When given and the constructor takes ``upscale`` (BasicSR's name) without it being set,
-            it is set to ``scale``. Default: None.
-
-    Returns:
-        nn.Module: The network (random weights).
-
-    Raises:
-        ValueError: If ``type`` is missing.
-        KeyError: If the type is not registered (BasicSR's message).
-    """
-    opt = copy.deepcopy(dict(network_opt))
-    if 'type' not in opt:
-        raise ValueError(f'The network options need a "type" (an ARCH_REGISTRY name), got {opt}.')
-    arch_cls = ARCH_REGISTRY.get(opt.pop('type'))
-    if scale is not None and 'upscale' in inspect.signature(arch_cls).parameters:
-        opt.setdefault('upscale', scale)
-    return arch_cls(**opt)
-
-
-def load_network(network_opt, weights, scale=None, param_key='auto', strict=True):
-    """:func:`build_network` then :func:`basicsr_distill.utils.checkpoint.load_pretrained` (strict by default).
-
-    Raises:
-        FileNotFoundError, ValueError, RuntimeError: As :func:`load_pretrained` (missing file, wrong keys).
-    """
-    return load_pretrained(build_network(network_opt, scale), weights, param_key=param_key, strict=strict)
 
 
 def dataset_size(path):

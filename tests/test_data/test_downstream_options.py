@@ -20,17 +20,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.metrics import calculate_psnr
 from basicsr.utils import img2tensor, tensor2img
-from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter
+from basicsr_distill.utils.options import read_option_file
 from conftest import REPO, basicsr_log, limited_threads, data_path, write_option_file  # noqa: E402
 
 TRAIN_ROOT = osp.join(REPO, 'options', 'train')
@@ -61,8 +60,7 @@ HR_SIZE = 192  # HR side of the training pairs written here: the largest gt_size
 
 
 def _load(path):
-    with open(path) as f:
-        return yaml.load(f, Loader=ordered_yaml()[0])
+    return read_option_file(path)
 
 
 def _plain(opt):

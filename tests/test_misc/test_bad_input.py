@@ -26,11 +26,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
-from basicsr.utils.options import ordered_yaml
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.data.sr_patches import read_rgb, verify_image
 from basicsr_distill.distilled_set import DistilledSetWriter, pair_paths, read_manifest, validate_distilled_set
@@ -39,6 +37,7 @@ from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_op
 from basicsr_distill.models.gsdd_model import GSDD_DEFAULTS, GSDDModel
 from basicsr_distill.models.idc_model import IDC_DEFAULTS, IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MINIMAX_DEFAULTS, MinimaxDiffusionModel
+from basicsr_distill.utils.options import read_option_file
 from conftest import REPO, basicsr_log, build_distill_model, data_path
 
 T91 = ('data', 'train', 't91')
@@ -348,9 +347,9 @@ def test_wrong_option_types_name_the_option(tmp_path, model, change, match):
         build_distill_model(cls, opt)
 
 
-def test_compatible_option_types_are_accepted_and_normalised():
-    text = 'a: !!float 1e-3\nb: 1e-3\nc: 2\nd: 6.0\n'
-    loaded = yaml.load(text, Loader=ordered_yaml()[0])
+def test_compatible_option_types_are_accepted_and_normalised(tmp_path):
+    (tmp_path / 'types.yml').write_text('a: !!float 1e-3\nb: 1e-3\nc: 2\nd: 6.0\n')
+    loaded = read_option_file(str(tmp_path / 'types.yml'))
     assert loaded['a'] == 1e-3 and loaded['b'] == '1e-3'  # PyYAML: 1e-3 without a dot is a string
     cfg = merge_options(IDC_DEFAULTS, {'ratio': loaded['c'] / 4, 'optim': {'lr': loaded['a']},
                                        'iters_per_instance': loaded['d'], 'weights': {'pair': 1}})

@@ -9,15 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import basicsr_distill  # noqa: F401
-from basicsr.utils.options import ordered_yaml
 from basicsr_distill.archs.imdn_arch import IMDN
 from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.options import read_option_file
 from conftest import (REPO, basicsr_log, build_distill_model, run_basicsr_train, data_path, straight_and_restarted,
                       tiny_edsr_options, write_option_file)
 
@@ -74,8 +73,7 @@ def _model(opt):
 
 
 def test_plugin_option_file_parses_with_basicsr_loader():
-    with open(osp.join(REPO, 'options', 'distill', 'idc_demo.yml')) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt = read_option_file(osp.join(REPO, 'options', 'distill', 'idc_demo.yml'))
     assert opt['plugin'] == 'basicsr_distill' and opt['model_type'] == 'IDCModel'
 
 
@@ -120,8 +118,7 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
 
     # and BasicSR's test loop measures it on the bundled Set5 with the project's test option file
     from basicsr.test import test_pipeline
-    with open(osp.join(REPO, 'options', 'test', 'EDSR', 'test_EDSR_x4_demo.yml')) as f:
-        test_opt = yaml.load(f, Loader=ordered_yaml()[0])
+    test_opt = read_option_file(osp.join(REPO, 'options', 'test', 'EDSR', 'test_EDSR_x4_demo.yml'))
     test_opt = json.loads(json.dumps(test_opt))  # plain dicts for yaml.safe_dump
     test_opt.pop('plugin')
     test_opt['num_gpu'] = 0

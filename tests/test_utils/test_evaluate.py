@@ -259,7 +259,7 @@ def test_cli_writes_json(tmp_path, capsys, monkeypatch):
                  '0:01:05 (65 s)', str(out)):
         assert part in printed
 
-    # the --arch form (as scripts/eval_sr.py), PSNR / SSIM only, same numbers
+    # the --arch form, PSNR / SSIM only, same numbers
     report = main(['--arch', 'IMDN', '--arch-opt', 'block_type=imdb_ntire22', '--weights', IMDN_WEIGHTS,
                    '--test_set', f'bird={hr_dir}', '--metrics', 'psnr', 'ssim'])
     bird2 = report['evaluation']['test_sets']['bird']

@@ -22,7 +22,7 @@ IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')  # no licence to bundle: it
 IMDN_NTIRE22 = osp.join(DATA, 'weights', 'imdn_baseline.pth')
 SET5_HR = osp.join(DATA, 'data', 'val', 'Set5', 'HR')
 SET5_LR = osp.join(DATA, 'data', 'val', 'Set5', 'LR_bicubic', 'X4')
-SCRIPT = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'scripts', 'eval_sr.py')
+SCRIPT = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'scripts', 'evaluate.py')
 
 
 class MatlabBicubic(nn.Module):
@@ -113,14 +113,15 @@ def test_modcrop_grayscale_and_matching(tmp_path):
 
 @pytest.mark.needs_shared
 def test_cli(capsys):
-    namespace = runpy.run_path(SCRIPT, run_name='eval_sr')
-    result = namespace['main']([
+    namespace = runpy.run_path(SCRIPT, run_name='evaluate')
+    report = namespace['main']([
         '--arch', 'IMDN', '--arch-opt', 'block_type=imdb', '--weights', IMDN_X4, '--hr', SET5_HR, '--lr', SET5_LR,
-        '--scale', '4'
+        '--scale', '4', '--metrics', 'psnr', 'ssim', '--per-image'
     ])
+    result = report['evaluation']['test_sets']['HR']  # the --hr test set is named after its folder
     assert round(result['psnr'], 2) == 32.21
     out = capsys.readouterr().out
-    assert 'baby.png' in out and 'mean' in out and '32.2' in out
+    assert 'baby.png' in out and 'HR' in out and '32.2' in out
 
 
 def test_bicubic_sr_is_basicsr_imresize():

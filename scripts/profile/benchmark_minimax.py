@@ -4,7 +4,7 @@ Builds ``MinimaxDiffusionModel`` from an option file (default: the CPU demo with
 folder, runs stage 1, times ``--steps`` fine-tuning steps (after one warm-up step) and the sampling of
 ``--images`` images of pseudo-class 0. Usage::
 
-    python scripts/benchmark_minimax.py [-opt options/distill/minimax_demo.yml] [--steps 10] [--images 2]
+    python scripts/profile/benchmark_minimax.py [-opt options/distill/minimax_demo.yml] [--steps 10] [--images 2]
 """
 import argparse
 import os
@@ -14,13 +14,12 @@ import tempfile
 import time
 
 import torch
-import yaml
 
 import basicsr_distill  # noqa: F401
-from basicsr.utils.options import ordered_yaml
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
+from basicsr_distill.utils.options import build_model_from_options, read_option_file
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def main():
@@ -30,15 +29,13 @@ def main():
     parser.add_argument('--images', type=int, default=2)
     args = parser.parse_args()
     os.chdir(REPO)
-    with open(args.opt) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt = read_option_file(args.opt)
     tmp = tempfile.mkdtemp()
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=torch.cuda.device_count())
-    opt['path'].update(experiments_root=tmp, training_states=tmp, distilled_root=f'{tmp}/distilled')
     opt['distill']['finetune'] = dict(opt['distill']['finetune'], iters=args.steps + 1)
     opt['distill']['sample'] = dict(opt['distill']['sample'], images_per_class=args.images)
     opt['train']['total_iter'] = 10**6
-    model = MinimaxDiffusionModel(opt)
+    model = build_model_from_options(opt, root=tmp, distilled_root=f'{tmp}/distilled', num_gpu='auto',
+                                     model_cls=MinimaxDiffusionModel)
     start = time.perf_counter()
     model.optimize_parameters(1)
     stage1_s = time.perf_counter() - start

@@ -11,7 +11,9 @@ check that the parts add up to the real work, and the memory of the instance. Ra
 carries over between machines; on a shared machine, other processes make the times noisy (repeat the run).
 Usage::
 
-    python scripts/benchmark_idc_step.py [-opt options/distill/idc_demo.yml] [--instance 0] [--repeats 20]
+    python scripts/profile/benchmark_idc_step.py [-opt options/distill/idc_demo.yml] [--instance 0] [--repeats 20]
+
+Run it from the repository (the default option file and the data paths inside it are relative to it).
 """
 import argparse
 import resource
@@ -20,14 +22,13 @@ import tempfile
 import time
 
 import torch
-import yaml
 
 import basicsr_distill  # noqa: F401
-from basicsr.utils.options import ordered_yaml
 from basicsr_distill.losses.idc_loss import multi_level_ncfd, pair_loss
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, nearest_real_in_group,
                                           patch_descriptors)
+from basicsr_distill.utils.options import build_model_from_options
 
 
 OPTIM = 'optimizer (zero_grad, step, clamp)'
@@ -40,13 +41,9 @@ def _sync(device):
 
 
 def build_model(opt_path, out_dir):
-    with open(opt_path) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
-    opt['is_train'], opt['dist'], opt['rank'], opt['world_size'] = True, False, 0, 1
-    opt['num_gpu'] = torch.cuda.device_count()
-    opt['path'].update(experiments_root=out_dir, training_states=out_dir, distilled_root=f'{out_dir}/distilled')
-    opt['datasets']['train'].update(scale=opt['scale'], phase='train')
-    return IDCModel(opt)
+    """``IDCModel`` of the option file, writing under ``out_dir``, on the GPU if there is one."""
+    return build_model_from_options(opt_path, root=out_dir, distilled_root=f'{out_dir}/distilled', num_gpu='auto',
+                                    model_cls=IDCModel)
 
 
 def assignment_rounds(model, local_syn):

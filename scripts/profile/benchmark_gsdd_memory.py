@@ -6,8 +6,8 @@ Real-ESRGAN's compact generator), starts one class (GAN inversion switched off: 
 process's peak resident memory during the steps, once with ``distill.chunk_size`` from the option file and once with
 chunk_size = IPC (one graph over all latents, the memory a naive implementation needs). Usage::
 
-    python scripts/benchmark_gsdd_memory.py [-opt options/distill/gsdd_demo.yml] [--ipc 2 4 8 16 32] [--steps 3] \\
-        [--gt_size 128] [--width 32]
+    python scripts/profile/benchmark_gsdd_memory.py [-opt options/distill/gsdd_demo.yml] [--ipc 2 4 8 16 32] \\
+        [--steps 3] [--gt_size 128] [--width 32]
 
 On CUDA the peak is ``torch.cuda.max_memory_allocated``; on the CPU it is the growth of ``ru_maxrss``.
 """
@@ -21,31 +21,27 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def measure(opt_path, ipc, chunk, steps, gt_size=None, width=None):
     """Runs in a child process: one class, ``steps`` steps; returns a dict of measurements."""
     import torch
-    import yaml
 
     import basicsr_distill  # noqa: F401
-    from basicsr.utils.options import ordered_yaml
     from basicsr_distill.models.gsdd_model import GSDDModel
+    from basicsr_distill.utils.options import build_model_from_options, read_option_file
 
-    with open(opt_path) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt = read_option_file(opt_path)
     tmp = tempfile.mkdtemp()
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=torch.cuda.device_count())
-    opt['path'].update(experiments_root=tmp, training_states=tmp, distilled_root=f'{tmp}/distilled')
-    opt['datasets']['train'].update(scale=opt['scale'], phase='train')
     opt['distill'].update(ipc=ipc, chunk_size=chunk)
     if gt_size:
         opt['datasets']['train']['gt_size'] = gt_size
     if width:
         opt['distill']['extractor'] = dict(opt['distill']['extractor'], num_feat=width)
     opt['distill']['inversion'] = dict(opt['distill']['inversion'], iters=0)
-    model = GSDDModel(opt)
+    model = build_model_from_options(opt, root=tmp, distilled_root=f'{tmp}/distilled', num_gpu='auto',
+                                     model_cls=GSDDModel)
     model._start_unit(0)
     cuda = model.device.type == 'cuda'
     times = []
@@ -81,12 +77,9 @@ def main():
     if args.child:
         print(json.dumps(measure(args.opt, args.child[0], args.child[1], args.steps, args.gt_size, args.width)))
         return
-    import yaml
-
     import basicsr_distill  # noqa: F401
-    from basicsr.utils.options import ordered_yaml
-    with open(args.opt) as f:
-        chunk = int(yaml.load(f, Loader=ordered_yaml()[0])['distill']['chunk_size'])
+    from basicsr_distill.utils.options import read_option_file
+    chunk = int(read_option_file(args.opt)['distill']['chunk_size'])
     rows = []
     for ipc in args.ipc:
         for mode, c in (('chunked', min(chunk, ipc)), ('full graph', ipc)):

@@ -1,0 +1,56 @@
+"""The one seeded k-means of the package (IDC's groups, GSDD's pseudo-labels, DCSR's clusters, Minimax-SR's
+pseudo-classes): scikit-learn's ``KMeans`` with a fixed seed, and an optional renumbering of the clusters."""
+import numpy as np
+
+RENUMBER_MODES = ('none', 'first_seen')
+
+
+def seeded_kmeans(x, k, seed=0, n_init=10, renumber='first_seen', return_centers=False):
+    """K-means of the rows of ``x``: ``KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)``.
+
+    Renumbering (``renumber``):
+
+    * ``'none'``: k-means' own cluster ids (they depend on its initialisation);
+    * ``'first_seen'``: clusters renumbered in the order of their first member in the row order of ``x`` (row 0 is
+      in cluster 0, the first row not in cluster 0 is in cluster 1, ...), so the labels depend on the partition
+      only. If k-means leaves clusters empty (fewer than k distinct rows), the labels are in
+      ``[0, number of non-empty clusters)``: callers that need k clusters check ``len(np.unique(labels))``.
+
+    Args:
+        x (ndarray): (N, D) features, read as float64 (every caller already passes float64, so nothing is
+            rounded).
+        k (int): Number of clusters, 1 <= k <= N.
+        seed (int): ``random_state`` of k-means. Default: 0.
+        n_init (int): Number of k-means restarts (the best inertia is kept). Default: 10.
+        renumber (str): ``'none'`` or ``'first_seen'``. Default: ``'first_seen'``.
+        return_centers (bool): Also return the cluster centres. Default: False.
+
+    Returns:
+        ndarray | tuple[ndarray, ndarray]: (N,) int64 labels; with ``return_centers``, also the (k, D) float64
+        centres, row j the centre of label j (with ``'first_seen'``, centres of empty clusters come last, in
+        k-means' order).
+
+    Raises:
+        ValueError: If ``x`` is not 2-D, ``k`` is not an int in [1, N], or ``renumber`` is unknown.
+    """
+    from sklearn.cluster import KMeans  # imported here: only the callers that cluster need scikit-learn
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f'seeded_kmeans expects (N, D) features, got shape {x.shape}')
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= x.shape[0]:
+        raise ValueError(f'seeded_kmeans: k must be an int in [1, {x.shape[0]}], got {k!r}')
+    if renumber not in RENUMBER_MODES:
+        raise ValueError(f'seeded_kmeans: renumber must be one of {list(RENUMBER_MODES)}, got {renumber!r}')
+    km = KMeans(n_clusters=int(k), n_init=n_init, random_state=int(seed)).fit(x)
+    raw = km.labels_.astype(np.int64)
+    centers = km.cluster_centers_
+    if renumber == 'first_seen':
+        ids, first = np.unique(raw, return_index=True)
+        order = ids[np.argsort(first)]  # cluster ids by first member
+        new_id = np.empty(int(k), dtype=np.int64)
+        new_id[order] = np.arange(len(order))
+        raw = new_id[raw]
+        empty = np.setdiff1d(np.arange(int(k)), order)  # sorted: k-means' order
+        centers = centers[np.concatenate([order, empty])]
+    return (raw, centers) if return_centers else raw

@@ -1,0 +1,277 @@
+"""A subset of the real patch pool of an option file, chosen by a coreset / pruning baseline and written in the
+distilled-set format: what ``scripts/select_subset.py`` runs, callable from Python (:func:`select_subset`).
+
+The patch pool is the one a distillation option file defines (its ``datasets.train``: HR folder, scale, gt_size,
+stride, as :class:`~basicsr_distill.data.sr_instance_dataset.SRInstanceDataset` cuts it), so the subset is directly
+comparable with the distilled set. Methods (:data:`METHODS`):
+
+* ``random``: uniform, seeded;
+* ``herding``, ``kcenter``: on per-patch features of the LR patches, ``features='teacher'`` (the option file's
+  ``network_t`` loaded from ``path.pretrain_network_t``, features at ``distill.feature_layer`` or
+  ``feature_layer``, global-average-pooled) or ``features='random'`` (a seeded random DM ResNet18);
+* ``dcsr``: Sobel complexity above the median, k-means (``num_clusters``) on texture descriptors, even sampling;
+* ``psnr_bic``: the lowest PSNR_bic (bicubic round trip at the option file's scale) first.
+
+The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
+chosen patches are read again to write them.
+"""
+import os
+import os.path as osp
+import time
+
+import numpy as np
+import torch
+
+from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
+from basicsr_distill.distilled_set import DistilledSetWriter, read_manifest
+from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+from basicsr_distill.selection.common import check_num_select
+from basicsr_distill.selection.dcsr import select_dcsr_from_descriptors, texture_complexity, texture_features
+from basicsr_distill.selection.features import patch_features, random_feature_network
+from basicsr_distill.selection.herding import select_herding
+from basicsr_distill.selection.kcenter import select_kcenter
+from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
+from basicsr_distill.selection.random_selection import select_random
+from basicsr_distill.utils.checkpoint import load_network
+from basicsr_distill.utils.options import read_option_file
+
+METHODS = ('random', 'herding', 'kcenter', 'dcsr', 'psnr_bic')
+FEATURE_METHODS = ('herding', 'kcenter')
+RANDOM_FEATURE_WIDTH = 64
+
+
+def load_teacher(opt, device):
+    """The option file's ``network_t`` with ``path.pretrain_network_t`` (strict, as the distillation models load it).
+
+    Args:
+        opt (dict): Whole options.
+        device (torch.device): Where the network goes.
+
+    Returns:
+        tuple: ``(net, path)``, the network in eval mode without gradients and its weights file.
+
+    Raises:
+        ValueError: if ``network_t`` or ``path.pretrain_network_t`` is missing.
+    """
+    path = (opt.get('path') or {}).get('pretrain_network_t')
+    if not opt.get('network_t') or not path:
+        raise ValueError('--features teacher needs network_t and path.pretrain_network_t in the option file; use '
+                         '--features random otherwise')
+    net = load_network(
+        opt['network_t'],
+        path,
+        param_key=opt['path'].get('param_key_t', 'auto'),
+        strict=opt['path'].get('strict_load_t', True))
+    net = net.to(device).eval()
+    net.requires_grad_(False)
+    return net, path
+
+
+def build_feature_net(features, opt, lq_size, device, seed=0, feature_layer=None):
+    """The embedding used by herding / k-center.
+
+    Args:
+        features (str): ``'teacher'`` or ``'random'``.
+        opt (dict): Whole options (``network_t``, ``path``, ``distill.feature_layer``).
+        lq_size (int): LR patch side.
+        device (torch.device): Where the network goes.
+        seed (int): Seed of the random network's weights. Default: 0.
+        feature_layer (str | None): Teacher layer; None: ``distill.feature_layer`` of the options. Default: None.
+
+    Returns:
+        tuple: ``(net, layer, description)``, the description JSON-compatible (written in the manifest).
+    """
+    if features == 'teacher':
+        net, path = load_teacher(opt, device)
+        layer = feature_layer or (opt.get('distill') or {}).get('feature_layer')
+        return net, layer, {'network_t': opt['network_t'], 'pretrain_network_t': path, 'feature_layer': layer}
+    net = random_feature_network((lq_size, lq_size), torch.Generator().manual_seed(seed),
+                                 num_feat=RANDOM_FEATURE_WIDTH).to(device)
+    return net, None, {
+        'arch': 'DMResNet18',
+        'norm': net.norm,
+        'num_feat': net.num_feat,
+        'pool_size': net.pool_size,
+        'weights_seed': seed
+    }
+
+
+def describe_pool(source, method, opt, device, features='teacher', seed=0, feature_layer=None):
+    """One pass over the images: patch counts and what ``method`` needs of every patch.
+
+    Args:
+        source (SRInstanceDataset): The pool.
+        method (str): One of :data:`METHODS`.
+        opt (dict): Whole options (for the teacher).
+        device (torch.device): Where the feature network runs.
+        features (str): Herding / k-center: ``'teacher'`` or ``'random'``. Default: ``'teacher'``.
+        seed (int): Seed of the random feature network. Default: 0.
+        feature_layer (str | None): Teacher layer (see :func:`build_feature_net`). Default: None.
+
+    Returns:
+        tuple: (counts per image, per-patch descriptors or None, feature-net description or None). Descriptors:
+        (P, D) features (herding / k-center), ``(complexity (P,), texture features (P, 17))`` (dcsr), (P,)
+        PSNR_bic (psnr_bic), None (random, or an empty pool).
+    """
+    net = layer = described = None
+    if method in FEATURE_METHODS:
+        net, layer, described = build_feature_net(features, opt, source.gt_size // source.scale, device, seed,
+                                                  feature_layer)
+    counts, parts = [], []
+    for i in range(source.num_instances):
+        inst = source.load_instance(i)
+        counts.append(inst['lq'].shape[0])
+        if not counts[-1] or method == 'random':
+            continue
+        if method in FEATURE_METHODS:
+            parts.append(patch_features(inst['lq'], features, net=net, layer=layer))
+        else:
+            hr = inst['gt'].permute(0, 2, 3, 1).numpy()
+            if method == 'dcsr':
+                parts.append((texture_complexity(hr), texture_features(hr)))
+            else:
+                parts.append(psnr_bic_batch(hr, source.scale))
+    if method == 'random' or not parts:
+        return counts, None, described
+    if method == 'dcsr':
+        return counts, (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])), described
+    return counts, np.concatenate(parts), described
+
+
+def run_method(method, descriptors, num_pool, num, seed=0, kcenter_start='mean', num_clusters=15):
+    """Indices into the pool (in the method's order) and an optional per-index score for the pair info.
+
+    Returns:
+        tuple: ``(indices, score)``, ``score`` None or ``(info key, (P,) values)``.
+    """
+    if method == 'random':
+        return select_random(num_pool, num, seed), None
+    if method == 'herding':
+        return select_herding(descriptors, num), None
+    if method == 'kcenter':
+        return select_kcenter(descriptors, num, start=kcenter_start, seed=seed), None
+    if method == 'dcsr':
+        complexity, feats = descriptors
+        return select_dcsr_from_descriptors(complexity, feats, num, num_clusters, seed), \
+            ('texture_complexity', complexity)
+    return select_lowest_psnr_bic(descriptors, num), ('psnr_bic', descriptors)
+
+
+def select_subset(opt,
+                  out,
+                  method='random',
+                  num_pairs=None,
+                  ratio=None,
+                  like=None,
+                  seed=0,
+                  features='teacher',
+                  feature_layer=None,
+                  kcenter_start='mean',
+                  num_clusters=15,
+                  device=None):
+    """Read the options, build the patch pool, run the baseline ``method`` and write the chosen pairs to ``out``.
+
+    The size is given by exactly one of ``num_pairs`` (n), ``ratio`` (n = max(1, round(ratio * P)) of the P pool
+    patches) or ``like`` (the pair count of that distilled set). The set's ``wall_time_s`` covers scoring the pool,
+    selecting and writing; pair ``name`` is ``<image>_<tag><j:04d>`` (tag ``rand`` for random, else the method).
+
+    Args:
+        opt (str | dict): A distillation option file (:func:`~basicsr_distill.utils.options.read_option_file`) or
+            its options; its ``datasets.train`` (and top-level ``scale``) define the pool.
+        out (str): Output folder (a distilled set).
+        method (str): One of :data:`METHODS`. Default: ``'random'``.
+        num_pairs (int | None): n. Default: None.
+        ratio (float | None): Fraction of the pool. Default: None.
+        like (str | None): A distilled set whose pair count to match. Default: None.
+        seed (int): random: the draw; kcenter with ``kcenter_start='random'``: the start; dcsr: k-means and
+            sampling; ``features='random'``: the network weights. Default: 0.
+        features (str): Herding / k-center: ``'teacher'`` (``network_t``) or ``'random'``. Default: ``'teacher'``.
+        feature_layer (str | None): Teacher layer; None: ``distill.feature_layer``, else ``forward_features``.
+            Default: None.
+        kcenter_start (str): ``'mean'`` or ``'random'``. Default: ``'mean'``.
+        num_clusters (int): dcsr: k-means clusters (the paper: 15). Default: 15.
+        device (str | torch.device | None): Where features are computed; None: CUDA if available, else the CPU.
+
+    Returns:
+        dict: ``{'out': absolute path, 'method', 'num_pairs', 'pool'}`` (what the script prints as JSON).
+
+    Raises:
+        ValueError: Not exactly one size given, an unknown method, n out of [1, P], or the teacher missing for
+            ``features='teacher'``; whatever the dataset, the selection rules and the writer refuse.
+        FileNotFoundError: The option file, the image folder or the ``like`` set is missing.
+    """
+    start = time.monotonic()
+    if sum(v is not None for v in (num_pairs, ratio, like)) != 1:
+        raise ValueError(f'give exactly one of num_pairs, ratio and like, got num_pairs={num_pairs!r}, '
+                         f'ratio={ratio!r}, like={like!r}')
+    if method not in METHODS:
+        raise ValueError(f'method must be one of {list(METHODS)}, got {method!r}')
+    source_options = opt if isinstance(opt, (str, os.PathLike)) else None
+    if source_options is not None:
+        opt = read_option_file(opt)
+    dataset_opt = dict(opt['datasets']['train'], scale=opt['scale'], phase='train')
+    source = SRInstanceDataset(dataset_opt)
+    if device is None:
+        device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    counts, descriptors, feature_net = describe_pool(source, method, opt, torch.device(device), features, seed,
+                                                     feature_layer)
+    pool = [(i, j) for i, count in enumerate(counts) for j in range(count)]
+    if like:
+        num = read_manifest(like)['num_pairs']
+    elif ratio is not None:
+        num = max(1, round(ratio * len(pool)))
+    else:
+        num = num_pairs
+    num = check_num_select(num, len(pool))
+    chosen, score = run_method(method, descriptors, len(pool), num, seed, kcenter_start, num_clusters)
+    rank = {pool[k]: r for r, k in enumerate(chosen)}
+    picked = [[] for _ in counts]
+    for i, j in sorted(rank):
+        picked[i].append(j)
+
+    options = {'selection': method, 'seed': seed, 'source_options': source_options, 'num_pairs': num}
+    if method in FEATURE_METHODS:
+        options.update(features=features, feature_net=feature_net)
+    if method == 'kcenter':
+        options['kcenter_start'] = kcenter_start
+    elif method == 'dcsr':
+        options['num_clusters'] = num_clusters
+    elif method == 'psnr_bic':
+        options['psnr_bic_scale'] = source.scale
+    writer = DistilledSetWriter(
+        out,
+        method=method,
+        scale=int(opt['scale']),
+        source={
+            'folder': dataset_opt['dataroot_gt'],
+            'num_images': source.num_instances,
+            'num_patches': len(pool),
+            'gt_size': source.gt_size,
+            'stride': source.stride
+        },
+        size_control={
+            'num_pairs': num,
+            'r': num / len(pool)
+        },
+        options=options,
+        start_time=start)
+    tag = 'rand' if method == 'random' else method
+    offsets = np.cumsum([0] + counts)
+    for i in range(source.num_instances):
+        inst = source.load_instance(i) if picked[i] else {'name': source.names[i]}
+        pairs = []
+        for j in picked[i]:
+            info = {'instance': inst['name'], 'source_image': inst['path'], 'hr_yx': list(inst['coords'][j])}
+            if method != 'random':  # random keeps its former entries
+                info['selection_rank'] = rank[(i, j)]
+            if score is not None:
+                info[score[0]] = float(score[1][offsets[i] + j])
+            pairs.append({
+                'name': f'{inst["name"]}_{tag}{j:04d}',
+                'lq': inst['lq'][j].permute(1, 2, 0).numpy(),
+                'gt': inst['gt'][j].permute(1, 2, 0).numpy(),
+                'info': info
+            })
+        writer.write_unit(inst['name'], pairs)
+    writer.finalize()
+    return {'out': osp.abspath(out), 'method': method, 'num_pairs': num, 'pool': len(pool)}
