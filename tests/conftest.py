@@ -168,13 +168,12 @@ def run_basicsr_train(opt_path, root, monkeypatch, *extra):
 
 
 def build_distill_model(model_cls, opt):
-    """A distillation model built as train_pipeline builds it, for unit-level checks without the loop."""
-    opt = dict(opt, is_train=True, dist=False, rank=0, world_size=1)
-    opt['path'] = dict(opt['path'], experiments_root=opt['path']['distilled_root'] + '_exp',
-                       training_states=opt['path']['distilled_root'] + '_exp')
-    os.makedirs(opt['path']['training_states'], exist_ok=True)
-    opt['datasets'] = {'train': dict(opt['datasets']['train'], scale=opt['scale'], phase='train')}
-    return model_cls(opt)
+    """A distillation model built as train_pipeline builds it, for unit-level checks without the loop (the package's
+    one builder, ``utils.options.build_model_from_options``); only ``datasets.train`` is kept, and what the model
+    writes besides the distilled set goes to ``<distilled_root>_exp``."""
+    from basicsr_distill.utils.options import build_model_from_options
+    opt = dict(opt, datasets={'train': opt['datasets']['train']})
+    return build_model_from_options(opt, root=opt['path']['distilled_root'] + '_exp', model_cls=model_cls)
 
 
 def tiny_edsr_options(name, dataset, gt_size=16, iters=2):
