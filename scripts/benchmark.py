@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark runner: methods x sizes x downstream archs x seeds x test sets, through the BasicSR loops, resumable.
 
-For a preset (``options/benchmark/*.yml``; keys in the README section "Comparison table"):
+For a preset (``options/benchmark/*.yml``; keys in docs/Benchmark.md, section "Preset keys"):
 
 1. every method writes one training set per size in the distilled-set format (distillation methods through
    ``basicsr_distill/train.py --auto_resume``, selection baselines through ``scripts/select_subset.py``);
