@@ -1,4 +1,4 @@
-"""The benchmark runner (scripts/benchmark.py) and its grid / report helpers.
+"""The benchmark runner (basicsr_distill.benchmark, CLI scripts/benchmark.py) and its grid / report helpers.
 
 The end-to-end test runs a real tiny grid (IDC + the random baseline on 6 T91 images from two folders, EDSR for
 a few iterations with two seeds, evaluated on Set5) through the BasicSR loops, stops it half-way, and checks that the
@@ -16,18 +16,21 @@ import pytest
 import yaml
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
-from basicsr_distill.utils import benchmark_grid as grid_lib
-from basicsr_distill.utils import benchmark_report as report
+from basicsr_distill.benchmark import grid as grid_lib
+from basicsr_distill.benchmark import report
 from conftest import REPO, data_path
 
 SCRIPT = osp.join(REPO, 'scripts', 'benchmark.py')
 
 
 def _load_script():
+    """The runner module (patched by the tests); scripts/benchmark.py must be its CLI, with the same ``main``."""
+    from basicsr_distill.benchmark import runner
     spec = importlib.util.spec_from_file_location('benchmark_script', SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    assert module.main is runner.main
+    return runner
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -1,7 +1,7 @@
 """The benchmark grid: a YAML preset -> cells (training sets, downstream runs), their option files, results on disk.
 
 A preset (``options/benchmark/*.yml``, plain YAML read with ``yaml.safe_load``: no tags) names methods (each with its
-sizes), downstream archs, seeds and test sets; see the README section "Comparison table" for the keys. Two kinds of
+sizes), downstream archs, seeds and test sets; see docs/Benchmark.md, section "Preset keys", for the keys. Two kinds of
 cells:
 
 * a **set cell** ``set/<method>/<size>`` writes a training set in the distilled-set format under

@@ -11,7 +11,7 @@ import os.path as osp
 import numpy as np
 
 from basicsr_distill.data.image_io import read_rgb
-from basicsr_distill.utils.benchmark_grid import write_text_atomic
+from basicsr_distill.benchmark.grid import write_text_atomic
 
 CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'seed', 'train_time_s',
               'train_wall_s', 'reference')
@@ -39,7 +39,7 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None):
     """The comparison table: one row per (arch, method, size), metric columns as mean ± std over the seeds.
 
     Args:
-        summary (list[dict]): From :func:`basicsr_distill.utils.benchmark_grid.summarize`.
+        summary (list[dict]): From :func:`basicsr_distill.benchmark.grid.summarize`.
         test_sets (list[str]), metrics (list[str]): Column order.
         bicubic (dict | None): ``{'<test set>/<metric>': value}`` for a bicubic row.
         title (str | None): A line written above the table.

@@ -1,0 +1,341 @@
+"""Benchmark runner: methods x sizes x downstream archs x seeds x test sets, through the BasicSR loops, resumable.
+
+For a preset (``options/benchmark/*.yml``; keys in docs/Benchmark.md, section "Preset keys"):
+
+1. every method writes one training set per size in the distilled-set format (distillation methods through
+   ``basicsr_distill/train.py --auto_resume``, selection baselines through ``scripts/select_subset.py``);
+2. every arch is trained on every set with every seed (BasicSR's ``SRModel`` loop, ``--auto_resume``) and evaluated
+   on the test sets (PSNR / SSIM on Y with a ``scale``-pixel border, as BasicSR; NIQE / LPIPS if listed);
+3. results go to ``<work_dir>/results.csv`` (one row per run), ``table.md`` (mean ± std over seeds),
+   ``psnr_vs_ratio.png``, ``psnr_vs_train_time.png`` and ``samples/<method>.png`` (distilled samples).
+
+Finished cells are skipped (``<work_dir>/cells/*.json``), and an interrupted cell continues from its last
+checkpoint, so rerunning the same command after a crash or Ctrl-C only does what is left. Logs of every subprocess
+are in ``<work_dir>/logs/``. Usage::
+
+    python scripts/benchmark.py -opt options/benchmark/cpu_291.yml            # run / resume the grid
+    python scripts/benchmark.py -opt options/benchmark/cpu_291.yml --dry_run  # list the cells and their state
+    python scripts/benchmark.py -opt options/benchmark/cpu_291.yml --report   # rebuild outputs from finished cells
+
+Option files are code (BasicSR's YAML loader runs tags): the preset itself is read with ``yaml.safe_load``, but the
+option files it names are run by BasicSR. Use trusted files only.
+"""
+import argparse
+import glob
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+
+import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+from basicsr_distill.benchmark import grid as grid_lib
+from basicsr_distill.benchmark import report
+from basicsr_distill.distilled_set import read_manifest
+
+#: The repository root (this package's parent folder): the runner starts ``basicsr_distill/train.py`` and
+#: ``scripts/select_subset.py`` of this checkout and resolves the preset's relative paths against it.
+REPO = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+
+GUESS_S = {'set': 120.0, 'train': 60.0}  # ETA before any cell of a kind has finished here
+PROGRESS_KEYS = ('ETA', 'eta:', ', iter:', '] unit ')
+
+
+def fmt_time(seconds):
+    seconds = int(round(seconds))
+    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+class Progress():
+    """'[k/N pct] what ... done in s | elapsed | ETA' lines; the ETA uses the mean time of each kind of cell."""
+
+    def __init__(self, cells, done):
+        self.total = len(cells)
+        self.left = {c['id']: c['kind'] for c in cells if c['id'] not in done}
+        self.count = self.total - len(self.left)
+        self.times = {'set': [], 'train': []}
+        self.start = time.time()
+
+    def eta(self):
+        mean = {k: (sum(v) / len(v) if v else GUESS_S[k]) for k, v in self.times.items()}
+        return sum(mean[kind] for kind in self.left.values())
+
+    def begin(self, what):
+        print(f'[{self.count + 1}/{self.total}] {what} ...', flush=True)
+
+    def end(self, cell, seconds):
+        self.left.pop(cell['id'], None)
+        self.count += 1
+        self.times[cell['kind']].append(seconds)
+        print(f'[{self.count}/{self.total} {100 * self.count / self.total:.0f}%] {cell["id"]} done in '
+              f'{seconds:.0f} s | elapsed {fmt_time(time.time() - self.start)} | ETA {fmt_time(self.eta())}',
+              flush=True)
+
+
+def run_logged(cmd, cwd, log_path):
+    """Run a command, its output to ``log_path``; echo its own progress lines (unit / iter / ETA) now and then.
+
+    Raises:
+        RuntimeError: If it exits with a non-zero status (naming the log and its last lines).
+    """
+    os.makedirs(osp.dirname(log_path), exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    start, last_echo = time.time(), 0.0
+    tty = sys.stdout.isatty()
+    with open(log_path, 'a', encoding='utf-8', buffering=1) as log, subprocess.Popen(
+            cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        log.write(f'$ {" ".join(cmd)}\n')
+        for line in proc.stdout:
+            log.write(line)
+            if any(key in line for key in PROGRESS_KEYS) and (tty or time.time() - last_echo > 30):
+                text = line.strip().split(' INFO: ')[-1][:150]
+                print(f'\r    {text}' + ('' if tty else '\n'), end='', flush=True)
+                last_echo = time.time()
+    if tty and last_echo:
+        print()
+    if proc.returncode:
+        with open(log_path, encoding='utf-8', errors='replace') as f:
+            tail = ''.join(f.readlines()[-15:])
+        raise RuntimeError(f'command failed ({proc.returncode}): {" ".join(cmd)}\nlog: {log_path}\n{tail}')
+    return time.time() - start
+
+
+# ------------------------------------------------------------------------------------------------ data
+def link_train_hr(grid):
+    """One flat folder of the HR training images: the folder itself, or symbolic links to the images of several.
+
+    Raises:
+        ValueError: If two folders hold images of the same name.
+    """
+    if len(grid['train_hr']) == 1:
+        return grid['train_hr'][0]
+    from basicsr_distill.data.image_io import list_images
+    flat = osp.join(grid['work_dir'], 'data', 'train_hr')
+    os.makedirs(flat, exist_ok=True)
+    seen = {}
+    for folder in grid['train_hr']:
+        for path in list_images(folder):
+            name = osp.basename(path)
+            if name in seen:
+                raise ValueError(f'train_hr: {name} is in both {seen[name]} and {folder}; names must be unique')
+            seen[name] = folder
+            link = osp.join(flat, name)
+            if not osp.lexists(link):
+                os.symlink(path, link)
+    return flat
+
+
+def pool_size(pool_opt_path):
+    """Number of patches of the pool (SRInstanceDataset of the pool option file, from the image headers)."""
+    from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
+    opt = grid_lib.read_option_file(pool_opt_path)
+    source = SRInstanceDataset(dict(opt['datasets']['train'], scale=opt['scale'], phase='train'))
+    return sum(source.num_patches(i) for i in range(source.num_instances))
+
+
+def pool_option_file(grid, train_hr):
+    """The option file select_subset.py reads: the pool as ``datasets.train`` (+ the selection_opt's teacher)."""
+    opt = grid_lib.read_option_file(grid['selection_opt']) if grid['selection_opt'] else {}
+    opt = grid_lib.absolutize(opt, REPO)
+    opt['scale'] = grid['scale']
+    opt['datasets'] = {'train': {'name': 'pool', 'type': 'SRInstanceDataset', 'dataroot_gt': train_hr,
+                                 'gt_size': grid['pool']['gt_size'], 'stride': grid['pool']['stride'],
+                                 'io_backend': {'type': 'disk'}}}
+    return grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'pool.yml'))
+
+
+# ------------------------------------------------------------------------------------------------ cells
+def run_set_cell(cell, grid, ctx):
+    """Write the training set of one (method, size); returns its row fields."""
+    method = grid['methods'][cell['method']]
+    root, log = cell['root'], osp.join(grid['work_dir'], 'logs', cell['id'].replace('/', '__') + '.log')
+    values = {'train_hr': ctx['train_hr'], 'size': cell['size'], 'gt_size': grid['pool']['gt_size'],
+              'stride': grid['pool']['stride'], 'scale': grid['scale']}
+    complete = osp.isfile(osp.join(root, 'distill.json')) and read_manifest(root).get('complete')
+    start = time.time()
+    if not complete and method['type'] == 'distill':
+        opt = grid_lib.read_option_file(method['opt'])
+        opt = grid_lib.deep_merge(opt, grid_lib.fill_placeholders(method['options'], values))
+        opt = grid_lib.absolutize(opt, REPO)
+        opt['name'] = f'{grid["name"]}_{cell["method"]}_{cell["label"]}'
+        opt['manual_seed'] = grid['set_seed']
+        opt.setdefault('path', {})['distilled_root'] = root
+        opt.setdefault('logger', {})['use_tb_logger'] = False
+        path = grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'sets',
+                                                        f'{cell["method"]}_{cell["label"]}.yml'))
+        run_logged([sys.executable, osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'],
+                   grid['work_dir'], log)
+    elif not complete:
+        cmd = [sys.executable, osp.join(REPO, 'scripts', 'select_subset.py'), '-opt', ctx['pool_opt'], '--out', root,
+               '--seed', str(grid['set_seed'])]
+        if method.get('like'):
+            like = next(c for c in ctx['sets'] if c['method'] == method['like'] and c['size_index'] ==
+                        cell['size_index'])
+            cmd += ['--like', like['root']]
+        else:
+            cmd += ['--ratio', str(cell['size'])]
+        run_logged(cmd + [str(a) for a in grid_lib.fill_placeholders(method['args'], values)], REPO, log)
+    manifest = read_manifest(root)
+    if not manifest.get('complete'):
+        raise RuntimeError(f'{root}: the set is not complete after {cell["id"]}; see {log}')
+    from basicsr_distill.utils.sr_metrics import dataset_size
+    return {'pairs': manifest['num_pairs'], 'ratio': manifest['num_pairs'] / ctx['pool'],
+            'set_bytes': dataset_size(root)['bytes'],
+            'set_time_s': manifest.get('wall_time_s') or (time.time() - start), 'root': root,
+            'reference': bool(method.get('reference'))}
+
+
+def run_train_cell(cell, grid, ctx):
+    """Train one arch on one set with one seed, then evaluate it; returns its row fields."""
+    arch = grid['archs'][cell['arch']]
+    set_cell = cell['set']
+    values = {'train_hr': ctx['train_hr'], 'size': set_cell['size'], 'gt_size': grid['pool']['gt_size'],
+              'stride': grid['pool']['stride'], 'scale': grid['scale']}
+    opt = grid_lib.read_option_file(arch['opt'])
+    opt = grid_lib.absolutize(grid_lib.deep_merge(opt, grid_lib.fill_placeholders(arch['options'], values)), REPO)
+    opt['name'], opt['manual_seed'] = cell['name'], cell['seed']
+    opt['datasets']['train'].update(dataroot=set_cell['root'], name=f'{set_cell["method"]}_{set_cell["label"]}')
+    opt['datasets'].pop('val', None)  # evaluation is done below, on every test set
+    opt.pop('val', None)
+    opt.setdefault('logger', {})['use_tb_logger'] = False
+    opt['logger']['save_checkpoint_freq'] = opt['train']['total_iter']
+    path = grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'train', f'{cell["name"]}.yml'))
+    log = osp.join(grid['work_dir'], 'logs', cell['id'].replace('/', '__') + '.log')
+    exp = osp.join(grid['work_dir'], 'experiments', cell['name'])
+    wall = run_logged([sys.executable, osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'],
+                      grid['work_dir'], log)
+
+    from basicsr_distill.utils.sr_metrics import load_network, parse_train_time
+    logs = sorted(glob.glob(osp.join(exp, f'train_{cell["name"]}_*.log')), key=osp.getmtime)
+    train_time = parse_train_time(logs[-1])['seconds'] if logs else None
+    net = load_network(opt['network_g'], osp.join(exp, 'models', 'net_g_latest.pth'), scale=grid['scale'])
+    row = {'train_time_s': train_time, 'train_wall_s': round(wall, 1), 'weights': osp.join(exp, 'models')}
+    row.update(evaluate_sets(net, grid, ctx))
+    return row
+
+
+def evaluate_sets(net, grid, ctx):
+    """``{'<test set>/<metric>': value}`` of a network on the preset's test sets."""
+    from basicsr_distill.utils.sr_metrics import evaluate_network
+    tests = {name: (spec['hr'], spec['lr']) for name, spec in grid['test_sets'].items()}
+    result = evaluate_network(net, tests, scale=grid['scale'], metrics=grid['metrics'], device=ctx['device'])
+    return {f'{name}/{m}': res.get(m) for name, res in result['test_sets'].items() for m in grid['metrics']}
+
+
+def bicubic_reference(grid, ctx):
+    """The bicubic row: BasicSR's MATLAB-style ``imresize`` evaluated like the trained networks."""
+    from basicsr_distill.utils.sr_eval import BicubicSR
+    return evaluate_sets(BicubicSR(grid['scale']), grid, dict(ctx, device='cpu'))
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def build_rows(grid, store, sets, trains):
+    rows = []
+    set_records = {c['id']: store.load(c) for c in sets}
+    for cell in trains:
+        record, set_record = store.load(cell), set_records.get(cell['set']['id'])
+        if record is None or set_record is None:
+            continue
+        row = {k: set_record.get(k) for k in ('pairs', 'ratio', 'set_bytes', 'set_time_s', 'reference')}
+        row.update(arch=cell['arch'], method=cell['set']['method'], label=cell['set']['label'],
+                   size=cell['set']['size'], seed=cell['seed'])
+        row.update({k: v for k, v in record.items() if '/' in k or k in ('train_time_s', 'train_wall_s')})
+        rows.append(row)
+    return rows
+
+
+def write_outputs(grid, store, sets, trains, final):
+    """CSV + Markdown from the finished cells (after every train cell); plots and sample grids when ``final``."""
+    tests, metrics, work = list(grid['test_sets']), grid['metrics'], grid['work_dir']
+    rows = build_rows(grid, store, sets, trains)
+    bicubic = store.load(bicubic_cell(grid)) if grid['bicubic_reference'] else None
+    bicubic = {k: v for k, v in bicubic.items() if '/' in k} if bicubic else None
+    csv_rows = rows + ([dict(bicubic, arch='-', method='bicubic')] if bicubic else [])
+    report.write_csv(csv_rows, osp.join(work, 'results.csv'), tests, metrics)
+    summary = grid_lib.summarize(rows, tests, metrics)
+    title = (f'Preset `{osp.relpath(grid["preset"], REPO)}`: {len(rows)} runs, mean ± std over seeds '
+             f'{grid["seeds"]}; PSNR / SSIM on Y, {grid["scale"]}-pixel border (BasicSR). Set time: the set\'s '
+             '`wall_time_s` (distill.json: distillation, or scoring the pool + selecting + writing; no process '
+             'start-up). Train time: BasicSR\'s "Time consumed" of the downstream run.')
+    report.write_markdown(report.markdown_table(summary, tests, metrics, bicubic, title), osp.join(work, 'table.md'))
+    if final and summary and 'psnr' in metrics:
+        report.plot_psnr(summary, tests, 'ratio', osp.join(work, 'psnr_vs_ratio.png'),
+                         'training set size (fraction of the patch pool)', bicubic=bicubic)
+        report.plot_psnr(summary, tests, 'train_time_s_mean', osp.join(work, 'psnr_vs_train_time.png'),
+                         'downstream training wall time (s)', logx=False, bicubic=bicubic)
+    if final:
+        for name in grid['methods']:
+            done = [c for c in sets if c['method'] == name and store.load(c) is not None]
+            if done:
+                cell = done[-1]  # the largest size given last
+                num = read_manifest(cell['root'])['num_pairs']
+                report.sample_grid(cell['root'], osp.join(work, 'samples', f'{name}.png'),
+                                   f'{name} {cell["label"]}: HR of {min(16, num)} of {num} pairs')
+    return summary
+
+
+def bicubic_cell(grid):
+    return {'id': 'ref/bicubic', 'kind': 'set', 'spec': {'test_sets': grid['test_sets'], 'scale': grid['scale'],
+                                                         'metrics': grid['metrics']}}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('-opt', '--opt', required=True, help='benchmark preset (options/benchmark/*.yml)')
+    parser.add_argument('--dry_run', action='store_true', help='list the cells and whether they are finished')
+    parser.add_argument('--report', action='store_true', help='only rebuild the outputs from the finished cells')
+    parser.add_argument('--max_cells', type=int, default=None, help='stop after computing this many cells')
+    args = parser.parse_args(argv)
+
+    grid = grid_lib.load_grid(args.opt, REPO, check_paths=not args.dry_run)
+    store = grid_lib.CellStore(grid['work_dir'])
+    sets = grid_lib.set_cells(grid)
+    trains = grid_lib.train_cells(grid, sets)
+    extra = [bicubic_cell(grid)] if grid['bicubic_reference'] else []
+    cells = sets + extra + trains
+    done = {c['id'] for c in cells if store.load(c) is not None}  # also refuses cells made with other settings
+    print(f'benchmark {grid["name"]}: {len(sets)} training sets, {len(trains)} downstream runs '
+          f'({len(grid["archs"])} archs x {len(grid["seeds"])} seeds), test sets {list(grid["test_sets"])}; '
+          f'{len(done)} of {len(cells)} cells finished; work dir {grid["work_dir"]}', flush=True)
+    if args.dry_run:
+        for cell in cells:
+            print(f'  {"done" if cell["id"] in done else "todo"}  {cell["id"]}')
+        return 0
+    os.makedirs(grid['work_dir'], exist_ok=True)
+    if not args.report:
+        import torch
+        device = grid['device'] if grid['device'] != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
+        ctx = {'train_hr': link_train_hr(grid), 'sets': sets, 'device': device}
+        ctx['pool_opt'] = pool_option_file(grid, ctx['train_hr'])
+        ctx['pool'] = pool_size(ctx['pool_opt'])
+        progress, computed = Progress(cells, done), 0
+        for cell in cells:
+            if cell['id'] in done:
+                continue
+            if args.max_cells is not None and computed >= args.max_cells:
+                print(f'stopped after {computed} cells (--max_cells); rerun to continue', flush=True)
+                break
+            start = time.time()
+            if cell['kind'] == 'set' and cell['id'] == 'ref/bicubic':
+                progress.begin('bicubic reference')
+                result = bicubic_reference(grid, ctx)
+            elif cell['kind'] == 'set':
+                progress.begin(f'training set: {cell["method"]} {cell["label"]}')
+                result = run_set_cell(cell, grid, ctx)
+            else:
+                progress.begin(f'train {cell["arch"]} on {cell["set"]["method"]} {cell["set"]["label"]} '
+                               f'seed {cell["seed"]}')
+                result = run_train_cell(cell, grid, ctx)
+            store.save(cell, result)
+            computed += 1
+            progress.end(cell, time.time() - start)
+            if cell['kind'] == 'train':
+                write_outputs(grid, store, sets, trains, final=False)
+    complete = all(store.load(c) is not None for c in cells)
+    write_outputs(grid, store, sets, trains, final=True)
+    print(f'{"finished" if complete else "partial"}: {osp.join(grid["work_dir"], "table.md")}, results.csv, '
+          'psnr_vs_ratio.png, psnr_vs_train_time.png, samples/', flush=True)
+    with open(osp.join(grid['work_dir'], 'table.md'), encoding='utf-8') as f:
+        print(f.read())
+    return 0
