@@ -18,11 +18,12 @@ import copy
 import hashlib
 import json
 import math
-import os
 import os.path as osp
 import statistics
 
 import yaml
+
+from basicsr_distill.utils.file_io import write_text_atomic  # also imported from here (benchmark.report)
 
 #: keys of a preset, with their defaults (None: required)
 GRID_DEFAULTS = {
@@ -44,16 +45,6 @@ GRID_DEFAULTS = {
 METHOD_KEYS = {'type', 'opt', 'args', 'sizes', 'size_name', 'like', 'options', 'reference'}
 ARCH_KEYS = {'opt', 'options'}
 PLACEHOLDERS = ('train_hr', 'size', 'gt_size', 'stride', 'scale')
-
-
-def write_text_atomic(path, text):
-    """Write ``text`` (UTF-8) to ``path`` through ``<path>.tmp`` and ``os.replace``: readers never see half a file."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 class GridError(ValueError):
@@ -248,10 +239,10 @@ def absolutize(opt, repo, keys=('dataroot', 'meta_info_file', 'pretrain_network_
 
 
 def read_option_file(path):
-    """A BasicSR option file as a plain dict (BasicSR's loader: tags run, e.g. the plugin import)."""
-    from basicsr.utils.options import ordered_yaml
-    with open(path, encoding='utf-8') as f:
-        return json.loads(json.dumps(yaml.load(f, Loader=ordered_yaml()[0])))
+    """A BasicSR option file as a plain dict (the package's reader, ``utils.options.read_option_file``: BasicSR's
+    loader, tags run, e.g. the plugin import), made of plain dicts and lists."""
+    from basicsr_distill.utils.options import read_option_file as read_options
+    return json.loads(json.dumps(read_options(path)))
 
 
 def write_option_file(opt, path):

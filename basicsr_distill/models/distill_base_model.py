@@ -30,6 +30,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.utils.checkpoint import build_network, load_pretrained
+from basicsr_distill.utils.file_io import torch_save_atomic
 from basicsr_distill.utils.options import merge_options  # noqa: F401  (re-exported: moved there)
 
 
@@ -298,9 +299,7 @@ class DistillBaseModel(BaseModel):
                 return
             state.update(unit_state=None, unit_states=states, world_size=self.world_size)
         path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
-        tmp = f'{path}.tmp'
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(path, state, tmp=f'{path}.tmp')  # BasicSR's --auto_resume parses the names there
 
     def resume_training(self, resume_state):
         """Keep the saved unit state (this rank's) until the unit it belongs to starts again.

@@ -45,6 +45,7 @@ from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, min
                                                  representativeness_loss, sr_loss)
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.utils.ema import EMA
+from basicsr_distill.utils.file_io import torch_save_atomic
 from basicsr_distill.utils.options import merge_options
 
 #: Defaults of the ``distill`` section (paper / Minimax Diffusion: lambdas 0.002 / 0.008 / 1, AdamW lr 1e-3,
@@ -366,9 +367,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
             st.ema.copy_to(self.dit)  # sampling (stage 3) uses the EMA weights
             ema = {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)}
             if self.rank == 0:  # every rank holds the same tensors
-                tmp = f'{self.stage2_path}.tmp'
-                torch.save({'key': self.stage2_key, 'trainable': trainable, 'ema': ema, 'iters': self.F}, tmp)
-                os.replace(tmp, self.stage2_path)
+                torch_save_atomic(self.stage2_path, {'key': self.stage2_key, 'trainable': trainable, 'ema': ema,
+                                                     'iters': self.F}, tmp=f'{self.stage2_path}.tmp')
             self.logger.info(f'Minimax-SR stage 2 done in {time.time() - st.t0:.1f} s: {self.stage2_path}')
             self.ft, self.optimizers, self.stage2_done, self.dit_ddp = None, [], True, None
 

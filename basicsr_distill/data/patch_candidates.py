@@ -1,0 +1,145 @@
+"""Minimax-SR stage 1, step 1: the HR patch candidates of the training images and their PSNR_bic selection.
+
+See :mod:`basicsr_distill.data.patch_selection` (stage 1 as a whole, its options and its file). Patches are those of
+:func:`~basicsr_distill.data.sr_patches.cut_patch_pairs`: the image is mod-cropped to the scale, the top-left
+corners are ``patch_positions(side, gt_size, stride)`` along each axis (every ``stride`` plus the last position, so
+the border is covered); ``gt_size`` and ``stride`` are multiples of the scale, so every corner is also on the LR grid
+of the whole image.
+"""
+import math
+import os.path as osp
+import time
+
+import numpy as np
+
+from basicsr.utils import get_root_logger
+from basicsr_distill.data.sr_patches import list_images, modcrop, patch_positions, read_rgb
+from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+
+OPTION_PREFIX = 'distill.stage1'
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_int(name, value, minimum):
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f'{OPTION_PREFIX}.{name} must be an int >= {minimum}, got {value!r}')
+    return int(value)
+
+
+def _check_threshold(threshold):
+    if threshold == 'median':
+        return 'median'
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(threshold):
+        raise ValueError(f"{OPTION_PREFIX}.threshold must be 'median' or a finite PSNR_bic in dB, got {threshold!r}")
+    return float(threshold)
+
+
+def _check_geometry(gt_size, stride, scale):
+    scale = _check_int('scale', scale, 2)
+    gt_size = _check_int('gt_size', gt_size, 2 * scale)
+    stride = _check_int('stride', stride, 1)
+    if gt_size % scale or stride % scale:
+        raise ValueError(f'{OPTION_PREFIX}.gt_size ({gt_size}) and {OPTION_PREFIX}.stride ({stride}) must be '
+                         f'multiples of scale={scale}')
+    return gt_size, stride, scale
+
+
+# ------------------------------------------------------------------------------------------------ 1. selection
+def select_patches(hr_folder, gt_size, stride, scale=4, threshold='median', meta_info_file=None):
+    """HR patches of every image whose PSNR_bic is strictly below the threshold (Sec. III-A, Eq. 1).
+
+    Every image of ``hr_folder`` is read with :func:`read_rgb` (float RGB in [0, 1]) and mod-cropped to ``scale``;
+    its patches are cut at ``patch_positions(H, gt_size, stride) x patch_positions(W, gt_size, stride)`` (row-major)
+    and scored with :func:`psnr_bic_batch` (BasicSR's bicubic ``imresize`` down and up, float, no rounding, peak 1).
+    With ``threshold='median'`` the threshold is the median PSNR_bic of all patches of all images (so about half
+    are kept; fewer when many patches tie at the median).
+
+    Args:
+        hr_folder (str): Folder of HR images.
+        gt_size (int): HR patch side, a multiple of ``scale``, at least ``2 * scale``.
+        stride (int): Stride between patches, a multiple of ``scale``.
+        scale (int): Resize factor of PSNR_bic (>= 2). Default: 4.
+        threshold (str | float): ``'median'`` or a PSNR_bic in dB. Default: ``'median'``.
+        meta_info_file (str, optional): Only the images named in its first column. Default: None.
+
+    Returns:
+        tuple[list[dict], dict]: The selected patches, in image then row-major order, each
+        ``{'path': str, 'y': int, 'x': int, 'size': int, 'psnr_bic': float}`` (top-left corner in the HR image,
+        PSNR_bic in dB, finite); and statistics ``{'threshold_db': float | None (None when infinite: more than
+        half of the patches are flat), 'num_images': int (images with at least one patch), 'skipped_images':
+        list[str] (smaller than gt_size), 'num_candidates': int, 'num_selected': int, 'psnr_bic_median': float |
+        None}``.
+
+    Raises:
+        FileNotFoundError: ``hr_folder`` missing or without images.
+        ValueError: Invalid ``gt_size`` / ``stride`` / ``scale`` / ``threshold``, an image that cannot be decoded
+            (names it), or no image of at least ``gt_size`` x ``gt_size``.
+    """
+    gt_size, stride, scale = _check_geometry(gt_size, stride, scale)
+    threshold = _check_threshold(threshold)
+    logger = get_root_logger()
+    start = time.monotonic()
+    candidates, skipped = [], []  # (path, y, x, psnr)
+    for path in list_images(hr_folder, meta_info_file):
+        img = modcrop(read_rgb(path), scale)
+        ys, xs = patch_positions(img.shape[0], gt_size, stride), patch_positions(img.shape[1], gt_size, stride)
+        if not ys or not xs:
+            skipped.append(path)
+            continue
+        coords = [(y, x) for y in ys for x in xs]
+        psnrs = psnr_bic_batch(np.stack([img[y:y + gt_size, x:x + gt_size] for y, x in coords]), scale)
+        candidates.extend((path, y, x, float(p)) for (y, x), p in zip(coords, psnrs))
+    if skipped:
+        shown = ', '.join(osp.basename(p) for p in skipped[:10]) + (', ...' if len(skipped) > 10 else '')
+        logger.warning(f'select_patches: skipped {len(skipped)} image(s) of {hr_folder} smaller than gt_size='
+                       f'{gt_size}: {shown}')
+    if not candidates:
+        raise ValueError(f'select_patches: no image of {hr_folder} is at least {gt_size}x{gt_size} pixels')
+    all_psnr = np.array([c[3] for c in candidates])
+    median = float(np.median(all_psnr))
+    value = median if threshold == 'median' else threshold
+    records = [{'path': p, 'y': int(y), 'x': int(x), 'size': gt_size, 'psnr_bic': v} for p, y, x, v in candidates
+               if v < value]
+    stats = {
+        'threshold_db': value if math.isfinite(value) else None,
+        'num_images': len({c[0] for c in candidates}),
+        'skipped_images': skipped,
+        'num_candidates': len(candidates),
+        'num_selected': len(records),
+        'psnr_bic_median': median if math.isfinite(median) else None,
+    }
+    logger.info(f'select_patches: {len(records)} of {len(candidates)} patches ({gt_size}x{gt_size}, stride {stride}) '
+                f'of {stats["num_images"]} images below PSNR_bic {value:.2f} dB ({threshold}) in '
+                f'{time.monotonic() - start:.1f} s')
+    return records, stats
+
+
+def iter_patches(records):
+    """HR patches of selection records, read from their source images.
+
+    Each source image is decoded once per run of consecutive records from it (records are grouped by image as
+    :func:`select_patches` returns them).
+
+    Args:
+        records (list[dict]): Records with ``path``, ``y``, ``x``, ``size``.
+
+    Yields:
+        ndarray: (size, size, 3) float32 RGB patch in [0, 1], in record order.
+
+    Raises:
+        ValueError: An image cannot be decoded, or a record falls outside its image (a stale selection); names the
+            file.
+    """
+    current, img = None, None
+    for rec in records:
+        if rec['path'] != current:
+            current, img = rec['path'], read_rgb(rec['path'])
+        y, x, size = rec['y'], rec['x'], rec['size']
+        if y < 0 or x < 0 or y + size > img.shape[0] or x + size > img.shape[1]:
+            raise ValueError(f'patch (y={y}, x={x}, size={size}) lies outside {rec["path"]} of size {img.shape[:2]} '
+                             '(the selection is stale: rerun stage 1)')
+        yield img[y:y + size, x:x + size]

@@ -1,0 +1,105 @@
+"""Folder layout of a distilled set: file and folder names, format constants, pair names and unit ids, shards.
+
+See :mod:`basicsr_distill.distilled_set` for the layout itself.
+"""
+import os
+import re
+from os import path as osp
+
+import numpy as np
+
+from basicsr_distill.utils.file_io import TMP_PREFIX, tmp_path
+
+FORMAT_NAME = 'basicsr_distill.distilled_set'
+FORMAT_VERSION = 1
+MANIFEST_NAME = 'distill.json'
+META_INFO_NAME = 'meta_info.txt'
+HR_DIR = 'hr'
+LR_DIR = 'lr'
+LR_FLOAT_DIR = 'lr_float'
+HR_LMDB = 'hr.lmdb'
+LR_LMDB = 'lr.lmdb'
+LMDB_SOURCE_NAME = 'distill_source.json'
+LR_FOR_TRAINING = 'lr_float'
+SHARD_FORMAT_NAME = 'basicsr_distill.distilled_set.shard'
+_SHARD_RE = re.compile(r'^distill\.rank([1-9][0-9]*)\.json$')
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$')
+_FORBIDDEN_NAME_SUFFIXES = ('.png', '.npy', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+# Prefix of the temporaries of every writer (:data:`basicsr_distill.utils.file_io.TMP_PREFIX`).
+_TMP_PREFIX = TMP_PREFIX
+# Temporary path next to a final path (kept under its former name).
+_tmp_path = tmp_path
+
+
+def pair_paths(root, name):
+    """Paths of the files of one pair.
+
+    Args:
+        root (str): Distilled-set folder.
+        name (str): Pair name (no extension).
+
+    Returns:
+        dict: ``{'hr': root/hr/<name>.png, 'lr': root/lr/<name>.png, 'lr_float': root/lr_float/<name>.npy}``.
+    """
+    return {
+        'hr': osp.join(root, HR_DIR, f'{name}.png'),
+        'lr': osp.join(root, LR_DIR, f'{name}.png'),
+        'lr_float': osp.join(root, LR_FLOAT_DIR, f'{name}.npy'),
+    }
+
+
+def lmdb_paths(root):
+    """Paths of the optional lmdb copies: ``{'hr': root/hr.lmdb, 'lr': root/lr.lmdb}``."""
+    return {'hr': osp.join(root, HR_LMDB), 'lr': osp.join(root, LR_LMDB)}
+
+
+def meta_info_text(pairs):
+    """Text of ``meta_info.txt`` for a list of manifest pair entries (one ``<name>.png (H,W,C)`` line each)."""
+    lines = [f'{p["name"]}.png ({",".join(str(int(v)) for v in p["hr_shape"])})' for p in pairs]
+    return ''.join(f'{line}\n' for line in lines)
+
+
+def _read_meta_info_names(path):
+    with open(path, 'r') as f:
+        entries = [line.strip().split(' ')[0] for line in f if line.strip()]
+    return [osp.splitext(v)[0] for v in entries]
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.lower().endswith(_FORBIDDEN_NAME_SUFFIXES):
+        raise ValueError(f'Invalid pair name {name!r}: use 1-200 ASCII letters, digits, "_", "-", "." (not first), '
+                         'no file extension (it is also the lmdb key and a meta_info.txt entry).')
+
+
+def _unit_id(unit):
+    """Unit ids are stored as str (JSON keeps them exactly); ints are accepted and converted."""
+    if isinstance(unit, bool) or not isinstance(unit, (str, int, np.integer)):
+        raise TypeError(f'A unit id must be a str or an int, got {type(unit).__name__}: {unit!r}.')
+    uid = str(int(unit)) if not isinstance(unit, str) else unit
+    if not uid:
+        raise ValueError('A unit id must not be empty.')
+    return uid
+
+
+def shard_path(root, rank):
+    """Path of rank ``rank``'s shard of a multi-process run: ``root/distill.rank<rank>.json`` (rank >= 1)."""
+    return osp.join(root, f'distill.rank{int(rank)}.json')
+
+
+def pending_shards(root):
+    """Shards an unfinished multi-process run left in ``root`` (not merged into ``distill.json`` yet).
+
+    Args:
+        root (str): Distilled-set folder.
+
+    Returns:
+        list[tuple[int, str]]: ``(rank, path)`` by rank; empty when there is none (or no folder).
+    """
+    if not osp.isdir(root):
+        return []
+    found = []
+    for entry in os.listdir(root):
+        match = _SHARD_RE.match(entry)
+        if match:
+            found.append((int(match.group(1)), osp.join(root, entry)))
+    return sorted(found)

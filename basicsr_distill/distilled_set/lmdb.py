@@ -1,0 +1,58 @@
+"""lmdb copies of a distilled set (``hr.lmdb`` / ``lr.lmdb``, keys = pair names)."""
+from os import path as osp
+
+from basicsr_distill.distilled_set.layout import HR_DIR, LMDB_SOURCE_NAME, LR_DIR, MANIFEST_NAME, lmdb_paths
+from basicsr_distill.distilled_set.manifest import _write_json_atomic
+from basicsr_distill.distilled_set.validate import validate_distilled_set
+from basicsr_distill.utils.file_io import atomic_path
+
+
+def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_thread=8):
+    """Convert a distilled set's ``hr/`` and ``lr/`` PNGs to ``hr.lmdb`` / ``lr.lmdb`` (keys = pair names).
+
+    Uses BasicSR's ``make_lmdb_from_imgs``. Each database is built under a temporary name in ``root`` and renamed
+    when done, so an interrupted conversion leaves no half-built ``*.lmdb`` with a final name. A small
+    ``distill_source.json`` in each database records the manifest state it was made from. The float LR copy is not
+    converted: lmdb readers use the LR PNGs.
+
+    Args:
+        root (str): Distilled-set folder.
+        compress_level (int): PNG compression level of the stored images. Default: 1.
+        multiprocessing_read (bool): Read images with a process pool first. Default: False.
+        n_thread (int): Processes for ``multiprocessing_read``. Default: 8.
+
+    Returns:
+        dict: ``{'hr': path of hr.lmdb, 'lr': path of lr.lmdb}``.
+
+    Raises:
+        FileExistsError: When ``hr.lmdb`` or ``lr.lmdb`` already exists (remove it yourself to rebuild).
+        ValueError: When the set is invalid (see :func:`validate_distilled_set`) or empty.
+    """
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    manifest = validate_distilled_set(root)
+    if not manifest['pairs']:
+        raise ValueError(f'{osp.join(root, MANIFEST_NAME)} lists no pairs; nothing to convert.')
+    targets = lmdb_paths(root)
+    for path in targets.values():
+        if osp.exists(path):
+            raise FileExistsError(f'{path} already exists; remove it to rebuild the lmdb copies.')
+    names = [p['name'] for p in manifest['pairs']]
+    source = {'manifest_updated': manifest.get('updated'), 'num_pairs': len(names)}
+    for kind, sub in (('hr', HR_DIR), ('lr', LR_DIR)):
+        files = [f'{n}.png' for n in names]
+        # BasicSR estimates the map size from the first image only (too small for small or uneven sets); the map
+        # is a sparse reservation, so be generous
+        map_size = max(64 << 20, 10 * sum(osp.getsize(osp.join(root, sub, f)) for f in files))
+        with atomic_path(targets[kind]) as tmp:  # a temporary folder next to it, removed whole on failure
+            make_lmdb_from_imgs(
+                osp.join(root, sub),
+                tmp,
+                files,
+                names,
+                compress_level=compress_level,
+                multiprocessing_read=multiprocessing_read,
+                n_thread=n_thread,
+                map_size=map_size)
+            _write_json_atomic(osp.join(tmp, LMDB_SOURCE_NAME), source)
+    return targets

@@ -1,0 +1,270 @@
+"""The manifest ``distill.json`` and the shards of a distilled set: reading, checking and writing them, the options
+hash, the versions recorded as provenance, and ``meta_info.txt`` (derived from the manifest).
+"""
+import hashlib
+import json
+import math
+import os
+import platform
+from collections.abc import Mapping
+from datetime import datetime
+from functools import lru_cache
+from os import path as osp
+
+import cv2
+import numpy as np
+
+from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, META_INFO_NAME,
+                                                  SHARD_FORMAT_NAME, meta_info_text)
+from basicsr_distill.utils.file_io import write_bytes_atomic
+from basicsr_distill.version import __version__
+
+# Top-level option keys left out of ``options_hash``: run bookkeeping that may change between a run and its
+# restart without changing what is distilled (BasicSR draws a new ``manual_seed`` at every start when none is set;
+# finished units are self-contained, so a restart with another seed is still a valid continuation).
+HASH_IGNORED_KEYS = frozenset({
+    'path', 'auto_resume', 'dist', 'rank', 'world_size', 'num_gpu', 'is_train', 'root_path', 'manual_seed', 'logger',
+    'debug', 'launcher', 'force_yml', 'name'
+})
+
+# Fields of a pair entry that ``info`` may not override.
+_PAIR_RESERVED = frozenset({'name', 'unit', 'hr_shape', 'lr_shape'})
+# Manifest fields that ``finalize(extra)`` may not override.
+_MANIFEST_RESERVED = frozenset({
+    'format', 'format_version', 'method', 'scale', 'lr_for_training', 'size_control', 'complete', 'num_pairs',
+    'units_finished', 'wall_time_s', 'created', 'updated', 'versions', 'options_hash', 'options', 'pairs',
+    'world_size'
+})
+_REQUIRED_FIELDS = {
+    'format_version': int,
+    'method': str,
+    'scale': int,
+    'size_control': dict,
+    'options_hash': str,
+    'units_finished': list,
+    'pairs': list,
+    'complete': bool,
+}
+
+# Write bytes to a path through a fsync'ed temporary and ``os.replace`` (kept under its former name).
+_write_bytes_atomic = write_bytes_atomic
+
+
+def to_jsonable(obj):
+    """Return a JSON-safe copy of ``obj`` (used for options, info and manifest extras).
+
+    Mappings become dicts with str keys, tuples/lists/sets become lists, numpy/torch scalars and arrays become
+    Python numbers/lists, path-like objects become str, non-finite floats become the strings ``'nan'``, ``'inf'``,
+    ``'-inf'``; anything else becomes ``str(obj)``.
+
+    Args:
+        obj (object): Any object.
+
+    Returns:
+        object: Made of dict, list, str, int, float, bool and None only.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else str(obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((to_jsonable(v) for v in obj), key=repr)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, 'tolist') and callable(obj.tolist):  # torch tensors
+        return to_jsonable(obj.tolist())
+    return str(obj)
+
+
+def options_hash(options):
+    """SHA-256 of the JSON-safe options, top-level keys in :data:`HASH_IGNORED_KEYS` left out.
+
+    Args:
+        options (Mapping | None): Option dict.
+
+    Returns:
+        str: 64 hex digits.
+    """
+    safe = to_jsonable(dict(options or {}))
+    safe = {k: v for k, v in safe.items() if k not in HASH_IGNORED_KEYS}
+    text = json.dumps(safe, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def _diff_paths(old, new, prefix='', limit=8):
+    """Dotted paths where two JSON-safe trees differ (at most ``limit``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            if not prefix and key in HASH_IGNORED_KEYS:
+                continue
+            if key not in old or key not in new:
+                out.append(f'{prefix}{key}')
+            elif old[key] != new[key]:
+                out.extend(_diff_paths(old[key], new[key], f'{prefix}{key}.', limit))
+            if len(out) >= limit:
+                break
+        return out[:limit]
+    return [prefix.rstrip('.') or '<root>'] if old != new else []
+
+
+def _now():
+    return datetime.now().astimezone().isoformat(timespec='seconds')
+
+
+@lru_cache(maxsize=1)
+def collect_versions():
+    """Versions of the software that writes a distilled set (fast, offline, imports nothing new).
+
+    We do not use mmengine's ``collect_env``: it shells out to gcc/nvcc, initialises CUDA on GPU machines and
+    records a multi-kilobyte build string.
+
+    Returns:
+        dict: python, platform, torch, cuda, torchvision, basicsr, basicsr_distill, numpy, cv2.
+    """
+    from importlib import metadata
+
+    import torch
+
+    def _dist_version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        'python': platform.python_version(),
+        'platform': platform.platform(),
+        'torch': torch.__version__,
+        'cuda': torch.version.cuda,
+        'torchvision': _dist_version('torchvision'),
+        'basicsr': _dist_version('basicsr'),
+        'basicsr_distill': __version__,
+        'numpy': np.__version__,
+        'cv2': cv2.__version__,
+    }
+
+
+def _write_json_atomic(path, obj):
+    """Write a JSON dict atomically; a ``pairs`` list is written last, one compact line per pair."""
+    head = {k: v for k, v in obj.items() if k != 'pairs'}
+    text = json.dumps(head, indent=2, ensure_ascii=False, allow_nan=False)
+    if 'pairs' in obj:
+        lines = ',\n'.join(f'    {json.dumps(p, ensure_ascii=False, allow_nan=False)}' for p in obj['pairs'])
+        pairs = f'[\n{lines}\n  ]' if lines else '[]'
+        text = f'{text[:-2]},\n  "pairs": {pairs}\n}}' if head else f'{{\n  "pairs": {pairs}\n}}'
+    write_bytes_atomic(path, (text + '\n').encode('utf-8'))
+
+
+def write_meta_info(root):
+    """Regenerate ``root/meta_info.txt`` from the manifest (atomically).
+
+    Use it after an interruption between the manifest and the meta-info update (``validate_distilled_set`` says
+    so); opening the folder with :class:`DistilledSetWriter` does it too.
+
+    Args:
+        root (str): Distilled-set folder.
+
+    Returns:
+        str: Path of ``meta_info.txt``.
+    """
+    manifest = read_manifest(root)
+    path = osp.join(root, META_INFO_NAME)
+    write_bytes_atomic(path, meta_info_text(manifest['pairs']).encode('utf-8'))
+    return path
+
+
+def _load_json(path):
+    """The parsed JSON file ``path``; ``ValueError`` naming the file when it is not valid JSON (UTF-8)."""
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f'{path} is not valid JSON ({err}).') from err
+
+
+def read_manifest(root):
+    """Read and sanity-check ``root/distill.json``.
+
+    Args:
+        root (str): Distilled-set folder.
+
+    Returns:
+        dict: The manifest.
+
+    Raises:
+        FileNotFoundError: When ``root/distill.json`` does not exist (message names it).
+        ValueError: When it is not valid JSON, not a distilled-set manifest, written by a newer format version, or
+            misses a required field (message names the file).
+    """
+    path = osp.join(root, MANIFEST_NAME)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'No distilled-set manifest {path}: {root} is not a distilled set '
+                                '(written by basicsr_distill.distilled_set.DistilledSetWriter).')
+    manifest = _load_json(path)
+    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT_NAME:
+        raise ValueError(f'{path} is not a distilled-set manifest (expected "format": "{FORMAT_NAME}").')
+    for key, typ in _REQUIRED_FIELDS.items():
+        if key not in manifest:
+            raise ValueError(f'{path} misses the field {key!r}.')
+        if not isinstance(manifest[key], typ) or (typ is int and isinstance(manifest[key], bool)):
+            raise ValueError(f'{path}: field {key!r} must be {typ.__name__}, got {manifest[key]!r}.')
+    if manifest['format_version'] > FORMAT_VERSION:
+        raise ValueError(f'{path} has format_version {manifest["format_version"]}, newer than the one this '
+                         f'basicsr_distill ({__version__}) reads ({FORMAT_VERSION}); update basicsr_distill.')
+    return manifest
+
+
+def _check_manifest_consistency(manifest, manifest_path):
+    if manifest.get('num_pairs', len(manifest['pairs'])) != len(manifest['pairs']):
+        raise ValueError(f'{manifest_path}: num_pairs is {manifest["num_pairs"]} but {len(manifest["pairs"])} pairs '
+                         'are listed.')
+    finished = set(manifest['units_finished'])
+    seen = set()
+    for i, pair in enumerate(manifest['pairs']):
+        if not isinstance(pair, dict) or not all(k in pair for k in _PAIR_RESERVED):
+            raise ValueError(f'{manifest_path}: pair #{i} must be a dict with keys {sorted(_PAIR_RESERVED)}.')
+        name = pair['name']
+        if name in seen:
+            raise ValueError(f'{manifest_path}: pair name {name!r} is listed twice.')
+        seen.add(name)
+        if pair['unit'] not in finished:
+            raise ValueError(f'{manifest_path}: pair {name!r} belongs to unit {pair["unit"]!r}, which is not in '
+                             'units_finished.')
+
+
+def read_shard(path):
+    """Read and sanity-check one rank's shard (see the module docstring).
+
+    Args:
+        path (str): A ``distill.rank<k>.json`` file.
+
+    Returns:
+        dict: ``format``, ``rank``, ``method``, ``scale``, ``size_control``, ``options_hash``, ``units_finished``,
+        ``pairs`` (manifest pair entries).
+
+    Raises:
+        ValueError: When it is not valid JSON, not a shard, misses a field or lists a pair of an unlisted unit (the
+            message names the file).
+    """
+    shard = _load_json(path)
+    if not isinstance(shard, dict) or shard.get('format') != SHARD_FORMAT_NAME:
+        raise ValueError(f'{path} is not a shard of a distilled set (expected "format": "{SHARD_FORMAT_NAME}").')
+    for key, typ in (('rank', int), ('method', str), ('scale', int), ('size_control', dict), ('options_hash', str),
+                     ('units_finished', list), ('pairs', list)):
+        if not isinstance(shard.get(key), typ) or isinstance(shard.get(key), bool):
+            raise ValueError(f'{path}: field {key!r} must be {typ.__name__}, got {shard.get(key)!r}.')
+    units = set(shard['units_finished'])
+    for i, pair in enumerate(shard['pairs']):
+        if not isinstance(pair, dict) or not all(k in pair for k in _PAIR_RESERVED) or pair['unit'] not in units:
+            raise ValueError(f'{path}: pair #{i} must be a dict with keys {sorted(_PAIR_RESERVED)} of a unit listed '
+                             'in units_finished.')
+    return shard

@@ -1,0 +1,176 @@
+"""Validation of a distilled set (manifest, pair files, meta_info.txt) and of its lmdb copies."""
+import json
+from os import path as osp
+
+import numpy as np
+
+from basicsr.utils import get_root_logger
+from basicsr_distill.distilled_set.layout import (LMDB_SOURCE_NAME, MANIFEST_NAME, META_INFO_NAME,
+                                                  _read_meta_info_names, lmdb_paths, pair_paths, pending_shards)
+from basicsr_distill.distilled_set.manifest import _check_manifest_consistency, read_manifest
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_IEND = b'\x00\x00\x00\x00IEND\xaeB`\x82'
+
+
+def _pair_file_problem(path, kind, shape):
+    """Why a pair file is broken, from its first and last bytes only (no decoding), or None.
+
+    PNG files (``hr``, ``lr``) must start with the PNG signature and an IHDR chunk of the expected size and end with
+    the IEND chunk (the writer's encoder always ends there); the npy file (``lr_float``) must hold a float (H, W, 3)
+    array of the expected shape whose data fills the file exactly. This finds truncated files, files of another
+    format and files replaced by images of another size.
+
+    Args:
+        path (str): The file.
+        kind (str): ``'hr'``, ``'lr'`` or ``'lr_float'``.
+        shape (list[int]): The (H, W, 3) shape the manifest records.
+
+    Returns:
+        str | None: The problem, or None.
+    """
+    size = osp.getsize(path)
+    with open(path, 'rb') as f:
+        if kind != 'lr_float':
+            head = f.read(24)
+            if size < 24 + len(_PNG_IEND) or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+                return 'is not a PNG file'
+            w, h = int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+            if [h, w] != [int(v) for v in shape[:2]]:
+                return f'is {h}x{w} pixels, the manifest says {shape[0]}x{shape[1]}'
+            f.seek(size - len(_PNG_IEND))
+            if f.read(len(_PNG_IEND)) != _PNG_IEND:
+                return 'is truncated (no IEND chunk at its end)'
+            return None
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                return f'is an npy file of version {version}, not 1.0 or 2.0'
+            arr_shape, _, dtype = read_header[version](f)
+        except (ValueError, OSError, EOFError) as err:
+            return f'is not a readable npy file ({err})'
+        if len(arr_shape) != 3 or arr_shape[2] != 3 or dtype.kind != 'f' or dtype.hasobject:
+            return f'must hold a float (H, W, 3) array, holds {dtype} {arr_shape}'
+        if list(arr_shape) != [int(v) for v in shape]:
+            return f'holds an array of shape {arr_shape}, the manifest says {tuple(shape)}'
+        if f.tell() + int(np.prod(arr_shape)) * dtype.itemsize != size:
+            return f'has {size} bytes, not the {f.tell() + int(np.prod(arr_shape)) * dtype.itemsize} its header says'
+    return None
+
+
+def validate_distilled_set(root, scale=None, require_complete=False, check_files=True, check_contents=False):
+    """Check that ``root`` is a usable distilled set.
+
+    Checks the manifest (see :func:`read_manifest`), the scale, completeness (optional), that every listed pair has
+    its ``hr/`` and ``lr/`` PNG and its ``lr_float/`` npy file, and that ``meta_info.txt`` lists the same names.
+    Pixels are not decoded (the dataset checks a pair when it loads it); with ``check_contents`` the first and
+    last bytes of every file are read to find truncated files, files of another format and sizes other than the
+    manifest's (cheap: no decoding).
+
+    Args:
+        root (str): Distilled-set folder.
+        scale (int | None): Expected upscaling factor; None skips the check. Default: None.
+        require_complete (bool): Require ``complete: true`` (a finalized run). Default: False.
+        check_files (bool): Check the pair files and meta_info.txt (an lmdb-only reader sets False). Default: True.
+        check_contents (bool): Also check the headers, sizes and ends of the pair files (see above). Default: False.
+
+    Returns:
+        dict: The manifest.
+
+    Raises:
+        FileNotFoundError: When the manifest is missing.
+        ValueError: Invalid manifest, scale mismatch (names distill.json and both scales), incomplete set while
+            ``require_complete``, the first missing pair file (named), meta_info.txt out of sync (named), or with
+            ``check_contents`` the first broken pair file (named).
+    """
+    manifest = read_manifest(root)
+    manifest_path = osp.join(root, MANIFEST_NAME)
+    if scale is not None and int(scale) != manifest['scale']:
+        raise ValueError(f'{manifest_path} was distilled for scale x{manifest["scale"]}, but scale x{int(scale)} is '
+                         'requested (check the "scale" of your option file or pick the set for that scale).')
+    if require_complete and not manifest['complete']:
+        shards = pending_shards(root)
+        more = (f' ({len(shards)} shard(s) of a multi-process run, e.g. {shards[0][1]}, are not merged yet)'
+                if shards else '')
+        raise ValueError(f'{manifest_path} is not complete (the distillation run was interrupted or not finalized)'
+                         f'{more}; resume the run to finish it.')
+    _check_manifest_consistency(manifest, manifest_path)
+    if not check_files:
+        return manifest
+    for pair in manifest['pairs']:
+        for kind, path in pair_paths(root, pair['name']).items():
+            if not osp.isfile(path):
+                raise ValueError(f'Distilled set {root}: the {kind} file {path} of pair {pair["name"]!r} listed in '
+                                 f'{manifest_path} is missing.')
+            shape = pair['hr_shape' if kind == 'hr' else 'lr_shape']
+            problem = _pair_file_problem(path, kind, shape) if check_contents else None
+            if problem:
+                raise ValueError(f'Distilled set {root}: the {kind} file {path} of pair {pair["name"]!r} {problem}.')
+    meta_path = osp.join(root, META_INFO_NAME)
+    if not osp.isfile(meta_path):
+        raise ValueError(f'Distilled set {root}: {meta_path} is missing; regenerate it with '
+                         'basicsr_distill.distilled_set.write_meta_info(root).')
+    meta_names = _read_meta_info_names(meta_path)
+    names = [p['name'] for p in manifest['pairs']]
+    if sorted(meta_names) != sorted(names):
+        extra = sorted(set(meta_names) - set(names))
+        missing = sorted(set(names) - set(meta_names))
+        detail = f'not in the manifest: {extra[:3]}' if extra else (
+            f'missing: {missing[:3]}' if missing else 'duplicate entries')
+        raise ValueError(f'{meta_path} is out of sync with {manifest_path} ({detail}), probably after an '
+                         'interrupted write; regenerate it with basicsr_distill.distilled_set.write_meta_info(root) '
+                         'or by reopening the folder with DistilledSetWriter.')
+    return manifest
+
+
+def validate_distilled_lmdb(root, scale=None, require_complete=False):
+    """Check a distilled set's ``hr.lmdb``/``lr.lmdb`` copies against its manifest.
+
+    Every pair name must be a key of both databases (checked through the ``meta_info.txt`` that BasicSR's
+    ``make_lmdb_from_imgs`` writes into each), with the shapes the manifest records. A warning is logged when the
+    lmdb copies were made from an older state of the manifest.
+
+    Args:
+        root (str): Distilled-set folder.
+        scale (int | None): Expected upscaling factor; None skips the check. Default: None.
+        require_complete (bool): Require a finalized set. Default: False.
+
+    Returns:
+        dict: The manifest.
+
+    Raises:
+        FileNotFoundError: When the manifest or an lmdb folder (or its meta_info.txt) is missing.
+        ValueError: As :func:`validate_distilled_set`, or when a pair is missing from an lmdb or has another shape
+            there (names the lmdb).
+    """
+    manifest = validate_distilled_set(root, scale=scale, require_complete=require_complete, check_files=False)
+    for kind, db_path in lmdb_paths(root).items():
+        meta_path = osp.join(db_path, 'meta_info.txt')
+        if not osp.isfile(osp.join(db_path, 'data.mdb')) or not osp.isfile(meta_path):
+            raise FileNotFoundError(f'No lmdb {db_path} (with data.mdb and meta_info.txt): create it with '
+                                    f'"python scripts/make_distilled_lmdb.py {root}".')
+        shapes = {}
+        with open(meta_path, 'r') as f:
+            for line in f:
+                parts = line.strip().split(' ')
+                if len(parts) >= 2:
+                    shapes[osp.splitext(parts[0])[0]] = parts[1]
+        shape_key = 'hr_shape' if kind == 'hr' else 'lr_shape'
+        for pair in manifest['pairs']:
+            if pair['name'] not in shapes:
+                raise ValueError(f'{db_path} has no key {pair["name"]!r} listed in {osp.join(root, MANIFEST_NAME)}; '
+                                 'the lmdb is older than the set: remove it and run scripts/make_distilled_lmdb.py.')
+            expected = f'({",".join(str(int(v)) for v in pair[shape_key])})'
+            if shapes[pair['name']] != expected:
+                raise ValueError(f'{db_path}: key {pair["name"]!r} has shape {shapes[pair["name"]]}, the manifest '
+                                 f'says {expected}; remove the lmdb and run scripts/make_distilled_lmdb.py again.')
+        source_path = osp.join(db_path, LMDB_SOURCE_NAME)
+        if osp.isfile(source_path):
+            with open(source_path, 'r', encoding='utf-8') as f:
+                made_from = json.load(f).get('manifest_updated')
+            if made_from != manifest.get('updated'):
+                get_root_logger().warning(f'{db_path} was made from the set as of {made_from}, but '
+                                          f'{MANIFEST_NAME} was updated at {manifest.get("updated")}; rebuild it if '
+                                          'units were rewritten since.')
+    return manifest

@@ -1,0 +1,444 @@
+"""Writing a distilled set: :class:`DistilledSetWriter`, unit by unit, resumable, with the shards of a
+multi-process run and their merge (see :mod:`basicsr_distill.distilled_set`).
+"""
+import copy
+import io
+import os
+import time
+from collections.abc import Mapping
+from os import path as osp
+
+import cv2
+import numpy as np
+
+from basicsr.utils import get_root_logger
+from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, HR_DIR, LR_DIR, LR_FLOAT_DIR,
+                                                  LR_FOR_TRAINING, MANIFEST_NAME, META_INFO_NAME, SHARD_FORMAT_NAME,
+                                                  _check_name, _unit_id, meta_info_text, pair_paths, pending_shards,
+                                                  shard_path)
+from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, _check_manifest_consistency,
+                                                    _diff_paths, _now, _write_json_atomic, collect_versions,
+                                                    options_hash, read_manifest, read_shard, to_jsonable)
+from basicsr_distill.utils.file_io import remove_stale_tmps, write_bytes_atomic
+
+
+def _encode_png(img_rgb_u8, what):
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(img_rgb_u8[..., ::-1]))
+    if not ok:
+        raise IOError(f'Failed to encode {what} as PNG.')
+    return buf.tobytes()
+
+
+def _encode_npy(arr):
+    bio = io.BytesIO()
+    np.save(bio, arr, allow_pickle=False)
+    return bio.getvalue()
+
+
+def _to_uint8(img):
+    return np.round(img * 255.).astype(np.uint8)
+
+
+class DistilledSetWriter():
+    """Write a distilled set unit by unit, resumable after a crash.
+
+    A *unit* is the piece of work a method finishes at once (an IDC instance, a GSDD class, a coreset chunk...).
+    :meth:`write_unit` stores its pairs and marks it finished; a restarted run asks :meth:`is_finished` and skips
+    it. Unit ids are stored as str (``3`` and ``'3'`` are the same unit).
+
+    In a multi-process run (see the module docstring) rank 0 opens the folder first with ``shard=None`` and rank
+    k >= 1 afterwards with ``shard=k``; rank 0 merges the shards with :meth:`merge_shards` once every rank is done.
+
+    Args:
+        root (str): Output folder (created if needed).
+        method (str): Method name, e.g. ``'idc'``.
+        scale (int): Upscaling factor (HR size = scale x LR size).
+        source (Mapping): Description of the source data, e.g. ``{'folder': ..., 'num_images': 91}``.
+        size_control (Mapping): Budget, e.g. ``{'r': 0.1}`` or ``{'ipc': 10}``.
+        options (Mapping | None): The full option dict of the run (stored JSON-safe; hashed without
+            :data:`~basicsr_distill.distilled_set.manifest.HASH_IGNORED_KEYS`).
+        resume (bool): Continue a folder that already holds a manifest of the same run. Default: True.
+        unit_order (Sequence[str | int] | None): Every unit id in the method's order; the manifest then lists
+            ``units_finished`` and ``pairs`` in this order of units (others after them, in write order), whatever
+            order the units were written or merged in. None keeps the write order. Default: None.
+        world_size (int): Processes of the run (recorded as the manifest's ``world_size``). Default: 1.
+        shard (int | None): None for the writer of ``distill.json`` (a single process, or rank 0); k in
+            [1, world_size) for rank k's writer, which reads ``distill.json`` and commits its units to
+            ``distill.rank<k>.json`` only. Default: None.
+        start_time (float | None): ``time.monotonic()`` when the run's work began, for ``wall_time_s`` (e.g. a
+            selection that scores the whole pool before it opens the writer). Default: None (now).
+
+    Raises:
+        ValueError: Invalid arguments, or (resume) the existing manifest belongs to another run (method, scale,
+            size_control or options_hash differ); the message names distill.json (or the shard of another run).
+        FileExistsError: ``resume=False`` and the folder already holds a manifest, or the folder holds images or
+            shards but no manifest. Nothing is ever deleted.
+        FileNotFoundError: (``shard=k``) rank 0 has not created ``distill.json`` yet.
+        RuntimeError: (``shard=k``) rank k's shard of an earlier run exists: rank 0 must open the folder first.
+    """
+
+    def __init__(self, root, method, scale, source, size_control, options, resume=True, unit_order=None,
+                 world_size=1, shard=None, start_time=None):
+        if not isinstance(method, str) or not method:
+            raise ValueError(f'method must be a non-empty str, got {method!r}.')
+        if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+            raise ValueError(f'scale must be a positive int, got {scale!r}.')
+        if not isinstance(source, Mapping):
+            raise ValueError(f'source must be a dict (folder, num_images, ...), got {source!r}.')
+        if not isinstance(size_control, Mapping) or not size_control:
+            raise ValueError(f"size_control must be a non-empty dict such as {{'r': 0.1}}, got {size_control!r}.")
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f'options must be a dict or None, got {type(options).__name__}.')
+        if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+            raise ValueError(f'world_size must be an int >= 1, got {world_size!r}.')
+        if shard is not None and (isinstance(shard, bool) or not isinstance(shard, (int, np.integer))
+                                  or not 1 <= shard < world_size):
+            raise ValueError(f'shard must be None (rank 0) or a rank in [1, world_size={world_size}), got {shard!r}.')
+        self.root = osp.abspath(os.fspath(root))
+        self.scale = int(scale)
+        self.manifest_path = osp.join(self.root, MANIFEST_NAME)
+        self.meta_info_path = osp.join(self.root, META_INFO_NAME)
+        self.unit_order = None if unit_order is None else [_unit_id(u) for u in unit_order]
+        self.shard_path = None if shard is None else shard_path(self.root, shard)
+        self._shard = None
+        self._start = time.monotonic() if start_time is None else float(start_time)
+        logger = get_root_logger()
+
+        new = {
+            'format': FORMAT_NAME,
+            'format_version': FORMAT_VERSION,
+            'method': method,
+            'scale': self.scale,
+            'lr_for_training': LR_FOR_TRAINING,
+            'source': to_jsonable(source),
+            'size_control': to_jsonable(size_control),
+            'complete': False,
+            'num_pairs': 0,
+            'units_finished': [],
+            'wall_time_s': 0.0,
+            'created': _now(),
+            'updated': None,
+            'versions': collect_versions(),
+            'options_hash': options_hash(options),
+            'options': to_jsonable(dict(options or {})),
+            'world_size': int(world_size),
+            'pairs': [],
+        }
+
+        if shard is not None:
+            self._open_shard(new, int(shard))
+        elif osp.exists(self.manifest_path):
+            if not resume:
+                raise FileExistsError(f'{self.manifest_path} already exists (resume=False): pick another output '
+                                      'folder, or resume the run. Nothing was changed.')
+            old = read_manifest(self.root)
+            self._check_same_run(old, new)
+            _check_manifest_consistency(old, self.manifest_path)
+            if old.get('versions') != new['versions']:
+                logger.warning(f'Resuming {self.root} with other software versions: {old.get("versions")} -> '
+                               f'{new["versions"]}.')
+            # keep the record of the run, take this run's description and options
+            for key in ('format_version', 'lr_for_training', 'source', 'options', 'versions', 'world_size'):
+                old[key] = new[key]
+            self._manifest = old
+            self._wall_base = float(old.get('wall_time_s', 0.0))
+            self._cleanup_tmp()
+            merged = self.merge_shards()  # an interrupted multi-process run: its ranks' finished units count
+            self._warn_orphans(logger)
+            # meta_info.txt may lag behind the manifest after a crash between the two writes
+            write_bytes_atomic(self.meta_info_path, meta_info_text(self._manifest['pairs']).encode('utf-8'))
+            logger.info(f'Resuming distilled set {self.root}: {len(self._manifest["units_finished"])} units finished '
+                        f'({len(merged)} merged from shards), {len(self._manifest["pairs"])} pairs.')
+        else:
+            for sub in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
+                folder = osp.join(self.root, sub)
+                if osp.isdir(folder) and any(not v.startswith('.') for v in os.listdir(folder)):
+                    raise FileExistsError(f'{folder} holds files but {self.manifest_path} does not exist: this is not '
+                                          'a distilled set written by this writer; pick another output folder.')
+            shards = pending_shards(self.root)
+            if shards:
+                raise FileExistsError(f'{shards[0][1]} exists but {self.manifest_path} does not: this is not a '
+                                      'distilled set written by this writer; pick another output folder.')
+            self._manifest = None
+            self._wall_base = 0.0
+            for sub in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
+                os.makedirs(osp.join(self.root, sub), exist_ok=True)
+            self._cleanup_tmp()
+            self._commit(new)
+
+    def _open_shard(self, new, rank):
+        """Rank ``rank``'s writer: read ``distill.json`` (rank 0 made it), start an empty shard; writes nothing."""
+        if not osp.exists(self.manifest_path):
+            raise FileNotFoundError(f'{self.manifest_path} does not exist: the writer of rank 0 (shard=None) must open '
+                                    f'{self.root} before the writer of rank {rank}.')
+        if osp.exists(self.shard_path):
+            raise RuntimeError(f'{self.shard_path} is left by an earlier run and not merged: the writer of rank 0 '
+                               '(shard=None) merges it when it opens the folder, which must happen first.')
+        old = read_manifest(self.root)
+        self._check_same_run(old, new)
+        _check_manifest_consistency(old, self.manifest_path)
+        self._manifest = old
+        self._shard = {'format': SHARD_FORMAT_NAME, 'rank': rank, 'method': new['method'], 'scale': new['scale'],
+                       'size_control': new['size_control'], 'options_hash': new['options_hash'],
+                       'units_finished': [], 'pairs': []}
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _check_same_run(self, old, new, path=None):
+        diffs = []
+        for key in ('method', 'scale', 'size_control'):
+            if old.get(key) != new[key]:
+                diffs.append(f'{key}: {old.get(key)!r} (stored) vs {new[key]!r} (this run)')
+        if old.get('options_hash') != new['options_hash']:
+            changed = _diff_paths(to_jsonable(old.get('options', {})), new['options']) if 'options' in old else []
+            diffs.append(f'options_hash differs (changed options: {", ".join(changed) or "unknown"})')
+        if diffs:
+            raise ValueError(f'{path or self.manifest_path} belongs to another run: ' + '; '.join(diffs) +
+                             '. Pick another output folder for this run (or restore the original options to resume).')
+
+    def _cleanup_tmp(self):
+        """Remove temporary files left by an interrupted writer (only ``.distill-tmp-*`` files)."""
+        for sub in ('', HR_DIR, LR_DIR, LR_FLOAT_DIR):
+            remove_stale_tmps(osp.join(self.root, sub))
+
+    def _warn_orphans(self, logger):
+        folder = osp.join(self.root, HR_DIR)
+        if not osp.isdir(folder):
+            return
+        listed = {p['name'] for p in self._manifest['pairs']}
+        orphans = sorted(v for v in os.listdir(folder) if not v.startswith('.') and osp.splitext(v)[0] not in listed)
+        if orphans:
+            logger.warning(f'{len(orphans)} file(s) in {osp.join(self.root, HR_DIR)} are not listed in '
+                           f'{MANIFEST_NAME} (left by an interrupted unit, e.g. {orphans[0]}); they are ignored by '
+                           'readers and overwritten when their unit is written again.')
+
+    def _in_unit_order(self, record):
+        """``record`` (manifest or shard) with its units and pairs in ``unit_order`` (stable; no order: unchanged)."""
+        if self.unit_order is None:
+            return dict(record)
+        position = {u: i for i, u in enumerate(self.unit_order)}
+
+        def key(uid):
+            return position.get(uid, len(position))
+
+        return dict(record, units_finished=sorted(record['units_finished'], key=key),
+                    pairs=sorted(record['pairs'], key=lambda p: key(p['unit'])))
+
+    def _commit(self, manifest):
+        """Write ``manifest`` (then meta_info.txt) atomically; the in-memory state changes only on success."""
+        manifest = self._in_unit_order(manifest)
+        manifest['num_pairs'] = len(manifest['pairs'])
+        manifest['updated'] = _now()
+        manifest['wall_time_s'] = round(self._wall_base + time.monotonic() - self._start, 3)
+        _write_json_atomic(self.manifest_path, manifest)
+        self._manifest = manifest
+        write_bytes_atomic(self.meta_info_path, meta_info_text(manifest['pairs']).encode('utf-8'))
+
+    def _store(self, pairs, units):
+        """Commit this writer's record: ``distill.json`` (shard None) or its shard, atomically."""
+        if self._shard is None:
+            self._commit(dict(self._manifest, pairs=pairs, units_finished=units, complete=False))
+        else:
+            shard = self._in_unit_order(dict(self._shard, pairs=pairs, units_finished=units))
+            _write_json_atomic(self.shard_path, shard)
+            self._shard = shard
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def manifest(self):
+        """dict: A deep copy of the current manifest (for a shard writer: ``distill.json`` as it was opened)."""
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def finished_units(self):
+        """list[str]: Ids of the finished units, in the order they are listed (a shard writer: its own last)."""
+        return list(self._manifest['units_finished']) + (list(self._shard['units_finished']) if self._shard else [])
+
+    @property
+    def complete(self):
+        """bool: Whether :meth:`finalize` was called after the last :meth:`write_unit`."""
+        return bool(self._manifest['complete'])
+
+    def is_finished(self, unit):
+        """Whether ``unit`` (str or int id) is finished (its pairs are in the manifest, or in this writer's shard)."""
+        uid = _unit_id(unit)
+        in_shard = self._shard is not None and uid in self._shard['units_finished']
+        return in_shard or uid in self._manifest['units_finished']
+
+    def _prepare_pair(self, pair, uid):
+        if not isinstance(pair, Mapping):
+            raise ValueError(f'Unit {uid!r}: each pair must be a dict with keys name, lq, gt, info; got '
+                             f'{type(pair).__name__}.')
+        unknown = set(pair) - {'name', 'lq', 'gt', 'info'}
+        if unknown or 'name' not in pair or 'lq' not in pair or 'gt' not in pair:
+            raise ValueError(f'Unit {uid!r}: a pair needs the keys name, lq, gt (and optional info); got '
+                             f'{sorted(pair)}.')
+        name = pair['name']
+        _check_name(name)
+        arrays = {}
+        for key in ('lq', 'gt'):
+            arr = pair[key]
+            if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
+                raise ValueError(f'Pair {name!r}: {key} must be a float numpy array (H, W, 3) RGB in [0, 1], got '
+                                 f'{type(arr).__name__}{" " + str(arr.dtype) if isinstance(arr, np.ndarray) else ""}'
+                                 '.')
+            if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+                raise ValueError(f'Pair {name!r}: {key} must have shape (H, W, 3), got {arr.shape}.')
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f'Pair {name!r}: {key} holds NaN or infinite values.')
+            arrays[key] = np.clip(arr.astype(np.float32), 0., 1.)
+        lq, gt = arrays['lq'], arrays['gt']
+        h, w = lq.shape[:2]
+        if gt.shape != (self.scale * h, self.scale * w, 3):
+            raise ValueError(f'Pair {name!r}: gt shape {gt.shape} is not scale ({self.scale}) x lq shape {lq.shape}; '
+                             f'expected {(self.scale * h, self.scale * w, 3)}.')
+        info = pair.get('info') or {}
+        if not isinstance(info, Mapping):
+            raise ValueError(f'Pair {name!r}: info must be a dict, got {type(info).__name__}.')
+        clash = _PAIR_RESERVED & set(map(str, info))
+        if clash:
+            raise ValueError(f'Pair {name!r}: info may not use the reserved keys {sorted(clash)}.')
+        entry = {'name': name, 'unit': uid, 'hr_shape': list(gt.shape), 'lr_shape': list(lq.shape)}
+        entry.update(to_jsonable(info))
+        return entry, lq, gt
+
+    def write_unit(self, unit, pairs):
+        """Store the pairs of one unit and mark it finished (idempotent: a rewrite replaces the unit's pairs).
+
+        Everything is validated before anything is written. Each file goes through a temporary name and
+        ``os.replace``; the manifest (a shard writer: its shard), then meta_info.txt, are updated atomically
+        afterwards. When the unit was written before, it is first removed from the manifest (so that a crash during
+        the rewrite leaves a consistent set without it) and files of its old pairs that the new pairs do not reuse
+        are deleted at the end.
+
+        Args:
+            unit (str | int): Unit id.
+            pairs (list[dict]): Each ``{'name': str (unique in the set, no extension), 'lq': float ndarray (h, w, 3)
+                RGB [0, 1], 'gt': float ndarray (scale*h, scale*w, 3) RGB [0, 1], 'info': dict (optional,
+                provenance, merged into the manifest entry)}``. Values are clamped to [0, 1]; stored as float32.
+
+        Raises:
+            TypeError: Invalid unit id.
+            ValueError: Invalid pair (named): keys, dtype, shape (gt must be scale x lq), non-finite values, name
+                used twice or by another unit, reserved info keys; (shard writer) a unit ``distill.json`` lists.
+            OSError: When writing fails (the manifest keeps its previous state).
+        """
+        uid = _unit_id(unit)
+        if isinstance(pairs, Mapping) or not hasattr(pairs, '__iter__'):
+            raise ValueError(f'Unit {uid!r}: pairs must be a list of dicts.')
+        if self._shard is not None and uid in self._manifest['units_finished']:
+            raise ValueError(f'Unit {uid!r} is already listed in {self.manifest_path}; only the writer of rank 0 '
+                             f'(shard=None) may rewrite it, not the writer of {self.shard_path}.')
+        listed = self._manifest['pairs'] + (self._shard['pairs'] if self._shard is not None else [])
+        others = {p['name']: p['unit'] for p in listed if p['unit'] != uid}
+        prepared, names = [], set()
+        for pair in pairs:
+            entry, lq, gt = self._prepare_pair(pair, uid)
+            if entry['name'] in names:
+                raise ValueError(f'Unit {uid!r}: pair name {entry["name"]!r} is used twice.')
+            if entry['name'] in others:
+                raise ValueError(f'Unit {uid!r}: pair name {entry["name"]!r} is already used by unit '
+                                 f'{others[entry["name"]]!r}; names must be unique in the set.')
+            names.add(entry['name'])
+            prepared.append((entry, lq, gt))
+
+        record = self._manifest if self._shard is None else self._shard
+        old_names = [p['name'] for p in record['pairs'] if p['unit'] == uid]
+        kept_pairs = [p for p in record['pairs'] if p['unit'] != uid]
+        kept_units = [u for u in record['units_finished'] if u != uid]
+        if old_names or uid in record['units_finished']:
+            self._store(kept_pairs, kept_units)
+
+        for entry, lq, gt in prepared:
+            paths = pair_paths(self.root, entry['name'])
+            write_bytes_atomic(paths['hr'], _encode_png(_to_uint8(gt), f'gt of pair {entry["name"]!r}'))
+            write_bytes_atomic(paths['lr'], _encode_png(_to_uint8(lq), f'lq of pair {entry["name"]!r}'))
+            write_bytes_atomic(paths['lr_float'], _encode_npy(np.ascontiguousarray(lq)))
+
+        self._store(kept_pairs + [entry for entry, _, _ in prepared], kept_units + [uid])
+        self._remove_pair_files(n for n in old_names if n not in names)
+
+    def _remove_pair_files(self, names):
+        for name in names:
+            for path in pair_paths(self.root, name).values():
+                if osp.isfile(path):
+                    os.remove(path)
+
+    def merge_shards(self):
+        """Merge the shards of the other ranks into ``distill.json``, then delete them (rank 0's writer only).
+
+        Every unit a shard lists replaces that unit's entries in the manifest (files of its former pairs that the
+        shard's pairs do not reuse are deleted afterwards); the manifest is then replaced atomically (in
+        ``unit_order``, marked incomplete until :meth:`finalize`), and only then are the shards removed, so a crash
+        in between makes the next merge repeat the same replacement. Called when the folder is opened (shards left
+        by an interrupted run) and by the model after the last unit of every rank (behind a barrier).
+
+        Returns:
+            list[str]: The units merged, by shard rank then shard order (empty, and nothing written, without
+            shards).
+
+        Raises:
+            RuntimeError: Called on a shard writer.
+            ValueError: A shard that is not one (see :func:`read_shard`), belongs to another run (method, scale,
+                size_control or options_hash differ from the manifest's), or uses a pair name another unit uses;
+                the message names the shard.
+        """
+        if self._shard is not None:
+            raise RuntimeError(f'merge_shards is for the writer of rank 0 (shard=None), not of {self.shard_path}.')
+        shards = pending_shards(self.root)
+        if not shards:
+            return []
+        pairs, units = list(self._manifest['pairs']), list(self._manifest['units_finished'])
+        replaced, merged = [], []
+        for _, path in shards:
+            shard = read_shard(path)
+            self._check_same_run(self._manifest, dict(shard, options=self._manifest.get('options', {})), path)
+            for uid in shard['units_finished']:
+                entries = [p for p in shard['pairs'] if p['unit'] == uid]
+                replaced.extend(p['name'] for p in pairs if p['unit'] == uid)
+                pairs = [p for p in pairs if p['unit'] != uid] + entries
+                units = [u for u in units if u != uid] + [uid]
+                merged.append(uid)
+            seen = {}
+            for pair in pairs:
+                if seen.setdefault(pair['name'], pair['unit']) != pair['unit']:
+                    raise ValueError(f'{path}: pair name {pair["name"]!r} of unit {pair["unit"]!r} is already used by '
+                                     f'unit {seen[pair["name"]]!r}; names must be unique in the set.')
+        self._commit(dict(self._manifest, pairs=pairs, units_finished=units, complete=False))
+        kept = {p['name'] for p in pairs}
+        self._remove_pair_files(n for n in replaced if n not in kept)
+        for _, path in shards:
+            os.remove(path)
+        get_root_logger().info(f'Merged {len(shards)} shard(s) into {self.manifest_path}: {len(merged)} unit(s).')
+        return merged
+
+    def finalize(self, extra=None):
+        """Mark the set complete, merge ``extra`` into the manifest and write it atomically.
+
+        Args:
+            extra (Mapping | None): Additional top-level manifest fields (stored JSON-safe), e.g. final metrics.
+                The format's own fields may not be overridden. Default: None.
+
+        Returns:
+            dict: A copy of the final manifest. A set that is already complete is left untouched when ``extra`` is
+            empty (a rerun over a finished set writes nothing).
+
+        Raises:
+            ValueError: When ``extra`` is not a dict or uses a reserved field.
+            RuntimeError: Called on a shard writer (rank 0 merges the shards and finalises).
+        """
+        if self._shard is not None:
+            raise RuntimeError(f'finalize is for the writer of rank 0 (shard=None), which merges {self.shard_path}; '
+                               'a shard writer only writes units.')
+        if self.complete and not extra:
+            return self.manifest
+        extra = {} if extra is None else extra
+        if not isinstance(extra, Mapping):
+            raise ValueError(f'extra must be a dict, got {type(extra).__name__}.')
+        clash = _MANIFEST_RESERVED & set(map(str, extra))
+        if clash:
+            raise ValueError(f'finalize(extra) may not override the manifest fields {sorted(clash)}.')
+        manifest = dict(self._manifest)
+        manifest.update(to_jsonable(extra))
+        manifest['complete'] = True
+        self._commit(manifest)
+        return self.manifest
