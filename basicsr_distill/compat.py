@@ -11,22 +11,35 @@ Each fix checks whether its problem occurs and does nothing otherwise:
    old name. We alias the module.
 3. ``basicsr.train.load_resume_state`` maps the resume state onto ``torch.cuda.current_device()``, which fails on
    a machine without CUDA. Where CUDA is unavailable we replace it by a version that loads onto the CPU (with
-   ``weights_only=True``); where CUDA is available BasicSR's function is kept.
+   ``weights_only=True``; a missing, corrupt or truncated state file gets an error naming it, see
+   :func:`basicsr_distill.utils.checkpoint.read_checkpoint`); where CUDA is available BasicSR's function is kept.
 4. ``basicsr.utils.dist_util._init_dist_pytorch`` (``--launcher pytorch``) calls
    ``torch.cuda.set_device(rank % torch.cuda.device_count())`` (``ZeroDivisionError`` without CUDA) and
    ``basicsr.utils.options.parse_options`` asks it for BasicSR's default backend ``nccl``, which needs CUDA. Where
    CUDA is unavailable we replace it by a version that initialises the process group with ``gloo`` and touches no
    CUDA API; where CUDA is available BasicSR's function is kept (``nccl``, one GPU per process: device
    ``rank % device_count``, which is the local rank when every node runs one process per GPU).
+5. ``basicsr.utils.options.parse_options`` converts each ``--force_yml key=value`` with ``_postprocess_yml_value``,
+   which reads only unsigned decimals as numbers: ``-0.1`` and ``1e-3`` stay strings, so ``--force_yml
+   distill:ratio=-0.1`` gets a type error instead of the range error the same value gets in the option file. Where
+   BasicSR's function reads ``-0.1`` as a string we replace it (a module global, looked up when ``--force_yml`` is
+   applied, which is after the option file is loaded and so after its ``plugin:`` tag imported this package) by
+   :func:`force_yml_value`: values are read as YAML scalars (``yaml.safe_load``), and plain scalars PyYAML leaves as
+   strings that ``float()`` reads as a finite number (``1e-3``) become floats. BasicSR's readings are kept for
+   ``~`` / ``none`` (any case), ``true`` / ``false`` (any case), ``!!float x``, digit strings (``010`` is 10, not
+   YAML 1.1's octal 8) and lists (Python literals). A quoted value (``'"1e-3"'`` through the shell) stays a string.
 
 ``apply()`` is idempotent and is called by ``import basicsr_distill`` before anything imports torchvision.
 """
+import ast
 import importlib.util
+import math
 import os
 import os.path as osp
 import sys
 
 import torch
+import yaml
 
 _TV_LIBRARY = None  # keeps the torch.library definitions alive for the life of the process
 _APPLIED = False
@@ -105,7 +118,10 @@ def _load_resume_state_cpu(opt):
         resume_state_path = opt['path']['resume_state']
     if resume_state_path is None:
         return None
-    resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+    if not osp.isfile(resume_state_path):
+        raise FileNotFoundError(f'Training state not found: "{resume_state_path}" (path.resume_state).')
+    from basicsr_distill.utils.checkpoint import read_checkpoint
+    resume_state = read_checkpoint(resume_state_path, 'training state (path.resume_state)')
     check_resume(opt, resume_state['iter'])
     return resume_state
 
@@ -149,6 +165,65 @@ def fix_cpu_dist_init():
     return True
 
 
+def force_yml_value(value):
+    """Read the value of a ``--force_yml key=value`` entry as a YAML scalar (see fix 5 of the module docstring).
+
+    Args:
+        value (str): The text after ``=`` (BasicSR strips it).
+
+    Returns:
+        None | bool | int | float | list | dict | str: ``-0.1`` -> -0.1, ``1e-3`` -> 0.001, ``~`` / ``null`` /
+        ``None`` -> None, ``true`` / ``False`` -> bool (and YAML 1.1's ``yes`` / ``no`` / ``on`` / ``off``, as in the
+        option file), ``7`` -> 7, ``[1, 2]`` -> [1, 2], ``{a: 1}`` -> {'a': 1}, ``'"1e-3"'`` -> '1e-3'; anything
+        else (``abc``, ``a#b``, ``inf``, ``2024-01-01``, an empty value, text YAML cannot parse) is returned
+        unchanged, as a string.
+
+    Raises:
+        ValueError: ``!!float x`` where ``x`` is not a number (as BasicSR).
+    """
+    if value == '~' or value.lower() in ('none', 'null'):
+        return None
+    if value.lower() in ('true', 'false'):
+        return value.lower() == 'true'
+    if value.startswith('!!float'):
+        return float(value.replace('!!float', ''))
+    if value.isascii() and value.isdigit():
+        return int(value)
+    if value.startswith('['):
+        try:
+            return ast.literal_eval(value)  # BasicSR evaluates lists as Python
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            pass
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, (int, float)):  # bool is an int
+        return parsed
+    if isinstance(parsed, (list, dict)) and value.startswith(('[', '{')):
+        return parsed
+    if isinstance(parsed, str):
+        if value.startswith(('"', "'")) or not parsed.isascii():
+            return parsed  # quoted: a string, whatever it reads like (float() also reads non-ASCII digits)
+        try:
+            number = float(parsed)
+        except ValueError:
+            return parsed
+        return number if math.isfinite(number) else parsed
+    return value  # None from a comment, dates, block sequences ...: the text as given
+
+
+def fix_force_yml_values():
+    """Read ``--force_yml`` values as YAML scalars (:func:`force_yml_value`). No-op where BasicSR already does."""
+    from basicsr.utils import options
+    if options._postprocess_yml_value is force_yml_value:
+        return True
+    if options._postprocess_yml_value('-0.1') == -0.1:
+        return False
+    options._postprocess_yml_value = force_yml_value
+    return True
+
+
 def apply():
     """Apply every fix that is needed here; safe to call more than once."""
     global _APPLIED
@@ -158,4 +233,5 @@ def apply():
     fix_functional_tensor()
     fix_cpu_resume()
     fix_cpu_dist_init()
+    fix_force_yml_values()
     _APPLIED = True

@@ -73,13 +73,15 @@ class SRInstanceDataset(data.Dataset):
 
         Returns:
             dict: ``lq`` (N, 3, gt/s, gt/s) and ``gt`` (N, 3, gt, gt) float32 tensors in [0, 1] (RGB), ``coords``
-            (list of HR top-left (y, x)), ``name``, ``path``, ``hr_shape``.
+            (list of HR top-left (y, x)), ``name``, ``path``, ``hr_shape`` ((H, W) of the file as decoded, before
+            the crop to a multiple of the scale that the patches are cut from).
 
         Raises:
             ValueError: naming the image if it cannot be read.
         """
         path = self.paths[index]
-        hr = modcrop(read_rgb(path), self.scale)
+        img = read_rgb(path)
+        hr = modcrop(img, self.scale)
         lr = bicubic_lr(hr, self.scale)
         gt, lq, coords = cut_patch_pairs(hr, lr, self.scale, self.gt_size, self.stride)
         return {
@@ -88,5 +90,5 @@ class SRInstanceDataset(data.Dataset):
             'coords': coords,
             'name': self.names[index],
             'path': path,
-            'hr_shape': tuple(hr.shape),
+            'hr_shape': tuple(img.shape[:2]),
         }

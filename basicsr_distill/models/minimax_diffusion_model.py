@@ -44,6 +44,7 @@ from basicsr_distill.distilled_set import options_hash
 from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, minimax_objective, predict_x0_from_eps,
                                                  representativeness_loss, sr_loss)
 from basicsr_distill.models.distill_base_model import DistillBaseModel
+from basicsr_distill.utils.checkpoint import read_checkpoint
 from basicsr_distill.utils.ema import EMA
 from basicsr_distill.utils.file_io import torch_save_atomic
 from basicsr_distill.utils.options import merge_options
@@ -248,7 +249,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
             return True
         if not osp.isfile(self.stage2_path):
             return False
-        state = torch.load(self.stage2_path, map_location='cpu', weights_only=True)
+        state = read_checkpoint(self.stage2_path, 'Minimax-SR stage 2 weights (distill.work_dir)')
         if state.get('key') != self.stage2_key:
             raise ValueError(f'{self.stage2_path} was fine-tuned with other options; move it away or pick another '
                              f'distill.work_dir')

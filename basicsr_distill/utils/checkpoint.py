@@ -1,8 +1,10 @@
 """Building networks from option dicts and loading pretrained weights into them, with clear errors: the one place
-of the package that does either (:func:`build_network`, :func:`load_pretrained`, :func:`load_network`)."""
+of the package that does either (:func:`build_network`, :func:`load_pretrained`, :func:`load_network`), and the one
+reader of ``.pth`` files (:func:`read_checkpoint`)."""
 import copy
 import inspect
 import os.path as osp
+import re
 from collections import OrderedDict
 
 import torch
@@ -11,6 +13,62 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from basicsr.utils.registry import ARCH_REGISTRY
 
 _AUTO_PARAM_KEYS = ('params_ema', 'params')
+_ANSI = re.compile(r'\x1b\[[0-9;]*m')
+
+
+def _load_error_detail(err):
+    """A short, safe description of why ``torch.load`` failed: the exception type and the first line of its message.
+
+    Torch's weights-only message advises re-running with ``weights_only`` off, which is wrong for a corrupt file and
+    unsafe for a foreign one: only its ``WeightsUnpickler error:`` line is kept, or none of it.
+    """
+    text = _ANSI.sub('', str(err))
+    if 'weights_only' in text:
+        _, _, text = text.partition('WeightsUnpickler error:')
+        text = re.split(r'\. Please use|Check the documentation', text)[0]  # drop torch's advice
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = lines[0] if lines and 'weights_only' not in lines[0] else ''
+    if len(text) > 200:
+        text = text[:200] + '...'
+    return f'{type(err).__name__}: {text}' if text else type(err).__name__
+
+
+def read_checkpoint(path, what='checkpoint', map_location='cpu'):
+    """Read a ``.pth`` file with ``torch.load(path, map_location=map_location, weights_only=True)``.
+
+    Any failure of ``torch.load`` to parse the file (``UnpicklingError``, ``RuntimeError``, ``EOFError``,
+    ``zipfile`` errors, ...) is re-raised as a ``ValueError`` that names the file and says that it is corrupt or
+    truncated (or, when it pickles objects other than tensors and plain containers, says that), chained to torch's
+    error. Torch's advice to retry with ``weights_only`` turned off is not repeated: it does not help a corrupt file
+    and runs arbitrary code from a foreign one.
+
+    Args:
+        path (str): The file (its existence is checked by the caller, which knows the option it came from).
+        what (str): What the file is, for the message (``'pretrained weights'``, ``'training state'``).
+            Default: ``'checkpoint'``.
+        map_location (str | torch.device | callable): As for ``torch.load``. Default: ``'cpu'``.
+
+    Returns:
+        object: What the file holds (tensors in plain containers).
+
+    Raises:
+        FileNotFoundError, PermissionError, IsADirectoryError (OSError): As ``open`` raises them (they name the file).
+        ValueError: If the file is not a valid PyTorch checkpoint (corrupt, truncated, empty, not a checkpoint at
+            all, or pickling objects that ``weights_only=True`` refuses).
+    """
+    path = str(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:
+        detail = _load_error_detail(err)
+        if 'Unsupported global' in detail:  # a whole pickled object (a model, an argparse.Namespace ...)
+            raise ValueError(f'Cannot read {what} "{path}": it is not a valid PyTorch checkpoint of tensors: it '
+                             f'pickles other objects, which are not loaded since unpickling them can run code '
+                             f'({detail}). Save a state dict (torch.save(net.state_dict(), path)).') from err
+        raise ValueError(f'Cannot read {what} "{path}": the file is corrupt or truncated (not a valid PyTorch '
+                         f'checkpoint; {detail}). Download or save it again.') from err
 
 
 def _select_state_dict(checkpoint, param_key, path):
@@ -32,7 +90,8 @@ def _select_state_dict(checkpoint, param_key, path):
 def load_pretrained(net, path, param_key='auto', strict=True):
     """Load pretrained weights from a file into ``net``.
 
-    The file is read with ``torch.load(path, map_location='cpu', weights_only=True)``. A leading ``module.`` (saved
+    The file is read with :func:`read_checkpoint` (``torch.load(path, map_location='cpu', weights_only=True)``,
+    errors naming the file). A leading ``module.`` (saved
     from nn.DataParallel / DistributedDataParallel) is stripped from every key; architectures may rename further
     keys in their own load_state_dict pre-hooks (e.g. :class:`basicsr_distill.archs.imdn_arch.IMDN`).
 
@@ -49,7 +108,8 @@ def load_pretrained(net, path, param_key='auto', strict=True):
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a dict, or ``param_key`` is not in it.
+        ValueError: If the file is corrupt or truncated (not a valid PyTorch checkpoint, see
+            :func:`read_checkpoint`), is not a dict, or ``param_key`` is not in it.
         RuntimeError: If the keys do not fit ``net`` (missing or unexpected keys with ``strict=True``, or shape
             mismatches). The message names the file and lists the missing and unexpected keys. Parameters whose
             keys did fit may already have been copied into ``net`` at that point.
@@ -57,7 +117,7 @@ def load_pretrained(net, path, param_key='auto', strict=True):
     path = str(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f'Pretrained weights not found: "{path}".')
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    checkpoint = read_checkpoint(path, 'pretrained weights')
     state_dict = _select_state_dict(checkpoint, param_key, path)
     state_dict = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state_dict.items())
 
@@ -109,6 +169,7 @@ def load_network(network_opt, weights, scale=None, param_key='auto', strict=True
 
     Raises:
         ValueError, KeyError: As :func:`build_network` (no or unknown ``type``).
-        FileNotFoundError, ValueError, RuntimeError: As :func:`load_pretrained` (missing file, wrong keys).
+        FileNotFoundError, ValueError, RuntimeError: As :func:`load_pretrained` (missing, corrupt or truncated
+            file, wrong keys).
     """
     return load_pretrained(build_network(network_opt, scale), weights, param_key=param_key, strict=strict)

@@ -15,11 +15,14 @@ Cases covered elsewhere (not repeated here):
   without local weights: ``test_data/test_patch_selection.py::test_clip_without_local_weights_is_a_clear_error``.
 * unknown ``distill`` keys and IDC's r out of range:
   ``test_models/test_idc_model.py::test_bad_options_name_the_option``.
+* ``--force_yml`` values get the checks of the same value in the option file: ``test_misc/test_force_yml.py``.
 """
+import argparse
 import ast
 import glob
 import os
 import os.path as osp
+import re
 import shutil
 
 import cv2
@@ -29,6 +32,7 @@ import torch
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
+from basicsr_distill import compat
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.data.sr_patches import read_rgb, verify_image
 from basicsr_distill.distilled_set import DistilledSetWriter, pair_paths, read_manifest, validate_distilled_set
@@ -37,6 +41,7 @@ from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_op
 from basicsr_distill.models.gsdd_model import GSDD_DEFAULTS, GSDDModel
 from basicsr_distill.models.idc_model import IDC_DEFAULTS, IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MINIMAX_DEFAULTS, MinimaxDiffusionModel
+from basicsr_distill.utils.checkpoint import load_network, read_checkpoint
 from basicsr_distill.utils.options import read_option_file
 from conftest import REPO, basicsr_log, build_distill_model, data_path
 
@@ -264,6 +269,25 @@ def test_idc_image_smaller_than_a_patch_is_skipped_with_a_warning_and_recorded(t
     assert manifest['units_finished'] == ['tiny'] and manifest['num_pairs'] == 0
 
 
+def test_the_small_image_warning_gives_the_file_size_not_the_cropped_one(tmp_path):
+    """A 10x10 file is 8x8 once cropped to a multiple of the scale 4: the warning gives the file's own 10x10."""
+    folder = tmp_path / 'hr'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'ten.png'), cv2.imread(data_path(*T91, 'tt1.png'))[:10, :10])
+    cv2.imwrite(str(folder / 'odd.png'), cv2.imread(data_path(*T91, 'tt1.png'))[:37, :45])
+    opt = _idc_opt(tmp_path, str(folder))
+    model = build_distill_model(IDCModel, opt)
+    odd, ten = model.source.load_instance(0), model.source.load_instance(1)
+    assert ten['hr_shape'] == (10, 10) and ten['lq'].shape[0] == 0
+    assert odd['hr_shape'] == (37, 45)  # the patches are still cut from the 36x44 crop, the last ones at its edges
+    assert odd['lq'].shape[0] == model.source.num_patches(0) == 4
+    assert odd['coords'] == [(0, 0), (0, 12), (4, 0), (4, 12)]
+    with basicsr_log() as stream:
+        model.optimize_parameters(model.T + 1)  # the first iteration of instance 2 (ten.png)
+    log = stream.getvalue()
+    assert f'{folder / "ten.png"} (10, 10) is smaller than one 32x32 patch: skipped' in log and '(8, 8' not in log
+
+
 # ------------------------------------------------------------------------------------------- 5. empty folders
 def test_empty_folders_name_the_folder(tmp_path):
     empty = tmp_path / 'empty'
@@ -478,3 +502,57 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 if not safe:
                     offenders.append(f'{osp.relpath(path, REPO)}:{node.lineno}')
     assert not offenders, f'torch.load without weights_only=True: {offenders}'
+
+
+@pytest.mark.parametrize('kind', ['truncated', 'random', 'empty'])
+def test_corrupt_or_truncated_checkpoints_name_the_file(tmp_path, kind):
+    """Torch's own error does not name the file, and for random bytes advises weights_only=False (unsafe, useless)."""
+    with open(IMDN_WEIGHTS, 'rb') as f:
+        good = f.read()
+    content = {'truncated': good[:len(good) // 2], 'random': np.random.default_rng(0).bytes(4096), 'empty': b''}[kind]
+    bad = tmp_path / f'{kind}.pth'
+    bad.write_bytes(content)
+    net_opt = {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4}
+    with pytest.raises(ValueError) as err:
+        load_network(net_opt, str(bad))
+    message = str(err.value)
+    assert message.startswith(f'Cannot read pretrained weights "{bad}": the file is corrupt or truncated (not a valid '
+                              f'PyTorch checkpoint')
+    assert 'weights_only=False' not in message and 'weights_only' not in message  # no advice to turn it off
+    assert err.value.__cause__ is not None  # chained to torch's error, which advises it for random bytes
+    assert kind != 'random' or 'weights_only` set to `False' in str(err.value.__cause__)
+
+    opt = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']))
+    opt['path']['pretrain_network_t'] = str(bad)
+    with pytest.raises(ValueError, match=f'{re.escape(str(bad))}": the file is corrupt or truncated') as err:
+        build_distill_model(IDCModel, opt)
+    assert 'weights_only' not in str(err.value)
+
+    state = tmp_path / '5.state'
+    state.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        compat._load_resume_state_cpu({'auto_resume': False, 'path': {'resume_state': str(state)}})
+    assert str(err.value).startswith(f'Cannot read training state (path.resume_state) "{state}": the file is corrupt '
+                                     'or truncated') and 'weights_only' not in str(err.value)
+    with pytest.raises(FileNotFoundError, match=re.escape(f'Training state not found: "{tmp_path / "6.state"}"')):
+        compat._load_resume_state_cpu({'auto_resume': False, 'path': {'resume_state': str(tmp_path / '6.state')}})
+
+
+def test_a_checkpoint_of_pickled_objects_is_refused_without_the_unsafe_advice(tmp_path):
+    path = tmp_path / 'objects.pth'
+    torch.save({'params': {'w': torch.zeros(1)}, 'opt': argparse.Namespace(lr=1)}, str(path))
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(str(path), 'pretrained weights')
+    message = str(err.value)
+    assert f'"{path}"' in message and 'Unsupported global' in message and 'argparse.Namespace' in message
+    assert 'weights_only=False' not in message and 'weights_only` set to `False' not in message
+
+
+def test_minimax_corrupt_stage2_file_is_named(tmp_path):
+    """A corrupt ``stage2_difffit.pth`` (killed disk, edited file) is named as corrupt, not a bare torch error."""
+    model = build_distill_model(MinimaxDiffusionModel, _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png'])))
+    with open(model.stage2_path, 'wb') as f:
+        f.write(os.urandom(64))
+    with pytest.raises(ValueError, match='corrupt or truncated') as info:
+        model._load_stage2()
+    assert model.stage2_path in str(info.value) and 'weights_only' not in str(info.value)
