@@ -25,6 +25,9 @@ setup(
         'diffusers==0.42.1',  # Minimax-SR: DiT, AutoencoderKL, schedulers
         'transformers==5.23.0',  # Minimax-SR stage 1: CLIP image features from a local folder
     ],
-    extras_require={'test': ['pytest'], 'lint': ['flake8', 'isort', 'yapf']},  # lint: BasicSR's settings, setup.cfg
+    extras_require={
+        'test': ['pytest'],
+        'lint': ['flake8', 'isort', 'yapf']
+    },  # lint: BasicSR's settings, setup.cfg
     license='Apache-2.0',
 )

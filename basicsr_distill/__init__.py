@@ -7,7 +7,7 @@ from basicsr_distill import compat
 
 compat.apply()
 
-from basicsr_distill.version import __version__  # noqa: E402
 from basicsr_distill import archs, data, losses, models  # noqa: E402,F401
+from basicsr_distill.version import __version__  # noqa: E402
 
 __all__ = ['__version__', 'archs', 'data', 'losses', 'models']

@@ -37,7 +37,6 @@ import math
 import os
 import os.path as osp
 import sys
-
 import torch
 import yaml
 

@@ -5,6 +5,8 @@
 import os
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr.test import test_pipeline
 
 if __name__ == '__main__':

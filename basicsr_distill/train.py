@@ -7,6 +7,8 @@ directory.
 import os
 
 import basicsr_distill  # noqa: F401  (compat fixes and registration before basicsr.train is imported)
+
+# isort: split
 from basicsr.train import train_pipeline
 
 if __name__ == '__main__':

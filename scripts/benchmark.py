@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
-from basicsr_distill.benchmark.runner import main  # noqa: E402
+from basicsr_distill.benchmark.runner import main
 
 if __name__ == '__main__':
     sys.exit(main())

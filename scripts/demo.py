@@ -33,8 +33,8 @@ def run(title, cmd, log_name):
     os.makedirs(osp.dirname(log_path), exist_ok=True)
     print(f'\n== {title}\n$ {" ".join(cmd)}', flush=True)
     start = time.time()
-    with open(log_path, 'w') as log, subprocess.Popen([sys.executable] + cmd, cwd=REPO, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, text=True) as proc:
+    popen = dict(cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log_path, 'w') as log, subprocess.Popen([sys.executable] + cmd, **popen) as proc:
         for line in proc.stdout:
             log.write(line)
             if any(key in line for key in SHOW):
@@ -47,8 +47,13 @@ def run(title, cmd, log_name):
 def evaluate(label, net, seconds, pairs):
     from basicsr_distill.utils.sr_eval import evaluate_sr
     res = evaluate_sr(net, osp.join(REPO, SET5_HR), osp.join(REPO, SET5_LR), scale=4)
-    return {'training set': label, 'pairs': pairs, 'Set5 PSNR (dB)': res['psnr'], 'Set5 SSIM': res['ssim'],
-            'wall time (s)': seconds}
+    return {
+        'training set': label,
+        'pairs': pairs,
+        'Set5 PSNR (dB)': res['psnr'],
+        'Set5 SSIM': res['ssim'],
+        'wall time (s)': seconds
+    }
 
 
 def main():
@@ -65,9 +70,10 @@ def main():
     manifest = json.load(open(osp.join(IDC_ROOT, 'distill.json')))
     num_pairs = manifest['num_pairs']
     shutil.rmtree(RANDOM_ROOT, ignore_errors=True)  # derived from the distilled set: rebuilt every run
-    t_select = run(f'2/5 random subset of {num_pairs} real patch pairs from the same images',
-                   ['scripts/select_subset.py', '-opt', DISTILL_OPT, '--like', IDC_ROOT, '--out', RANDOM_ROOT,
-                    '--seed', '0'], 'select_random.log')
+    t_select = run(
+        f'2/5 random subset of {num_pairs} real patch pairs from the same images',
+        ['scripts/select_subset.py', '-opt', DISTILL_OPT, '--like', IDC_ROOT, '--out', RANDOM_ROOT, '--seed', '0'],
+        'select_random.log')
     times = {}
     for step, (tag, root) in enumerate((('idc', IDC_ROOT), ('random', RANDOM_ROOT)), start=3):
         name = f'EDSR_demo_x4_f32b4_{tag}'
@@ -91,11 +97,15 @@ def main():
         rows.append(evaluate(f'EDSR on {label}', net, times[tag], num_pairs))
 
     distill_path = distill_opt['path']
-    teacher = load_network(distill_opt['network_t'], distill_path['pretrain_network_t'],
-                           param_key=distill_path.get('param_key_t', 'auto'),
-                           strict=distill_path.get('strict_load_t', True))
-    ref = [evaluate('IDC teacher (IMDN, pretrained)', teacher, None, None),
-           evaluate('bicubic', BicubicSR(4), None, None)]
+    teacher = load_network(
+        distill_opt['network_t'],
+        distill_path['pretrain_network_t'],
+        param_key=distill_path.get('param_key_t', 'auto'),
+        strict=distill_path.get('strict_load_t', True))
+    ref = [
+        evaluate('IDC teacher (IMDN, pretrained)', teacher, None, None),
+        evaluate('bicubic', BicubicSR(4), None, None)
+    ]
 
     lines = ['| training set | pairs | Set5 PSNR (dB) | Set5 SSIM | train wall time (s) |', '|---|---|---|---|---|']
     for row in rows + ref:

@@ -29,9 +29,11 @@ import os.path as osp
 
 import basicsr_distill  # noqa: F401  (compat fixes and arch registration; must precede basicsr / torchvision)
 
-from basicsr_distill.utils import options  # noqa: E402
-from basicsr_distill.utils.checkpoint import load_network  # noqa: E402
-from basicsr_distill.utils.sr_metrics import (METRICS, add_arch_arguments, check_test_sets, dataset_size,  # noqa: E402
+# isort: split
+
+from basicsr_distill.utils import options
+from basicsr_distill.utils.checkpoint import load_network
+from basicsr_distill.utils.sr_metrics import (METRICS, add_arch_arguments, check_test_sets, dataset_size,
                                               evaluate_network, parse_arch_opts, parse_test_set, parse_train_time)
 
 

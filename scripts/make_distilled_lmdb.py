@@ -10,6 +10,8 @@ import argparse
 import sys
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
 from basicsr_distill.distilled_set import make_distilled_lmdb
 
 

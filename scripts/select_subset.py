@@ -23,6 +23,8 @@ import json
 import sys
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill.selection.features import FEATURE_KINDS
 from basicsr_distill.selection.kcenter import KCENTER_STARTS
 from basicsr_distill.selection.pool import METHODS, select_subset

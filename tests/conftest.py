@@ -15,12 +15,13 @@ import atexit
 import contextlib
 import os
 import os.path as osp
+import pytest
 import shutil
 import tempfile
 
-import pytest
-
 import basicsr_distill  # noqa: F401  (compat fixes before anything imports torchvision)
+
+# isort: split
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 SHARED = os.environ.get('BASICSR_DISTILL_SHARED', osp.abspath(osp.join(REPO, '..', 'shared')))
@@ -86,8 +87,9 @@ def shared_path(*parts):
 
 
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'needs_shared: needs real files of the project\'s shared folder that the '
-                            'repository does not bundle (skipped without it, run in CI)')
+    config.addinivalue_line(
+        'markers', 'needs_shared: needs real files of the project\'s shared folder that the '
+        'repository does not bundle (skipped without it, run in CI)')
 
 
 def pytest_runtest_setup(item):
@@ -178,19 +180,62 @@ def build_distill_model(model_cls, opt):
 
 def tiny_edsr_options(name, dataset, gt_size=16, iters=2):
     """A tiny EDSR x4 SRModel config training ``iters`` iterations on ``dataset`` (a datasets.train dict)."""
-    train = dict(dataset, name='distilled', io_backend={'type': 'disk'}, gt_size=gt_size, use_hflip=True,
-                 use_rot=True, use_shuffle=True, num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1,
-                 prefetch_mode=None)
+    train = dict(
+        dataset,
+        name='distilled',
+        io_backend={'type': 'disk'},
+        gt_size=gt_size,
+        use_hflip=True,
+        use_rot=True,
+        use_shuffle=True,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=2,
+        dataset_enlarge_ratio=1,
+        prefetch_mode=None)
     return {
-        'name': name, 'model_type': 'SRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': train},
-        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 4,
-                      'img_range': 255.},
-        'path': {'pretrain_network_g': None, 'resume_state': None},
-        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'total_iter': iters, 'warmup_iter': -1,
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+        'name': name,
+        'model_type': 'SRModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': train
+        },
+        'network_g': {
+            'type': 'EDSR',
+            'num_in_ch': 3,
+            'num_out_ch': 3,
+            'num_feat': 8,
+            'num_block': 1,
+            'upscale': 4,
+            'img_range': 255.
+        },
+        'path': {
+            'pretrain_network_g': None,
+            'resume_state': None
+        },
+        'train': {
+            'optim_g': {
+                'type': 'Adam',
+                'lr': 1e-3
+            },
+            'total_iter': iters,
+            'warmup_iter': -1,
+            'scheduler': {
+                'type': 'MultiStepLR',
+                'milestones': [100],
+                'gamma': 0.5
+            },
+            'pixel_opt': {
+                'type': 'L1Loss',
+                'loss_weight': 1.0
+            }
+        },
+        'logger': {
+            'print_freq': 1,
+            'save_checkpoint_freq': 1000,
+            'use_tb_logger': False
+        },
     }
 
 

@@ -69,7 +69,6 @@ train mode, i.e. independently in every block, while DiT drops once per sample. 
 """
 import os
 import os.path as osp
-
 import torch
 from torch import nn
 
@@ -145,8 +144,8 @@ def _from_pretrained_strict(cls, path, sub, option_name, what, torch_dtype):
     """
     where = osp.join(path, sub) if sub else path
     try:
-        model, info = cls.from_pretrained(path, subfolder=sub, local_files_only=True, torch_dtype=torch_dtype,
-                                          output_loading_info=True)
+        model, info = cls.from_pretrained(
+            path, subfolder=sub, local_files_only=True, torch_dtype=torch_dtype, output_loading_info=True)
     except OSError as err:
         raise FileNotFoundError(f'{what} folder {where!r} (option {option_name!r}): cannot load its weights: '
                                 f'{err}') from err

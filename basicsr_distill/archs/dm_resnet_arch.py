@@ -23,7 +23,6 @@ on any device. :func:`sample_dm_network` builds such a network (without touching
 constructing it) frozen and in eval mode.
 """
 import math
-
 import torch
 from torch import nn as nn
 from torch.nn import functional as F

@@ -17,7 +17,6 @@ Checkpoints in either original layout load directly with ``net.load_state_dict(r
 load_state_dict pre-hook renames their keys with :func:`imdn_key_map`.
 """
 import re
-
 import torch
 from torch import nn as nn
 

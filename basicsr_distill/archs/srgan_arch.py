@@ -18,7 +18,6 @@ With the default ``num_block=5`` these are ``block1`` .. ``block8`` as in the ch
 slope (``num_parameters=1``).
 """
 import math
-
 import torch
 from torch import nn as nn
 

@@ -20,7 +20,6 @@ import json
 import math
 import os.path as osp
 import statistics
-
 import yaml
 
 from basicsr_distill.utils.file_io import write_text_atomic  # also imported from here (benchmark.report)
@@ -95,8 +94,9 @@ def load_grid(path, repo, check_paths=True):
     for folder in grid['train_hr']:
         if check_paths and not osp.isdir(folder):
             raise FileNotFoundError(f'{path}: train_hr folder {folder} does not exist')
-    _require(isinstance(grid['pool'], dict) and {'gt_size', 'stride'} <= set(grid['pool']), path,
-             'pool must give gt_size and stride (HR pixels)')
+    _require(
+        isinstance(grid['pool'], dict) and {'gt_size', 'stride'} <= set(grid['pool']), path,
+        'pool must give gt_size and stride (HR pixels)')
     _require(isinstance(grid['seeds'], list) and grid['seeds'], path, 'seeds must be a non-empty list')
     _require(isinstance(grid['test_sets'], dict) and grid['test_sets'], path, 'test_sets must be a non-empty mapping')
     for name, spec in grid['test_sets'].items():
@@ -128,8 +128,9 @@ def load_grid(path, repo, check_paths=True):
             _require(not method.get('sizes'), path, f'{where}: give sizes or like, not both')
             method['sizes'] = list(grid['methods'][like]['sizes'])
             method['size_name'] = grid['methods'][like]['size_name']
-        _require(isinstance(method.get('sizes'), list) and method['sizes'], path,
-                 f'{where}.sizes must be a non-empty list (r or IPC values) unless like is given')
+        _require(
+            isinstance(method.get('sizes'), list) and method['sizes'], path,
+            f'{where}.sizes must be a non-empty list (r or IPC values) unless like is given')
         method.setdefault('size_name', 'r')
         method.setdefault('options', {})
         method.setdefault('args', [])
@@ -161,13 +162,27 @@ def set_cells(grid):
     for name, method in grid['methods'].items():
         for index, size in enumerate(method['sizes']):
             label = size_label(method, size)
-            spec = {'method': name, 'size': size, 'definition': method, 'pool': grid['pool'], 'scale': grid['scale'],
-                    'train_hr': grid['train_hr'], 'set_seed': grid['set_seed']}
+            spec = {
+                'method': name,
+                'size': size,
+                'definition': method,
+                'pool': grid['pool'],
+                'scale': grid['scale'],
+                'train_hr': grid['train_hr'],
+                'set_seed': grid['set_seed']
+            }
             if method['type'] == 'select':
                 spec['selection_opt'] = grid['selection_opt']
-            cells.append({'id': f'set/{name}/{label}', 'kind': 'set', 'method': name, 'size': size, 'label': label,
-                          'size_index': index, 'root': osp.join(grid['work_dir'], 'sets', f'{name}_{label}'),
-                          'spec': spec})
+            cells.append({
+                'id': f'set/{name}/{label}',
+                'kind': 'set',
+                'method': name,
+                'size': size,
+                'label': label,
+                'size_index': index,
+                'root': osp.join(grid['work_dir'], 'sets', f'{name}_{label}'),
+                'spec': spec
+            })
     return cells
 
 
@@ -177,12 +192,24 @@ def train_cells(grid, sets):
     for arch_name, arch in grid['archs'].items():
         for set_cell in sets:
             for seed in grid['seeds']:
-                spec = {'arch': arch_name, 'definition': arch, 'set': set_cell['id'], 'set_hash':
-                        spec_hash(set_cell['spec']), 'seed': seed, 'test_sets': grid['test_sets'],
-                        'metrics': grid['metrics']}
-                cells.append({'id': f'train/{arch_name}/{set_cell["method"]}/{set_cell["label"]}/seed{seed}',
-                              'kind': 'train', 'arch': arch_name, 'set': set_cell, 'seed': seed, 'spec': spec,
-                              'name': f'{grid["name"]}_{arch_name}_{set_cell["method"]}_{set_cell["label"]}_s{seed}'})
+                spec = {
+                    'arch': arch_name,
+                    'definition': arch,
+                    'set': set_cell['id'],
+                    'set_hash': spec_hash(set_cell['spec']),
+                    'seed': seed,
+                    'test_sets': grid['test_sets'],
+                    'metrics': grid['metrics']
+                }
+                cells.append({
+                    'id': f'train/{arch_name}/{set_cell["method"]}/{set_cell["label"]}/seed{seed}',
+                    'kind': 'train',
+                    'arch': arch_name,
+                    'set': set_cell,
+                    'seed': seed,
+                    'spec': spec,
+                    'name': f'{grid["name"]}_{arch_name}_{set_cell["method"]}_{set_cell["label"]}_s{seed}'
+                })
     return cells
 
 

@@ -5,13 +5,12 @@ Plots use matplotlib's Agg backend (no display needed); images are read with
 """
 import csv
 import math
+import numpy as np
 import os
 import os.path as osp
 
-import numpy as np
-
-from basicsr_distill.data.image_io import read_rgb
 from basicsr_distill.benchmark.grid import write_text_atomic
+from basicsr_distill.data.image_io import read_rgb
 
 CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'seed', 'train_time_s',
               'train_wall_s', 'reference')
@@ -53,17 +52,21 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None):
         [f'{t} {m.upper()}' for t in test_sets for m in metrics] + ['train time (s)']
     lines = ([title, ''] if title else []) + ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in summary:
-        cells = [row['arch'], row['method'] + (' (reference)' if row.get('reference') else ''), row['label'],
-                 str(row['pairs']), f'{100 * row["ratio"]:.1f} %' if row.get('ratio') is not None else '-',
-                 f'{row["set_bytes"] / 2**20:.1f}' if row.get('set_bytes') is not None else '-',
-                 f'{row["set_time_s"]:.0f}' if row.get('set_time_s') is not None else '-', str(row['seeds'])]
+        cells = [
+            row['arch'], row['method'] + (' (reference)' if row.get('reference') else ''), row['label'],
+            str(row['pairs']), f'{100 * row["ratio"]:.1f} %' if row.get('ratio') is not None else '-',
+            f'{row["set_bytes"] / 2**20:.1f}' if row.get('set_bytes') is not None else '-',
+            f'{row["set_time_s"]:.0f}' if row.get('set_time_s') is not None else '-',
+            str(row['seeds'])
+        ]
         cells += [_pm(row[f'{c}_mean'], row[f'{c}_std'], digits.get(c.split('/')[-1], 3)) for c in cols]
         cells.append(_pm(row['train_time_s_mean'], row['train_time_s_std'], 0))
         lines.append('| ' + ' | '.join(cells) + ' |')
     if bicubic:
         cells = ['-', 'bicubic', '-', '-', '-', '-', '-', '-']
-        cells += [f'{bicubic[c]:.{digits.get(c.split("/")[-1], 3)}f}' if bicubic.get(c) is not None else '-'
-                  for c in cols]
+        cells += [
+            f'{bicubic[c]:.{digits.get(c.split("/")[-1], 3)}f}' if bicubic.get(c) is not None else '-' for c in cols
+        ]
         lines.append('| ' + ' | '.join(cells + ['-']) + ' |')
     return '\n'.join(lines) + '\n'
 
@@ -85,8 +88,8 @@ def plot_psnr(summary, test_sets, x_key, path, xlabel, logx=True, bicubic=None):
     set and arch, one line per method; the reference (full set) methods as dashed lines, bicubic as a dotted line."""
     plt = _pyplot()
     archs = list(dict.fromkeys(row['arch'] for row in summary))
-    fig, axes = plt.subplots(len(archs), len(test_sets), figsize=(5.2 * len(test_sets), 3.8 * len(archs)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(archs), len(test_sets), figsize=(5.2 * len(test_sets), 3.8 * len(archs)), squeeze=False)
     for i, arch in enumerate(archs):
         rows = [r for r in summary if r['arch'] == arch]
         methods = list(dict.fromkeys(r['method'] for r in rows))
@@ -102,8 +105,7 @@ def plot_psnr(summary, test_sets, x_key, path, xlabel, logx=True, bicubic=None):
                 if ref[0] and x_key == 'ratio':
                     ax.axhline(ys[0], linestyle='--', color='k', linewidth=1, label=f'{method} ({xs[0]:.0%})')
                     continue
-                ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=method,
-                            linestyle='--' if ref[0] else '-')
+                ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=method, linestyle='--' if ref[0] else '-')
             if bicubic and bicubic.get(col) is not None:
                 ax.axhline(bicubic[col], linestyle=':', color='gray', linewidth=1, label='bicubic')
             if logx:

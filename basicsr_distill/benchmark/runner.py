@@ -29,6 +29,8 @@ import sys
 import time
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
 from basicsr_distill.benchmark import grid as grid_lib
 from basicsr_distill.benchmark import report
 from basicsr_distill.distilled_set import read_manifest
@@ -67,9 +69,10 @@ class Progress():
         self.left.pop(cell['id'], None)
         self.count += 1
         self.times[cell['kind']].append(seconds)
-        print(f'[{self.count}/{self.total} {100 * self.count / self.total:.0f}%] {cell["id"]} done in '
-              f'{seconds:.0f} s | elapsed {fmt_time(time.time() - self.start)} | ETA {fmt_time(self.eta())}',
-              flush=True)
+        print(
+            f'[{self.count}/{self.total} {100 * self.count / self.total:.0f}%] {cell["id"]} done in '
+            f'{seconds:.0f} s | elapsed {fmt_time(time.time() - self.start)} | ETA {fmt_time(self.eta())}',
+            flush=True)
 
 
 def run_logged(cmd, cwd, log_path):
@@ -82,8 +85,9 @@ def run_logged(cmd, cwd, log_path):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
     start, last_echo = time.time(), 0.0
     tty = sys.stdout.isatty()
-    with open(log_path, 'a', encoding='utf-8', buffering=1) as log, subprocess.Popen(
-            cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+    with open(
+            log_path, 'a', encoding='utf-8', buffering=1) as log, subprocess.Popen(
+                cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         log.write(f'$ {" ".join(cmd)}\n')
         for line in proc.stdout:
             log.write(line)
@@ -138,9 +142,18 @@ def pool_option_file(grid, train_hr):
     opt = grid_lib.read_option_file(grid['selection_opt']) if grid['selection_opt'] else {}
     opt = grid_lib.absolutize(opt, REPO)
     opt['scale'] = grid['scale']
-    opt['datasets'] = {'train': {'name': 'pool', 'type': 'SRInstanceDataset', 'dataroot_gt': train_hr,
-                                 'gt_size': grid['pool']['gt_size'], 'stride': grid['pool']['stride'],
-                                 'io_backend': {'type': 'disk'}}}
+    opt['datasets'] = {
+        'train': {
+            'name': 'pool',
+            'type': 'SRInstanceDataset',
+            'dataroot_gt': train_hr,
+            'gt_size': grid['pool']['gt_size'],
+            'stride': grid['pool']['stride'],
+            'io_backend': {
+                'type': 'disk'
+            }
+        }
+    }
     return grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'pool.yml'))
 
 
@@ -149,8 +162,13 @@ def run_set_cell(cell, grid, ctx):
     """Write the training set of one (method, size); returns its row fields."""
     method = grid['methods'][cell['method']]
     root, log = cell['root'], osp.join(grid['work_dir'], 'logs', cell['id'].replace('/', '__') + '.log')
-    values = {'train_hr': ctx['train_hr'], 'size': cell['size'], 'gt_size': grid['pool']['gt_size'],
-              'stride': grid['pool']['stride'], 'scale': grid['scale']}
+    values = {
+        'train_hr': ctx['train_hr'],
+        'size': cell['size'],
+        'gt_size': grid['pool']['gt_size'],
+        'stride': grid['pool']['stride'],
+        'scale': grid['scale']
+    }
     complete = osp.isfile(osp.join(root, 'distill.json')) and read_manifest(root).get('complete')
     start = time.time()
     if not complete and method['type'] == 'distill':
@@ -161,16 +179,20 @@ def run_set_cell(cell, grid, ctx):
         opt['manual_seed'] = grid['set_seed']
         opt.setdefault('path', {})['distilled_root'] = root
         opt.setdefault('logger', {})['use_tb_logger'] = False
-        path = grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'sets',
-                                                        f'{cell["method"]}_{cell["label"]}.yml'))
-        run_logged([sys.executable, osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'],
-                   grid['work_dir'], log)
+        path = grid_lib.write_option_file(
+            opt, osp.join(grid['work_dir'], 'options', 'sets', f'{cell["method"]}_{cell["label"]}.yml'))
+        run_logged([sys.executable,
+                    osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'], grid['work_dir'],
+                   log)
     elif not complete:
-        cmd = [sys.executable, osp.join(REPO, 'scripts', 'select_subset.py'), '-opt', ctx['pool_opt'], '--out', root,
-               '--seed', str(grid['set_seed'])]
+        cmd = [
+            sys.executable,
+            osp.join(REPO, 'scripts', 'select_subset.py'), '-opt', ctx['pool_opt'], '--out', root, '--seed',
+            str(grid['set_seed'])
+        ]
         if method.get('like'):
-            like = next(c for c in ctx['sets'] if c['method'] == method['like'] and c['size_index'] ==
-                        cell['size_index'])
+            like = next(c for c in ctx['sets']
+                        if c['method'] == method['like'] and c['size_index'] == cell['size_index'])
             cmd += ['--like', like['root']]
         else:
             cmd += ['--ratio', str(cell['size'])]
@@ -179,18 +201,27 @@ def run_set_cell(cell, grid, ctx):
     if not manifest.get('complete'):
         raise RuntimeError(f'{root}: the set is not complete after {cell["id"]}; see {log}')
     from basicsr_distill.utils.sr_metrics import dataset_size
-    return {'pairs': manifest['num_pairs'], 'ratio': manifest['num_pairs'] / ctx['pool'],
-            'set_bytes': dataset_size(root)['bytes'],
-            'set_time_s': manifest.get('wall_time_s') or (time.time() - start), 'root': root,
-            'reference': bool(method.get('reference'))}
+    return {
+        'pairs': manifest['num_pairs'],
+        'ratio': manifest['num_pairs'] / ctx['pool'],
+        'set_bytes': dataset_size(root)['bytes'],
+        'set_time_s': manifest.get('wall_time_s') or (time.time() - start),
+        'root': root,
+        'reference': bool(method.get('reference'))
+    }
 
 
 def run_train_cell(cell, grid, ctx):
     """Train one arch on one set with one seed, then evaluate it; returns its row fields."""
     arch = grid['archs'][cell['arch']]
     set_cell = cell['set']
-    values = {'train_hr': ctx['train_hr'], 'size': set_cell['size'], 'gt_size': grid['pool']['gt_size'],
-              'stride': grid['pool']['stride'], 'scale': grid['scale']}
+    values = {
+        'train_hr': ctx['train_hr'],
+        'size': set_cell['size'],
+        'gt_size': grid['pool']['gt_size'],
+        'stride': grid['pool']['stride'],
+        'scale': grid['scale']
+    }
     opt = grid_lib.read_option_file(arch['opt'])
     opt = grid_lib.absolutize(grid_lib.deep_merge(opt, grid_lib.fill_placeholders(arch['options'], values)), REPO)
     opt['name'], opt['manual_seed'] = cell['name'], cell['seed']
@@ -202,8 +233,9 @@ def run_train_cell(cell, grid, ctx):
     path = grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'train', f'{cell["name"]}.yml'))
     log = osp.join(grid['work_dir'], 'logs', cell['id'].replace('/', '__') + '.log')
     exp = osp.join(grid['work_dir'], 'experiments', cell['name'])
-    wall = run_logged([sys.executable, osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'],
-                      grid['work_dir'], log)
+    wall = run_logged(
+        [sys.executable, osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'],
+        grid['work_dir'], log)
 
     from basicsr_distill.utils.sr_metrics import load_network, parse_train_time
     logs = sorted(glob.glob(osp.join(exp, f'train_{cell["name"]}_*.log')), key=osp.getmtime)
@@ -237,8 +269,12 @@ def build_rows(grid, store, sets, trains):
         if record is None or set_record is None:
             continue
         row = {k: set_record.get(k) for k in ('pairs', 'ratio', 'set_bytes', 'set_time_s', 'reference')}
-        row.update(arch=cell['arch'], method=cell['set']['method'], label=cell['set']['label'],
-                   size=cell['set']['size'], seed=cell['seed'])
+        row.update(
+            arch=cell['arch'],
+            method=cell['set']['method'],
+            label=cell['set']['label'],
+            size=cell['set']['size'],
+            seed=cell['seed'])
         row.update({k: v for k, v in record.items() if '/' in k or k in ('train_time_s', 'train_wall_s')})
         rows.append(row)
     return rows
@@ -259,10 +295,21 @@ def write_outputs(grid, store, sets, trains, final):
              'start-up). Train time: BasicSR\'s "Time consumed" of the downstream run.')
     report.write_markdown(report.markdown_table(summary, tests, metrics, bicubic, title), osp.join(work, 'table.md'))
     if final and summary and 'psnr' in metrics:
-        report.plot_psnr(summary, tests, 'ratio', osp.join(work, 'psnr_vs_ratio.png'),
-                         'training set size (fraction of the patch pool)', bicubic=bicubic)
-        report.plot_psnr(summary, tests, 'train_time_s_mean', osp.join(work, 'psnr_vs_train_time.png'),
-                         'downstream training wall time (s)', logx=False, bicubic=bicubic)
+        report.plot_psnr(
+            summary,
+            tests,
+            'ratio',
+            osp.join(work, 'psnr_vs_ratio.png'),
+            'training set size (fraction of the patch pool)',
+            bicubic=bicubic)
+        report.plot_psnr(
+            summary,
+            tests,
+            'train_time_s_mean',
+            osp.join(work, 'psnr_vs_train_time.png'),
+            'downstream training wall time (s)',
+            logx=False,
+            bicubic=bicubic)
     if final:
         for name in grid['methods']:
             done = [c for c in sets if c['method'] == name and store.load(c) is not None]
@@ -275,8 +322,15 @@ def write_outputs(grid, store, sets, trains, final):
 
 
 def bicubic_cell(grid):
-    return {'id': 'ref/bicubic', 'kind': 'set', 'spec': {'test_sets': grid['test_sets'], 'scale': grid['scale'],
-                                                         'metrics': grid['metrics']}}
+    return {
+        'id': 'ref/bicubic',
+        'kind': 'set',
+        'spec': {
+            'test_sets': grid['test_sets'],
+            'scale': grid['scale'],
+            'metrics': grid['metrics']
+        }
+    }
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -295,9 +349,11 @@ def main(argv=None):
     extra = [bicubic_cell(grid)] if grid['bicubic_reference'] else []
     cells = sets + extra + trains
     done = {c['id'] for c in cells if store.load(c) is not None}  # also refuses cells made with other settings
-    print(f'benchmark {grid["name"]}: {len(sets)} training sets, {len(trains)} downstream runs '
-          f'({len(grid["archs"])} archs x {len(grid["seeds"])} seeds), test sets {list(grid["test_sets"])}; '
-          f'{len(done)} of {len(cells)} cells finished; work dir {grid["work_dir"]}', flush=True)
+    print(
+        f'benchmark {grid["name"]}: {len(sets)} training sets, {len(trains)} downstream runs '
+        f'({len(grid["archs"])} archs x {len(grid["seeds"])} seeds), test sets {list(grid["test_sets"])}; '
+        f'{len(done)} of {len(cells)} cells finished; work dir {grid["work_dir"]}',
+        flush=True)
     if args.dry_run:
         for cell in cells:
             print(f'  {"done" if cell["id"] in done else "todo"}  {cell["id"]}')
@@ -334,8 +390,10 @@ def main(argv=None):
                 write_outputs(grid, store, sets, trains, final=False)
     complete = all(store.load(c) is not None for c in cells)
     write_outputs(grid, store, sets, trains, final=True)
-    print(f'{"finished" if complete else "partial"}: {osp.join(grid["work_dir"], "table.md")}, results.csv, '
-          'psnr_vs_ratio.png, psnr_vs_train_time.png, samples/', flush=True)
+    print(
+        f'{"finished" if complete else "partial"}: {osp.join(grid["work_dir"], "table.md")}, results.csv, '
+        'psnr_vs_ratio.png, psnr_vs_train_time.png, samples/',
+        flush=True)
     with open(osp.join(grid['work_dir'], 'table.md'), encoding='utf-8') as f:
         print(f.read())
     return 0

@@ -1,7 +1,6 @@
+import numpy as np
 import os
 from os import path as osp
-
-import numpy as np
 from torch.utils import data as data
 from torchvision.transforms.functional import normalize
 

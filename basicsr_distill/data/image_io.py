@@ -7,11 +7,10 @@
 Callers that need BGR (BasicSR's metrics, ``img2tensor(bgr2rgb=True)``) convert at the call with ``img[..., ::-1]``.
 Distilled-set PNG bytes are decoded by BasicSR's own ``imfrombytes`` where the set is read (``distilled_set``).
 """
-import os
-import os.path as osp
-
 import cv2
 import numpy as np
+import os
+import os.path as osp
 from PIL import Image
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')

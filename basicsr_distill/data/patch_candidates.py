@@ -7,10 +7,9 @@ the border is covered); ``gt_size`` and ``stride`` are multiples of the scale, s
 of the whole image.
 """
 import math
+import numpy as np
 import os.path as osp
 import time
-
-import numpy as np
 
 from basicsr.utils import get_root_logger
 from basicsr_distill.data.sr_patches import list_images, modcrop, patch_positions, read_rgb
@@ -102,11 +101,17 @@ def select_patches(hr_folder, gt_size, stride, scale=4, threshold='median', meta
     all_psnr = np.array([c[3] for c in candidates])
     median = float(np.median(all_psnr))
     value = median if threshold == 'median' else threshold
-    records = [{'path': p, 'y': int(y), 'x': int(x), 'size': gt_size, 'psnr_bic': v} for p, y, x, v in candidates
-               if v < value]
+    records = [{
+        'path': p,
+        'y': int(y),
+        'x': int(x),
+        'size': gt_size,
+        'psnr_bic': v
+    } for p, y, x, v in candidates if v < value]
     stats = {
         'threshold_db': value if math.isfinite(value) else None,
-        'num_images': len({c[0] for c in candidates}),
+        'num_images': len({c[0]
+                           for c in candidates}),
         'skipped_images': skipped,
         'num_candidates': len(candidates),
         'num_selected': len(records),

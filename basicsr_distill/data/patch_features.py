@@ -4,10 +4,9 @@ k-means pseudo-labels.
 See :mod:`basicsr_distill.data.patch_selection` (stage 1 as a whole, its options and its file).
 """
 import json
+import numpy as np
 import os.path as osp
 import time
-
-import numpy as np
 
 from basicsr.utils import get_root_logger
 from basicsr_distill.data.patch_candidates import OPTION_PREFIX, _check_int, _is_int, iter_patches
@@ -69,8 +68,9 @@ def check_clip_dir(path):
     if not osp.isfile(osp.join(path, 'config.json')) or \
             not any(osp.isfile(osp.join(path, f)) for f in CLIP_WEIGHT_FILES):
         raise FileNotFoundError(
-            _missing_clip_message(path, f'{path} holds no CLIP checkpoint (config.json plus one of '
-                                  f'{", ".join(CLIP_WEIGHT_FILES)})'))
+            _missing_clip_message(
+                path, f'{path} holds no CLIP checkpoint (config.json plus one of '
+                f'{", ".join(CLIP_WEIGHT_FILES)})'))
 
 
 def load_clip(path):

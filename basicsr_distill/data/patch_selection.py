@@ -40,21 +40,20 @@ Options of :func:`run_stage1` (section ``distill.stage1``):
 import hashlib
 import json
 import math
+import numpy as np
 import os
 import os.path as osp
 import tempfile
 import time
 from collections import Counter
 
-import numpy as np
-
 from basicsr.utils import get_root_logger
 from basicsr_distill.data.patch_candidates import (OPTION_PREFIX, _check_geometry, _check_int, _check_threshold,
                                                    _is_int, iter_patches, select_patches)
-from basicsr_distill.data.patch_features import (CLIP_WEIGHT_FILES, EXTRACTOR_TYPES, NORMALIZE_MODES,
-                                                 _extractor_options, check_clip_dir, cluster_patches, embed_patches,
+from basicsr_distill.data.patch_features import EXTRACTOR_TYPES  # noqa: F401  (former names here)
+from basicsr_distill.data.patch_features import (CLIP_WEIGHT_FILES, NORMALIZE_MODES, _batches, _extractor_options,
+                                                 _missing_clip_message, check_clip_dir, cluster_patches, embed_patches,
                                                  load_clip)
-from basicsr_distill.data.patch_features import _batches, _missing_clip_message  # noqa: F401  (former names here)
 from basicsr_distill.data.sr_patches import list_images
 from basicsr_distill.utils.file_io import atomic_path
 
@@ -105,8 +104,8 @@ def save_selection(path, records, labels, meta):
         if problem:
             raise ValueError(f'save_selection: {problem} in {patch}')
         patches.append(patch)
-    text = json.dumps({'format': SELECTION_FORMAT, 'version': SELECTION_VERSION, 'meta': meta, 'patches': patches},
-                      indent=1, allow_nan=False)
+    selection = {'format': SELECTION_FORMAT, 'version': SELECTION_VERSION, 'meta': meta, 'patches': patches}
+    text = json.dumps(selection, indent=1, allow_nan=False)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     for stale in os.listdir(folder):  # left by a writer killed (SIGKILL) before its os.replace; one writer at a time
@@ -291,8 +290,13 @@ def run_stage1(opt_dict, out_path):
     features = embed_patches(records, opts['extractor'])
     labels = cluster_patches(features, opts['k'], opts['seed'], opts['normalize'])
     sizes = Counter(labels.tolist())
-    meta = dict(options=opts, source=source, **stats, feature_dim=int(features.shape[1]),
-                cluster_sizes=[sizes[c] for c in range(opts['k'])], seconds=round(time.monotonic() - start, 3))
+    meta = dict(
+        options=opts,
+        source=source,
+        **stats,
+        feature_dim=int(features.shape[1]),
+        cluster_sizes=[sizes[c] for c in range(opts['k'])],
+        seconds=round(time.monotonic() - start, 3))
     save_selection(out_path, records, labels, meta)
     logger.info(f'run_stage1: {len(records)} patches in {opts["k"]} pseudo-classes (sizes {meta["cluster_sizes"]}) '
                 f'saved to {out_path}')

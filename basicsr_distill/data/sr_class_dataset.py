@@ -8,15 +8,14 @@ Layouts of ``dataroot_gt``:
 * a flat folder of images: one class named after the folder, or, with ``pseudo_labels``, ``k`` pseudo-classes
   found by k-means on a weight-free per-image feature (:func:`color_gradient_features`).
 """
+import cv2
 import math
+import numpy as np
 import os
 import os.path as osp
 import time
-from collections import OrderedDict
-
-import cv2
-import numpy as np
 import torch
+from collections import OrderedDict
 from torch.utils import data as data
 
 from basicsr.utils import get_root_logger

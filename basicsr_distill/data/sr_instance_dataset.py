@@ -1,6 +1,5 @@
 """Training images as instances: every HR image is one unit of work of instance-level distillation (IDC)."""
 import os.path as osp
-
 import torch
 from torch.utils import data as data
 

@@ -2,11 +2,10 @@
 
 See :mod:`basicsr_distill.distilled_set` for the layout itself.
 """
+import numpy as np
 import os
 import re
 from os import path as osp
-
-import numpy as np
 
 from basicsr_distill.utils.file_io import TMP_PREFIX, tmp_path
 

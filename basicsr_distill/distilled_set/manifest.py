@@ -1,18 +1,17 @@
 """The manifest ``distill.json`` and the shards of a distilled set: reading, checking and writing them, the options
 hash, the versions recorded as provenance, and ``meta_info.txt`` (derived from the manifest).
 """
+import cv2
 import hashlib
 import json
 import math
+import numpy as np
 import os
 import platform
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from os import path as osp
-
-import cv2
-import numpy as np
 
 from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, META_INFO_NAME,
                                                   SHARD_FORMAT_NAME, meta_info_text)
@@ -32,8 +31,7 @@ _PAIR_RESERVED = frozenset({'name', 'unit', 'hr_shape', 'lr_shape'})
 # Manifest fields that ``finalize(extra)`` may not override.
 _MANIFEST_RESERVED = frozenset({
     'format', 'format_version', 'method', 'scale', 'lr_for_training', 'size_control', 'complete', 'num_pairs',
-    'units_finished', 'wall_time_s', 'created', 'updated', 'versions', 'options_hash', 'options', 'pairs',
-    'world_size'
+    'units_finished', 'wall_time_s', 'created', 'updated', 'versions', 'options_hash', 'options', 'pairs', 'world_size'
 })
 _REQUIRED_FIELDS = {
     'format_version': int,
@@ -130,9 +128,8 @@ def collect_versions():
     Returns:
         dict: python, platform, torch, cuda, torchvision, basicsr, basicsr_distill, numpy, cv2.
     """
-    from importlib import metadata
-
     import torch
+    from importlib import metadata
 
     def _dist_version(name):
         try:

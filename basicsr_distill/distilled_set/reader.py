@@ -1,6 +1,5 @@
 """Reading the pairs of a distilled set (from its files, or from bytes read elsewhere, e.g. an lmdb)."""
 import io
-
 import numpy as np
 
 from basicsr.utils import imfrombytes

@@ -1,8 +1,7 @@
 """Validation of a distilled set (manifest, pair files, meta_info.txt) and of its lmdb copies."""
 import json
-from os import path as osp
-
 import numpy as np
+from os import path as osp
 
 from basicsr.utils import get_root_logger
 from basicsr_distill.distilled_set.layout import (LMDB_SOURCE_NAME, MANIFEST_NAME, META_INFO_NAME,

@@ -2,14 +2,13 @@
 multi-process run and their merge (see :mod:`basicsr_distill.distilled_set`).
 """
 import copy
+import cv2
 import io
+import numpy as np
 import os
 import time
 from collections.abc import Mapping
 from os import path as osp
-
-import cv2
-import numpy as np
 
 from basicsr.utils import get_root_logger
 from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, HR_DIR, LR_DIR, LR_FLOAT_DIR,
@@ -77,8 +76,18 @@ class DistilledSetWriter():
         RuntimeError: (``shard=k``) rank k's shard of an earlier run exists: rank 0 must open the folder first.
     """
 
-    def __init__(self, root, method, scale, source, size_control, options, resume=True, unit_order=None,
-                 world_size=1, shard=None, start_time=None):
+    def __init__(self,
+                 root,
+                 method,
+                 scale,
+                 source,
+                 size_control,
+                 options,
+                 resume=True,
+                 unit_order=None,
+                 world_size=1,
+                 shard=None,
+                 start_time=None):
         if not isinstance(method, str) or not method:
             raise ValueError(f'method must be a non-empty str, got {method!r}.')
         if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
@@ -178,9 +187,16 @@ class DistilledSetWriter():
         self._check_same_run(old, new)
         _check_manifest_consistency(old, self.manifest_path)
         self._manifest = old
-        self._shard = {'format': SHARD_FORMAT_NAME, 'rank': rank, 'method': new['method'], 'scale': new['scale'],
-                       'size_control': new['size_control'], 'options_hash': new['options_hash'],
-                       'units_finished': [], 'pairs': []}
+        self._shard = {
+            'format': SHARD_FORMAT_NAME,
+            'rank': rank,
+            'method': new['method'],
+            'scale': new['scale'],
+            'size_control': new['size_control'],
+            'options_hash': new['options_hash'],
+            'units_finished': [],
+            'pairs': []
+        }
 
     # ------------------------------------------------------------------------------------------------------------
     def _check_same_run(self, old, new, path=None):
@@ -220,8 +236,10 @@ class DistilledSetWriter():
         def key(uid):
             return position.get(uid, len(position))
 
-        return dict(record, units_finished=sorted(record['units_finished'], key=key),
-                    pairs=sorted(record['pairs'], key=lambda p: key(p['unit'])))
+        return dict(
+            record,
+            units_finished=sorted(record['units_finished'], key=key),
+            pairs=sorted(record['pairs'], key=lambda p: key(p['unit'])))
 
     def _commit(self, manifest):
         """Write ``manifest`` (then meta_info.txt) atomically; the in-memory state changes only on success."""

@@ -56,8 +56,10 @@ class RealCharacteristicBank:
             re_g.index_add_(0, groups, torch.cos(proj))
             im_g.index_add_(0, groups, torch.sin(proj))
         total, size = counts.sum(), counts.clamp(min=1)[:, None]
-        self.cf = torch.stack([torch.cat([re_g.sum(0, keepdim=True) / total, re_g / size]),
-                               torch.cat([im_g.sum(0, keepdim=True) / total, im_g / size])])
+        self.cf = torch.stack([
+            torch.cat([re_g.sum(0, keepdim=True) / total, re_g / size]),
+            torch.cat([im_g.sum(0, keepdim=True) / total, im_g / size])
+        ])
         self.cf_ins = (self.cf[0, 0], self.cf[1, 0])
         self.cf_group = (self.cf[0, 1:], self.cf[1, 1:])
         self.bank_size = bank_size
@@ -97,8 +99,9 @@ class _SegmentedCharacteristic(torch.autograd.Function):
         cs[0].cos_()
         member = segment[None, :] == torch.arange(num_segments, device=segment.device)[:, None]  # (G, P)
         size = member.sum(1, keepdim=True) * block
-        average = torch.cat([unit.new_full((1, num_blocks), 1 / (num_blocks * block)),
-                             member.to(unit.dtype) / size.clamp(min=1)])  # (1 + G, P)
+        average = torch.cat(
+            [unit.new_full((1, num_blocks), 1 / (num_blocks * block)),
+             member.to(unit.dtype) / size.clamp(min=1)])  # (1 + G, P)
         ctx.save_for_backward(cs, unit, inv_norm, norm >= _NORM_EPS, freqs, average)
         ctx.input_shape = samples.shape
         return torch.matmul(average, cs.sum(2))

@@ -83,8 +83,7 @@ def sample_frequencies(num_freqs, dim, generator=None, device=None, dtype=torch.
     return t.to(device) if device is not None else t
 
 
-def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=None, normalize=True,
-         chunk_size=None):
+def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=None, normalize=True, chunk_size=None):
     """NCFD between a real and a synthetic feature set (IDC Eq. 2, 3, 6).
 
     Args:

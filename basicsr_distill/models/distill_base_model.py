@@ -20,9 +20,8 @@ import math
 import os
 import os.path as osp
 import time
-from collections import OrderedDict
-
 import torch
+from collections import OrderedDict
 from mmengine import dist as mmdist
 
 from basicsr.models.base_model import BaseModel
@@ -117,8 +116,11 @@ class DistillBaseModel(BaseModel):
         if self.opt['path'].get('resume_state') and not osp.isfile(path) and 'models' in path:
             raise ValueError(f'on resume BasicSR replaced path.pretrain_network_{key} by {path}; add network_{key} '
                              f'to path.ignore_resume_networks in the option file')
-        load_pretrained(net, path, param_key=self.opt['path'].get(f'param_key_{key}', 'auto'),
-                        strict=self.opt['path'].get(f'strict_load_{key}', True))
+        load_pretrained(
+            net,
+            path,
+            param_key=self.opt['path'].get(f'param_key_{key}', 'auto'),
+            strict=self.opt['path'].get(f'strict_load_{key}', True))
         net = net.to(self.device).eval()
         for param in net.parameters():
             param.requires_grad_(False)
@@ -291,8 +293,13 @@ class DistillBaseModel(BaseModel):
         if current_iter == -1:
             self.finalize()
             return
-        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [], 'schedulers': [],
-                 'unit_state': self.unit_state()}
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [],
+            'schedulers': [],
+            'unit_state': self.unit_state()
+        }
         if self.world_size > 1:
             states = mmdist.gather_object(to_cpu(state.pop('unit_state')), dst=0)
             if self.rank != 0:

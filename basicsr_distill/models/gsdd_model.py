@@ -13,10 +13,9 @@ loss), iterations ``c * T + 1 .. (c + 1) * T`` of BasicSR's loop:
 3. end: HR = clamp(G(z), 0, 1), LR = BasicSR ``imresize`` x 1/scale; IPC pairs written with their class.
 """
 import time
+import torch
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -37,10 +36,23 @@ GSDD_DEFAULTS = {
     'lam': 0.1,  # lambda of Eq. 9
     'chunk_size': 8,  # latents per forward / backward pass (memory bound)
     'clamp_latents': True,  # keep z in [0, 1] (G's input is an LR image for SR generators)
-    'optim': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.999]},
-    'extractor': {'num_feat': 64, 'norm': 'instance'},  # DMResNet18, re-drawn every step
+    'optim': {
+        'type': 'Adam',
+        'lr': 1e-3,
+        'betas': [0.9, 0.999]
+    },
+    'extractor': {
+        'num_feat': 64,
+        'norm': 'instance'
+    },  # DMResNet18, re-drawn every step
     'dsa': {},  # DSAConfig fields (reference defaults)
-    'inversion': {'iters': 200, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0, 'feature_layer': None},
+    'inversion': {
+        'iters': 200,
+        'lr': 0.01,
+        'w_feat': 1.0,
+        'w_pix': 1.0,
+        'feature_layer': None
+    },
 }
 
 
@@ -102,8 +114,8 @@ class GSDDModel(DistillBaseModel):
             self.tap_f = FeatureTap(self.build_frozen_network('f'), cfg['inversion']['feature_layer'])
         self.dsa_cfg = DSAConfig(**cfg['dsa'])
         self.extractor = DMResNet18(**cfg['extractor']).eval()  # CPU: seeded re-initialisation every step
-        self.extractor_dev = self.extractor if self.device.type == 'cpu' else DMResNet18(**cfg['extractor']).to(
-            self.device).eval()
+        self.extractor_dev = self.extractor if self.device.type == 'cpu' else DMResNet18(
+            **cfg['extractor']).to(self.device).eval()
         for net in {self.extractor, self.extractor_dev}:
             for param in net.parameters():
                 param.requires_grad_(False)
@@ -112,18 +124,25 @@ class GSDDModel(DistillBaseModel):
         self.T = self.steps_per_unit = int(cfg['iters_per_class'])
         needed = self.units_per_rank(self.source.num_classes) * self.T
         if int(opt['train']['total_iter']) < needed:
-            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: ' + self.iters_needed_text(
-                self.source.num_classes, 'classes', self.T, 'distill.iters_per_class'))
+            raise ValueError(
+                f'train.total_iter={opt["train"]["total_iter"]} is too small: ' +
+                self.iters_needed_text(self.source.num_classes, 'classes', self.T, 'distill.iters_per_class'))
         self.log_idle_iterations(needed)
         root = opt['path'].get('distilled_root') or f'{opt["path"]["experiments_root"]}/distilled'
         self.unit_names = list(self.source.class_names)
         self.writer = self.open_writer(
-            root, method='gsdd', scale=self.scale,
-            source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_classes': self.source.num_classes,
-                    'classes': list(self.source.class_names),
-                    'num_images': sum(len(self.source.images_of(c)) for c in range(self.source.num_classes)),
-                    'gt_size': opt['datasets']['train']['gt_size']},
-            size_control={'ipc': int(cfg['ipc'])}, options=opt)
+            root,
+            method='gsdd',
+            scale=self.scale,
+            source={
+                'folder': opt['datasets']['train']['dataroot_gt'],
+                'num_classes': self.source.num_classes,
+                'classes': list(self.source.class_names),
+                'num_images': sum(len(self.source.images_of(c)) for c in range(self.source.num_classes)),
+                'gt_size': opt['datasets']['train']['gt_size']
+            },
+            size_control={'ipc': int(cfg['ipc'])},
+            options=opt)
         self.logger.info(f'GSDD: {self.source.num_classes} classes x {self.T} iterations, IPC {cfg["ipc"]} -> {root} '
                          f'({len(self.writer.finished_units)} classes already written)')
 
@@ -162,8 +181,9 @@ class GSDDModel(DistillBaseModel):
         chunks = []
         for i in range(0, x.shape[0], self.cfg['chunk_size']):
             target = x[i:i + self.cfg['chunk_size']].to(self.device)
-            z0 = torch.stack([torch.from_numpy(bicubic_lr(img.permute(1, 2, 0).cpu().numpy(), self.scale))
-                              for img in target]).permute(0, 3, 1, 2).to(self.device)
+            z0 = torch.stack([
+                torch.from_numpy(bicubic_lr(img.permute(1, 2, 0).cpu().numpy(), self.scale)) for img in target
+            ]).permute(0, 3, 1, 2).to(self.device)
             z = torch.nn.Parameter(z0)
             optimizer = torch.optim.Adam([z], lr=inv['lr'])
             with torch.no_grad():
@@ -235,8 +255,8 @@ class GSDDModel(DistillBaseModel):
             GSDDClassUnit: The class.
         """
         cfg = self.cfg
-        unit = GSDDClassUnit(index=index, name=self.source.class_names[index], t0=time.time(),
-                             generator=self.unit_generator(index))
+        unit = GSDDClassUnit(
+            index=index, name=self.source.class_names[index], t0=time.time(), generator=self.unit_generator(index))
         paths = self.source.images_of(index)
         ipc = int(cfg['ipc'])
         order = torch.randperm(len(paths), generator=unit.generator).tolist()
@@ -252,8 +272,8 @@ class GSDDModel(DistillBaseModel):
             unit.generator.set_state(resumed['generator'])
         self.optimizers = [unit.optimizer]
         self.logger.info(f'GSDD class {index + 1} of {self.source.num_classes} ({unit.name}): {len(paths)} real '
-                         f'images -> IPC {ipc}; latents {tuple(unit.z.shape[1:])}'
-                         + (' (resumed)' if resumed is not None else f', inverted in {time.time() - unit.t0:.1f} s'))
+                         f'images -> IPC {ipc}; latents {tuple(unit.z.shape[1:])}' +
+                         (' (resumed)' if resumed is not None else f', inverted in {time.time() - unit.t0:.1f} s'))
         return unit
 
     def step_unit(self, unit, step, current_iter):
@@ -294,8 +314,12 @@ class GSDDModel(DistillBaseModel):
                     'name': f'{unit.name}_gsdd{j:04d}',
                     'lq': bicubic_lr(gt, self.scale),
                     'gt': gt,
-                    'info': {'class': unit.name, 'class_index': unit.index, 'paired_image': unit.pair_paths[j],
-                             'init': 'gan_inversion'},
+                    'info': {
+                        'class': unit.name,
+                        'class_index': unit.index,
+                        'paired_image': unit.pair_paths[j],
+                        'init': 'gan_inversion'
+                    },
                 })
         return pairs
 
@@ -306,5 +330,9 @@ class GSDDModel(DistillBaseModel):
         unit = self.unit
         if unit is None:
             return None
-        return {'unit_index': unit.index, 'z': unit.z.detach().cpu(), 'optimizer': unit.optimizer.state_dict(),
-                'generator': unit.generator.get_state()}
+        return {
+            'unit_index': unit.index,
+            'z': unit.z.detach().cpu(),
+            'optimizer': unit.optimizer.state_dict(),
+            'generator': unit.generator.get_state()
+        }

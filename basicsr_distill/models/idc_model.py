@@ -15,10 +15,9 @@ losses/idc_loss.py (Eq. 7-8), grouping in ops/grouping.py.
 import math
 import os.path as osp
 import time
+import torch
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -41,10 +40,26 @@ IDC_DEFAULTS = {
     'assign_steps': 10,  # number of assignment rounds (linear in count)
     'num_groups': 8,  # M (K-means groups)
     'real_batch_size': 32,  # patches per no_grad teacher forward on the real side
-    'rlff': {'kernel_size': 3, 'num_channels': 64, 'patch_size': 8},  # k, C_out, p
-    'ncfd': {'num_freqs': 4096, 'alpha': 0.5, 'bank_size': 16384},  # F per step, alpha, B (losses/idc_loss.py)
-    'weights': {'ins': 1.0, 'group': 1.0, 'pair': 0.1},  # w_ins, w_group, w_pair
-    'optim': {'type': 'Adam', 'lr': 0.01, 'betas': [0.9, 0.999]},
+    'rlff': {
+        'kernel_size': 3,
+        'num_channels': 64,
+        'patch_size': 8
+    },  # k, C_out, p
+    'ncfd': {
+        'num_freqs': 4096,
+        'alpha': 0.5,
+        'bank_size': 16384
+    },  # F per step, alpha, B (losses/idc_loss.py)
+    'weights': {
+        'ins': 1.0,
+        'group': 1.0,
+        'pair': 0.1
+    },  # w_ins, w_group, w_pair
+    'optim': {
+        'type': 'Adam',
+        'lr': 0.01,
+        'betas': [0.9, 0.999]
+    },
     'lr_schedule': 'constant',  # or 'cosine' (per instance, to 0)
 }
 
@@ -126,16 +141,24 @@ class IDCModel(DistillBaseModel):
         self.T = self.steps_per_unit = int(self.cfg['iters_per_instance'])
         needed = self.units_per_rank(self.source.num_instances) * self.T
         if int(opt['train']['total_iter']) < needed:
-            raise ValueError(f'train.total_iter={opt["train"]["total_iter"]} is too small: ' + self.iters_needed_text(
-                self.source.num_instances, 'images', self.T, 'distill.iters_per_instance'))
+            raise ValueError(
+                f'train.total_iter={opt["train"]["total_iter"]} is too small: ' +
+                self.iters_needed_text(self.source.num_instances, 'images', self.T, 'distill.iters_per_instance'))
         self.log_idle_iterations(needed)
         root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
         self.unit_names = list(self.source.names)
         self.writer = self.open_writer(
-            root, method='idc', scale=self.scale,
-            source={'folder': opt['datasets']['train']['dataroot_gt'], 'num_images': self.source.num_instances,
-                    'gt_size': self.source.gt_size, 'stride': self.source.stride},
-            size_control={'r': self.cfg['ratio']}, options=opt)
+            root,
+            method='idc',
+            scale=self.scale,
+            source={
+                'folder': opt['datasets']['train']['dataroot_gt'],
+                'num_images': self.source.num_instances,
+                'gt_size': self.source.gt_size,
+                'stride': self.source.stride
+            },
+            size_control={'r': self.cfg['ratio']},
+            options=opt)
         self.logger.info(f'IDC: {self.source.num_instances} instances x {self.T} iterations -> {root} '
                          f'({len(self.writer.finished_units)} already written)')
 
@@ -166,8 +189,13 @@ class IDCModel(DistillBaseModel):
         """
         cfg = self.cfg
         data = self.source.load_instance(index)
-        inst = IDCInstance(index=index, name=data['name'], path=data['path'], t0=time.time(),
-                           num_real=data['lq'].shape[0], generator=self.unit_generator(index))
+        inst = IDCInstance(
+            index=index,
+            name=data['name'],
+            path=data['path'],
+            t0=time.time(),
+            num_real=data['lq'].shape[0],
+            generator=self.unit_generator(index))
         if inst.num_real == 0:
             self.logger.warning(f'IDC instance {index + 1}: {data["path"]} {data["hr_shape"]} is smaller than one '
                                 f'{self.source.gt_size}x{self.source.gt_size} patch: skipped, no pair written')
@@ -188,19 +216,23 @@ class IDCModel(DistillBaseModel):
         inst.base_lr = optim_cfg['lr']
 
         feat_real = self.tap.batched(real, cfg['real_batch_size'])  # f(x), eval mode, no_grad
-        inst.rlff = RandomLocalFourierFeatures(feat_real.shape[1], cfg['rlff']['kernel_size'],
-                                               cfg['rlff']['num_channels'], cfg['rlff']['patch_size'],
-                                               generator=inst.generator, device=self.device)
+        inst.rlff = RandomLocalFourierFeatures(
+            feat_real.shape[1],
+            cfg['rlff']['kernel_size'],
+            cfg['rlff']['num_channels'],
+            cfg['rlff']['patch_size'],
+            generator=inst.generator,
+            device=self.device)
         inst.rlff.fit_bn(feat_real)
         inst.local_real = inst.rlff(feat_real)  # (P_r, p*p, C_out)
         del feat_real
-        inst.labels_real, inst.centroids = kmeans_groups(patch_descriptors(inst.local_real), cfg['num_groups'],
-                                                         seed=self.seed + index)
+        inst.labels_real, inst.centroids = kmeans_groups(
+            patch_descriptors(inst.local_real), cfg['num_groups'], seed=self.seed + index)
         inst.num_groups = inst.centroids.shape[0]
         inst.patches_per_image = inst.local_real.shape[0] // inst.num_real
         inst.num_syn_patches = inst.n_syn * inst.patches_per_image
-        inst.bank = RealCharacteristicBank(inst.local_real, inst.labels_real, inst.num_groups,
-                                           cfg['ncfd']['bank_size'], generator=inst.generator)
+        inst.bank = RealCharacteristicBank(
+            inst.local_real, inst.labels_real, inst.num_groups, cfg['ncfd']['bank_size'], generator=inst.generator)
         inst.quotas = group_quotas(inst.labels_real, inst.num_groups, inst.num_syn_patches)
         inst.assigned = torch.full((inst.num_syn_patches, ), -1, dtype=torch.long, device=self.device)
         inst.pair_index = torch.zeros(inst.num_syn_patches, dtype=torch.long, device=self.device)
@@ -258,8 +290,8 @@ class IDCModel(DistillBaseModel):
             if j is not None:
                 target = assignment_target(j, cfg['assign_steps'], inst.num_syn_patches)
                 before = inst.assigned.clone()
-                inst.assigned = assign_progressive(patch_descriptors(local_syn), inst.centroids, inst.quotas,
-                                                   inst.assigned, target)
+                inst.assigned = assign_progressive(
+                    patch_descriptors(local_syn), inst.centroids, inst.quotas, inst.assigned, target)
                 new = torch.nonzero((before < 0) & (inst.assigned >= 0)).squeeze(1)
                 if new.numel():
                     inst.pair_index[new] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real,
@@ -319,9 +351,14 @@ class IDCModel(DistillBaseModel):
                     'name': f'{inst.name}_idc{j:04d}',
                     'lq': x_hat[j].permute(1, 2, 0).float().cpu().numpy(),
                     'gt': hr[j].permute(1, 2, 0).float().cpu().numpy(),
-                    'info': {'instance': inst.name, 'instance_index': inst.index, 'source_image': inst.path,
-                             'num_real_patches': inst.num_real, 'init': self.cfg['init'],
-                             'init_patch_hr_yx': list(inst.coords[init]) if init >= 0 else None},
+                    'info': {
+                        'instance': inst.name,
+                        'instance_index': inst.index,
+                        'source_image': inst.path,
+                        'num_real_patches': inst.num_real,
+                        'init': self.cfg['init'],
+                        'init_patch_hr_yx': list(inst.coords[init]) if init >= 0 else None
+                    },
                 })
         return pairs
 
@@ -335,6 +372,11 @@ class IDCModel(DistillBaseModel):
         inst = self.inst
         if inst is None or not inst.num_real:
             return None
-        return {'unit_index': inst.index, 'x_hat': inst.x_hat.detach().cpu(), 'optimizer': inst.optimizer.state_dict(),
-                'assigned': inst.assigned.cpu(), 'pair_index': inst.pair_index.cpu(),
-                'generator': inst.generator.get_state()}
+        return {
+            'unit_index': inst.index,
+            'x_hat': inst.x_hat.detach().cpu(),
+            'optimizer': inst.optimizer.state_dict(),
+            'assigned': inst.assigned.cpu(),
+            'pair_index': inst.pair_index.cpu(),
+            'generator': inst.generator.get_state()
+        }

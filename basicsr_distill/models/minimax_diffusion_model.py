@@ -21,17 +21,16 @@ the step's gradient is the single-process one up to the order of float sums; ran
 pseudo-classes are shared out like IDC's instances (rank k: classes k, k + W, ...; local iteration
 ``2 + F + j`` samples class ``j * W + k``).
 """
+import numpy as np
 import os
 import os.path as osp
 import time
-from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
 import torch
+from dataclasses import dataclass
 from mmengine import dist as mmdist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
+from typing import Any
 
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dit_difffit_arch import (TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit, build_dit,
@@ -54,13 +53,38 @@ from basicsr_distill.utils.options import merge_options
 MINIMAX_DEFAULTS = {
     'work_dir': None,  # stage results; default: <distilled_root>_work
     'stage1': {},  # data/patch_selection.py: threshold, extractor, k, seed, ... (the data: datasets.train)
-    'dit': {'pretrained': None, 'config': None, 'subfolder': 'auto'},  # a local diffusers dir, or config: tiny
-    'vae': {'pretrained': None, 'config': None, 'subfolder': 'auto'},
+    'dit': {
+        'pretrained': None,
+        'config': None,
+        'subfolder': 'auto'
+    },  # a local diffusers dir, or config: tiny
+    'vae': {
+        'pretrained': None,
+        'config': None,
+        'subfolder': 'auto'
+    },
     'label_offset': 0,
-    'finetune': {'iters': 1000, 'batch_size': 8, 'lr': 1e-3, 'weight_decay': 0.0, 'ema_decay': 0.9999,
-                 'memory_size': 64, 'lambda_r': 0.002, 'lambda_d': 0.008, 'lambda_sr': 1.0, 'label_dropout': 0.1,
-                 'num_train_timesteps': 1000, 'beta_schedule': 'linear'},
-    'sample': {'images_per_class': 10, 'steps': 50, 'guidance_scale': 4.0, 'scheduler': 'DDIMScheduler', 'seed': 0},
+    'finetune': {
+        'iters': 1000,
+        'batch_size': 8,
+        'lr': 1e-3,
+        'weight_decay': 0.0,
+        'ema_decay': 0.9999,
+        'memory_size': 64,
+        'lambda_r': 0.002,
+        'lambda_d': 0.008,
+        'lambda_sr': 1.0,
+        'label_dropout': 0.1,
+        'num_train_timesteps': 1000,
+        'beta_schedule': 'linear'
+    },
+    'sample': {
+        'images_per_class': 10,
+        'steps': 50,
+        'guidance_scale': 4.0,
+        'scheduler': 'DDIMScheduler',
+        'seed': 0
+    },
 }
 
 
@@ -130,8 +154,8 @@ def _build(section, builder, tiny, option, seed):
             return builder(dict(config))
     if not section.get('pretrained'):
         raise ValueError(f'{option}: give pretrained (a local diffusers folder) or config (tiny, or a dict)')
-    return builder(section['pretrained'], subfolder=section.get('subfolder', 'auto'),
-                   option_name=f'{option}.pretrained')
+    return builder(
+        section['pretrained'], subfolder=section.get('subfolder', 'auto'), option_name=f'{option}.pretrained')
 
 
 @MODEL_REGISTRY.register()
@@ -177,20 +201,27 @@ class MinimaxDiffusionModel(DistillBaseModel):
         set_label_dropout(self.dit, 0.0)  # labels are dropped once per sample in the loop (DiT's training)
         from diffusers import DDPMScheduler
         ft = cfg['finetune']
-        self.train_scheduler = DDPMScheduler(num_train_timesteps=ft['num_train_timesteps'],
-                                             beta_schedule=ft['beta_schedule'])
+        self.train_scheduler = DDPMScheduler(
+            num_train_timesteps=ft['num_train_timesteps'], beta_schedule=ft['beta_schedule'])
         root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
         self.work_dir = cfg['work_dir'] or f'{root.rstrip("/")}_work'
         os.makedirs(self.work_dir, exist_ok=True)
         self.unit_names = [f'pseudo{c}' for c in range(self.k)]  # stage 3 writes one unit per pseudo-class
         self.writer = self.open_writer(
-            root, method='minimax', scale=self.scale,
-            source={'folder': self.stage1_opt.get('dataroot_gt'), 'pseudo_classes': self.k,
-                    'gt_size': self.stage1_opt.get('gt_size')},
-            size_control={'ipc': int(cfg['sample']['images_per_class'])}, options=opt)
+            root,
+            method='minimax',
+            scale=self.scale,
+            source={
+                'folder': self.stage1_opt.get('dataroot_gt'),
+                'pseudo_classes': self.k,
+                'gt_size': self.stage1_opt.get('gt_size')
+            },
+            size_control={'ipc': int(cfg['sample']['images_per_class'])},
+            options=opt)
         self.stage2_path = osp.join(self.work_dir, 'stage2_difffit.pth')
-        self.stage2_key = options_hash(dict({k: cfg[k] for k in ('dit', 'vae', 'label_offset', 'finetune')},
-                                            stage1=self.stage1_opt))
+        self.stage2_key = options_hash(
+            dict({k: cfg[k]
+                  for k in ('dit', 'vae', 'label_offset', 'finetune')}, stage1=self.stage1_opt))
         self.selection = None
         self.ft = None  # stage-2 state while it runs
         self.dit_ddp = None  # several processes: the DiT in DistributedDataParallel while stage 2 runs
@@ -207,13 +238,13 @@ class MinimaxDiffusionModel(DistillBaseModel):
         k = cfg['stage1'].get('k', 7)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f'option distill.stage1.k (pseudo-classes) must be an int >= 1, got {k!r}')
-        for name, value, low in (('sample.images_per_class', cfg['sample']['images_per_class'], 1),
-                                 ('sample.steps', cfg['sample']['steps'], 1),
-                                 ('finetune.iters', cfg['finetune']['iters'], 1),
-                                 ('finetune.batch_size', cfg['finetune']['batch_size'], 1),
-                                 ('finetune.memory_size', cfg['finetune']['memory_size'], 1),
-                                 ('finetune.num_train_timesteps', cfg['finetune']['num_train_timesteps'], 1),
-                                 ('label_offset', cfg['label_offset'], 0)):
+        for name, value, low in (('sample.images_per_class', cfg['sample']['images_per_class'],
+                                  1), ('sample.steps', cfg['sample']['steps'],
+                                       1), ('finetune.iters', cfg['finetune']['iters'],
+                                            1), ('finetune.batch_size', cfg['finetune']['batch_size'],
+                                                 1), ('finetune.memory_size', cfg['finetune']['memory_size'], 1),
+                                 ('finetune.num_train_timesteps', cfg['finetune']['num_train_timesteps'],
+                                  1), ('label_offset', cfg['label_offset'], 0)):
             if value < low:
                 raise ValueError(f'option distill.{name} must be >= {low}, got {value}')
         if cfg['finetune']['batch_size'] % self.world_size:
@@ -278,11 +309,15 @@ class MinimaxDiffusionModel(DistillBaseModel):
         latents, labels = self._encode_selection()
         self.ft_latent_shape = latents.shape[1:]
         params = [p for n, p in self.dit.named_parameters() if n in set(self.trainable)]
-        st = MinimaxStage2State(latents=latents, labels=labels, generator=self.unit_generator(1),
-                                optimizer=torch.optim.AdamW(params, lr=ft['lr'], weight_decay=ft['weight_decay']),
-                                ema=EMA(self.dit, decay=ft['ema_decay']),
-                                real_mem=FIFOMemory(self.k, ft['memory_size']),
-                                syn_mem=FIFOMemory(self.k, ft['memory_size']), t0=time.time())
+        st = MinimaxStage2State(
+            latents=latents,
+            labels=labels,
+            generator=self.unit_generator(1),
+            optimizer=torch.optim.AdamW(params, lr=ft['lr'], weight_decay=ft['weight_decay']),
+            ema=EMA(self.dit, decay=ft['ema_decay']),
+            real_mem=FIFOMemory(self.k, ft['memory_size']),
+            syn_mem=FIFOMemory(self.k, ft['memory_size']),
+            t0=time.time())
         if resumed is not None:
             self._set_trainable(resumed['trainable'])
             st.optimizer.load_state_dict(resumed['optimizer'])
@@ -296,8 +331,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
         self.ft = st
         self.optimizers = [st.optimizer]
         self.logger.info(f'Minimax-SR stage 2: fine-tuning on {len(st.labels)} selected patches, '
-                         f'{len(self.trainable)} DiffFit tensors trainable'
-                         + (' (resumed)' if resumed is not None else ''))
+                         f'{len(self.trainable)} DiffFit tensors trainable' +
+                         (' (resumed)' if resumed is not None else ''))
 
     def finetune_losses(self, z0, labels, generator):
         """One fine-tuning step's losses (Eq. 2-6) for latents z0 (B, C, h, w) of pseudo-classes ``labels`` (B,).
@@ -368,8 +403,14 @@ class MinimaxDiffusionModel(DistillBaseModel):
             st.ema.copy_to(self.dit)  # sampling (stage 3) uses the EMA weights
             ema = {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)}
             if self.rank == 0:  # every rank holds the same tensors
-                torch_save_atomic(self.stage2_path, {'key': self.stage2_key, 'trainable': trainable, 'ema': ema,
-                                                     'iters': self.F}, tmp=f'{self.stage2_path}.tmp')
+                torch_save_atomic(
+                    self.stage2_path, {
+                        'key': self.stage2_key,
+                        'trainable': trainable,
+                        'ema': ema,
+                        'iters': self.F
+                    },
+                    tmp=f'{self.stage2_path}.tmp')
             self.logger.info(f'Minimax-SR stage 2 done in {time.time() - st.t0:.1f} s: {self.stage2_path}')
             self.ft, self.optimizers, self.stage2_done, self.dit_ddp = None, [], True, None
 
@@ -426,11 +467,19 @@ class MinimaxDiffusionModel(DistillBaseModel):
         pairs = []
         for j, (img, seed) in enumerate(zip(images, seeds)):
             gt = img.permute(1, 2, 0).float().cpu().numpy()
-            pairs.append({'name': f'{name}_minimax{j:04d}', 'lq': bicubic_lr(gt, self.scale), 'gt': gt,
-                          'info': {'label': c, 'dit_label': int(c + self.cfg['label_offset']), 'seed': seed,
-                                   'sampler': self.cfg['sample']['scheduler'],
-                                   'steps': int(self.cfg['sample']['steps']),
-                                   'guidance_scale': float(self.cfg['sample']['guidance_scale'])}})
+            pairs.append({
+                'name': f'{name}_minimax{j:04d}',
+                'lq': bicubic_lr(gt, self.scale),
+                'gt': gt,
+                'info': {
+                    'label': c,
+                    'dit_label': int(c + self.cfg['label_offset']),
+                    'seed': seed,
+                    'sampler': self.cfg['sample']['scheduler'],
+                    'steps': int(self.cfg['sample']['steps']),
+                    'guidance_scale': float(self.cfg['sample']['guidance_scale'])
+                }
+            })
         return pairs
 
     # ------------------------------------------------------------------------------------------ loop
@@ -464,8 +513,15 @@ class MinimaxDiffusionModel(DistillBaseModel):
         st = self.ft
         if st is None:
             return None
-        return {'unit_index': 1,
-                'trainable': {n: p.detach().cpu() for n, p in self.dit.named_parameters() if n in set(self.trainable)},
-                'optimizer': st.optimizer.state_dict(), 'ema': st.ema.state_dict(),
-                'real_mem': st.real_mem.state_dict(), 'syn_mem': st.syn_mem.state_dict(),
-                'generator': st.generator.get_state()}
+        return {
+            'unit_index': 1,
+            'trainable': {
+                n: p.detach().cpu()
+                for n, p in self.dit.named_parameters() if n in set(self.trainable)
+            },
+            'optimizer': st.optimizer.state_dict(),
+            'ema': st.ema.state_dict(),
+            'real_mem': st.real_mem.state_dict(),
+            'syn_mem': st.syn_mem.state_dict(),
+            'generator': st.generator.get_state()
+        }

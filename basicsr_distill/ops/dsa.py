@@ -42,9 +42,8 @@ documented here):
   reference; columns likewise.
 """
 import math
-from dataclasses import dataclass
-
 import torch
+from dataclasses import dataclass
 from torch.nn import functional as F
 
 DSA_FAMILIES = ('color', 'crop', 'cutout', 'flip', 'scale', 'rotate')

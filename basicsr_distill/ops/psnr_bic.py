@@ -24,9 +24,8 @@ to about 1e-6 dB on textured patches; on (near-)constant patches, where only rou
 far above any threshold but not the same ones (e.g. 149 dB and 321 dB for a constant 0.3).
 """
 import math
-from functools import lru_cache
-
 import numpy as np
+from functools import lru_cache
 
 from basicsr.utils.matlab_functions import calculate_weights_indices, imresize
 

@@ -16,7 +16,6 @@ Decisions where the paper is silent (each one an argument):
   replication to the next multiple (the paper's N' = N ceil(h/p) ceil(w/p)).
 """
 import math
-
 import torch
 from torch.nn import functional as F
 

@@ -27,9 +27,8 @@ Decisions where the paper is silent (or that a baseline must fix):
 * Budget larger than the kept half: all kept patches are taken, then the others by decreasing complexity (ties:
   lowest index); a warning says how many were filled that way.
 """
-import math
-
 import cv2
+import math
 import numpy as np
 import torch
 
@@ -199,8 +198,14 @@ def select_dcsr_from_descriptors(complexity, features, num_select, num_clusters=
                 f'{num_filled} of the {num_select} requested are filled from the others by decreasing complexity')
     if not return_info:
         return order
-    return order, {'median': median, 'kept': kept, 'labels': labels, 'per_cluster': per_cluster,
-                   'num_clusters': used_clusters, 'num_filled': num_filled}
+    return order, {
+        'median': median,
+        'kept': kept,
+        'labels': labels,
+        'per_cluster': per_cluster,
+        'num_clusters': used_clusters,
+        'num_filled': num_filled
+    }
 
 
 def select_dcsr(patches_hr, num_select, num_clusters=15, seed=0, return_info=False):

@@ -10,7 +10,6 @@ Two embeddings of the LR patches:
   than 25 px (e.g. 24x24 LR patches) still give a 512-vector (``pool_size=4``, the reference, from 25 px up).
 """
 import math
-
 import numpy as np
 import torch
 

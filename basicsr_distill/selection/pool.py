@@ -15,11 +15,10 @@ comparable with the distilled set. Methods (:data:`METHODS`):
 The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
 chosen patches are read again to write them.
 """
+import numpy as np
 import os
 import os.path as osp
 import time
-
-import numpy as np
 import torch
 
 from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset

@@ -5,9 +5,8 @@ import copy
 import inspect
 import os.path as osp
 import re
-from collections import OrderedDict
-
 import torch
+from collections import OrderedDict
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from basicsr.utils.registry import ARCH_REGISTRY

@@ -9,9 +9,8 @@ DiffFit set) gives the same EMA model with a few MB instead of a second DiT. Bui
 Shadows are kept in at least float32 (so half-precision parameters do not stall the average) and are cast back by
 :meth:`EMA.copy_to`. Sampling with the EMA weights: ``ema.store(dit); ema.copy_to(dit); ...; ema.restore(dit)``.
 """
-from collections import OrderedDict
-
 import torch
+from collections import OrderedDict
 from torch import nn
 
 __all__ = ['EMA']

@@ -10,7 +10,6 @@ import math
 import numbers
 import os
 import os.path as osp
-
 import yaml
 
 from basicsr.utils.options import ordered_yaml

@@ -1,7 +1,6 @@
 """PSNR / SSIM evaluation of a super-resolution network on an image folder, following BasicSR's conventions."""
-import os.path as osp
-
 import numpy as np
+import os.path as osp
 import torch
 
 from basicsr.metrics import calculate_psnr, calculate_ssim

@@ -8,14 +8,13 @@ and never downloads anything: when the package or one of its weight files is mis
 (:func:`load_lpips` says why and how to enable it) and its values are ``None``.
 """
 import importlib
+import numpy as np
 import os
 import os.path as osp
 import re
-from collections.abc import Mapping
-
-import numpy as np
 import torch
 import yaml
+from collections.abc import Mapping
 
 from basicsr.metrics import calculate_niqe
 from basicsr.utils import get_root_logger

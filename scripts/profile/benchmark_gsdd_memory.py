@@ -40,8 +40,8 @@ def measure(opt_path, ipc, chunk, steps, gt_size=None, width=None):
     if width:
         opt['distill']['extractor'] = dict(opt['distill']['extractor'], num_feat=width)
     opt['distill']['inversion'] = dict(opt['distill']['inversion'], iters=0)
-    model = build_model_from_options(opt, root=tmp, distilled_root=f'{tmp}/distilled', num_gpu='auto',
-                                     model_cls=GSDDModel)
+    model = build_model_from_options(
+        opt, root=tmp, distilled_root=f'{tmp}/distilled', num_gpu='auto', model_cls=GSDDModel)
     model._start_unit(0)
     cuda = model.device.type == 'cuda'
     times = []
@@ -59,10 +59,16 @@ def measure(opt_path, ipc, chunk, steps, gt_size=None, width=None):
         peak_mib, base_mib = torch.cuda.max_memory_allocated() / 2**20, base / 2**20
     else:
         peak_mib, base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base / 1024
-    return {'ipc': ipc, 'chunk': chunk, 'step_s': statistics.median(times[1:]), 'peak_mib': peak_mib,
-            'base_mib': base_mib,
-            'device': str(model.device), 'hr': opt['datasets']['train']['gt_size'],
-            'batch_real': opt['distill']['batch_real']}
+    return {
+        'ipc': ipc,
+        'chunk': chunk,
+        'step_s': statistics.median(times[1:]),
+        'peak_mib': peak_mib,
+        'base_mib': base_mib,
+        'device': str(model.device),
+        'hr': opt['datasets']['train']['gt_size'],
+        'batch_real': opt['distill']['batch_real']
+    }
 
 
 def main():
@@ -84,8 +90,8 @@ def main():
     for ipc in args.ipc:
         for mode, c in (('chunked', min(chunk, ipc)), ('full graph', ipc)):
             extra = [f'--{k}={v}' for k, v in (('gt_size', args.gt_size), ('width', args.width)) if v]
-            out = subprocess.run([sys.executable, __file__, '-opt', args.opt, '--steps', str(args.steps), *extra,
-                                  '--child', str(ipc), str(c)], capture_output=True, text=True, cwd=REPO)
+            cmd = [sys.executable, __file__, '-opt', args.opt, '--steps', str(args.steps), *extra, '--child']
+            out = subprocess.run(cmd + [str(ipc), str(c)], capture_output=True, text=True, cwd=REPO)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), mode=mode))

@@ -20,16 +20,15 @@ import resource
 import statistics
 import tempfile
 import time
-
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill.losses.idc_loss import multi_level_ncfd, pair_loss
 from basicsr_distill.models.idc_model import IDCModel
-from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, nearest_real_in_group,
-                                          patch_descriptors)
+from basicsr_distill.ops.grouping import assign_progressive, assignment_target, nearest_real_in_group, patch_descriptors
 from basicsr_distill.utils.options import build_model_from_options
-
 
 OPTIM = 'optimizer (zero_grad, step, clamp)'
 GROUPING = 'grouping (all assignment rounds)'
@@ -42,8 +41,8 @@ def _sync(device):
 
 def build_model(opt_path, out_dir):
     """``IDCModel`` of the option file, writing under ``out_dir``, on the GPU if there is one."""
-    return build_model_from_options(opt_path, root=out_dir, distilled_root=f'{out_dir}/distilled', num_gpu='auto',
-                                    model_cls=IDCModel)
+    return build_model_from_options(
+        opt_path, root=out_dir, distilled_root=f'{out_dir}/distilled', num_gpu='auto', model_cls=IDCModel)
 
 
 def assignment_rounds(model, local_syn):
@@ -53,8 +52,8 @@ def assignment_rounds(model, local_syn):
     for j in range(1, cfg['assign_steps'] + 1):
         target = assignment_target(j, cfg['assign_steps'], inst.num_syn_patches)
         before = inst.assigned.clone()
-        inst.assigned = assign_progressive(patch_descriptors(local_syn), inst.centroids, inst.quotas, inst.assigned,
-                                           target)
+        inst.assigned = assign_progressive(
+            patch_descriptors(local_syn), inst.centroids, inst.quotas, inst.assigned, target)
         new = torch.nonzero((before < 0) & (inst.assigned >= 0)).squeeze(1)
         if new.numel():
             inst.pair_index[new] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real, inst.assigned,
@@ -88,8 +87,8 @@ def time_step(model):
         (w['ins'] * l_ins + w['group'] * l_group).backward()
 
     clock('NCFD (L_ins + L_group, fwd + bwd)', ncfd_fb)
-    clock('pair loss (fwd + bwd)',
-          lambda: (w['pair'] * pair_loss(inst.local_real, local_leaf, inst.assigned, inst.pair_index)).backward())
+    clock('pair loss (fwd + bwd)', lambda:
+          (w['pair'] * pair_loss(inst.local_real, local_leaf, inst.assigned, inst.pair_index)).backward())
     clock('RLFF backward', lambda: local.backward(local_leaf.grad))
     clock('teacher backward', lambda: feat.backward(feat_leaf.grad))
     clock(OPTIM, lambda: (inst.optimizer.step(), inst.x_hat.data.clamp_(0, 1)))
@@ -137,8 +136,10 @@ def main():
     med = {p: statistics.median(r[p] for r in runs) for p in runs[0]}
     rounds = model.cfg['assign_steps']
     med['grouping, amortised'] = med.pop(GROUPING) / model.T  # all rounds of an instance, spread over its T steps
-    parts = ['teacher forward', 'RLFF forward', 'NCFD (L_ins + L_group, fwd + bwd)', 'pair loss (fwd + bwd)',
-             'RLFF backward', 'teacher backward', OPTIM, 'grouping, amortised']
+    parts = [
+        'teacher forward', 'RLFF forward', 'NCFD (L_ins + L_group, fwd + bwd)', 'pair loss (fwd + bwd)',
+        'RLFF backward', 'teacher backward', OPTIM, 'grouping, amortised'
+    ]
     total = sum(med[p] for p in parts)
     print(f'IDC step benchmark: {args.opt}, instance {args.instance} ({inst.name}), device {model.device}, '
           f'{torch.get_num_threads()} threads, {args.repeats} repeats (median)')

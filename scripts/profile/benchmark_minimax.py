@@ -12,10 +12,11 @@ import resource
 import statistics
 import tempfile
 import time
-
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
 from basicsr_distill.utils.options import build_model_from_options, read_option_file
 
@@ -34,8 +35,8 @@ def main():
     opt['distill']['finetune'] = dict(opt['distill']['finetune'], iters=args.steps + 1)
     opt['distill']['sample'] = dict(opt['distill']['sample'], images_per_class=args.images)
     opt['train']['total_iter'] = 10**6
-    model = build_model_from_options(opt, root=tmp, distilled_root=f'{tmp}/distilled', num_gpu='auto',
-                                     model_cls=MinimaxDiffusionModel)
+    model = build_model_from_options(
+        opt, root=tmp, distilled_root=f'{tmp}/distilled', num_gpu='auto', model_cls=MinimaxDiffusionModel)
     start = time.perf_counter()
     model.optimize_parameters(1)
     stage1_s = time.perf_counter() - start
@@ -56,8 +57,8 @@ def main():
           f'{times[0] * 1e3:.0f} ms, latent encoding included)')
     print(f'sampling: {sample_s:.2f} s per image ({smp["steps"]} {smp["scheduler"]} steps, guidance '
           f'{smp["guidance_scale"]}, image {tuple(images.shape[1:])})')
-    print(f'peak memory: {peak:.0f} MiB (process max RSS)'
-          + (f', CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB' if torch.cuda.is_available() else ''))
+    print(f'peak memory: {peak:.0f} MiB (process max RSS)' +
+          (f', CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB' if torch.cuda.is_available() else ''))
 
 
 if __name__ == '__main__':

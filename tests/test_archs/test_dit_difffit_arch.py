@@ -1,25 +1,24 @@
 """Tests of the DiT / VAE builders and DiffFit on tiny random diffusers models (CPU, well under a second each)."""
 import copy
-import time
-
 import pytest
+import time
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision / diffusers)
 
-import torch  # noqa: E402
-from diffusers import DiTTransformer2DModel  # noqa: E402  (imported here so that tests time compute, not imports)
+# isort: split
 
-from basicsr_distill.archs.dit_difffit_arch import GAMMA_SITES, TINY_DIT_CONFIG, TINY_VAE_CONFIG  # noqa: E402
-from basicsr_distill.archs.dit_difffit_arch import apply_difffit, build_dit, build_vae  # noqa: E402
-from basicsr_distill.archs.dit_difffit_arch import difffit_parameter_names, gamma_parameter_names  # noqa: E402
-from basicsr_distill.archs.dit_difffit_arch import drop_labels, null_label, pseudo_to_dit_labels  # noqa: E402
-from basicsr_distill.archs.dit_difffit_arch import set_label_dropout, vae_decode, vae_downsample_factor  # noqa: E402
-from basicsr_distill.archs.dit_difffit_arch import vae_encode  # noqa: E402
+import torch
+from conftest import limited_threads
+from diffusers import DiTTransformer2DModel  # (imported here so that tests time compute, not imports)
+
+from basicsr_distill.archs.dit_difffit_arch import (GAMMA_SITES, TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit,
+                                                    build_dit, build_vae, difffit_parameter_names, drop_labels,
+                                                    gamma_parameter_names, null_label, pseudo_to_dit_labels,
+                                                    set_label_dropout, vae_decode, vae_downsample_factor, vae_encode)
 
 CLASS_TABLE = 'transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight'
 # per gamma block: the hooked modules of the four sites
 SITE_PARAMS = ['attn1.to_q', 'attn1.to_k', 'attn1.to_v', 'attn1.to_out.0', 'attn1', 'ff']
-from conftest import limited_threads  # noqa: E402
 
 
 @pytest.fixture(scope='module', autouse=True)

@@ -1,16 +1,17 @@
 """Tests of DM's random ResNet18 extractor: embedding size, no batch statistics, seeded (re)initialisation."""
 import math
-
 import pytest
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
-import torch  # noqa: E402
-from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
-from torch import nn  # noqa: E402
+# isort: split
 
-from basicsr_distill.archs.dm_resnet_arch import DMResNet18, sample_dm_network  # noqa: E402
-from conftest import limited_threads  # noqa: E402
+import torch
+from conftest import limited_threads
+from torch import nn
+
+from basicsr.utils.registry import ARCH_REGISTRY
+from basicsr_distill.archs.dm_resnet_arch import DMResNet18, sample_dm_network
 
 
 @pytest.fixture(scope='module', autouse=True)

@@ -1,18 +1,19 @@
 """Tests of the IMDN arch: strict loading of both public checkpoints, the key map, features and hooks."""
 import os.path as osp
-from collections import OrderedDict
-
 import pytest
+from collections import OrderedDict
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
-import torch  # noqa: E402
-from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
-from torch import nn  # noqa: E402
+# isort: split
 
-from basicsr_distill.archs.imdn_arch import IMDN, imdn_key_map  # noqa: E402
-from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
-from conftest import DATA, SHARED  # noqa: E402
+import torch
+from conftest import DATA, SHARED
+from torch import nn
+
+from basicsr.utils.registry import ARCH_REGISTRY
+from basicsr_distill.archs.imdn_arch import IMDN, imdn_key_map
+from basicsr_distill.utils.checkpoint import load_pretrained
 
 IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')  # no licence to bundle: tests with it need shared/
 RFDN = osp.join(SHARED, 'weights', 'rfdn_baseline.pth')  # not bundled (only this test needs it)
@@ -110,7 +111,8 @@ def test_load_as_submodule():
 
 @pytest.mark.parametrize('block_type, path', [
     pytest.param('imdb', RFDN, marks=needs_shared), ('imdb', IMDN_NTIRE22),
-    pytest.param('imdb_ntire22', IMDN_X4, marks=needs_shared)])
+    pytest.param('imdb_ntire22', IMDN_X4, marks=needs_shared)
+])
 def test_wrong_weights_fail(block_type, path):
     with pytest.raises(RuntimeError) as info:
         load_pretrained(IMDN(block_type=block_type), path)

@@ -3,13 +3,15 @@ import pytest
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
-import torch  # noqa: E402
-from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+# isort: split
 
-from basicsr_distill.archs.srgan_arch import SRGANGenerator  # noqa: E402
-from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
-from basicsr_distill.utils.sr_eval import evaluate_sr  # noqa: E402
-from conftest import limited_threads, data_path  # noqa: E402
+import torch
+from conftest import data_path, limited_threads
+
+from basicsr.utils.registry import ARCH_REGISTRY
+from basicsr_distill.archs.srgan_arch import SRGANGenerator
+from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.sr_eval import evaluate_sr
 
 SRGAN_WEIGHTS = ('weights', 'srgan_netG_epoch_4_100.pth')
 

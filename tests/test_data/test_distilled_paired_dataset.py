@@ -1,20 +1,22 @@
 """Tests of DistilledPairedDataset (disk float/png and lmdb backends) and scripts/make_distilled_lmdb.py."""
+import cv2
 import importlib.util
 import logging
+import numpy as np
 import os
+import pytest
 import shutil
+import torch
 from os import path as osp
 
-import cv2
-import numpy as np
-import pytest
-import torch
-
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
+from conftest import DATA
+
 from basicsr.data import build_dataset
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter, load_pair, make_distilled_lmdb, pair_paths
-from conftest import DATA  # noqa: E402
 
 T91 = osp.join(DATA, 'data', 'train', 't91')
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -51,8 +53,16 @@ def broken_root(distilled_root, tmp_path):
 
 
 def make_opt(root, **kwargs):
-    opt = {'name': 'distilled', 'type': 'DistilledPairedDataset', 'dataroot': root, 'scale': SCALE, 'phase': 'val',
-           'io_backend': {'type': 'disk'}}
+    opt = {
+        'name': 'distilled',
+        'type': 'DistilledPairedDataset',
+        'dataroot': root,
+        'scale': SCALE,
+        'phase': 'val',
+        'io_backend': {
+            'type': 'disk'
+        }
+    }
     opt.update(kwargs)
     return opt
 
@@ -145,8 +155,11 @@ def test_lmdb_of_a_tiny_noisy_set(tmp_path):
     root = str(tmp_path / 'tiny')
     writer = DistilledSetWriter(root, 'gsdd', 3, {'folder': T91, 'num_images': 1}, {'ipc': 1}, None)
     rng = np.random.default_rng(0)
-    writer.write_unit(0, [{'name': f'n{i}', 'lq': rng.random((4, 5, 3)), 'gt': rng.random((12, 15, 3))}
-                          for i in range(3)])
+    writer.write_unit(0, [{
+        'name': f'n{i}',
+        'lq': rng.random((4, 5, 3)),
+        'gt': rng.random((12, 15, 3))
+    } for i in range(3)])
     make_distilled_lmdb(root)
     item = build_dataset(make_opt(root, scale=3, io_backend={'type': 'lmdb'}))[2]
     assert np.array_equal(to_hwc(item['gt']), load_pair(root, 'n2')[1])

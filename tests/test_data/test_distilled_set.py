@@ -1,18 +1,20 @@
 """Tests of basicsr_distill.distilled_set: writer round trip, resume, crash safety, validation, BasicSR reading."""
+import cv2
 import json
 import logging
+import numpy as np
 import os
+import pytest
 from os import path as osp
 
-import cv2
-import numpy as np
-import pytest
-
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
+from conftest import DATA
+
 from basicsr_distill import distilled_set as ds
 from basicsr_distill.distilled_set import (DistilledSetWriter, load_pair, options_hash, read_manifest,
                                            validate_distilled_set, write_meta_info)
-from conftest import DATA  # noqa: E402
 
 T91 = osp.join(DATA, 'data', 'train', 't91')
 SCALE = 2
@@ -63,8 +65,13 @@ def test_round_trip(tmp_path):
     assert manifest['options']['distill']['factor'] == [2, 2]
     assert manifest == read_manifest(root) == validate_distilled_set(root, scale=SCALE, require_complete=True)
     entry = manifest['pairs'][2]
-    assert entry == {'name': 'u1_0', 'unit': '1', 'hr_shape': [64, 56, 3], 'lr_shape': [32, 28, 3],
-                     'source_image': 't5.png'}
+    assert entry == {
+        'name': 'u1_0',
+        'unit': '1',
+        'hr_shape': [64, 56, 3],
+        'lr_shape': [32, 28, 3],
+        'source_image': 't5.png'
+    }
 
     for pair in pairs0 + pairs1:
         lq_in, gt_in = np.clip(pair['lq'], 0, 1), np.clip(pair['gt'], 0, 1)
@@ -93,9 +100,17 @@ def test_basicsr_paired_image_dataset_reads_the_set(tmp_path):
     writer.write_unit(0, pairs)
     writer.finalize()
     dataset = build_dataset({
-        'name': 'distilled', 'type': 'PairedImageDataset', 'dataroot_gt': osp.join(root, 'hr'),
-        'dataroot_lq': osp.join(root, 'lr'), 'meta_info_file': osp.join(root, 'meta_info.txt'), 'filename_tmpl': '{}',
-        'io_backend': {'type': 'disk'}, 'phase': 'val', 'scale': SCALE
+        'name': 'distilled',
+        'type': 'PairedImageDataset',
+        'dataroot_gt': osp.join(root, 'hr'),
+        'dataroot_lq': osp.join(root, 'lr'),
+        'meta_info_file': osp.join(root, 'meta_info.txt'),
+        'filename_tmpl': '{}',
+        'io_backend': {
+            'type': 'disk'
+        },
+        'phase': 'val',
+        'scale': SCALE
     })
     assert len(dataset) == 3
     for i, pair in enumerate(pairs):
@@ -153,10 +168,24 @@ def test_resume_keeps_finished_units(tmp_path):
 
 
 @pytest.mark.parametrize('change, words', [
-    ({'options': dict(OPTIONS, distill={'iters': 4, 'lr': 0.01, 'factor': (2, 2)})}, 'distill.iters'),
-    ({'method': 'gsdd'}, 'method'),
-    ({'scale': 3}, 'scale'),
-    ({'size_control': {'ipc': 10}}, 'size_control'),
+    ({
+        'options': dict(OPTIONS, distill={
+            'iters': 4,
+            'lr': 0.01,
+            'factor': (2, 2)
+        })
+    }, 'distill.iters'),
+    ({
+        'method': 'gsdd'
+    }, 'method'),
+    ({
+        'scale': 3
+    }, 'scale'),
+    ({
+        'size_control': {
+            'ipc': 10
+        }
+    }, 'size_control'),
 ])
 def test_resume_with_another_run_raises(tmp_path, change, words):
     root = str(tmp_path / 'set')
@@ -197,7 +226,11 @@ def test_invalid_pairs_write_nothing(tmp_path):
         (dict(good, lq=good['lq'][..., :1]), r'\(H, W, 3\)'),
         (dict(good, lq=np.where(good['lq'] > 0.5, np.nan, good['lq']).astype(np.float32)), 'NaN'),
         (dict(good, info={'unit': 3}), 'reserved'),
-        ({'name': 'g0', 'hr': good['gt'], 'lr': good['lq']}, 'keys name, lq, gt'),
+        ({
+            'name': 'g0',
+            'hr': good['gt'],
+            'lr': good['lq']
+        }, 'keys name, lq, gt'),
     ]
     for pair, message in bad_cases:
         with pytest.raises(ValueError, match=message):

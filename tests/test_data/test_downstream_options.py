@@ -8,20 +8,23 @@ files with the weights of the distilled run, reads test sets that exist, and mea
 scale-pixel border. One test file runs end to end through BasicSR's test_pipeline on the real Set5.
 """
 import copy
+import cv2
 import glob
 import json
 import logging
+import numpy as np
 import os
 import os.path as osp
+import pytest
 import re
 import sys
-
-import cv2
-import numpy as np
-import pytest
 import torch
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
+from conftest import REPO, basicsr_log, data_path, limited_threads, write_option_file
+
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.metrics import calculate_psnr
@@ -30,7 +33,6 @@ from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGI
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.utils.options import read_option_file
-from conftest import REPO, basicsr_log, limited_threads, data_path, write_option_file  # noqa: E402
 
 TRAIN_ROOT = osp.join(REPO, 'options', 'train')
 TEST_ROOT = osp.join(REPO, 'options', 'test')
@@ -53,8 +55,10 @@ LOADER_KEYS = {
     'pin_memory', 'persistent_workers', 'num_prefetch_queue'
 }
 # what a full-set file changes in datasets.train: the data source; everything else equals the distilled twin's
-DATA_SOURCE_KEYS = {'name', 'type', 'dataroot', 'lq_source', 'dataroot_gt', 'dataroot_lq', 'meta_info_file',
-                    'filename_tmpl', 'io_backend'}
+DATA_SOURCE_KEYS = {
+    'name', 'type', 'dataroot', 'lq_source', 'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl',
+    'io_backend'
+}
 BIG_NET_PARAMS = 5_000_000  # above this, the forward runs on a copy with fewer blocks (CPU time)
 HR_SIZE = 192  # HR side of the training pairs written here: the largest gt_size of the files
 
@@ -222,8 +226,13 @@ def test_option_file(path, distilled_root, paired_root):
         unknown = set(train_opt) - PAIRED_KEYS - LOADER_KEYS
         assert not unknown, f'keys PairedImageDataset does not read: {sorted(unknown)}'
         # folder mode on the small paired folder (it has no meta file: meta_info_file ~)
-        dataset_opt = dict(copy.deepcopy(train_opt), dataroot_gt=osp.join(paired_root, 'hr'),
-                           dataroot_lq=osp.join(paired_root, 'lr'), meta_info_file=None, phase='train', scale=scale)
+        dataset_opt = dict(
+            copy.deepcopy(train_opt),
+            dataroot_gt=osp.join(paired_root, 'hr'),
+            dataroot_lq=osp.join(paired_root, 'lr'),
+            meta_info_file=None,
+            phase='train',
+            scale=scale)
         dataset = build_dataset(dataset_opt)
     else:
         pytest.fail(f'no check for datasets.train of type {train_opt["type"]}')
@@ -249,8 +258,7 @@ def test_option_file(path, distilled_root, paired_root):
             assert opt['val']['metrics'][metric]['test_y_channel'] is True
 
 
-@pytest.mark.parametrize('path', [p for p in OPTION_FILES if _is_full(p)],
-                         ids=lambda p: _rel(p, TRAIN_ROOT))
+@pytest.mark.parametrize('path', [p for p in OPTION_FILES if _is_full(p)], ids=lambda p: _rel(p, TRAIN_ROOT))
 def test_full_file_trains_as_its_distilled_twin(path):
     """A full-set reference differs from its distilled twin only in the data source and the run name."""
     twins = _train_files_of(_twin_key(path, 'train_'))
@@ -337,8 +345,9 @@ def test_test_file_runs_in_basicsr_test_pipeline(tmp_path, monkeypatch):
     test_opt['num_gpu'] = 0
     test_opt['network_g'].update(num_feat=8, num_block=1)
     set5 = test_opt['datasets'].pop('test_1')
-    test_opt['datasets'] = {'test_1': dict(set5, dataroot_gt=_resolve(set5['dataroot_gt']),
-                                           dataroot_lq=_resolve(set5['dataroot_lq']))}
+    test_opt['datasets'] = {
+        'test_1': dict(set5, dataroot_gt=_resolve(set5['dataroot_gt']), dataroot_lq=_resolve(set5['dataroot_lq']))
+    }
     assert set5['name'] == 'Set5' and test_opt['path']['param_key_g'] == 'params_ema'
     torch.manual_seed(0)
     net = build_network(copy.deepcopy(test_opt['network_g'])).eval()
@@ -363,8 +372,8 @@ def test_test_file_runs_in_basicsr_test_pipeline(tmp_path, monkeypatch):
     for name in sorted(os.listdir(gt_root)):
         stem = osp.splitext(name)[0]
         gt = cv2.imread(osp.join(gt_root, name), cv2.IMREAD_COLOR)
-        lq = cv2.imread(osp.join(lq_root, set5['filename_tmpl'].format(stem) + '.png'),
-                        cv2.IMREAD_COLOR).astype(np.float32) / 255.
+        lq = cv2.imread(osp.join(lq_root, set5['filename_tmpl'].format(stem) + '.png'), cv2.IMREAD_COLOR).astype(
+            np.float32) / 255.
         with torch.no_grad(), limited_threads(2):
             sr = tensor2img(net(img2tensor(lq, bgr2rgb=True, float32=True)[None]))
         gt = gt[:lq.shape[0] * 4, :lq.shape[1] * 4]

@@ -1,15 +1,14 @@
 """image_io: listing (extensions, meta-info order, errors), read_rgb's conversions on hand-made images and a real
 bundled one, and the evaluation's BGR reader built on it."""
-import os.path as osp
-
 import cv2
 import numpy as np
+import os.path as osp
 import pytest
+from conftest import REPO
 
 from basicsr_distill.data import image_io, sr_patches
 from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
 from basicsr_distill.utils import sr_eval
-from conftest import REPO
 
 TT1 = osp.join(REPO, 'datasets', 'demo', 'train_hr', 'tt1.png')
 

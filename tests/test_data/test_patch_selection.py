@@ -1,18 +1,20 @@
 """Minimax-SR stage 1: PSNR_bic patch selection, features, seeded k-means pseudo-labels, the selection file."""
 import json
+import numpy as np
 import os
 import os.path as osp
-
-import numpy as np
 import pytest
 import torch
 
 import basicsr_distill  # noqa: F401  (compat fixes before transformers / torchvision)
+
+# isort: split
+from conftest import data_path
+
 from basicsr_distill.data import patch_selection as ps
 from basicsr_distill.data.sr_class_dataset import kmeans_pseudo_labels
 from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, modcrop, read_rgb
 from basicsr_distill.ops.psnr_bic import psnr_bic
-from conftest import data_path
 
 T91_SUBSET = ['t1.png', 't2.png', 't5.png', 't10.png', 't20.png', 't50.png']  # t20 is 88 pixels wide
 
@@ -41,8 +43,14 @@ def _tiny_clip_vision(folder, processor=True):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=16, projection_dim=8)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+        projection_dim=8)
     model = CLIPVisionModelWithProjection(config).eval()
     model.save_pretrained(folder)
     if processor:
@@ -147,10 +155,23 @@ def test_clip_whole_model_checkpoint_without_processor(tmp_path, all_candidates)
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=16),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=99,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16),
         projection_dim=8)
     model = CLIPModel(config).eval()
     folder = str(tmp_path / 'clip_full')
@@ -210,8 +231,22 @@ def test_save_load_round_trip_and_broken_files(tmp_path, all_candidates):
 
 
 def test_run_stage1_and_skip_on_rerun(t91, meta_info, tmp_path, monkeypatch):
-    opt = {'distill': {'stage1': {'dataroot_gt': t91, 'meta_info_file': meta_info, 'gt_size': 48, 'stride': 24,
-                                  'extractor': {'type': 'color_gradient'}, 'k': 4, 'seed': 1}}, 'scale': 4}
+    opt = {
+        'distill': {
+            'stage1': {
+                'dataroot_gt': t91,
+                'meta_info_file': meta_info,
+                'gt_size': 48,
+                'stride': 24,
+                'extractor': {
+                    'type': 'color_gradient'
+                },
+                'k': 4,
+                'seed': 1
+            }
+        },
+        'scale': 4
+    }
     out = str(tmp_path / 'stage1.json')
     sel = ps.run_stage1(opt, out)
     meta = sel['meta']
@@ -241,8 +276,18 @@ def test_run_stage1_and_skip_on_rerun(t91, meta_info, tmp_path, monkeypatch):
 def test_run_stage1_with_clip_and_option_errors(t91, meta_info, tmp_path, monkeypatch):
     folder = str(tmp_path / 'clip')
     _tiny_clip_vision(folder)
-    stage1 = {'dataroot_gt': t91, 'meta_info_file': meta_info, 'gt_size': 64, 'stride': 64, 'k': 2,
-              'extractor': {'type': 'clip', 'path': folder, 'device': 'cpu'}}
+    stage1 = {
+        'dataroot_gt': t91,
+        'meta_info_file': meta_info,
+        'gt_size': 64,
+        'stride': 64,
+        'k': 2,
+        'extractor': {
+            'type': 'clip',
+            'path': folder,
+            'device': 'cpu'
+        }
+    }
     sel = ps.run_stage1(stage1, str(tmp_path / 'clip.json'))
     assert sel['meta']['feature_dim'] == 8 and sel['meta']['options']['normalize'] == 'l2'
     assert set(sel['labels'].tolist()) == {0, 1}
@@ -263,6 +308,7 @@ def test_instance_patch_count_from_the_header_by_hand(tmp_path):
     """HR 100 x 70, x4, 32 px patches every 16 px: mod-crop 100 x 68 -> LR 25 x 17, 8 px LR patches every 4 px:
     rows 0, 4, 8, 12, 16 + the last 17 (6), columns 0, 4, 8 + the last 9 (4): 24 patches, as load_instance cuts."""
     import cv2
+
     from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
     folder = tmp_path / 'hr'
     folder.mkdir()

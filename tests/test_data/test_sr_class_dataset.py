@@ -1,22 +1,24 @@
 """Tests of SRClassFolderDataset (class folders and k-means pseudo-classes for GSDD) on real T91, BSD200 and Set14
 images."""
+import cv2
 import logging
+import numpy as np
 import os
+import pytest
 import random
 import shutil
+import torch
 import warnings
 from os import path as osp
 
-import cv2
-import numpy as np
-import pytest
-import torch
-
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
+from conftest import data_path
+
 from basicsr.data import build_dataset
 from basicsr_distill.data.sr_class_dataset import SRClassFolderDataset, color_gradient_features, kmeans_pseudo_labels
 from basicsr_distill.data.sr_patches import read_rgb
-from conftest import data_path  # noqa: E402
 
 GT = 32
 SCALE = 4

@@ -3,10 +3,12 @@ import pytest
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
-import torch  # noqa: E402
-from basicsr.utils.registry import LOSS_REGISTRY  # noqa: E402
+# isort: split
 
-from basicsr_distill.losses.dm_loss import GSDDLoss, dm_distance, gsdd_objective, paired_distance  # noqa: E402
+import torch
+
+from basicsr.utils.registry import LOSS_REGISTRY
+from basicsr_distill.losses.dm_loss import GSDDLoss, dm_distance, gsdd_objective, paired_distance
 
 # real means (2, 3); synthetic mean (0, 0): L_dis = 2^2 + 3^2 = 13
 REAL = torch.tensor([[1., 2.], [3., 4.]], dtype=torch.float64)

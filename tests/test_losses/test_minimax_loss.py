@@ -1,17 +1,17 @@
 """Tests of Minimax-SR's losses (Eq. 3-6) and memories, with hand-made 2-D vectors of known cosines."""
 import math
-
 import pytest
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
-import torch  # noqa: E402
-from basicsr.utils.registry import LOSS_REGISTRY  # noqa: E402
+# isort: split
 
-from basicsr_distill.losses.minimax_loss import FIFOMemory, MinimaxLoss, cosine_matrix  # noqa: E402
-from basicsr_distill.losses.minimax_loss import diversity_loss, representativeness_loss  # noqa: E402
-from basicsr_distill.losses.minimax_loss import high_frequency_energy, minimax_objective  # noqa: E402
-from basicsr_distill.losses.minimax_loss import predict_x0_from_eps, sr_loss  # noqa: E402
+import torch
+
+from basicsr.utils.registry import LOSS_REGISTRY
+from basicsr_distill.losses.minimax_loss import (FIFOMemory, MinimaxLoss, cosine_matrix, diversity_loss,
+                                                 high_frequency_energy, minimax_objective, predict_x0_from_eps,
+                                                 representativeness_loss, sr_loss)
 
 R = 1 / math.sqrt(2)
 # class 0: predictions (1, 0), (0, 1) against memory (1, 0), (1, 1), (1, -1):

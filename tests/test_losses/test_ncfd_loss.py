@@ -1,8 +1,9 @@
 import math
-
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill.losses.ncfd_loss import NCFDLoss, empirical_cf, ncfd, ncfd_terms
 
 

@@ -19,18 +19,21 @@ Cases covered elsewhere (not repeated here):
 """
 import argparse
 import ast
+import cv2
 import glob
+import numpy as np
 import os
 import os.path as osp
+import pytest
 import re
 import shutil
-
-import cv2
-import numpy as np
-import pytest
 import torch
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
+from conftest import REPO, basicsr_log, build_distill_model, data_path
+
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr_distill import compat
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
@@ -43,12 +46,18 @@ from basicsr_distill.models.idc_model import IDC_DEFAULTS, IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MINIMAX_DEFAULTS, MinimaxDiffusionModel
 from basicsr_distill.utils.checkpoint import load_network, read_checkpoint
 from basicsr_distill.utils.options import read_option_file
-from conftest import REPO, basicsr_log, build_distill_model, data_path
 
 T91 = ('data', 'train', 't91')
 IMDN_WEIGHTS = osp.join(REPO, 'weights', 'imdn_baseline.pth')
-G_OPT = {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 4,
-         'act_type': 'prelu'}
+G_OPT = {
+    'type': 'SRVGGNetCompact',
+    'num_in_ch': 3,
+    'num_out_ch': 3,
+    'num_feat': 8,
+    'num_conv': 2,
+    'upscale': 4,
+    'act_type': 'prelu'
+}
 
 
 @pytest.fixture(autouse=True)
@@ -65,19 +74,55 @@ def _copy_t91(folder, names):
 
 
 def _idc_opt(tmp_path, hr_folder, T=2, **distill):
-    cfg = {'ratio': 0.1, 'iters_per_instance': T, 'warmup_iters': 0, 'assign_iters': 1, 'assign_steps': 1,
-           'num_groups': 2, 'real_batch_size': 16, 'rlff': {'kernel_size': 3, 'num_channels': 8, 'patch_size': 4},
-           'ncfd': {'num_freqs': 16, 'alpha': 0.5, 'bank_size': 64}}
+    cfg = {
+        'ratio': 0.1,
+        'iters_per_instance': T,
+        'warmup_iters': 0,
+        'assign_iters': 1,
+        'assign_steps': 1,
+        'num_groups': 2,
+        'real_batch_size': 16,
+        'rlff': {
+            'kernel_size': 3,
+            'num_channels': 8,
+            'patch_size': 4
+        },
+        'ncfd': {
+            'num_freqs': 16,
+            'alpha': 0.5,
+            'bank_size': 64
+        }
+    }
     cfg.update(distill)
     return {
-        'name': 'idc_bad', 'model_type': 'IDCModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'test', 'type': 'SRInstanceDataset', 'dataroot_gt': hr_folder, 'gt_size': 32,
-                               'stride': 32}},
-        'network_t': {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4},
-        'path': {'pretrain_network_t': IMDN_WEIGHTS, 'distilled_root': str(tmp_path / 'distilled'),
-                 'resume_state': None},
+        'name': 'idc_bad',
+        'model_type': 'IDCModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'test',
+                'type': 'SRInstanceDataset',
+                'dataroot_gt': hr_folder,
+                'gt_size': 32,
+                'stride': 32
+            }
+        },
+        'network_t': {
+            'type': 'IMDN',
+            'block_type': 'imdb_ntire22',
+            'upscale': 4
+        },
+        'path': {
+            'pretrain_network_t': IMDN_WEIGHTS,
+            'distilled_root': str(tmp_path / 'distilled'),
+            'resume_state': None
+        },
         'distill': cfg,
-        'train': {'total_iter': 10 * T},
+        'train': {
+            'total_iter': 10 * T
+        },
     }
 
 
@@ -88,18 +133,44 @@ def _generator_weights(path):
 
 
 def _gsdd_opt(tmp_path, dataroot, **distill):
-    cfg = {'ipc': 2, 'iters_per_class': 2, 'batch_real': 2, 'chunk_size': 2, 'extractor': {'num_feat': 4},
-           'inversion': {'iters': 1, 'w_feat': 0.0}}
+    cfg = {
+        'ipc': 2,
+        'iters_per_class': 2,
+        'batch_real': 2,
+        'chunk_size': 2,
+        'extractor': {
+            'num_feat': 4
+        },
+        'inversion': {
+            'iters': 1,
+            'w_feat': 0.0
+        }
+    }
     cfg.update(distill)
     return {
-        'name': 'gsdd_bad', 'model_type': 'GSDDModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'test', 'type': 'SRClassFolderDataset', 'dataroot_gt': dataroot,
-                               'gt_size': 32}},
+        'name': 'gsdd_bad',
+        'model_type': 'GSDDModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'test',
+                'type': 'SRClassFolderDataset',
+                'dataroot_gt': dataroot,
+                'gt_size': 32
+            }
+        },
         'network_g': dict(G_OPT),
-        'path': {'pretrain_network_g': _generator_weights(tmp_path / 'g.pth'),
-                 'distilled_root': str(tmp_path / 'distilled'), 'resume_state': None},
+        'path': {
+            'pretrain_network_g': _generator_weights(tmp_path / 'g.pth'),
+            'distilled_root': str(tmp_path / 'distilled'),
+            'resume_state': None
+        },
         'distill': cfg,
-        'train': {'total_iter': 10 * cfg['iters_per_class']},
+        'train': {
+            'total_iter': 10 * cfg['iters_per_class']
+        },
     }
 
 
@@ -112,20 +183,54 @@ def _gsdd_classes(tmp_path):
 
 def _minimax_opt(tmp_path, hr_folder, finetune_iters=2, **sections):
     cfg = {
-        'stage1': {'extractor': {'type': 'color_gradient'}, 'k': 2},
-        'dit': {'config': 'tiny'}, 'vae': {'config': 'tiny'},
-        'finetune': {'iters': finetune_iters, 'batch_size': 2, 'ema_decay': 0.9},
-        'sample': {'images_per_class': 1, 'steps': 1},
+        'stage1': {
+            'extractor': {
+                'type': 'color_gradient'
+            },
+            'k': 2
+        },
+        'dit': {
+            'config': 'tiny'
+        },
+        'vae': {
+            'config': 'tiny'
+        },
+        'finetune': {
+            'iters': finetune_iters,
+            'batch_size': 2,
+            'ema_decay': 0.9
+        },
+        'sample': {
+            'images_per_class': 1,
+            'steps': 1
+        },
     }
     for key, value in sections.items():
         cfg[key] = dict(cfg.get(key) or {}, **value) if isinstance(value, dict) else value
     return {
-        'name': 'minimax_bad', 'model_type': 'MinimaxDiffusionModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'stages', 'type': 'DistillStageDataset', 'length': 10, 'dataroot_gt': hr_folder,
-                               'gt_size': 64, 'stride': 64}},
-        'path': {'distilled_root': str(tmp_path / 'distilled'), 'resume_state': None},
+        'name': 'minimax_bad',
+        'model_type': 'MinimaxDiffusionModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'stages',
+                'type': 'DistillStageDataset',
+                'length': 10,
+                'dataroot_gt': hr_folder,
+                'gt_size': 64,
+                'stride': 64
+            }
+        },
+        'path': {
+            'distilled_root': str(tmp_path / 'distilled'),
+            'resume_state': None
+        },
         'distill': cfg,
-        'train': {'total_iter': 1 + finetune_iters + 2},
+        'train': {
+            'total_iter': 1 + finetune_iters + 2
+        },
     }
 
 
@@ -133,8 +238,11 @@ def _broken_images(folder):
     """A PNG cut in half, a text file named .png and a JPEG cut in half, in ``folder``: {kind: path}."""
     os.makedirs(folder, exist_ok=True)
     data = open(data_path(*T91, 'tt1.png'), 'rb').read()
-    paths = {'half_png': osp.join(folder, 'half.png'), 'text_png': osp.join(folder, 'text.png'),
-             'half_jpg': osp.join(folder, 'half.jpg')}
+    paths = {
+        'half_png': osp.join(folder, 'half.png'),
+        'text_png': osp.join(folder, 'text.png'),
+        'half_jpg': osp.join(folder, 'half.jpg')
+    }
     with open(paths['half_png'], 'wb') as f:
         f.write(data[:len(data) // 2])
     with open(paths['text_png'], 'w') as f:
@@ -208,8 +316,11 @@ def test_minimax_broken_stage1_image_fails_before_anything_is_written(tmp_path, 
 def _tiny_set(root):
     rng = np.random.default_rng(0)
     writer = DistilledSetWriter(root, 'idc', 2, {'folder': 'x', 'num_images': 1}, {'r': 0.1}, {'scale': 2})
-    writer.write_unit('u', [{'name': f'p{i}', 'lq': rng.random((8, 8, 3), dtype=np.float32),
-                             'gt': rng.random((16, 16, 3), dtype=np.float32)} for i in range(2)])
+    writer.write_unit('u', [{
+        'name': f'p{i}',
+        'lq': rng.random((8, 8, 3), dtype=np.float32),
+        'gt': rng.random((16, 16, 3), dtype=np.float32)
+    } for i in range(2)])
     writer.finalize()
     return root
 
@@ -222,8 +333,15 @@ def test_distilled_set_broken_file_fails_at_construction(tmp_path, kind, how):
     with open(path, 'wb') as f:
         f.write(data[:len(data) // 2] if how == 'half' else b'not an image or an array\n')
     with pytest.raises(ValueError, match=path):
-        DistilledPairedDataset({'dataroot': root, 'scale': 2, 'phase': 'val', 'io_backend': {'type': 'disk'},
-                                'lq_source': 'float' if kind == 'lr_float' else 'png'})
+        DistilledPairedDataset({
+            'dataroot': root,
+            'scale': 2,
+            'phase': 'val',
+            'io_backend': {
+                'type': 'disk'
+            },
+            'lq_source': 'float' if kind == 'lr_float' else 'png'
+        })
 
 
 # ---------------------------------------------------------------------- 3. grayscale, alpha, 16-bit, palette
@@ -347,17 +465,47 @@ def test_missing_or_unfitting_weights_name_the_file_and_list_the_keys(tmp_path):
 
 # ---------------------------------------------------------------------------------- 7. option keys and types
 @pytest.mark.parametrize('model, change, match', [
-    ('idc', {'ratio': '1e-3'}, r"distill.ratio must be a number .* got '1e-3' \(str\).*!!float 1e-3"),
-    ('idc', {'iters_per_instance': 2.5}, r'distill.iters_per_instance must be an int .* got 2.5'),
-    ('idc', {'rlff': {'patch_size': True}}, r'distill.rlff.patch_size must be an int .* got True'),
-    ('idc', {'init': 0}, r'distill.init must be a string'),
-    ('gsdd', {'clamp_latents': 1}, r'distill.clamp_latents must be a bool .* got 1 \(int\)'),
-    ('gsdd', {'lam': None}, r'distill.lam must be a number .* got None'),
-    ('gsdd', {'inversion': {'iters': '10'}}, r'distill.inversion.iters must be an int'),
-    ('minimax', {'finetune': {'lr': '1e-3'}}, r'distill.finetune.lr must be a number'),
-    ('minimax', {'sample': {'scheduler': 3}}, r'distill.sample.scheduler must be a string'),
-    ('minimax', {'label_offset': 1.5}, r'distill.label_offset must be an int'),
-    ('minimax', {'bogus': 1}, r'unknown option distill.bogus'),
+    ('idc', {
+        'ratio': '1e-3'
+    }, r"distill.ratio must be a number .* got '1e-3' \(str\).*!!float 1e-3"),
+    ('idc', {
+        'iters_per_instance': 2.5
+    }, r'distill.iters_per_instance must be an int .* got 2.5'),
+    ('idc', {
+        'rlff': {
+            'patch_size': True
+        }
+    }, r'distill.rlff.patch_size must be an int .* got True'),
+    ('idc', {
+        'init': 0
+    }, r'distill.init must be a string'),
+    ('gsdd', {
+        'clamp_latents': 1
+    }, r'distill.clamp_latents must be a bool .* got 1 \(int\)'),
+    ('gsdd', {
+        'lam': None
+    }, r'distill.lam must be a number .* got None'),
+    ('gsdd', {
+        'inversion': {
+            'iters': '10'
+        }
+    }, r'distill.inversion.iters must be an int'),
+    ('minimax', {
+        'finetune': {
+            'lr': '1e-3'
+        }
+    }, r'distill.finetune.lr must be a number'),
+    ('minimax', {
+        'sample': {
+            'scheduler': 3
+        }
+    }, r'distill.sample.scheduler must be a string'),
+    ('minimax', {
+        'label_offset': 1.5
+    }, r'distill.label_offset must be an int'),
+    ('minimax', {
+        'bogus': 1
+    }, r'unknown option distill.bogus'),
 ])
 def test_wrong_option_types_name_the_option(tmp_path, model, change, match):
     if model == 'idc':
@@ -375,13 +523,29 @@ def test_compatible_option_types_are_accepted_and_normalised(tmp_path):
     (tmp_path / 'types.yml').write_text('a: !!float 1e-3\nb: 1e-3\nc: 2\nd: 6.0\n')
     loaded = read_option_file(str(tmp_path / 'types.yml'))
     assert loaded['a'] == 1e-3 and loaded['b'] == '1e-3'  # PyYAML: 1e-3 without a dot is a string
-    cfg = merge_options(IDC_DEFAULTS, {'ratio': loaded['c'] / 4, 'optim': {'lr': loaded['a']},
-                                       'iters_per_instance': loaded['d'], 'weights': {'pair': 1}})
+    cfg = merge_options(IDC_DEFAULTS, {
+        'ratio': loaded['c'] / 4,
+        'optim': {
+            'lr': loaded['a']
+        },
+        'iters_per_instance': loaded['d'],
+        'weights': {
+            'pair': 1
+        }
+    })
     assert cfg['ratio'] == 0.5 and cfg['optim'] == {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.999]}
     assert cfg['iters_per_instance'] == 6 and type(cfg['iters_per_instance']) is int
     assert cfg['weights']['pair'] == 1.0 and type(cfg['weights']['pair']) is float
-    assert merge_options(GSDD_DEFAULTS, {'dsa': {'strategy': 'none'}, 'inversion': {'feature_layer': 'x'}})['dsa'] == {
-        'strategy': 'none'}  # empty-dict and None defaults take anything
+    assert merge_options(GSDD_DEFAULTS, {
+        'dsa': {
+            'strategy': 'none'
+        },
+        'inversion': {
+            'feature_layer': 'x'
+        }
+    })['dsa'] == {
+        'strategy': 'none'
+    }  # empty-dict and None defaults take anything
     assert merge_options(MINIMAX_DEFAULTS, {'dit': {'subfolder': None}})['dit']['subfolder'] is None
     with pytest.raises(ValueError, match='option distill must be a mapping'):
         merge_options(IDC_DEFAULTS, 5)
@@ -389,11 +553,27 @@ def test_compatible_option_types_are_accepted_and_normalised(tmp_path):
 
 # ---------------------------------------------------------------------------------------- 8. sizes out of range
 @pytest.mark.parametrize('model, change, match', [
-    ('gsdd', {'ipc': 0}, r'distill.ipc must be >= 1'),
-    ('gsdd', {'lam': 1.5}, r'distill.lam \(lambda\) must be in \[0, 1\]'),
-    ('minimax', {'sample': {'images_per_class': 0}}, r'distill.sample.images_per_class must be >= 1'),
-    ('minimax', {'stage1': {'k': 0}}, r'distill.stage1.k \(pseudo-classes\) must be an int >= 1'),
-    ('minimax', {'finetune': {'iters': 0}}, r'distill.finetune.iters must be >= 1'),
+    ('gsdd', {
+        'ipc': 0
+    }, r'distill.ipc must be >= 1'),
+    ('gsdd', {
+        'lam': 1.5
+    }, r'distill.lam \(lambda\) must be in \[0, 1\]'),
+    ('minimax', {
+        'sample': {
+            'images_per_class': 0
+        }
+    }, r'distill.sample.images_per_class must be >= 1'),
+    ('minimax', {
+        'stage1': {
+            'k': 0
+        }
+    }, r'distill.stage1.k \(pseudo-classes\) must be an int >= 1'),
+    ('minimax', {
+        'finetune': {
+            'iters': 0
+        }
+    }, r'distill.finetune.iters must be >= 1'),
 ])
 def test_sizes_out_of_range_name_the_option(tmp_path, model, change, match):
     if model == 'gsdd':
@@ -438,8 +618,10 @@ def test_idc_nan_loss_stops_before_the_step_and_keeps_the_written_instances(tmp_
         return l_ins * float('nan'), l_group
 
     monkeypatch.setattr(idc_model, 'multi_level_ncfd', nan_ins)
-    with pytest.raises(FloatingPointError, match=r'IDC instance 2 of 2 \(t21\), iteration 5 \(step 2 of 3\): '
-                       r'non-finite loss l_ins, l_total \(l_ins=nan, l_group=.*, l_pair=.*, l_total=nan\)'):
+    with pytest.raises(
+            FloatingPointError,
+            match=r'IDC instance 2 of 2 \(t21\), iteration 5 \(step 2 of 3\): '
+            r'non-finite loss l_ins, l_total \(l_ins=nan, l_group=.*, l_pair=.*, l_total=nan\)'):
         model.optimize_parameters(5)
     assert torch.equal(model.inst.x_hat.detach(), x_hat) and model.inst.x_hat.grad is None
     assert torch.equal(model.inst.optimizer.state_dict()['state'][0]['step'], adam)
@@ -455,8 +637,10 @@ def test_gsdd_nan_objective_stops_before_the_chunked_backward(tmp_path, monkeypa
         model.optimize_parameters(it)
     z = model.unit.z.detach().clone()
     monkeypatch.setattr(gsdd_model, 'dm_distance', lambda real, syn: (syn.sum() * float('nan')))
-    with pytest.raises(FloatingPointError, match=r'GSDD class 2 of 2 \(b\), iteration 4 \(step 2 of 2\): '
-                       r'non-finite loss l_dis, l_total \(l_dis=nan, r=.*, l_total=nan\)'):
+    with pytest.raises(
+            FloatingPointError,
+            match=r'GSDD class 2 of 2 \(b\), iteration 4 \(step 2 of 2\): '
+            r'non-finite loss l_dis, l_total \(l_dis=nan, r=.*, l_total=nan\)'):
         model.optimize_parameters(4)
     assert torch.equal(model.unit.z.detach(), z) and model.unit.z.grad is None
     manifest = validate_distilled_set(opt['path']['distilled_root'], scale=4, check_contents=True)
@@ -472,8 +656,10 @@ def test_minimax_inf_loss_stops_stage2_before_the_step(tmp_path, monkeypatch):
     before = {n: p.detach().clone() for n, p in model.dit.named_parameters() if n in trainable}
     ema = {k: v.clone() for k, v in model.ft.ema.state_dict()['shadow'].items()}
     monkeypatch.setattr(minimax_diffusion_model, 'sr_loss', lambda img, scale: img.sum() * float('inf'))
-    with pytest.raises(FloatingPointError, match=r'Minimax-SR stage 2 \(fine-tuning\), iteration 3 \(step 2 of 3\): '
-                       r'non-finite loss l_sr, l_total \(l_simple=.*, l_sr=-?inf, l_total='):
+    with pytest.raises(
+            FloatingPointError,
+            match=r'Minimax-SR stage 2 \(fine-tuning\), iteration 3 \(step 2 of 3\): '
+            r'non-finite loss l_sr, l_total \(l_simple=.*, l_sr=-?inf, l_total='):
         model.optimize_parameters(3)
     after = {n: p.detach() for n, p in model.dit.named_parameters() if n in trainable}
     assert all(torch.equal(before[n], after[n]) for n in before)

@@ -1,10 +1,11 @@
 """The compat layer: torchvision and BasicSR import after ``import basicsr_distill``; fixes are idempotent."""
 import subprocess
 import sys
-
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill import compat
 
 

@@ -1,21 +1,23 @@
 """``--force_yml key=value`` values are read as YAML scalars (compat fix 5), so a value given on the command line
 gets the same checks, and the same errors, as the same value in the option file."""
 import contextlib
+import numpy as np
 import os.path as osp
+import pytest
 import random
 import shutil
 import subprocess
 import sys
-
-import numpy as np
-import pytest
 import torch
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
+from conftest import REPO, build_distill_model, data_path, write_option_file
+
 from basicsr.utils import options as basicsr_options
 from basicsr_distill import compat
 from basicsr_distill.models.idc_model import IDCModel
-from conftest import REPO, build_distill_model, data_path, write_option_file
 
 
 @pytest.fixture(autouse=True)
@@ -37,21 +39,63 @@ def _idc_opt(tmp_path, **distill):
     folder = tmp_path / 'hr'
     folder.mkdir(exist_ok=True)
     shutil.copy(data_path('data', 'train', 't91', 't20.png'), folder / 't20.png')
-    cfg = {'ratio': 0.1, 'iters_per_instance': 2, 'warmup_iters': 0, 'assign_iters': 1, 'assign_steps': 1,
-           'num_groups': 2, 'real_batch_size': 16, 'rlff': {'kernel_size': 3, 'num_channels': 8, 'patch_size': 4},
-           'ncfd': {'num_freqs': 16, 'alpha': 0.5, 'bank_size': 64}}
+    cfg = {
+        'ratio': 0.1,
+        'iters_per_instance': 2,
+        'warmup_iters': 0,
+        'assign_iters': 1,
+        'assign_steps': 1,
+        'num_groups': 2,
+        'real_batch_size': 16,
+        'rlff': {
+            'kernel_size': 3,
+            'num_channels': 8,
+            'patch_size': 4
+        },
+        'ncfd': {
+            'num_freqs': 16,
+            'alpha': 0.5,
+            'bank_size': 64
+        }
+    }
     cfg.update(distill)
     return {
-        'name': 'idc_force_yml', 'model_type': 'IDCModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'test', 'type': 'SRInstanceDataset', 'dataroot_gt': str(folder), 'gt_size': 32,
-                               'stride': 32}},
-        'network_t': {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4},
-        'path': {'pretrain_network_t': data_path('weights', 'imdn_baseline.pth'),
-                 'distilled_root': str(tmp_path / 'distilled'), 'resume_state': None},
+        'name': 'idc_force_yml',
+        'model_type': 'IDCModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'test',
+                'type': 'SRInstanceDataset',
+                'dataroot_gt': str(folder),
+                'gt_size': 32,
+                'stride': 32
+            }
+        },
+        'network_t': {
+            'type': 'IMDN',
+            'block_type': 'imdb_ntire22',
+            'upscale': 4
+        },
+        'path': {
+            'pretrain_network_t': data_path('weights', 'imdn_baseline.pth'),
+            'distilled_root': str(tmp_path / 'distilled'),
+            'resume_state': None
+        },
         'distill': cfg,
-        'train': {'total_iter': 20, 'lr': 0.5},
-        'a': {'b': 'x'},
-        'c': {'d': False, 'e': 0},
+        'train': {
+            'total_iter': 20,
+            'lr': 0.5
+        },
+        'a': {
+            'b': 'x'
+        },
+        'c': {
+            'd': False,
+            'e': 0
+        },
     }
 
 
@@ -70,13 +114,42 @@ def test_the_fix_is_applied_and_idempotent():
 
 
 @pytest.mark.parametrize('text, expected', [
-    ('-0.1', -0.1), ('1e-3', 1e-3), ('-1e-3', -1e-3), ('1.0e-3', 1e-3), ('!!float 1e-3', 1e-3), ('+2', 2),
-    ('0.5', 0.5), ('.5', 0.5), ('7', 7), ('-3', -3), ('010', 10), ('1_000', 1000),
-    ('~', None), ('null', None), ('None', None), ('NONE', None),
-    ('true', True), ('False', False), ('TRUE', True),
-    ('[1, 2]', [1, 2]), ('[-0.5, 1e-3]', [-0.5, 1e-3]), ('[a, b]', ['a', 'b']), ('{a: 1}', {'a': 1}),
-    ('abc', 'abc'), ('EDSR', 'EDSR'), ('a#b', 'a#b'), ('#x', '#x'), ('', ''), ('2024-01-01', '2024-01-01'),
-    ('inf', 'inf'), ('nan', 'nan'), ('{bad', '{bad'), ('"1e-3"', '1e-3'), ("'7'", '7'),
+    ('-0.1', -0.1),
+    ('1e-3', 1e-3),
+    ('-1e-3', -1e-3),
+    ('1.0e-3', 1e-3),
+    ('!!float 1e-3', 1e-3),
+    ('+2', 2),
+    ('0.5', 0.5),
+    ('.5', 0.5),
+    ('7', 7),
+    ('-3', -3),
+    ('010', 10),
+    ('1_000', 1000),
+    ('~', None),
+    ('null', None),
+    ('None', None),
+    ('NONE', None),
+    ('true', True),
+    ('False', False),
+    ('TRUE', True),
+    ('[1, 2]', [1, 2]),
+    ('[-0.5, 1e-3]', [-0.5, 1e-3]),
+    ('[a, b]', ['a', 'b']),
+    ('{a: 1}', {
+        'a': 1
+    }),
+    ('abc', 'abc'),
+    ('EDSR', 'EDSR'),
+    ('a#b', 'a#b'),
+    ('#x', '#x'),
+    ('', ''),
+    ('2024-01-01', '2024-01-01'),
+    ('inf', 'inf'),
+    ('nan', 'nan'),
+    ('{bad', '{bad'),
+    ('"1e-3"', '1e-3'),
+    ("'7'", '7'),
     ('!!python/name:os.system', '!!python/name:os.system'),
 ])
 def test_force_yml_value_reads_yaml_scalars(text, expected):
@@ -86,8 +159,8 @@ def test_force_yml_value_reads_yaml_scalars(text, expected):
 
 def test_parse_options_force_yml_gives_numbers_none_and_bools(tmp_path, monkeypatch):
     opt_path = write_option_file(_idc_opt(tmp_path), tmp_path / 'idc.yml')
-    opt = _parse_options(monkeypatch, opt_path, tmp_path, 'distill:ratio=-0.1', 'train:lr=1e-3', 'a:b=~',
-                         'c:d=true', 'c:e=2.5e-1', 'name=run_1e-3')
+    opt = _parse_options(monkeypatch, opt_path, tmp_path, 'distill:ratio=-0.1', 'train:lr=1e-3', 'a:b=~', 'c:d=true',
+                         'c:e=2.5e-1', 'name=run_1e-3')
     assert opt['distill']['ratio'] == -0.1 and type(opt['distill']['ratio']) is float
     assert opt['train']['lr'] == 1e-3 and type(opt['train']['lr']) is float
     assert opt['a']['b'] is None and opt['c']['d'] is True

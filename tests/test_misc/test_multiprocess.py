@@ -20,30 +20,31 @@ process run of the same options and seed, both one thread per process:
 Plus in-process checks of the shard writer, the iteration -> unit map and the compat fix (gloo without CUDA).
 The module takes about 60-80 s on 2 CPU cores (interpreter and torchrun start-up dominate).
 """
+import cv2
 import glob
 import json
+import numpy as np
 import os
 import os.path as osp
+import pytest
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-
-import cv2
-import numpy as np
-import pytest
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
+from conftest import data_path
+from test_kill_resume import OPTIONS, RUN_TIMEOUT, finish, leftovers, listing, start_run, state_iters, stop
+
 from basicsr_distill import compat
 from basicsr_distill.distilled_set import (HASH_IGNORED_KEYS, DistilledSetWriter, pending_shards, read_manifest,
                                            shard_path, validate_distilled_set)
 from basicsr_distill.models.distill_base_model import DistillBaseModel
-from conftest import data_path
-from test_kill_resume import (OPTIONS, RUN_TIMEOUT, finish, leftovers, listing, start_run, state_iters,
-                              stop)
 
 # manifest fields that differ between a 1- and a 2-process run of the same options
 VOLATILE = ('created', 'updated', 'wall_time_s', 'world_size', 'options')
@@ -213,8 +214,10 @@ def test_two_processes_give_the_single_process_set(tmp_path, method):
     if method == 'minimax':
         assert_same_minimax_training(one_dir, two_dir)
     # only rank 0 writes training states: one file per saved iteration, holding every rank's unit
-    states = torch.load(osp.join(two_dir, 'experiments', opt['name'], 'training_states',
-                                 f'{state_iters(two_dir, opt["name"])[0]}.state'), weights_only=True)
+    states = torch.load(
+        osp.join(two_dir, 'experiments', opt['name'], 'training_states',
+                 f'{state_iters(two_dir, opt["name"])[0]}.state'),
+        weights_only=True)
     assert states['world_size'] == 2 and len(states['unit_states']) == 2
 
 
@@ -234,8 +237,10 @@ def test_sigkill_of_two_processes_then_auto_resume_gives_the_single_process_set(
             assert json.load(f)['units_finished'] == ['t9']  # rank 1's finished unit, in its shard only
         with pytest.raises(ValueError, match='not merged yet'):
             validate_distilled_set(root, require_complete=True)
-        written = {f: os.stat(osp.join(root, 'hr', f)).st_mtime_ns for f in os.listdir(osp.join(root, 'hr'))
-                   if f.startswith(('t20_', 't9_'))}
+        written = {
+            f: os.stat(osp.join(root, 'hr', f)).st_mtime_ns
+            for f in os.listdir(osp.join(root, 'hr')) if f.startswith(('t20_', 't9_'))
+        }
         proc = start_torchrun(opt, two_dir, '--auto_resume')
         finish(proc)
         finish(one)
@@ -252,13 +257,26 @@ def test_sigkill_of_two_processes_then_auto_resume_gives_the_single_process_set(
 # ------------------------------------------------------------------------------------------------ in process
 def _pair(name, value, size=4, scale=4):
     lq = np.full((size, size, 3), value, np.float32)
-    return {'name': name, 'lq': lq, 'gt': np.full((size * scale, size * scale, 3), value, np.float32),
-            'info': {'value': value}}
+    return {
+        'name': name,
+        'lq': lq,
+        'gt': np.full((size * scale, size * scale, 3), value, np.float32),
+        'info': {
+            'value': value
+        }
+    }
 
 
 def _writer(root, **kwargs):
-    return DistilledSetWriter(root, method='toy', scale=4, source={'folder': 'x'}, size_control={'ipc': 1},
-                              options={'a': 1}, unit_order=['u0', 'u1', 'u2', 'u3'], **kwargs)
+    return DistilledSetWriter(
+        root,
+        method='toy',
+        scale=4,
+        source={'folder': 'x'},
+        size_control={'ipc': 1},
+        options={'a': 1},
+        unit_order=['u0', 'u1', 'u2', 'u3'],
+        **kwargs)
 
 
 def test_shards_merge_into_the_single_writer_manifest(tmp_path):
@@ -305,8 +323,19 @@ def test_a_shard_left_by_a_crash_is_merged_when_rank0_reopens(tmp_path):
     # a shard of another run is refused, naming it
     foreign = shard_path(root, 3)
     with open(foreign, 'w') as f:
-        json.dump({'format': 'basicsr_distill.distilled_set.shard', 'rank': 3, 'method': 'toy', 'scale': 4,
-                   'size_control': {'ipc': 1}, 'options_hash': '0' * 64, 'units_finished': [], 'pairs': []}, f)
+        json.dump(
+            {
+                'format': 'basicsr_distill.distilled_set.shard',
+                'rank': 3,
+                'method': 'toy',
+                'scale': 4,
+                'size_control': {
+                    'ipc': 1
+                },
+                'options_hash': '0' * 64,
+                'units_finished': [],
+                'pairs': []
+            }, f)
     with pytest.raises(ValueError, match='distill.rank3.json belongs to another run'):
         _writer(root)
     os.remove(foreign)
@@ -323,8 +352,9 @@ def test_iterations_map_to_the_units_of_each_rank_and_world_size_changes_are_ref
         model.resume_training({'iter': 9, 'unit_state': None, 'unit_states': [None, None], 'world_size': 2})
     model.world_size = 2
     assert model.units_per_rank(3) == 2
-    assert model.iters_needed_text(3, 'images', 8, 'distill.iters_per_instance') == (
-        'ceil(3 images / 2 processes) = 2 x distill.iters_per_instance=8 = 16')
+    assert model.iters_needed_text(
+        3, 'images', 8,
+        'distill.iters_per_instance') == ('ceil(3 images / 2 processes) = 2 x distill.iters_per_instance=8 = 16')
 
 
 def _free_port():
@@ -340,8 +370,15 @@ def test_pytorch_launcher_initialises_gloo_without_cuda():
             'init_dist("pytorch")\n'
             'print(dist.get_backend(), *get_dist_info())\n'
             'dist.destroy_process_group()\n')
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
-               MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    env = dict(
+        os.environ,
+        CUDA_VISIBLE_DEVICES='',
+        RANK='0',
+        LOCAL_RANK='0',
+        WORLD_SIZE='1',
+        MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(_free_port()),
+        OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ['gloo', '0', '1']

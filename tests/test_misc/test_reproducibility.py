@@ -8,21 +8,23 @@ in any other state (BasicSR seeds them in its train_pipeline; the models must no
 Slow-safe: about 30 s on 2 CPU cores (option files and helpers shared with test_kill_resume.py).
 """
 import ast
+import numpy as np
 import os
 import os.path as osp
-import random
-
-import numpy as np
 import pytest
+import random
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
+from conftest import REPO, build_distill_model
+from test_kill_resume import OPTIONS, assert_same_set, finish, start_run, stop
+
 from basicsr_distill.distilled_set import read_manifest
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
-from conftest import REPO, build_distill_model
-from test_kill_resume import OPTIONS, assert_same_set, finish, start_run, stop
 
 MODELS = {'idc': IDCModel, 'gsdd': GSDDModel, 'minimax': MinimaxDiffusionModel}
 PACKAGE = osp.join(REPO, 'basicsr_distill')
@@ -54,8 +56,9 @@ def _global_seeding_calls(path):
 
     def visit(node, forked):
         if isinstance(node, ast.With) and any(
-                isinstance(item.context_expr, ast.Call) and _dotted(item.context_expr.func) in (
-                    'torch.random.fork_rng', 'torch.fork_rng') for item in node.items):
+                isinstance(item.context_expr, ast.Call) and _dotted(item.context_expr.func) in ('torch.random.fork_rng',
+                                                                                                'torch.fork_rng')
+                for item in node.items):
             forked = True
         if isinstance(node, ast.Call) and _dotted(node.func) in GLOBAL_SEEDING and not forked:
             found.append((node.lineno, _dotted(node.func)))
@@ -134,7 +137,8 @@ def test_same_options_and_seed_give_a_byte_identical_set(tmp_path, method, one_t
     cli, here = osp.join(first, 'distilled'), str(tmp_path / 'in_process')
     names = [p['name'] for p in read_manifest(cli)['pairs']]
     assert names and names == [p['name'] for p in read_manifest(here)['pairs']]
-    for rel in ['meta_info.txt'] + [f'{sub}/{n}.{ext}' for n in names
-                                    for sub, ext in (('hr', 'png'), ('lr', 'png'), ('lr_float', 'npy'))]:
+    for rel in ['meta_info.txt'] + [
+            f'{sub}/{n}.{ext}' for n in names for sub, ext in (('hr', 'png'), ('lr', 'png'), ('lr_float', 'npy'))
+    ]:
         with open(osp.join(cli, rel), 'rb') as fa, open(osp.join(here, rel), 'rb') as fb:
             assert fa.read() == fb.read(), rel

@@ -1,22 +1,31 @@
 """GSDDModel: chunked gradients equal the full graph, Eq. 7-9 wiring, and an end-to-end run through BasicSR."""
 import os
 import os.path as osp
-import shutil
-
 import pytest
+import shutil
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
+from conftest import (REPO, build_distill_model, data_path, run_basicsr_train, straight_and_restarted,
+                      tiny_edsr_options, write_option_file)
+
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
-from conftest import (REPO, build_distill_model, run_basicsr_train, data_path, straight_and_restarted,
-                      tiny_edsr_options, write_option_file)
 
-G_OPT = {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_conv': 2, 'upscale': 4,
-         'act_type': 'prelu'}
+G_OPT = {
+    'type': 'SRVGGNetCompact',
+    'num_in_ch': 3,
+    'num_out_ch': 3,
+    'num_feat': 8,
+    'num_conv': 2,
+    'upscale': 4,
+    'act_type': 'prelu'
+}
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +36,8 @@ def _threads(one_thread):
 def _classes(tmp_path):
     """Two real classes (T91 'tt' images and BSD200 images), three images each."""
     root = tmp_path / 'classes'
-    for cls, sub, names in (('tt', 't91', ['tt1.png', 'tt2.png', 'tt3.png']),
-                            ('bsd', 'bsd200', ['100075.png', '100080.png', '100098.png'])):
+    for cls, sub, names in (('tt', 't91', ['tt1.png', 'tt2.png',
+                                           'tt3.png']), ('bsd', 'bsd200', ['100075.png', '100080.png', '100098.png'])):
         (root / cls).mkdir(parents=True)
         for name in names:
             shutil.copy(data_path('data', 'train', sub, name), root / cls / name)
@@ -45,23 +54,64 @@ def _generator_weights(tmp_path):
 
 
 def _opt(tmp_path, dataroot, **distill):
-    cfg = {'ipc': 3, 'iters_per_class': 3, 'batch_real': 4, 'lam': 0.1, 'chunk_size': 2,
-           'extractor': {'num_feat': 4, 'norm': 'instance'},
-           'inversion': {'iters': 3, 'lr': 0.01, 'w_feat': 0.0, 'w_pix': 1.0}}
+    cfg = {
+        'ipc': 3,
+        'iters_per_class': 3,
+        'batch_real': 4,
+        'lam': 0.1,
+        'chunk_size': 2,
+        'extractor': {
+            'num_feat': 4,
+            'norm': 'instance'
+        },
+        'inversion': {
+            'iters': 3,
+            'lr': 0.01,
+            'w_feat': 0.0,
+            'w_pix': 1.0
+        }
+    }
     cfg.update(distill)
     return {
-        'name': 'gsdd_test', 'model_type': 'GSDDModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'test', 'type': 'SRClassFolderDataset', 'dataroot_gt': dataroot,
-                               'gt_size': 32, 'io_backend': {'type': 'disk'}, 'use_shuffle': False,
-                               'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
-                               'prefetch_mode': None}},
+        'name': 'gsdd_test',
+        'model_type': 'GSDDModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'test',
+                'type': 'SRClassFolderDataset',
+                'dataroot_gt': dataroot,
+                'gt_size': 32,
+                'io_backend': {
+                    'type': 'disk'
+                },
+                'use_shuffle': False,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 1,
+                'dataset_enlarge_ratio': 1,
+                'prefetch_mode': None
+            }
+        },
         'network_g': dict(G_OPT),
-        'path': {'pretrain_network_g': _generator_weights(tmp_path), 'strict_load_g': True,
-                 'ignore_resume_networks': ['network_g'], 'distilled_root': str(tmp_path / 'distilled'),
-                 'resume_state': None},
+        'path': {
+            'pretrain_network_g': _generator_weights(tmp_path),
+            'strict_load_g': True,
+            'ignore_resume_networks': ['network_g'],
+            'distilled_root': str(tmp_path / 'distilled'),
+            'resume_state': None
+        },
         'distill': cfg,
-        'train': {'total_iter': 2 * cfg['iters_per_class'], 'warmup_iter': -1},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+        'train': {
+            'total_iter': 2 * cfg['iters_per_class'],
+            'warmup_iter': -1
+        },
+        'logger': {
+            'print_freq': 1,
+            'save_checkpoint_freq': 1000,
+            'use_tb_logger': False
+        },
     }
 
 
@@ -125,9 +175,13 @@ def test_r_pairs_each_latent_with_its_own_real_image(tmp_path):
     assert after['l_dis'] == pytest.approx(before['l_dis'], rel=1e-5) and after['r'] > before['r'] * 1.01
     # and R is paired_distance of psi(A(x_k)) and psi(A(G(z_k))) row by row
     with torch.no_grad():
-        direct = paired_distance(model._embed(apply_dsa(unit.x_pair, params), {'ops': [], 'family': '',
-                                                                               'height': 32, 'width': 32}),
-                                 model._embed(model.generate(unit.z), params))
+        direct = paired_distance(
+            model._embed(apply_dsa(unit.x_pair, params), {
+                'ops': [],
+                'family': '',
+                'height': 32,
+                'width': 32
+            }), model._embed(model.generate(unit.z), params))
     assert after['r'] == pytest.approx(direct.item(), rel=1e-5)
 
 
@@ -175,8 +229,8 @@ def test_classless_flat_folder_is_one_class_or_pseudo_classes(tmp_path):
     for name in ('tt1.png', 'tt2.png', 't46.png', 'tt25.png'):
         shutil.copy(data_path('data', 'train', 't91', name), flat / name)
     one = _model(_opt(tmp_path / 'a', str(flat)))
-    assert one.source.class_names == ['flat'] and read_manifest(str(tmp_path / 'a' / 'distilled'))['source'][
-        'num_classes'] == 1
+    assert one.source.class_names == ['flat'] and read_manifest(str(
+        tmp_path / 'a' / 'distilled'))['source']['num_classes'] == 1
     opt = _opt(tmp_path / 'b', str(flat))
     opt['datasets']['train']['pseudo_labels'] = {'num_classes': 2, 'seed': 0}
     two = _model(opt)

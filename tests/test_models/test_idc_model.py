@@ -1,24 +1,26 @@
 """IDCModel end to end on real images with the real pretrained teacher, through BasicSR's own train_pipeline."""
 import json
 import logging
+import numpy as np
 import os
 import os.path as osp
+import pytest
 import shutil
 import sys
-
-import numpy as np
-import pytest
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
+from conftest import (REPO, basicsr_log, build_distill_model, data_path, run_basicsr_train, straight_and_restarted,
+                      tiny_edsr_options, write_option_file)
+
 from basicsr_distill.archs.imdn_arch import IMDN
 from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
 from basicsr_distill.utils.options import read_option_file
-from conftest import (REPO, basicsr_log, build_distill_model, run_basicsr_train, data_path, straight_and_restarted,
-                      tiny_edsr_options, write_option_file)
 
 T = 6  # iterations per instance in these tests
 
@@ -37,26 +39,80 @@ def _images(tmp_path):
 
 def _distill_opt(tmp_path, hr_folder, **distill):
     cfg = {
-        'ratio': 0.1, 'init': 'real', 'iters_per_instance': T, 'warmup_iters': 2, 'assign_iters': 3,
-        'assign_steps': 2, 'num_groups': 3, 'real_batch_size': 16,
-        'rlff': {'kernel_size': 3, 'num_channels': 16, 'patch_size': 4},
-        'ncfd': {'num_freqs': 64, 'alpha': 0.5, 'bank_size': 256},
-        'weights': {'ins': 1.0, 'group': 1.0, 'pair': 0.1}, 'optim': {'type': 'Adam', 'lr': 0.01}
+        'ratio': 0.1,
+        'init': 'real',
+        'iters_per_instance': T,
+        'warmup_iters': 2,
+        'assign_iters': 3,
+        'assign_steps': 2,
+        'num_groups': 3,
+        'real_batch_size': 16,
+        'rlff': {
+            'kernel_size': 3,
+            'num_channels': 16,
+            'patch_size': 4
+        },
+        'ncfd': {
+            'num_freqs': 64,
+            'alpha': 0.5,
+            'bank_size': 256
+        },
+        'weights': {
+            'ins': 1.0,
+            'group': 1.0,
+            'pair': 0.1
+        },
+        'optim': {
+            'type': 'Adam',
+            'lr': 0.01
+        }
     }
     cfg.update(distill)
     return {
-        'name': 'idc_test', 'model_type': 'IDCModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {
-            'name': 'test', 'type': 'SRInstanceDataset', 'dataroot_gt': hr_folder, 'gt_size': 32, 'stride': 16,
-            'io_backend': {'type': 'disk'}, 'use_shuffle': False, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1,
-            'dataset_enlarge_ratio': 1, 'prefetch_mode': None}},
-        'network_t': {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4},
-        'path': {'pretrain_network_t': osp.join(REPO, 'weights', 'imdn_baseline.pth'), 'strict_load_t': True,
-                 'ignore_resume_networks': ['network_t'], 'distilled_root': str(tmp_path / 'distilled'),
-                 'resume_state': None},
+        'name': 'idc_test',
+        'model_type': 'IDCModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'test',
+                'type': 'SRInstanceDataset',
+                'dataroot_gt': hr_folder,
+                'gt_size': 32,
+                'stride': 16,
+                'io_backend': {
+                    'type': 'disk'
+                },
+                'use_shuffle': False,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 1,
+                'dataset_enlarge_ratio': 1,
+                'prefetch_mode': None
+            }
+        },
+        'network_t': {
+            'type': 'IMDN',
+            'block_type': 'imdb_ntire22',
+            'upscale': 4
+        },
+        'path': {
+            'pretrain_network_t': osp.join(REPO, 'weights', 'imdn_baseline.pth'),
+            'strict_load_t': True,
+            'ignore_resume_networks': ['network_t'],
+            'distilled_root': str(tmp_path / 'distilled'),
+            'resume_state': None
+        },
         'distill': cfg,
-        'train': {'total_iter': 3 * T, 'warmup_iter': -1},
-        'logger': {'print_freq': 6, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+        'train': {
+            'total_iter': 3 * T,
+            'warmup_iter': -1
+        },
+        'logger': {
+            'print_freq': 6,
+            'save_checkpoint_freq': 1000,
+            'use_tb_logger': False
+        },
     }
 
 
@@ -108,9 +164,17 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
     assert np.abs(hr_png - sr).max() <= 0.5 / 255 + 1e-6
 
     # a few EDSR iterations on the distilled set: through BasicSR's PairedImageDataset and ours
-    for dataset in ({'type': 'PairedImageDataset', 'dataroot_gt': f'{root}/hr', 'dataroot_lq': f'{root}/lr',
-                     'meta_info_file': f'{root}/meta_info.txt', 'filename_tmpl': '{}'},
-                    {'type': 'DistilledPairedDataset', 'dataroot': root, 'lq_source': 'float'}):
+    for dataset in ({
+            'type': 'PairedImageDataset',
+            'dataroot_gt': f'{root}/hr',
+            'dataroot_lq': f'{root}/lr',
+            'meta_info_file': f'{root}/meta_info.txt',
+            'filename_tmpl': '{}'
+    }, {
+            'type': 'DistilledPairedDataset',
+            'dataroot': root,
+            'lq_source': 'float'
+    }):
         name = f'edsr_{dataset["type"]}'
         train_opt = tiny_edsr_options(name, dataset, gt_size=16, iters=3)
         _run_basicsr_train(_write_yaml(train_opt, tmp_path / f'{name}.yml'), tmp_path, monkeypatch)
@@ -153,8 +217,8 @@ def test_written_instances_are_never_recomputed(tmp_path, monkeypatch):
 def test_resume_inside_an_instance_gives_the_same_pairs(tmp_path):
     hr_folder = _images(tmp_path)
     # stop inside the instance (after iteration 4, past an assignment round)
-    straight_and_restarted(_model, _distill_opt(tmp_path / 'a', hr_folder), _distill_opt(tmp_path / 'b', hr_folder),
-                           total=T, stop=4)
+    straight_and_restarted(
+        _model, _distill_opt(tmp_path / 'a', hr_folder), _distill_opt(tmp_path / 'b', hr_folder), total=T, stop=4)
     name = read_manifest(str(tmp_path / 'a' / 'distilled'))['pairs'][0]['name']
     a = np.load(tmp_path / 'a' / 'distilled' / 'lr_float' / f'{name}.npy')
     b = np.load(tmp_path / 'b' / 'distilled' / 'lr_float' / f'{name}.npy')
@@ -163,9 +227,19 @@ def test_resume_inside_an_instance_gives_the_same_pairs(tmp_path):
 
 def test_swinir_teacher_at_a_named_layer(tmp_path):
     from basicsr.archs.swinir_arch import SwinIR
-    net_opt = {'upscale': 4, 'in_chans': 3, 'img_size': 8, 'window_size': 4, 'img_range': 1., 'depths': [1],
-               'embed_dim': 12, 'num_heads': [2], 'mlp_ratio': 2, 'upsampler': 'pixelshuffle',
-               'resi_connection': '1conv'}
+    net_opt = {
+        'upscale': 4,
+        'in_chans': 3,
+        'img_size': 8,
+        'window_size': 4,
+        'img_range': 1.,
+        'depths': [1],
+        'embed_dim': 12,
+        'num_heads': [2],
+        'mlp_ratio': 2,
+        'upsampler': 'pixelshuffle',
+        'resi_connection': '1conv'
+    }
     weights = tmp_path / 'swinir_tiny.pth'
     torch.save({'params': SwinIR(**net_opt).state_dict()}, weights)
     opt = _distill_opt(tmp_path, _images(tmp_path), feature_layer='conv_after_body')
@@ -179,10 +253,19 @@ def test_swinir_teacher_at_a_named_layer(tmp_path):
 
 
 @pytest.mark.parametrize('change, match', [
-    ({'ratio': 0}, r'distill.ratio'),
-    ({'ratio': 1.5}, r'distill.ratio'),
-    ({'warmup': 3}, r'unknown option distill.warmup'),
-    ({'warmup_iters': 5, 'assign_iters': 5}, r'iters_per_instance'),
+    ({
+        'ratio': 0
+    }, r'distill.ratio'),
+    ({
+        'ratio': 1.5
+    }, r'distill.ratio'),
+    ({
+        'warmup': 3
+    }, r'unknown option distill.warmup'),
+    ({
+        'warmup_iters': 5,
+        'assign_iters': 5
+    }, r'iters_per_instance'),
 ])
 def test_bad_options_name_the_option(tmp_path, change, match):
     opt = _distill_opt(tmp_path, _images(tmp_path), **change)

@@ -1,16 +1,18 @@
 """MinimaxDiffusionModel: the three stages end to end through BasicSR, persisted stages, resume inside stage 2."""
 import os
 import os.path as osp
-import shutil
-
 import pytest
+import shutil
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
+from conftest import (build_distill_model, data_path, run_basicsr_train, straight_and_restarted, tiny_edsr_options,
+                      write_option_file)
+
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
-from conftest import (build_distill_model, run_basicsr_train, data_path, straight_and_restarted, tiny_edsr_options,
-                      write_option_file)
 
 
 @pytest.fixture(autouse=True)
@@ -25,19 +27,66 @@ def _opt(tmp_path, finetune_iters=3):
         for name in ('tt1.png', 'tt2.png', 'tt3.png'):
             shutil.copy(data_path('data', 'train', 't91', name), hr / name)
     return {
-        'name': 'minimax_test', 'model_type': 'MinimaxDiffusionModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {'name': 'stages', 'type': 'DistillStageDataset', 'length': 10, 'use_shuffle': False,
-                               'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
-                               'prefetch_mode': None, 'dataroot_gt': str(hr), 'gt_size': 64, 'stride': 64}},
-        'path': {'distilled_root': str(tmp_path / 'distilled'), 'resume_state': None},
-        'distill': {
-            'stage1': {'threshold': 'median', 'extractor': {'type': 'color_gradient'}, 'k': 2, 'seed': 0},
-            'dit': {'config': 'tiny'}, 'vae': {'config': 'tiny'},
-            'finetune': {'iters': finetune_iters, 'batch_size': 2, 'ema_decay': 0.9},
-            'sample': {'images_per_class': 2, 'steps': 2, 'guidance_scale': 4.0, 'seed': 0},
+        'name': 'minimax_test',
+        'model_type': 'MinimaxDiffusionModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'stages',
+                'type': 'DistillStageDataset',
+                'length': 10,
+                'use_shuffle': False,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 1,
+                'dataset_enlarge_ratio': 1,
+                'prefetch_mode': None,
+                'dataroot_gt': str(hr),
+                'gt_size': 64,
+                'stride': 64
+            }
         },
-        'train': {'total_iter': 1 + finetune_iters + 2, 'warmup_iter': -1},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+        'path': {
+            'distilled_root': str(tmp_path / 'distilled'),
+            'resume_state': None
+        },
+        'distill': {
+            'stage1': {
+                'threshold': 'median',
+                'extractor': {
+                    'type': 'color_gradient'
+                },
+                'k': 2,
+                'seed': 0
+            },
+            'dit': {
+                'config': 'tiny'
+            },
+            'vae': {
+                'config': 'tiny'
+            },
+            'finetune': {
+                'iters': finetune_iters,
+                'batch_size': 2,
+                'ema_decay': 0.9
+            },
+            'sample': {
+                'images_per_class': 2,
+                'steps': 2,
+                'guidance_scale': 4.0,
+                'seed': 0
+            },
+        },
+        'train': {
+            'total_iter': 1 + finetune_iters + 2,
+            'warmup_iter': -1
+        },
+        'logger': {
+            'print_freq': 1,
+            'save_checkpoint_freq': 1000,
+            'use_tb_logger': False
+        },
     }
 
 

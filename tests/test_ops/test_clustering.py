@@ -1,9 +1,8 @@
 """seeded_kmeans: the renumbering modes on hand-made points, and the labels each former caller computed."""
-import warnings
-from collections import OrderedDict
-
 import numpy as np
 import pytest
+import warnings
+from collections import OrderedDict
 from sklearn.cluster import KMeans
 
 from basicsr_distill.ops.clustering import seeded_kmeans

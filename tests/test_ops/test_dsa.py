@@ -1,11 +1,12 @@
 """Differentiable Siamese Augmentation (basicsr_distill/ops/dsa.py): siamese draws, chunk invariance, gradients,
 each family against a hand-made transform, and seeding that never touches the global RNG."""
 import math
-
 import pytest
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill.ops.dsa import DSA_FAMILIES, DSAConfig, apply_dsa, dsa_pair, sample_dsa_params
 
 
@@ -61,8 +62,10 @@ def test_flip_is_horizontal():
     x = _images(2, 4, 5)
     torch.testing.assert_close(apply_dsa(x, _params('flip', 4, 5, flip=True)), torch.flip(x, [3]), rtol=0, atol=0)
     assert torch.equal(apply_dsa(x, _params('flip', 4, 5, flip=False)), x)
-    flips = [sample_dsa_params(DSAConfig(strategy='flip'), 4, 5, torch.Generator().manual_seed(s))['ops'][0][1]
-             ['flip'] for s in range(200)]
+    flips = [
+        sample_dsa_params(DSAConfig(strategy='flip'), 4, 5,
+                          torch.Generator().manual_seed(s))['ops'][0][1]['flip'] for s in range(200)
+    ]
     assert 70 < sum(flips) < 130  # p = 0.5
 
 
@@ -126,8 +129,10 @@ def test_rotate_90_is_rot90():
         apply_dsa(x, _params('rotate', 6, 6, angle=90.0)), torch.rot90(x, 1, dims=(2, 3)), rtol=0, atol=1e-5)
     torch.testing.assert_close(
         apply_dsa(x, _params('rotate', 6, 6, angle=-90.0)), torch.rot90(x, -1, dims=(2, 3)), rtol=0, atol=1e-5)
-    angles = [sample_dsa_params(DSAConfig(strategy='rotate'), 6, 6, torch.Generator().manual_seed(s))['ops'][0][1]
-              ['angle'] for s in range(100)]
+    angles = [
+        sample_dsa_params(DSAConfig(strategy='rotate'), 6, 6,
+                          torch.Generator().manual_seed(s))['ops'][0][1]['angle'] for s in range(100)
+    ]
     assert all(-15 <= a <= 15 for a in angles) and min(angles) < -10 and max(angles) > 10
 
 
@@ -148,8 +153,10 @@ def test_color_by_hand():
         expected[n] = m + (y[n] - m) * c
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
-    draws = [sample_dsa_params(DSAConfig(strategy='color'), 3, 4, torch.Generator().manual_seed(k))['ops'][0][1]
-             for k in range(100)]
+    draws = [
+        sample_dsa_params(DSAConfig(strategy='color'), 3, 4,
+                          torch.Generator().manual_seed(k))['ops'][0][1] for k in range(100)
+    ]
     for key, low, high in (('brightness_shift', -0.5, 0.5), ('saturation_factor', 0, 2), ('contrast_factor', .5, 1.5)):
         values = [d[key] for d in draws]
         assert all(low <= v <= high for v in values) and max(values) - min(values) > 0.8 * (high - low)

@@ -1,6 +1,8 @@
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from torch.nn import functional as F
 
 from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_ncfd, pair_loss
@@ -62,8 +64,9 @@ def _direct(local_real, labels_real, local_syn, assigned, freqs):
         return empirical_cf(F.normalize(x.reshape(-1, c), dim=1), freqs)
 
     l_ins = ncfd_from_cf(cf(local_real), cf(local_syn))
-    l_group = sum(ncfd_from_cf(cf(local_real[labels_real == g]), cf(local_syn[assigned == g]))
-                  for g in torch.unique(assigned[assigned >= 0]).tolist())
+    l_group = sum(
+        ncfd_from_cf(cf(local_real[labels_real == g]), cf(local_syn[assigned == g]))
+        for g in torch.unique(assigned[assigned >= 0]).tolist())
     return l_ins, l_group
 
 

@@ -10,6 +10,8 @@ import torch
 from torch.nn import functional as F
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill.losses.idc_loss import (RealCharacteristicBank, _SegmentedCharacteristic, multi_level_ncfd,
                                              pair_loss)
 from basicsr_distill.losses.ncfd_loss import empirical_cf, ncfd_from_cf

@@ -3,10 +3,13 @@ import numpy as np
 import pytest
 
 import basicsr_distill  # noqa: F401  (compat fixes first)
+
+# isort: split
+from conftest import data_path
+
 from basicsr.utils.matlab_functions import imresize
 from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.ops.psnr_bic import bicubic_resize_matrix, bicubic_round_trip, psnr_bic, psnr_bic_batch
-from conftest import data_path
 
 
 @pytest.fixture(scope='module')
@@ -64,8 +67,8 @@ def test_batch_handles_chunks_and_other_scales(t91_patches):
     whole = psnr_bic_batch(t91_patches)
     np.testing.assert_array_equal(psnr_bic_batch(t91_patches, chunk=4), whole)
     assert psnr_bic_batch(t91_patches[:0]).shape == (0, )
-    np.testing.assert_allclose(psnr_bic_batch(t91_patches[:2], scale=2), [psnr_bic(p, 2) for p in t91_patches[:2]],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        psnr_bic_batch(t91_patches[:2], scale=2), [psnr_bic(p, 2) for p in t91_patches[:2]], atol=1e-4)
     assert (psnr_bic_batch(t91_patches[:2], scale=2) > whole[:2]).all()  # x2 loses less than x4
 
 

@@ -1,8 +1,9 @@
 import math
-
 import torch
 
 import basicsr_distill  # noqa: F401
+
+# isort: split
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures, fourier_filter, sample_channels
 
 
@@ -35,8 +36,8 @@ def test_channel_subset_seeded_distinct_and_nonzero():
 
 
 def test_local_features_shapes_and_unfold_order():
-    rlff = RandomLocalFourierFeatures(num_channels=3, kernel_size=3, num_out=5, patch_size=4,
-                                      generator=torch.Generator().manual_seed(0))
+    rlff = RandomLocalFourierFeatures(
+        num_channels=3, kernel_size=3, num_out=5, patch_size=4, generator=torch.Generator().manual_seed(0))
     feat = torch.randn(2, 3, 8, 12)
     rlff.fit_bn(feat)
     fourier = rlff.local_fourier(feat)
@@ -47,8 +48,8 @@ def test_local_features_shapes_and_unfold_order():
     assert torch.allclose(local[4, 0], fourier[0, :, 4, 4])
     assert torch.allclose(local[4, 5], fourier[0, :, 5, 5])
     # conv with the sampled rows of F after BN with the real statistics
-    normed = (feat - feat.mean((0, 2, 3), keepdim=True)) / torch.sqrt(feat.var((0, 2, 3), unbiased=False,
-                                                                               keepdim=True) + 1e-5)
+    normed = (feat - feat.mean(
+        (0, 2, 3), keepdim=True)) / torch.sqrt(feat.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
     ref = torch.nn.functional.conv2d(normed, fourier_filter(3, 3)[rlff.channels], padding=1)
     assert torch.allclose(fourier, ref, atol=1e-5)
 

@@ -6,13 +6,13 @@ runs once per method on 3 real T91 images and its output must validate as a dist
 import importlib.util
 import json
 import logging
+import numpy as np
 import os
 import os.path as osp
-import shutil
-
-import numpy as np
 import pytest
+import shutil
 import torch
+from conftest import REPO, data_path, write_option_file
 from torch import nn as nn
 
 from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
@@ -21,7 +21,6 @@ from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.selection import (patch_features, random_feature_network, select_dcsr, select_herding,
                                        select_kcenter, select_lowest_psnr_bic, select_psnr_bic, texture_complexity,
                                        texture_features)
-from conftest import REPO, data_path, write_option_file
 
 POINTS_1D = np.array([0., 1., 2., 3., 10.])
 
@@ -263,13 +262,31 @@ def three_image_options(tmp_path_factory):
     for name in ('t1', 't10', 't12'):
         shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), hr / f'{name}.png')
     opt = {
-        'name': 'select_subset_test', 'model_type': 'IDCModel', 'scale': 4,
-        'datasets': {'train': {'name': 't91_3', 'type': 'SRInstanceDataset', 'dataroot_gt': str(hr), 'gt_size': 96,
-                               'stride': 48}},
-        'network_t': {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4},
-        'path': {'pretrain_network_t': data_path('weights', 'imdn_baseline.pth'), 'param_key_t': 'auto',
-                 'strict_load_t': True},
-        'distill': {'feature_layer': None},
+        'name': 'select_subset_test',
+        'model_type': 'IDCModel',
+        'scale': 4,
+        'datasets': {
+            'train': {
+                'name': 't91_3',
+                'type': 'SRInstanceDataset',
+                'dataroot_gt': str(hr),
+                'gt_size': 96,
+                'stride': 48
+            }
+        },
+        'network_t': {
+            'type': 'IMDN',
+            'block_type': 'imdb_ntire22',
+            'upscale': 4
+        },
+        'path': {
+            'pretrain_network_t': data_path('weights', 'imdn_baseline.pth'),
+            'param_key_t': 'auto',
+            'strict_load_t': True
+        },
+        'distill': {
+            'feature_layer': None
+        },
     }
     return write_option_file(opt, root / 'opt.yml'), root
 
@@ -302,9 +319,13 @@ def test_cli_writes_a_valid_set(method, extra, three_image_options, tmp_path, ca
     for pair in manifest['pairs']:
         assert pair['hr_shape'] == [96, 96, 3] and pair['lr_shape'] == [24, 24, 3]
     if method == 'psnr_bic':  # the written pairs are the pool's lowest PSNR_bic
-        source = SRInstanceDataset({'dataroot_gt': manifest['source']['folder'], 'scale': 4, 'gt_size': 96,
-                                    'stride': 48})
-        scores = np.concatenate([
-            psnr_bic_batch(source.load_instance(i)['gt'].permute(0, 2, 3, 1).numpy(), 4) for i in range(3)])
+        source = SRInstanceDataset({
+            'dataroot_gt': manifest['source']['folder'],
+            'scale': 4,
+            'gt_size': 96,
+            'stride': 48
+        })
+        scores = np.concatenate(
+            [psnr_bic_batch(source.load_instance(i)['gt'].permute(0, 2, 3, 1).numpy(), 4) for i in range(3)])
         written = sorted(p['psnr_bic'] for p in manifest['pairs'])
         np.testing.assert_allclose(written, np.sort(scores)[:num])

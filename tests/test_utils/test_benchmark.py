@@ -10,15 +10,17 @@ import importlib.util
 import json
 import os
 import os.path as osp
-import shutil
-
 import pytest
+import shutil
 import yaml
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
+
+# isort: split
+from conftest import REPO, data_path
+
 from basicsr_distill.benchmark import grid as grid_lib
 from basicsr_distill.benchmark import report
-from conftest import REPO, data_path
 
 SCRIPT = osp.join(REPO, 'scripts', 'benchmark.py')
 
@@ -50,10 +52,20 @@ def test_deep_merge_and_delete():
 
 
 def test_summarize_mean_std_by_hand():
-    rows = [{'arch': 'A', 'method': 'm', 'label': 'r0.1', 'size': 0.1, 'pairs': 5, 'ratio': 0.1, 'set_bytes': 1,
-             'set_time_s': 2, 'seed': s, 'Set5/psnr': v, 'train_time_s': t}
-            for s, v, t in ((0, 30.0, 10), (1, 31.0, 12), (2, 32.0, 14))]
-    (row,) = grid_lib.summarize(rows, ['Set5'], ['psnr'])
+    rows = [{
+        'arch': 'A',
+        'method': 'm',
+        'label': 'r0.1',
+        'size': 0.1,
+        'pairs': 5,
+        'ratio': 0.1,
+        'set_bytes': 1,
+        'set_time_s': 2,
+        'seed': s,
+        'Set5/psnr': v,
+        'train_time_s': t
+    } for s, v, t in ((0, 30.0, 10), (1, 31.0, 12), (2, 32.0, 14))]
+    (row, ) = grid_lib.summarize(rows, ['Set5'], ['psnr'])
     assert row['seeds'] == 3
     assert row['Set5/psnr_mean'] == pytest.approx(31.0)
     assert row['Set5/psnr_std'] == pytest.approx(1.0)  # sample std of 30, 31, 32
@@ -74,26 +86,83 @@ def _write_preset(path, work_dir, hr_dirs, **changes):
         'work_dir': str(work_dir),
         'scale': 4,
         'train_hr': [str(d) for d in hr_dirs],
-        'pool': {'gt_size': 64, 'stride': 64},
+        'pool': {
+            'gt_size': 64,
+            'stride': 64
+        },
         'selection_opt': 'options/distill/idc_demo.yml',
         'set_seed': 0,
         'seeds': [0, 1],
-        'test_sets': {'Set5': {'hr': data_path('data', 'val', 'Set5', 'HR'),
-                               'lr': data_path('data', 'val', 'Set5', 'LR_bicubic', 'X4')}},
+        'test_sets': {
+            'Set5': {
+                'hr': data_path('data', 'val', 'Set5', 'HR'),
+                'lr': data_path('data', 'val', 'Set5', 'LR_bicubic', 'X4')
+            }
+        },
         'metrics': ['psnr', 'ssim'],
         'device': 'cpu',
         'methods': {
-            'idc': {'type': 'distill', 'opt': 'options/distill/idc_demo.yml', 'sizes': [0.05, 0.2], 'options': {
-                'datasets': {'train': {'dataroot_gt': '{train_hr}', 'gt_size': '{gt_size}', 'stride': '{stride}'}},
-                'distill': {'ratio': '{size}', 'iters_per_instance': 3, 'warmup_iters': 1, 'assign_iters': 2,
-                            'assign_steps': 1, 'real_batch_size': 16},
-                'train': {'total_iter': 18}, 'logger': {'print_freq': 100, 'save_checkpoint_freq': 100}}},
-            'random': {'type': 'select', 'args': ['--method', 'random'], 'like': 'idc'},
+            'idc': {
+                'type': 'distill',
+                'opt': 'options/distill/idc_demo.yml',
+                'sizes': [0.05, 0.2],
+                'options': {
+                    'datasets': {
+                        'train': {
+                            'dataroot_gt': '{train_hr}',
+                            'gt_size': '{gt_size}',
+                            'stride': '{stride}'
+                        }
+                    },
+                    'distill': {
+                        'ratio': '{size}',
+                        'iters_per_instance': 3,
+                        'warmup_iters': 1,
+                        'assign_iters': 2,
+                        'assign_steps': 1,
+                        'real_batch_size': 16
+                    },
+                    'train': {
+                        'total_iter': 18
+                    },
+                    'logger': {
+                        'print_freq': 100,
+                        'save_checkpoint_freq': 100
+                    }
+                }
+            },
+            'random': {
+                'type': 'select',
+                'args': ['--method', 'random'],
+                'like': 'idc'
+            },
         },
-        'archs': {'EDSR_tiny': {'opt': 'options/train/EDSR/train_EDSR_x4_distilled_demo.yml', 'options': {
-            'network_g': {'num_feat': 8, 'num_block': 1},
-            'datasets': {'train': {'gt_size': '{gt_size}', 'batch_size_per_gpu': 2}},
-            'train': {'total_iter': 4, 'scheduler': {'periods': [4]}}, 'logger': {'print_freq': 100}}}},
+        'archs': {
+            'EDSR_tiny': {
+                'opt': 'options/train/EDSR/train_EDSR_x4_distilled_demo.yml',
+                'options': {
+                    'network_g': {
+                        'num_feat': 8,
+                        'num_block': 1
+                    },
+                    'datasets': {
+                        'train': {
+                            'gt_size': '{gt_size}',
+                            'batch_size_per_gpu': 2
+                        }
+                    },
+                    'train': {
+                        'total_iter': 4,
+                        'scheduler': {
+                            'periods': [4]
+                        }
+                    },
+                    'logger': {
+                        'print_freq': 100
+                    }
+                }
+            }
+        },
     }
     preset.update(changes)
     with open(path, 'w') as f:

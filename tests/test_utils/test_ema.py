@@ -1,14 +1,15 @@
 """Tests of the EMA of trainable parameters: hand values with decay 0.5, copy_to, store / restore, state dicts."""
 import copy
-
 import pytest
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision / diffusers)
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+# isort: split
 
-from basicsr_distill.utils.ema import EMA  # noqa: E402
+import torch
+from torch import nn
+
+from basicsr_distill.utils.ema import EMA
 
 
 def _net():

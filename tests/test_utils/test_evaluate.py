@@ -2,28 +2,28 @@
 NIQE measured), LPIPS unavailable / stubbed, the training-set size, the train-log wall time, the CLI writing JSON."""
 import json
 import os.path as osp
+import pytest
 import runpy
 import shutil
 import sys
 import types
 
-import pytest
-
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+# isort: split
 
-from basicsr_distill.archs.imdn_arch import IMDN  # noqa: E402
-from basicsr_distill.utils import sr_metrics  # noqa: E402
-from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
-from basicsr_distill.utils.sr_eval import evaluate_sr  # noqa: E402
-from basicsr_distill.utils.sr_metrics import (dataset_size, evaluate_network, load_lpips, parse_test_set,  # noqa: E402
+import cv2
+import numpy as np
+import torch
+from conftest import BUNDLED, REPO, NearestUp, limited_threads, write_option_file
+from torch import nn
+
+from basicsr_distill.archs.imdn_arch import IMDN
+from basicsr_distill.utils import sr_metrics
+from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.sr_eval import evaluate_sr
+from basicsr_distill.utils.sr_metrics import (dataset_size, evaluate_network, load_lpips, parse_test_set,
                                               parse_train_time)
-
-from conftest import BUNDLED, NearestUp, REPO, limited_threads, write_option_file  # noqa: E402
 
 SET5_HR = osp.join(BUNDLED, 'Set5', 'HR')
 SET5_LR = osp.join(BUNDLED, 'Set5', 'LR_bicubic', 'X4')
@@ -202,7 +202,15 @@ def test_dataset_size(tmp_path):
     (distilled / 'distill.json').write_text('{}')
     (distilled / 'meta_info.txt').write_text('p0.png (8,8,3)\n')
     assert dataset_size(distilled) == {
-        'path': str(distilled), 'bytes': 187, 'files': 4, 'parts': {'hr': 150, 'lr': 7, 'lr_float': 30}}
+        'path': str(distilled),
+        'bytes': 187,
+        'files': 4,
+        'parts': {
+            'hr': 150,
+            'lr': 7,
+            'lr_float': 30
+        }
+    }
     with pytest.raises(FileNotFoundError, match='nowhere'):
         dataset_size(tmp_path / 'nowhere')
 
@@ -232,8 +240,15 @@ def test_cli_writes_json(tmp_path, capsys, monkeypatch):
     hr_dir.mkdir(parents=True)
     shutil.copy(osp.join(SET5_HR, 'bird.png'), hr_dir)
     network_g = {'type': 'IMDN', 'block_type': 'imdb_ntire22'}
-    opt = write_option_file({'name': 'imdn_eval', 'scale': 4, 'network_g': network_g,
-                             'path': {'pretrain_network_g': IMDN_WEIGHTS}}, tmp_path / 'imdn.yml')
+    opt = write_option_file(
+        {
+            'name': 'imdn_eval',
+            'scale': 4,
+            'network_g': network_g,
+            'path': {
+                'pretrain_network_g': IMDN_WEIGHTS
+            }
+        }, tmp_path / 'imdn.yml')
     train_set = tmp_path / 'train'
     train_set.mkdir()
     (train_set / 'x.png').write_bytes(b'x' * 123)
@@ -242,8 +257,12 @@ def test_cli_writes_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / 'out' / 'eval.json'
 
     main = runpy.run_path(SCRIPT, run_name='evaluate')['main']
-    report = main(['-opt', opt, '--test_set', f'bird={hr_dir}', '--train_set', str(train_set), '--train_log',
-                   str(log), '--json', str(out)])
+    report = main([
+        '-opt', opt, '--test_set', f'bird={hr_dir}', '--train_set',
+        str(train_set), '--train_log',
+        str(log), '--json',
+        str(out)
+    ])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
     bird = saved['evaluation']['test_sets']['bird']
@@ -260,8 +279,10 @@ def test_cli_writes_json(tmp_path, capsys, monkeypatch):
         assert part in printed
 
     # the --arch form, PSNR / SSIM only, same numbers
-    report = main(['--arch', 'IMDN', '--arch-opt', 'block_type=imdb_ntire22', '--weights', IMDN_WEIGHTS,
-                   '--test_set', f'bird={hr_dir}', '--metrics', 'psnr', 'ssim'])
+    report = main([
+        '--arch', 'IMDN', '--arch-opt', 'block_type=imdb_ntire22', '--weights', IMDN_WEIGHTS, '--test_set',
+        f'bird={hr_dir}', '--metrics', 'psnr', 'ssim'
+    ])
     bird2 = report['evaluation']['test_sets']['bird']
     assert bird2['psnr'] == bird['psnr'] and set(bird2) == {'hr', 'lr', 'num_images', 'psnr', 'ssim', 'per_image'}
     assert report['evaluation']['unavailable'] == {} and report['train_set'] is None

@@ -2,17 +2,17 @@
 import json
 import os
 import os.path as osp
-
 import pytest
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision / diffusers)
 
-import torch  # noqa: E402
+# isort: split
 
-from basicsr_distill.utils import file_io  # noqa: E402
-from basicsr_distill.utils.file_io import (TMP_PREFIX, atomic_path, is_tmp_name, remove_stale_tmps,  # noqa: E402
-                                           tmp_path, torch_save_atomic, write_bytes_atomic, write_json_atomic,
-                                           write_text_atomic)
+import torch
+
+from basicsr_distill.utils import file_io
+from basicsr_distill.utils.file_io import (TMP_PREFIX, atomic_path, is_tmp_name, remove_stale_tmps, tmp_path,
+                                           torch_save_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic)
 
 
 def _listing(folder):

@@ -2,15 +2,14 @@
 prepared as BasicSR's parse_options does, a real IDCModel through MODEL_REGISTRY), the checked merge of a section."""
 import copy
 import os.path as osp
-import shutil
-from collections import OrderedDict
-
 import pytest
+import shutil
 import torch
+from collections import OrderedDict
+from conftest import REPO, data_path, write_option_file
 
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.options import build_model_from_options, check_option_type, merge_options, read_option_file
-from conftest import REPO, data_path, write_option_file
 
 
 class Recorder:

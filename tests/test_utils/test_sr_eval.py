@@ -1,22 +1,22 @@
 """Tests of evaluate_sr: published IMDN / bicubic numbers on Set5, LR matching, modcrop, grayscale, the CLI."""
 import os.path as osp
-import runpy
-
 import pytest
+import runpy
 
 import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from basicsr.utils.matlab_functions import imresize  # noqa: E402
-from torch import nn  # noqa: E402
+# isort: split
 
-from basicsr_distill.archs.imdn_arch import IMDN  # noqa: E402
-from basicsr_distill.utils.checkpoint import load_pretrained  # noqa: E402
-from basicsr_distill.utils.sr_eval import evaluate_sr, find_lr_file  # noqa: E402
+import cv2
+import numpy as np
+import torch
+from conftest import DATA, SHARED, NearestUp, limited_threads
+from torch import nn
 
-from conftest import DATA, SHARED, NearestUp, limited_threads  # noqa: E402
+from basicsr.utils.matlab_functions import imresize
+from basicsr_distill.archs.imdn_arch import IMDN
+from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.sr_eval import evaluate_sr, find_lr_file
 
 IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')  # no licence to bundle: its test needs shared/
 IMDN_NTIRE22 = osp.join(DATA, 'weights', 'imdn_baseline.pth')
