@@ -5,7 +5,6 @@ import numpy as np
 import os.path as osp
 import pytest
 import random
-import shutil
 import subprocess
 import sys
 import torch
@@ -13,7 +12,9 @@ import torch
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 
 # isort: split
-from conftest import REPO, build_distill_model, data_path, write_option_file
+from conftest import REPO, build_distill_model, write_option_file
+from test_bad_input import _copy_t91
+from test_bad_input import _idc_opt as bad_input_idc_opt
 
 from basicsr.utils import options as basicsr_options
 from basicsr_distill import compat
@@ -36,67 +37,12 @@ def _kept_rng():
 
 
 def _idc_opt(tmp_path, **distill):
-    folder = tmp_path / 'hr'
-    folder.mkdir(exist_ok=True)
-    shutil.copy(data_path('data', 'train', 't91', 't20.png'), folder / 't20.png')
-    cfg = {
-        'ratio': 0.1,
-        'iters_per_instance': 2,
-        'warmup_iters': 0,
-        'assign_iters': 1,
-        'assign_steps': 1,
-        'num_groups': 2,
-        'real_batch_size': 16,
-        'rlff': {
-            'kernel_size': 3,
-            'num_channels': 8,
-            'patch_size': 4
-        },
-        'ncfd': {
-            'num_freqs': 16,
-            'alpha': 0.5,
-            'bank_size': 64
-        }
-    }
-    cfg.update(distill)
-    return {
-        'name': 'idc_force_yml',
-        'model_type': 'IDCModel',
-        'scale': 4,
-        'num_gpu': 0,
-        'manual_seed': 0,
-        'datasets': {
-            'train': {
-                'name': 'test',
-                'type': 'SRInstanceDataset',
-                'dataroot_gt': str(folder),
-                'gt_size': 32,
-                'stride': 32
-            }
-        },
-        'network_t': {
-            'type': 'IMDN',
-            'block_type': 'imdb_ntire22',
-            'upscale': 4
-        },
-        'path': {
-            'pretrain_network_t': data_path('weights', 'imdn_baseline.pth'),
-            'distilled_root': str(tmp_path / 'distilled'),
-            'resume_state': None
-        },
-        'distill': cfg,
-        'train': {
-            'total_iter': 20,
-            'lr': 0.5
-        },
-        'a': {
-            'b': 'x'
-        },
-        'c': {
-            'd': False,
-            'e': 0
-        },
-    }
+    """test_bad_input's IDC options on the real 78x78 T91 t20, with the keys the force_yml tests overwrite."""
+    opt = bad_input_idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']), **distill)
+    opt['name'] = 'idc_force_yml'
+    opt['train'] = {'total_iter': 20, 'lr': 0.5}
+    opt.update(a={'b': 'x'}, c={'d': False, 'e': 0})
+    return opt
 
 
 def _parse_options(monkeypatch, opt_path, root, *force):
