@@ -127,6 +127,27 @@ class DistillBaseModel(BaseModel):
         self.logger.info(f'network_{key}: {type(net).__name__} loaded from {path}')
         return net
 
+    @torch.no_grad()
+    def check_network_scale(self, net, key, size=16):
+        """Check that ``net`` up-samples by the option ``scale``, with one tiny forward, before any unit is computed.
+
+        Args:
+            net (nn.Module): The network that makes the HR side (IDC's ``network_up`` or teacher, GSDD's generator).
+            key (str): Its option suffix, for the message (``'t'``, ``'up'``, ``'g'``).
+            size (int): Side of the zero (1, 3, size, size) test input. Default: 16.
+
+        Raises:
+            ValueError: The output is not ``scale`` times the input, naming ``scale``, ``network_<key>`` and the
+                factor found (without it the first unit would be computed and then refused when written).
+        """
+        scale = int(self.opt['scale'])
+        out = net(torch.zeros(1, 3, size, size, device=self.device))
+        found = tuple(out.shape[-2:])
+        if found != (size * scale, size * scale):
+            factor = f'x{found[0] / size:g}' if found[0] == found[1] else f'{size}x{size} -> {found[0]}x{found[1]}'
+            raise ValueError(f'option scale is {scale}, but network_{key} ({type(net).__name__}) up-samples {factor}: '
+                             f'set scale to its factor or give a x{scale} network')
+
     # ----------------------------------------------------------------------------------------- guards
     @staticmethod
     def check_finite(losses, where, params=()):

@@ -106,6 +106,7 @@ class GSDDModel(DistillBaseModel):
         if int(cfg['chunk_size']) < 1:
             raise ValueError('distill.chunk_size must be >= 1')
         self.net_g = self.build_frozen_network('g')
+        self.check_network_scale(self.net_g, 'g')
         self.tap_f = None
         if float(cfg['inversion']['w_feat']) > 0:
             if not opt.get('network_f'):

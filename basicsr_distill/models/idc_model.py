@@ -135,6 +135,7 @@ class IDCModel(DistillBaseModel):
         self._check_options()
         self.net_t = self.build_frozen_network('t')
         self.net_up = self.build_frozen_network('up') if opt.get('network_up') else self.net_t
+        self.check_network_scale(self.net_up, 'up' if opt.get('network_up') else 't')
         self.tap = FeatureTap(self.net_t, self.cfg['feature_layer'])
         self.source = build_dataset(opt['datasets']['train'])
         self.scale = int(opt['scale'])

@@ -742,3 +742,16 @@ def test_minimax_corrupt_stage2_file_is_named(tmp_path):
     with pytest.raises(ValueError, match='corrupt or truncated') as info:
         model._load_stage2()
     assert model.stage2_path in str(info.value) and 'weights_only' not in str(info.value)
+
+
+@pytest.mark.parametrize('model', ['idc', 'gsdd'])
+def test_scale_that_does_not_fit_the_network_is_refused_before_any_unit(tmp_path, model):
+    """scale: 3 with a x4 teacher (IDC) or a x4 generator (GSDD): refused at start-up, naming scale and the network."""
+    if model == 'idc':
+        opt, cls, what = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png'])), IDCModel, r'network_t \(IMDN\)'
+    else:
+        opt, cls, what = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path)), GSDDModel, r'network_g \(SRVGGNetCompact\)'
+    opt['scale'] = 3
+    with pytest.raises(ValueError, match=rf'option scale is 3, but {what} up-samples x4'):
+        build_distill_model(cls, opt)
+    assert not osp.exists(opt['path']['distilled_root'])  # nothing written, no unit computed
