@@ -88,15 +88,19 @@ def shared_path(*parts):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        'markers', 'needs_shared: needs real files of the project\'s shared folder that the '
-        'repository does not bundle (skipped without it, run in CI)')
+        'markers', 'needs_shared(*paths): needs these files of the project\'s shared folder (relative to it), which '
+        'the repository does not bundle (skipped without them, run in CI)')
 
 
 def pytest_runtest_setup(item):
-    if item.get_closest_marker('needs_shared') is None:
+    marker = item.get_closest_marker('needs_shared')
+    if marker is None:
         return
-    if not osp.isdir(SHARED):
-        message = f'needs the project\'s shared folder {SHARED} (not bundled): set BASICSR_DISTILL_SHARED'
+    missing = [p for p in marker.args if not osp.exists(osp.join(SHARED, p))
+               ] or ([] if osp.isdir(SHARED) else ['(the folder itself)'])
+    if missing:
+        message = (f'needs {", ".join(missing)} of the project\'s shared folder {SHARED} (not bundled with the '
+                   f'repository): put shared/ beside the repository or set BASICSR_DISTILL_SHARED')
         if REQUIRE_SHARED:
             pytest.fail(message)
         pytest.skip(message)

@@ -18,9 +18,9 @@ from basicsr_distill.utils.checkpoint import load_pretrained
 IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')  # no licence to bundle: tests with it need shared/
 RFDN = osp.join(SHARED, 'weights', 'rfdn_baseline.pth')  # not bundled (only this test needs it)
 IMDN_NTIRE22 = osp.join(DATA, 'weights', 'imdn_baseline.pth')  # bundled
-needs_shared = pytest.mark.needs_shared
+needs_imdn_x4 = pytest.mark.needs_shared('weights/IMDN_x4.pth')
 
-LAYOUTS = [pytest.param('imdb', IMDN_X4, 6, 715176, marks=needs_shared), ('imdb_ntire22', IMDN_NTIRE22, 8, 893936)]
+LAYOUTS = [pytest.param('imdb', IMDN_X4, 6, 715176, marks=needs_imdn_x4), ('imdb_ntire22', IMDN_NTIRE22, 8, 893936)]
 
 
 def _raw(path):
@@ -99,7 +99,7 @@ def test_load_raw_checkpoint_strict(block_type, path, num_block, num_params):
     assert all(torch.equal(v, ours[k]) for k, v in net2.state_dict().items())
 
 
-@needs_shared
+@needs_imdn_x4
 def test_load_as_submodule():
     """The pre-hook handles a parent prefix (e.g. a teacher inside a distillation model)."""
     parent = nn.Module()
@@ -110,8 +110,8 @@ def test_load_as_submodule():
 
 
 @pytest.mark.parametrize('block_type, path', [
-    pytest.param('imdb', RFDN, marks=needs_shared), ('imdb', IMDN_NTIRE22),
-    pytest.param('imdb_ntire22', IMDN_X4, marks=needs_shared)
+    pytest.param('imdb', RFDN, marks=pytest.mark.needs_shared('weights/rfdn_baseline.pth')), ('imdb', IMDN_NTIRE22),
+    pytest.param('imdb_ntire22', IMDN_X4, marks=needs_imdn_x4)
 ])
 def test_wrong_weights_fail(block_type, path):
     with pytest.raises(RuntimeError) as info:

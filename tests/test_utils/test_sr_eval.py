@@ -42,7 +42,7 @@ def _threads():
         yield
 
 
-@pytest.mark.needs_shared
+@pytest.mark.needs_shared('weights/IMDN_x4.pth')
 def test_imdn_x4_set5_published_psnr():
     net = load_pretrained(IMDN(block_type='imdb'), IMDN_X4).train()
     result = evaluate_sr(net, SET5_HR, SET5_LR, scale=4)
@@ -111,7 +111,7 @@ def test_modcrop_grayscale_and_matching(tmp_path):
         evaluate_sr(NearestUp(2), str(tmp_path / 'missing_dir'), scale=2)
 
 
-@pytest.mark.needs_shared
+@pytest.mark.needs_shared('weights/IMDN_x4.pth')
 def test_cli(capsys):
     namespace = runpy.run_path(SCRIPT, run_name='evaluate')
     report = namespace['main']([
