@@ -7,7 +7,7 @@ that import them from this one.
 import numpy as np
 
 from basicsr.utils.matlab_functions import imresize
-from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image  # noqa: F401
+from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
 
 __all__ = [
     'IMG_EXTENSIONS', 'list_images', 'read_rgb', 'verify_image', 'modcrop', 'bicubic_lr', 'patch_positions',

@@ -51,30 +51,28 @@ atomic writes go through :mod:`basicsr_distill.utils.file_io`.
 """
 
 # The private names of the former single module stay importable from here (tests and tools may use them).
-from basicsr_distill.distilled_set.layout import _NAME_RE  # noqa: F401,I001; noqa: F401
-from basicsr_distill.distilled_set.layout import (_FORBIDDEN_NAME_SUFFIXES, _SHARD_RE, _TMP_PREFIX, FORMAT_NAME,
-                                                  FORMAT_VERSION, HR_DIR, HR_LMDB, LMDB_SOURCE_NAME, LR_DIR,
-                                                  LR_FLOAT_DIR, LR_FOR_TRAINING, LR_LMDB, MANIFEST_NAME, META_INFO_NAME,
-                                                  SHARD_FORMAT_NAME, _check_name, _read_meta_info_names, _tmp_path,
-                                                  _unit_id, lmdb_paths, meta_info_text, pair_paths, pending_shards,
-                                                  shard_path)
+from basicsr_distill.distilled_set.layout import (_FORBIDDEN_NAME_SUFFIXES, _NAME_RE, _SHARD_RE, _TMP_PREFIX,
+                                                  FORMAT_NAME, FORMAT_VERSION, HR_DIR, HR_LMDB, LMDB_SOURCE_NAME,
+                                                  LR_DIR, LR_FLOAT_DIR, LR_FOR_TRAINING, LR_LMDB, MANIFEST_NAME,
+                                                  META_INFO_NAME, SHARD_FORMAT_NAME, _check_name, _read_meta_info_names,
+                                                  _tmp_path, _unit_id, check_source_name, lmdb_paths, meta_info_text,
+                                                  pair_paths, pending_shards, shard_path)
 from basicsr_distill.distilled_set.lmdb import make_distilled_lmdb
-from basicsr_distill.distilled_set.manifest import _REQUIRED_FIELDS  # noqa: F401
-from basicsr_distill.distilled_set.manifest import _write_json_atomic  # noqa: F401
-from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, HASH_IGNORED_KEYS,
-                                                    _check_manifest_consistency, _diff_paths, _load_json, _now,
-                                                    _write_bytes_atomic, collect_versions, options_hash, read_manifest,
-                                                    read_shard, to_jsonable, write_meta_info)
+from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, _REQUIRED_FIELDS,
+                                                    HASH_IGNORED_KEYS, _check_manifest_consistency, _diff_paths,
+                                                    _load_json, _now, _write_bytes_atomic, _write_json_atomic,
+                                                    collect_versions, options_hash, read_manifest, read_shard,
+                                                    to_jsonable, write_meta_info)
 from basicsr_distill.distilled_set.reader import decode_npy, decode_png, load_pair, read_npy_rgb, read_png_rgb
-from basicsr_distill.distilled_set.validate import _pair_file_problem  # noqa: F401
-from basicsr_distill.distilled_set.validate import (_PNG_IEND, _PNG_SIGNATURE, validate_distilled_lmdb,
-                                                    validate_distilled_set)
-from basicsr_distill.distilled_set.writer import DistilledSetWriter, _encode_npy, _encode_png, _to_uint8  # noqa: F401
+from basicsr_distill.distilled_set.validate import (_PNG_IEND, _PNG_SIGNATURE, _pair_file_problem,
+                                                    validate_distilled_lmdb, validate_distilled_set)
+from basicsr_distill.distilled_set.writer import DistilledSetWriter, _encode_npy, _encode_png, _to_uint8
 
 __all__ = [
-    'FORMAT_NAME', 'FORMAT_VERSION', 'MANIFEST_NAME', 'META_INFO_NAME', 'HR_DIR', 'LR_DIR', 'LR_FLOAT_DIR', 'HR_LMDB',
-    'LR_LMDB', 'LMDB_SOURCE_NAME', 'LR_FOR_TRAINING', 'SHARD_FORMAT_NAME', 'HASH_IGNORED_KEYS', 'to_jsonable',
-    'options_hash', 'collect_versions', 'pair_paths', 'lmdb_paths', 'meta_info_text', 'write_meta_info',
-    'read_manifest', 'shard_path', 'pending_shards', 'read_shard', 'validate_distilled_set', 'validate_distilled_lmdb',
-    'load_pair', 'decode_png', 'decode_npy', 'read_png_rgb', 'read_npy_rgb', 'DistilledSetWriter', 'make_distilled_lmdb'
+    'check_source_name', 'FORMAT_NAME', 'FORMAT_VERSION', 'MANIFEST_NAME', 'META_INFO_NAME', 'HR_DIR', 'LR_DIR',
+    'LR_FLOAT_DIR', 'HR_LMDB', 'LR_LMDB', 'LMDB_SOURCE_NAME', 'LR_FOR_TRAINING', 'SHARD_FORMAT_NAME',
+    'HASH_IGNORED_KEYS', 'to_jsonable', 'options_hash', 'collect_versions', 'pair_paths', 'lmdb_paths',
+    'meta_info_text', 'write_meta_info', 'read_manifest', 'shard_path', 'pending_shards', 'read_shard',
+    'validate_distilled_set', 'validate_distilled_lmdb', 'load_pair', 'decode_png', 'decode_npy', 'read_png_rgb',
+    'read_npy_rgb', 'DistilledSetWriter', 'make_distilled_lmdb'
 ]

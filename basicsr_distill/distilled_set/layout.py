@@ -70,6 +70,24 @@ def _check_name(name):
                          'no file extension (it is also the lmdb key and a meta_info.txt entry).')
 
 
+def check_source_name(pair_name, source):
+    """Refuse, before any work, an input whose name would give an invalid pair name (see :func:`_check_name`).
+
+    Args:
+        pair_name (str): A pair name the input will give (e.g. ``'<image stem>_idc0000'``).
+        source (str): The input file or folder it comes from, for the message.
+
+    Raises:
+        ValueError: Naming ``source``, the pair name and the rule.
+    """
+    try:
+        _check_name(pair_name)
+    except ValueError:
+        raise ValueError(f'{source}: its name gives the pair name {pair_name!r}, which the distilled-set format '
+                         'does not accept: pair names are 1-200 ASCII letters, digits, "_", "-", "." (not first); '
+                         'rename the input (no spaces or non-ASCII characters)') from None
+
+
 def _unit_id(unit):
     """Unit ids are stored as str (JSON keeps them exactly); ints are accepted and converted."""
     if isinstance(unit, bool) or not isinstance(unit, (str, int, np.integer)):

@@ -21,6 +21,7 @@ from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dm_resnet_arch import DMResNet18
 from basicsr_distill.data.sr_patches import bicubic_lr
+from basicsr_distill.distilled_set import check_source_name
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
@@ -131,6 +132,8 @@ class GSDDModel(DistillBaseModel):
         self.log_idle_iterations(needed)
         root = opt['path'].get('distilled_root') or f'{opt["path"]["experiments_root"]}/distilled'
         self.unit_names = list(self.source.class_names)
+        for name in self.unit_names:  # before any work: class names make the pair names
+            check_source_name(f'{name}_gsdd0000', f'class {name!r} of {opt["datasets"]["train"]["dataroot_gt"]}')
         self.writer = self.open_writer(
             root,
             method='gsdd',

@@ -21,6 +21,7 @@ from typing import Any
 
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr_distill.distilled_set import check_source_name
 from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_ncfd, pair_loss
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
@@ -148,6 +149,8 @@ class IDCModel(DistillBaseModel):
         self.log_idle_iterations(needed)
         root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
         self.unit_names = list(self.source.names)
+        for name, path in zip(self.unit_names, self.source.paths):  # before any work: names make the pair names
+            check_source_name(f'{name}_idc0000', path)
         self.writer = self.open_writer(
             root,
             method='idc',

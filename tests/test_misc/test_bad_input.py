@@ -755,3 +755,26 @@ def test_scale_that_does_not_fit_the_network_is_refused_before_any_unit(tmp_path
     with pytest.raises(ValueError, match=rf'option scale is 3, but {what} up-samples x4'):
         build_distill_model(cls, opt)
     assert not osp.exists(opt['path']['distilled_root'])  # nothing written, no unit computed
+
+
+@pytest.mark.parametrize('name', ['my image.png', 'caf\u00e9.png'])
+def test_idc_input_name_that_gives_an_invalid_pair_name_is_refused_at_start_up(tmp_path, name):
+    """A space or a non-ASCII character in an input file name is named at start-up, not after the unit's work."""
+    folder = tmp_path / 'hr'
+    _copy_t91(folder, ['t20.png'])
+    shutil.copy(data_path(*T91, 't21.png'), folder / name)
+    opt = _idc_opt(tmp_path, str(folder))
+    with pytest.raises(ValueError, match='rename the input') as info:
+        build_distill_model(IDCModel, opt)
+    assert str(folder / name) in str(info.value) and 'pair name' in str(info.value)
+    assert not osp.exists(opt['path']['distilled_root'])
+
+
+def test_gsdd_class_name_that_gives_an_invalid_pair_name_is_refused_at_start_up(tmp_path):
+    root = tmp_path / 'classes'
+    _copy_t91(root / 'a', ['tt1.png', 'tt2.png'])
+    _copy_t91(root / 'my class', ['tt3.png', 'tt4.png'])
+    opt = _gsdd_opt(tmp_path, str(root))
+    with pytest.raises(ValueError, match=r"class 'my class' of .*rename the input"):
+        build_distill_model(GSDDModel, opt)
+    assert not osp.exists(opt['path']['distilled_root'])
