@@ -11,7 +11,7 @@ import time
 from basicsr.utils import get_root_logger
 from basicsr_distill.data.patch_candidates import OPTION_PREFIX, _check_int, _is_int, iter_patches
 from basicsr_distill.data.sr_class_dataset import color_gradient_features
-from basicsr_distill.ops.clustering import seeded_kmeans
+from basicsr_distill.ops.clustering import seeded_kmeans, standardize
 
 EXTRACTOR_TYPES = ('clip', 'color_gradient')
 NORMALIZE_MODES = ('l2', 'standardize', 'none')
@@ -225,8 +225,7 @@ def cluster_patches(features, k=7, seed=0, normalize='l2'):
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         x = x / np.where(norm > 0, norm, 1.)
     elif normalize == 'standardize':
-        std = x.std(0)
-        x = (x - x.mean(0)) / np.where(std > 0, std, 1.)
+        x = standardize(x)
     labels = seeded_kmeans(x, int(k), int(seed), n_init=10, renumber='first_seen')
     found = len(np.unique(labels))
     if found != k:

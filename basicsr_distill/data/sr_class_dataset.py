@@ -21,7 +21,7 @@ from torch.utils import data as data
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
 from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
-from basicsr_distill.ops.clustering import seeded_kmeans
+from basicsr_distill.ops.clustering import seeded_kmeans, standardize
 
 PSEUDO_LABEL_FEATURES = ('color_gradient', )
 PSEUDO_LABEL_KEYS = ('num_classes', 'seed', 'feature', 'crop')
@@ -94,9 +94,7 @@ def kmeans_pseudo_labels(features, num_classes, seed=0):
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or not 1 <= num_classes <= num:
         raise ValueError(f'pseudo_labels.num_classes must be an int in [1, {num}] (the number of usable images), '
                          f'got {num_classes!r}')
-    std = features.std(0)
-    normed = (features - features.mean(0)) / np.where(std > 0, std, 1.)
-    labels = seeded_kmeans(normed, int(num_classes), int(seed), n_init=10, renumber='first_seen')
+    labels = seeded_kmeans(standardize(features), int(num_classes), int(seed), n_init=10, renumber='first_seen')
     found = len(np.unique(labels))
     if found != num_classes:
         raise ValueError(f'k-means found only {found} non-empty clusters for pseudo_labels.num_classes='

@@ -28,7 +28,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 from basicsr_distill.distilled_set import DistilledSetWriter
-from basicsr_distill.utils.checkpoint import build_network, load_pretrained
+from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.file_io import torch_save_atomic
 from basicsr_distill.utils.options import merge_options  # noqa: F401  (re-exported: moved there)
 
@@ -101,29 +101,23 @@ class DistillBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------- networks
     def build_frozen_network(self, key):
-        """Build ``opt[network_<key>]``, load ``path.pretrain_network_<key>`` strictly, eval mode, no gradients.
+        """Build ``opt[network_<key>]``, load ``path.pretrain_network_<key>`` strictly, eval mode, no gradients
+        (:func:`~basicsr_distill.utils.checkpoint.load_frozen_network`), with the checks of the option file first.
 
         Raises:
-            ValueError: if the network or its weights path is not given.
+            ValueError: if the network or its weights path is not given, or BasicSR replaced the path on resume;
+                otherwise as ``load_frozen_network``.
         """
         net_opt = self.opt.get(f'network_{key}')
         if net_opt is None:
             raise ValueError(f'option network_{key} is required')
-        net = build_network(net_opt)
         path = self.opt['path'].get(f'pretrain_network_{key}')
         if not path:
             raise ValueError(f'option path.pretrain_network_{key} is required (a local checkpoint path)')
         if self.opt['path'].get('resume_state') and not osp.isfile(path) and 'models' in path:
             raise ValueError(f'on resume BasicSR replaced path.pretrain_network_{key} by {path}; add network_{key} '
                              f'to path.ignore_resume_networks in the option file')
-        load_pretrained(
-            net,
-            path,
-            param_key=self.opt['path'].get(f'param_key_{key}', 'auto'),
-            strict=self.opt['path'].get(f'strict_load_{key}', True))
-        net = net.to(self.device).eval()
-        for param in net.parameters():
-            param.requires_grad_(False)
+        net = load_frozen_network(self.opt, key, self.device)
         self.logger.info(f'network_{key}: {type(net).__name__} loaded from {path}')
         return net
 

@@ -5,6 +5,21 @@ import numpy as np
 RENUMBER_MODES = ('none', 'first_seen')
 
 
+def standardize(x):
+    """Columns of ``x`` (N, D) to zero mean and unit standard deviation (population std); constant columns are only
+    centred. Colour and texture statistics then weigh alike in k-means.
+
+    Args:
+        x (ndarray): (N, D) features.
+
+    Returns:
+        ndarray: (N, D) float64.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    std = x.std(0)
+    return (x - x.mean(0)) / np.where(std > 0, std, 1.)
+
+
 def seeded_kmeans(x, k, seed=0, n_init=10, renumber='first_seen', return_centers=False):
     """K-means of the rows of ``x``: ``KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)``.
 

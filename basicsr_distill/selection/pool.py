@@ -31,7 +31,7 @@ from basicsr_distill.selection.herding import select_herding
 from basicsr_distill.selection.kcenter import select_kcenter
 from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
 from basicsr_distill.selection.random_selection import select_random
-from basicsr_distill.utils.checkpoint import load_network
+from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.options import read_option_file
 
 METHODS = ('random', 'herding', 'kcenter', 'dcsr', 'psnr_bic')
@@ -56,13 +56,7 @@ def load_teacher(opt, device):
     if not opt.get('network_t') or not path:
         raise ValueError('--features teacher needs network_t and path.pretrain_network_t in the option file; use '
                          '--features random otherwise')
-    net = load_network(
-        opt['network_t'],
-        path,
-        param_key=opt['path'].get('param_key_t', 'auto'),
-        strict=opt['path'].get('strict_load_t', True))
-    net = net.to(device).eval()
-    net.requires_grad_(False)
+    net = load_frozen_network(opt, 't', device)
     return net, path
 
 

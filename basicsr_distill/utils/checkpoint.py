@@ -172,3 +172,32 @@ def load_network(network_opt, weights, scale=None, param_key='auto', strict=True
             file, wrong keys).
     """
     return load_pretrained(build_network(network_opt, scale), weights, param_key=param_key, strict=strict)
+
+
+def load_frozen_network(opt, key, device):
+    """``opt['network_<key>']`` with the weights of ``opt['path']['pretrain_network_<key>']`` (``param_key_<key>``,
+    ``strict_load_<key>`` as BasicSR names them), on ``device``, in eval mode, without gradients: the teachers,
+    up-samplers and generators of the distillation models and the selection baselines.
+
+    Args:
+        opt (dict): Whole options; ``network_<key>`` and ``path.pretrain_network_<key>`` must be given (callers check
+            them first, with a message that fits their command).
+        key (str): The option suffix (``'t'``, ``'up'``, ``'g'``, ``'f'``).
+        device (torch.device | str): Where the network goes.
+
+    Returns:
+        nn.Module: The frozen network.
+
+    Raises:
+        KeyError, FileNotFoundError, ValueError, RuntimeError: As :func:`load_network` (unknown type; missing,
+            corrupt or truncated file; wrong keys).
+    """
+    path_opt = opt['path']
+    net = load_network(
+        opt[f'network_{key}'],
+        path_opt[f'pretrain_network_{key}'],
+        param_key=path_opt.get(f'param_key_{key}', 'auto'),
+        strict=path_opt.get(f'strict_load_{key}', True))
+    net = net.to(device).eval()
+    net.requires_grad_(False)
+    return net

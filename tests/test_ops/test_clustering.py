@@ -5,6 +5,7 @@ import warnings
 from collections import OrderedDict
 from sklearn.cluster import KMeans
 
+from basicsr_distill.ops import clustering
 from basicsr_distill.ops.clustering import seeded_kmeans
 
 # two tight 1-D clusters, the far one first: row 0 is at 10, rows 2 and 3 near 0
@@ -75,3 +76,8 @@ def test_bad_arguments():
         seeded_kmeans(POINTS, 2, renumber='sorted')
     with pytest.raises(ValueError, match=r'\(N, D\)'):
         seeded_kmeans(POINTS[:, 0], 2)
+
+
+def test_standardize_hand_computed():
+    x = np.array([[1., 5., 2.], [3., 5., 4.]])  # column means 2, 5, 3; population std 1, 0, 1
+    np.testing.assert_array_equal(clustering.standardize(x), [[-1., 0., -1.], [1., 0., 1.]])
