@@ -7,8 +7,10 @@ from torchvision.transforms.functional import normalize
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.distilled_set import (decode_npy, decode_png, lmdb_paths, pair_paths, validate_distilled_lmdb,
-                                           validate_distilled_set)
+from basicsr_distill.distilled_set import (LMDB_SOURCE_NAME, MANIFEST_NAME, PAIR_HASH_KEY, VERIFY_MODES, check_sha256,
+                                           decode_npy, decode_png, lmdb_hashes, lmdb_paths, pair_paths,
+                                           validate_distilled_lmdb, validate_distilled_set, verification_message,
+                                           verify_distilled_lmdb, verify_distilled_set)
 
 # py-lmdb refuses to open one environment twice in a process (e.g. a train and a val dataset on the same set), so
 # lmdb file clients are shared within a process: {backend options: (pid, FileClient)}. LMDB environments must not
@@ -44,6 +46,16 @@ class DistilledPairedDataset(data.Dataset):
     the offending file: missing files, and (disk backend) truncated files, files of another format and images whose
     size differs from the manifest's, found from the first and last bytes of each file without decoding it.
 
+    Verification (option ``verify``):
+        quick (default): the check above. It does not find bytes changed in the middle of a file (its length, header
+            and end intact) nor a file replaced by another valid file of the same size: those fail only when the
+            pair is decoded in training, or, if they still decode, train silently.
+        full: at construction every file (disk: ``hr``, ``lr`` and ``lr_float`` of every pair; lmdb: every value of
+            both databases) is read, checked against the SHA-256 the set records and decoded (see
+            ``basicsr_distill.distilled_set.verify_distilled_set``), and one ``ValueError`` names every bad file;
+            then every file read in training is checked against its SHA-256 before it is decoded (a mismatch names
+            the file). Sets of format_version 1 record no hashes: they are decoded only (a note is logged once).
+
     Backends:
         disk: ``hr/<name>.png`` and ``lr_float/<name>.npy`` (``lq_source: float``, default) or ``lr/<name>.png``
             (``lq_source: png``).
@@ -63,6 +75,7 @@ class DistilledPairedDataset(data.Dataset):
             lq_source (str): 'float' (default) or 'png'.
             color (str): 'y' to return the Y channel only (as PairedImageDataset). Optional.
             mean (list[float]), std (list[float]): Normalisation, as PairedImageDataset. Optional.
+            verify (str): 'quick' (default) or 'full' (see above).
 
     Returns (``__getitem__``):
         dict: ``{'lq': Tensor (3, h, w), 'gt': Tensor (3, s*h, s*w), 'lq_path': str, 'gt_path': str}``, RGB float32
@@ -70,9 +83,11 @@ class DistilledPairedDataset(data.Dataset):
 
     Raises:
         FileNotFoundError: Missing ``distill.json`` or lmdb folder.
-        ValueError: Invalid option, invalid set (scale mismatch, missing, truncated or resized file; see
-            ``validate_distilled_set``), or, when loading, an unreadable file (named) or a pair whose GT is not
-            scale x LQ (names both files).
+        ValueError: Invalid option (an unknown ``verify`` value names the option), invalid set (scale mismatch,
+            missing, truncated or resized file; see ``validate_distilled_set``; with ``verify: full`` also changed or
+            undecodable files, all named), or, when loading, an unreadable file (named), a pair whose GT is not
+            scale x LQ (names both files), or (``verify: full``) a file whose SHA-256 differs from the recorded one
+            (named).
     """
 
     def __init__(self, opt):
@@ -96,6 +111,12 @@ class DistilledPairedDataset(data.Dataset):
         lq_source = opt.get('lq_source')
         if lq_source not in (None, 'float', 'png'):
             raise ValueError(f"lq_source must be 'float' or 'png', got {lq_source!r}.")
+        self.verify = opt.get('verify') or 'quick'
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"DistilledPairedDataset: the option verify must be 'quick' (default: headers, sizes and "
+                             "ends of the files at start-up) or 'full' (every file's SHA-256 and decoding at start-up, "
+                             f'the SHA-256 of every file read in training), got {self.verify!r}.')
+        full = self.verify == 'full'
         if backend == 'lmdb':
             manifest = validate_distilled_lmdb(self.root, scale=scale)
             if lq_source == 'float':
@@ -105,15 +126,44 @@ class DistilledPairedDataset(data.Dataset):
             dbs = lmdb_paths(self.root)
             self.io_backend_opt['db_paths'] = [dbs['lr'], dbs['hr']]
             self.io_backend_opt['client_keys'] = ['lq', 'gt']
-            self.paths = [{'lq_path': p['name'], 'gt_path': p['name']} for p in manifest['pairs']]
+            hashes = lmdb_hashes(self.root) if full else {'hr': {}, 'lr': {}}
+            self.paths = [{
+                'lq_path': p['name'],
+                'gt_path': p['name'],
+                'lq_sha256': hashes['lr'].get(p['name']),
+                'gt_sha256': hashes['hr'].get(p['name'])
+            } for p in manifest['pairs']]
+            if full:
+                client = _file_client(self.io_backend_opt)  # the process's shared environments (opened once)
+                keys = {'hr': 'gt', 'lr': 'lq'}
+                report = verify_distilled_lmdb(
+                    self.root, manifest, read=lambda kind, name: client.get(name, keys[kind]))
+                if report['problems']:
+                    raise ValueError(verification_message(report))
+                if report['unhashed']:
+                    logger.info(f'DistilledPairedDataset: {report["unhashed"]} lmdb value(s) of {self.root} have no '
+                                'recorded SHA-256 (lmdb made before hashes were recorded): decoded only; rebuild the '
+                                'lmdb copies with scripts/make_distilled_lmdb.py to record them.')
         elif backend == 'disk':
-            manifest = validate_distilled_set(self.root, scale=scale, check_contents=True)
+            if full:  # every problem at once instead of the quick check's first one
+                manifest = validate_distilled_set(self.root, scale=scale, check_files=False)
+                report = verify_distilled_set(self.root, lmdb=False)
+                if report['problems']:
+                    raise ValueError(verification_message(report))
+            else:
+                manifest = validate_distilled_set(self.root, scale=scale, check_contents=True)
             self.lq_source = lq_source or 'float'
             lq_key = 'lr_float' if self.lq_source == 'float' else 'lr'
             self.paths = []
             for pair in manifest['pairs']:
                 paths = pair_paths(self.root, pair['name'])
-                self.paths.append({'lq_path': paths[lq_key], 'gt_path': paths['hr']})
+                hashes = pair.get(PAIR_HASH_KEY, {}) if full else {}
+                self.paths.append({
+                    'lq_path': paths[lq_key],
+                    'gt_path': paths['hr'],
+                    'lq_sha256': hashes.get(lq_key),
+                    'gt_sha256': hashes.get('hr')
+                })
         else:
             raise ValueError(f"DistilledPairedDataset supports io_backend 'disk' and 'lmdb', got {backend!r}.")
         self.scale = int(scale) if scale is not None else manifest['scale']
@@ -133,9 +183,15 @@ class DistilledPairedDataset(data.Dataset):
                                      f'size ({h}, {w}), smaller than the LR patch ({lq_size}, {lq_size}) of gt_size '
                                      f'{gt_size}; lower gt_size.')
 
-    def _load(self, path, client_key, kind):
+    def _load(self, path, client_key, kind, sha256=None):
         content = self.file_client.get(path, client_key)
-        where = path if self.file_client.backend != 'lmdb' else f'key {path!r} of {self.io_backend_opt["db_paths"]}'
+        if self.file_client.backend == 'lmdb':
+            db_path = self.io_backend_opt['db_paths'][self.io_backend_opt['client_keys'].index(client_key)]
+            where, record = f'key {path!r} of {db_path}', osp.join(db_path, LMDB_SOURCE_NAME)
+        else:
+            where, record = path, osp.join(self.root, MANIFEST_NAME)
+        if sha256 is not None and content is not None:  # verify: full
+            check_sha256(content, sha256, where, record)
         if kind == 'npy':
             return np.ascontiguousarray(decode_npy(content, where)[..., ::-1])  # RGB -> BGR, as imfrombytes
         return decode_png(content, where)
@@ -147,10 +203,10 @@ class DistilledPairedDataset(data.Dataset):
         scale = self.scale
 
         # Load gt and lq images. Dimension order: HWC; channel order: BGR; image range: [0, 1], float32.
-        gt_path = self.paths[index]['gt_path']
-        lq_path = self.paths[index]['lq_path']
-        img_gt = self._load(gt_path, 'gt', 'png')
-        img_lq = self._load(lq_path, 'lq', 'npy' if self.lq_source == 'float' else 'png')
+        entry = self.paths[index]
+        gt_path, lq_path = entry['gt_path'], entry['lq_path']
+        img_gt = self._load(gt_path, 'gt', 'png', entry['gt_sha256'])
+        img_lq = self._load(lq_path, 'lq', 'npy' if self.lq_source == 'float' else 'png', entry['lq_sha256'])
 
         h_lq, w_lq = img_lq.shape[:2]
         if img_gt.shape[:2] != (h_lq * scale, w_lq * scale):
@@ -180,4 +236,5 @@ class DistilledPairedDataset(data.Dataset):
 
     def __repr__(self):
         return (f'{self.__class__.__name__}(dataroot={osp.abspath(self.root)}, pairs={len(self)}, '
-                f'backend={self.io_backend_opt["type"]}, lq_source={self.lq_source}, phase={self.phase})')
+                f'backend={self.io_backend_opt["type"]}, lq_source={self.lq_source}, phase={self.phase}, '
+                f'verify={self.verify})')

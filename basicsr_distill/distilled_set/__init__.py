@@ -23,7 +23,9 @@ BasicSR's PairedImageDataset reads the PNGs), ``source`` (dict: folder, num_imag
 ``wall_time_s`` (accumulated over restarts), ``created``, ``updated`` (local ISO 8601 timestamps), ``versions``,
 ``options_hash``, ``options`` (JSON-safe copy of the full option dict), ``world_size`` (processes of the run that
 wrote it last; absent in sets written before multi-process runs existed), ``pairs`` (list of
-``{'name', 'unit', 'hr_shape', 'lr_shape', **info}``), plus whatever :meth:`DistilledSetWriter.finalize` merges.
+``{'name', 'unit', 'hr_shape', 'lr_shape', 'sha256', **info}``, where ``sha256`` is ``{'hr', 'lr', 'lr_float'}``:
+the SHA-256 (hex) of the bytes the writer wrote to each file; sets of format_version 1 have none, and reading them
+logs a note once), plus whatever :meth:`DistilledSetWriter.finalize` merges.
 With ``unit_order`` the writer lists ``units_finished`` and ``pairs`` in that order of units, whatever order the units
 were written in.
 
@@ -42,9 +44,14 @@ atomically). A unit counts once ``distill.json`` *or* a shard lists it. At the e
 with ``unit_order``), which is replaced atomically, and the shards are deleted; a crash between the two only makes the
 next merge repeat the same replacement. So no two processes ever write the same file.
 
+Integrity: :func:`validate_distilled_set` (what ``DistilledPairedDataset`` runs at start-up by default) reads the
+first and last bytes of each file; :func:`verify_distilled_set` (``verify: full``, ``scripts/verify_distilled.py``)
+checks every file against its recorded SHA-256 and decodes it, listing every bad file.
+
 Modules: :mod:`~basicsr_distill.distilled_set.layout` (names, constants, paths of the layout),
 :mod:`~basicsr_distill.distilled_set.manifest` (the manifest and shards, options hash, versions),
-:mod:`~basicsr_distill.distilled_set.validate`, :mod:`~basicsr_distill.distilled_set.reader`,
+:mod:`~basicsr_distill.distilled_set.validate`, :mod:`~basicsr_distill.distilled_set.verify`,
+:mod:`~basicsr_distill.distilled_set.reader`,
 :mod:`~basicsr_distill.distilled_set.writer` (:class:`DistilledSetWriter`, shard merge included) and
 :mod:`~basicsr_distill.distilled_set.lmdb`. Every name is importable from this package, as before the split; the
 atomic writes go through :mod:`basicsr_distill.utils.file_io`.
@@ -54,18 +61,21 @@ atomic writes go through :mod:`basicsr_distill.utils.file_io`.
 from basicsr_distill.distilled_set.layout import (_FORBIDDEN_NAME_SUFFIXES, _NAME_RE, _SHARD_RE, _TMP_PREFIX,
                                                   FORMAT_NAME, FORMAT_VERSION, HR_DIR, HR_LMDB, LMDB_SOURCE_NAME,
                                                   LR_DIR, LR_FLOAT_DIR, LR_FOR_TRAINING, LR_LMDB, MANIFEST_NAME,
-                                                  META_INFO_NAME, SHARD_FORMAT_NAME, _check_name, _read_meta_info_names,
-                                                  _tmp_path, _unit_id, check_source_name, lmdb_paths, meta_info_text,
-                                                  pair_paths, pending_shards, shard_path)
+                                                  META_INFO_NAME, PAIR_KINDS, SHARD_FORMAT_NAME, _check_name,
+                                                  _read_meta_info_names, _tmp_path, _unit_id, check_source_name,
+                                                  lmdb_paths, meta_info_text, pair_paths, pending_shards, shard_path)
 from basicsr_distill.distilled_set.lmdb import make_distilled_lmdb
 from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, _REQUIRED_FIELDS,
-                                                    HASH_IGNORED_KEYS, _check_manifest_consistency, _diff_paths,
-                                                    _load_json, _now, _write_bytes_atomic, _write_json_atomic,
-                                                    collect_versions, options_hash, read_manifest, read_shard,
-                                                    to_jsonable, write_meta_info)
+                                                    HASH_IGNORED_KEYS, PAIR_HASH_KEY, _check_manifest_consistency,
+                                                    _diff_paths, _load_json, _now, _write_bytes_atomic,
+                                                    _write_json_atomic, collect_versions, options_hash, read_manifest,
+                                                    read_shard, sha256_hex, to_jsonable, write_meta_info)
 from basicsr_distill.distilled_set.reader import decode_npy, decode_png, load_pair, read_npy_rgb, read_png_rgb
 from basicsr_distill.distilled_set.validate import (_PNG_IEND, _PNG_SIGNATURE, _pair_file_problem,
                                                     validate_distilled_lmdb, validate_distilled_set)
+from basicsr_distill.distilled_set.verify import (VERIFY_MODES, NotADistilledSetError, check_sha256, content_problems,
+                                                  lmdb_hashes, verification_message, verify_distilled_lmdb,
+                                                  verify_distilled_set)
 from basicsr_distill.distilled_set.writer import DistilledSetWriter, _encode_npy, _encode_png, _to_uint8
 
 __all__ = [
@@ -74,5 +84,7 @@ __all__ = [
     'HASH_IGNORED_KEYS', 'to_jsonable', 'options_hash', 'collect_versions', 'pair_paths', 'lmdb_paths',
     'meta_info_text', 'write_meta_info', 'read_manifest', 'shard_path', 'pending_shards', 'read_shard',
     'validate_distilled_set', 'validate_distilled_lmdb', 'load_pair', 'decode_png', 'decode_npy', 'read_png_rgb',
-    'read_npy_rgb', 'DistilledSetWriter', 'make_distilled_lmdb'
+    'read_npy_rgb', 'DistilledSetWriter', 'make_distilled_lmdb', 'PAIR_KINDS', 'PAIR_HASH_KEY', 'sha256_hex',
+    'VERIFY_MODES', 'NotADistilledSetError', 'check_sha256', 'content_problems', 'lmdb_hashes', 'verification_message',
+    'verify_distilled_set', 'verify_distilled_lmdb'
 ]

@@ -10,7 +10,8 @@ from os import path as osp
 from basicsr_distill.utils.file_io import TMP_PREFIX, tmp_path
 
 FORMAT_NAME = 'basicsr_distill.distilled_set'
-FORMAT_VERSION = 1
+# 1: no file hashes; 2: every pair entry records the SHA-256 of its files (``sha256``, see the manifest module).
+FORMAT_VERSION = 2
 MANIFEST_NAME = 'distill.json'
 META_INFO_NAME = 'meta_info.txt'
 HR_DIR = 'hr'
@@ -20,6 +21,8 @@ HR_LMDB = 'hr.lmdb'
 LR_LMDB = 'lr.lmdb'
 LMDB_SOURCE_NAME = 'distill_source.json'
 LR_FOR_TRAINING = 'lr_float'
+# The files of a pair, as keys of :func:`pair_paths` and of a pair entry's ``sha256``.
+PAIR_KINDS = ('hr', 'lr', 'lr_float')
 SHARD_FORMAT_NAME = 'basicsr_distill.distilled_set.shard'
 _SHARD_RE = re.compile(r'^distill\.rank([1-9][0-9]*)\.json$')
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$')

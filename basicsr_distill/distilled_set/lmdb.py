@@ -2,8 +2,9 @@
 from os import path as osp
 
 from basicsr_distill.distilled_set.layout import HR_DIR, LMDB_SOURCE_NAME, LR_DIR, MANIFEST_NAME, lmdb_paths
-from basicsr_distill.distilled_set.manifest import _write_json_atomic
+from basicsr_distill.distilled_set.manifest import PAIR_HASH_KEY, _write_json_atomic, sha256_hex
 from basicsr_distill.distilled_set.validate import validate_distilled_set
+from basicsr_distill.distilled_set.verify import verification_message, verify_distilled_set
 from basicsr_distill.utils.file_io import atomic_path
 
 
@@ -12,7 +13,10 @@ def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_th
 
     Uses BasicSR's ``make_lmdb_from_imgs``. Each database is built under a temporary name in ``root`` and renamed
     when done, so an interrupted conversion leaves no half-built ``*.lmdb`` with a final name. A small
-    ``distill_source.json`` in each database records the manifest state it was made from. The float LR copy is not
+    ``distill_source.json`` in each database records the manifest state it was made from and the SHA-256 of every
+    value it stores (``sha256``: ``{pair name: hex}``, read back from the database; BasicSR re-encodes the PNGs, so
+    these differ from the files' hashes). The PNGs are verified first (recorded SHA-256 and decoding, see
+    :func:`verify_distilled_set`), so a damaged file is not copied and certified. The float LR copy is not
     converted: lmdb readers use the LR PNGs.
 
     Args:
@@ -26,8 +30,11 @@ def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_th
 
     Raises:
         FileExistsError: When ``hr.lmdb`` or ``lr.lmdb`` already exists (remove it yourself to rebuild).
-        ValueError: When the set is invalid (see :func:`validate_distilled_set`) or empty.
+        ValueError: When the set is invalid (see :func:`validate_distilled_set`) or empty, or a PNG is damaged (every
+            bad file named, see :func:`verify_distilled_set`).
     """
+    import lmdb
+
     from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
     manifest = validate_distilled_set(root)
@@ -37,8 +44,10 @@ def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_th
     for path in targets.values():
         if osp.exists(path):
             raise FileExistsError(f'{path} already exists; remove it to rebuild the lmdb copies.')
+    report = verify_distilled_set(root, kinds=('hr', 'lr'), lmdb=False)
+    if report['problems']:
+        raise ValueError(verification_message(report, 'before the lmdb conversion') + ' Nothing was converted.')
     names = [p['name'] for p in manifest['pairs']]
-    source = {'manifest_updated': manifest.get('updated'), 'num_pairs': len(names)}
     for kind, sub in (('hr', HR_DIR), ('lr', LR_DIR)):
         files = [f'{n}.png' for n in names]
         # BasicSR estimates the map size from the first image only (too small for small or uneven sets); the map
@@ -54,5 +63,12 @@ def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_th
                 multiprocessing_read=multiprocessing_read,
                 n_thread=n_thread,
                 map_size=map_size)
+            env = lmdb.open(tmp, readonly=True, lock=False, readahead=False)
+            try:
+                with env.begin(write=False) as txn:
+                    hashes = {n: sha256_hex(bytes(txn.get(n.encode('ascii')))) for n in names}
+            finally:
+                env.close()
+            source = {'manifest_updated': manifest.get('updated'), 'num_pairs': len(names), PAIR_HASH_KEY: hashes}
             _write_json_atomic(osp.join(tmp, LMDB_SOURCE_NAME), source)
     return targets

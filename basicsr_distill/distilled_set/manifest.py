@@ -4,17 +4,19 @@ hash, the versions recorded as provenance, and ``meta_info.txt`` (derived from t
 import cv2
 import hashlib
 import json
+import logging
 import math
 import numpy as np
 import os
 import platform
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from os import path as osp
 
 from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, META_INFO_NAME,
-                                                  SHARD_FORMAT_NAME, meta_info_text)
+                                                  PAIR_KINDS, SHARD_FORMAT_NAME, meta_info_text)
 from basicsr_distill.utils.file_io import write_bytes_atomic
 from basicsr_distill.version import __version__
 
@@ -26,8 +28,14 @@ HASH_IGNORED_KEYS = frozenset({
     'debug', 'launcher', 'force_yml', 'name'
 })
 
-# Fields of a pair entry that ``info`` may not override.
+# Fields every pair entry has (and that ``info`` may not override).
 _PAIR_RESERVED = frozenset({'name', 'unit', 'hr_shape', 'lr_shape'})
+# Field of a pair entry (format_version >= 2) with the SHA-256 of its files: ``{'hr': hex, 'lr': hex, 'lr_float':
+# hex}``, computed by the writer from the bytes it wrote; ``info`` may not use it either.
+PAIR_HASH_KEY = 'sha256'
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+# Manifests already noted in this process as holding pairs without hashes (the note is logged once per manifest).
+_NOTED_UNHASHED = set()
 # Manifest fields that ``finalize(extra)`` may not override.
 _MANIFEST_RESERVED = frozenset({
     'format', 'format_version', 'method', 'scale', 'lr_for_training', 'size_control', 'complete', 'num_pairs',
@@ -46,6 +54,23 @@ _REQUIRED_FIELDS = {
 
 # Write bytes to a path through a fsync'ed temporary and ``os.replace`` (kept under its former name).
 _write_bytes_atomic = write_bytes_atomic
+
+
+def sha256_hex(data):
+    """SHA-256 of ``data`` (bytes) as 64 lowercase hex digits (the form a pair entry's ``sha256`` records)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _hash_field_problem(pair):
+    """Why a pair entry's ``sha256`` field is malformed, or None (also None when it has none: older format)."""
+    if PAIR_HASH_KEY not in pair:
+        return None
+    hashes = pair[PAIR_HASH_KEY]
+    if (not isinstance(hashes, dict) or sorted(hashes) != sorted(PAIR_KINDS)
+            or not all(isinstance(v, str) and _SHA256_RE.match(v) for v in hashes.values())):
+        return (f'its {PAIR_HASH_KEY!r} must map {", ".join(PAIR_KINDS)} to 64 lowercase hex digits each, got '
+                f'{hashes!r}')
+    return None
 
 
 def to_jsonable(obj):
@@ -217,7 +242,23 @@ def read_manifest(root):
     if manifest['format_version'] > FORMAT_VERSION:
         raise ValueError(f'{path} has format_version {manifest["format_version"]}, newer than the one this '
                          f'basicsr_distill ({__version__}) reads ({FORMAT_VERSION}); update basicsr_distill.')
+    _note_unhashed(manifest, path)
     return manifest
+
+
+def _note_unhashed(manifest, path):
+    """Log once per process and manifest that some of its pairs record no file hashes (sets of format_version 1)."""
+    unhashed = sum(1 for p in manifest['pairs'] if isinstance(p, dict) and PAIR_HASH_KEY not in p)
+    key = osp.abspath(path)
+    if not unhashed or key in _NOTED_UNHASHED:
+        return
+    _NOTED_UNHASHED.add(key)
+    # BasicSR's logger as it is: initialising it here (get_root_logger) would keep a later log_file from attaching
+    logging.getLogger('basicsr').info(
+        f'{path}: {unhashed} of {len(manifest["pairs"])} pairs record no SHA-256 hashes of their '
+        'files (written before format_version 2): they can be checked for sizes and decoded, not '
+        'proven unchanged; verify: full (and scripts/verify_distilled.py) can only decode them. '
+        'Write the set again to record hashes.')
 
 
 def _check_manifest_consistency(manifest, manifest_path):
@@ -236,6 +277,9 @@ def _check_manifest_consistency(manifest, manifest_path):
         if pair['unit'] not in finished:
             raise ValueError(f'{manifest_path}: pair {name!r} belongs to unit {pair["unit"]!r}, which is not in '
                              'units_finished.')
+        problem = _hash_field_problem(pair)
+        if problem:
+            raise ValueError(f'{manifest_path}: pair {name!r}: {problem}.')
 
 
 def read_shard(path):
@@ -264,4 +308,7 @@ def read_shard(path):
         if not isinstance(pair, dict) or not all(k in pair for k in _PAIR_RESERVED) or pair['unit'] not in units:
             raise ValueError(f'{path}: pair #{i} must be a dict with keys {sorted(_PAIR_RESERVED)} of a unit listed '
                              'in units_finished.')
+        problem = _hash_field_problem(pair)
+        if problem:
+            raise ValueError(f'{path}: pair #{i} ({pair["name"]!r}): {problem}.')
     return shard

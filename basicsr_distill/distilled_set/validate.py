@@ -18,7 +18,8 @@ def _pair_file_problem(path, kind, shape):
     PNG files (``hr``, ``lr``) must start with the PNG signature and an IHDR chunk of the expected size and end with
     the IEND chunk (the writer's encoder always ends there); the npy file (``lr_float``) must hold a float (H, W, 3)
     array of the expected shape whose data fills the file exactly. This finds truncated files, files of another
-    format and files replaced by images of another size.
+    format and files replaced by images of another size; not bytes changed in the middle of a file, nor a file
+    replaced by another valid one of the same size (the SHA-256 checks of ``verify_distilled_set`` find those).
 
     Args:
         path (str): The file.
@@ -28,33 +29,37 @@ def _pair_file_problem(path, kind, shape):
     Returns:
         str | None: The problem, or None.
     """
-    size = osp.getsize(path)
     with open(path, 'rb') as f:
-        if kind != 'lr_float':
-            head = f.read(24)
-            if size < 24 + len(_PNG_IEND) or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
-                return 'is not a PNG file'
-            w, h = int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
-            if [h, w] != [int(v) for v in shape[:2]]:
-                return f'is {h}x{w} pixels, the manifest says {shape[0]}x{shape[1]}'
-            f.seek(size - len(_PNG_IEND))
-            if f.read(len(_PNG_IEND)) != _PNG_IEND:
-                return 'is truncated (no IEND chunk at its end)'
-            return None
-        try:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            if version not in read_header:
-                return f'is an npy file of version {version}, not 1.0 or 2.0'
-            arr_shape, _, dtype = read_header[version](f)
-        except (ValueError, OSError, EOFError) as err:
-            return f'is not a readable npy file ({err})'
-        if len(arr_shape) != 3 or arr_shape[2] != 3 or dtype.kind != 'f' or dtype.hasobject:
-            return f'must hold a float (H, W, 3) array, holds {dtype} {arr_shape}'
-        if list(arr_shape) != [int(v) for v in shape]:
-            return f'holds an array of shape {arr_shape}, the manifest says {tuple(shape)}'
-        if f.tell() + int(np.prod(arr_shape)) * dtype.itemsize != size:
-            return f'has {size} bytes, not the {f.tell() + int(np.prod(arr_shape)) * dtype.itemsize} its header says'
+        return _content_problem(f, osp.getsize(path), kind, shape)
+
+
+def _content_problem(f, size, kind, shape):
+    """:func:`_pair_file_problem` on an open binary file object ``f`` of ``size`` bytes (a file, or ``io.BytesIO``)."""
+    if kind != 'lr_float':
+        head = f.read(24)
+        if size < 24 + len(_PNG_IEND) or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+            return 'is not a PNG file'
+        w, h = int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+        if [h, w] != [int(v) for v in shape[:2]]:
+            return f'is {h}x{w} pixels, the manifest says {shape[0]}x{shape[1]}'
+        f.seek(size - len(_PNG_IEND))
+        if f.read(len(_PNG_IEND)) != _PNG_IEND:
+            return 'is truncated (no IEND chunk at its end)'
+        return None
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            return f'is an npy file of version {version}, not 1.0 or 2.0'
+        arr_shape, _, dtype = read_header[version](f)
+    except (ValueError, OSError, EOFError) as err:
+        return f'is not a readable npy file ({err})'
+    if len(arr_shape) != 3 or arr_shape[2] != 3 or dtype.kind != 'f' or dtype.hasobject:
+        return f'must hold a float (H, W, 3) array, holds {dtype} {arr_shape}'
+    if list(arr_shape) != [int(v) for v in shape]:
+        return f'holds an array of shape {arr_shape}, the manifest says {tuple(shape)}'
+    if f.tell() + int(np.prod(arr_shape)) * dtype.itemsize != size:
+        return f'has {size} bytes, not the {f.tell() + int(np.prod(arr_shape)) * dtype.itemsize} its header says'
     return None
 
 
@@ -65,7 +70,9 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
     its ``hr/`` and ``lr/`` PNG and its ``lr_float/`` npy file, and that ``meta_info.txt`` lists the same names.
     Pixels are not decoded (the dataset checks a pair when it loads it); with ``check_contents`` the first and
     last bytes of every file are read to find truncated files, files of another format and sizes other than the
-    manifest's (cheap: no decoding).
+    manifest's (cheap: no decoding). Bytes changed in the middle of a file and a file replaced by another valid one
+    of the same size pass these checks: :func:`~basicsr_distill.distilled_set.verify.verify_distilled_set` checks
+    the recorded SHA-256 of every file and decodes it.
 
     Args:
         root (str): Distilled-set folder.
@@ -106,10 +113,18 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
             problem = _pair_file_problem(path, kind, shape) if check_contents else None
             if problem:
                 raise ValueError(f'Distilled set {root}: the {kind} file {path} of pair {pair["name"]!r} {problem}.')
+    problem = _meta_info_problem(root, manifest)
+    if problem:
+        raise ValueError(problem)
+    return manifest
+
+
+def _meta_info_problem(root, manifest):
+    """Why ``root/meta_info.txt`` does not match the manifest's pairs (message naming it), or None."""
     meta_path = osp.join(root, META_INFO_NAME)
     if not osp.isfile(meta_path):
-        raise ValueError(f'Distilled set {root}: {meta_path} is missing; regenerate it with '
-                         'basicsr_distill.distilled_set.write_meta_info(root).')
+        return (f'Distilled set {root}: {meta_path} is missing; regenerate it with '
+                'basicsr_distill.distilled_set.write_meta_info(root).')
     meta_names = _read_meta_info_names(meta_path)
     names = [p['name'] for p in manifest['pairs']]
     if sorted(meta_names) != sorted(names):
@@ -117,10 +132,10 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
         missing = sorted(set(names) - set(meta_names))
         detail = f'not in the manifest: {extra[:3]}' if extra else (
             f'missing: {missing[:3]}' if missing else 'duplicate entries')
-        raise ValueError(f'{meta_path} is out of sync with {manifest_path} ({detail}), probably after an '
-                         'interrupted write; regenerate it with basicsr_distill.distilled_set.write_meta_info(root) '
-                         'or by reopening the folder with DistilledSetWriter.')
-    return manifest
+        return (f'{meta_path} is out of sync with {osp.join(root, MANIFEST_NAME)} ({detail}), probably after an '
+                'interrupted write; regenerate it with basicsr_distill.distilled_set.write_meta_info(root) or by '
+                'reopening the folder with DistilledSetWriter.')
+    return None
 
 
 def validate_distilled_lmdb(root, scale=None, require_complete=False):

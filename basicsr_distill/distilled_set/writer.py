@@ -15,9 +15,10 @@ from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, H
                                                   LR_FOR_TRAINING, MANIFEST_NAME, META_INFO_NAME, SHARD_FORMAT_NAME,
                                                   _check_name, _unit_id, meta_info_text, pair_paths, pending_shards,
                                                   shard_path)
-from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, _check_manifest_consistency,
-                                                    _diff_paths, _now, _write_json_atomic, collect_versions,
-                                                    options_hash, read_manifest, read_shard, to_jsonable)
+from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, PAIR_HASH_KEY,
+                                                    _check_manifest_consistency, _diff_paths, _now, _write_json_atomic,
+                                                    collect_versions, options_hash, read_manifest, read_shard,
+                                                    sha256_hex, to_jsonable)
 from basicsr_distill.utils.file_io import remove_stale_tmps, write_bytes_atomic
 
 
@@ -312,7 +313,7 @@ class DistilledSetWriter():
         info = pair.get('info') or {}
         if not isinstance(info, Mapping):
             raise ValueError(f'Pair {name!r}: info must be a dict, got {type(info).__name__}.')
-        clash = _PAIR_RESERVED & set(map(str, info))
+        clash = (_PAIR_RESERVED | {PAIR_HASH_KEY}) & set(map(str, info))
         if clash:
             raise ValueError(f'Pair {name!r}: info may not use the reserved keys {sorted(clash)}.')
         entry = {'name': name, 'unit': uid, 'hr_shape': list(gt.shape), 'lr_shape': list(lq.shape)}
@@ -323,7 +324,8 @@ class DistilledSetWriter():
         """Store the pairs of one unit and mark it finished (idempotent: a rewrite replaces the unit's pairs).
 
         Everything is validated before anything is written. Each file goes through a temporary name and
-        ``os.replace``; the manifest (a shard writer: its shard), then meta_info.txt, are updated atomically
+        ``os.replace``, and its entry records the SHA-256 of the bytes written (``sha256``: ``{'hr', 'lr',
+        'lr_float'}``); the manifest (a shard writer: its shard), then meta_info.txt, are updated atomically
         afterwards. When the unit was written before, it is first removed from the manifest (so that a crash during
         the rewrite leaves a consistent set without it) and files of its old pairs that the new pairs do not reuse
         are deleted at the end.
@@ -368,9 +370,15 @@ class DistilledSetWriter():
 
         for entry, lq, gt in prepared:
             paths = pair_paths(self.root, entry['name'])
-            write_bytes_atomic(paths['hr'], _encode_png(_to_uint8(gt), f'gt of pair {entry["name"]!r}'))
-            write_bytes_atomic(paths['lr'], _encode_png(_to_uint8(lq), f'lq of pair {entry["name"]!r}'))
-            write_bytes_atomic(paths['lr_float'], _encode_npy(np.ascontiguousarray(lq)))
+            contents = {
+                'hr': _encode_png(_to_uint8(gt), f'gt of pair {entry["name"]!r}'),
+                'lr': _encode_png(_to_uint8(lq), f'lq of pair {entry["name"]!r}'),
+                'lr_float': _encode_npy(np.ascontiguousarray(lq))
+            }
+            for kind, content in contents.items():
+                write_bytes_atomic(paths[kind], content)
+            # the hashes of the very bytes written; committed with the entry (a shard keeps them through the merge)
+            entry[PAIR_HASH_KEY] = {kind: sha256_hex(content) for kind, content in contents.items()}
 
         self._store(kept_pairs + [entry for entry, _, _ in prepared], kept_units + [uid])
         self._remove_pair_files(n for n in old_names if n not in names)

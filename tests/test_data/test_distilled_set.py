@@ -64,7 +64,12 @@ def test_round_trip(tmp_path):
     assert set(manifest['versions']) >= {'python', 'torch', 'basicsr', 'basicsr_distill', 'numpy', 'cv2', 'platform'}
     assert manifest['options']['distill']['factor'] == [2, 2]
     assert manifest == read_manifest(root) == validate_distilled_set(root, scale=SCALE, require_complete=True)
-    entry = manifest['pairs'][2]
+    entry = dict(manifest['pairs'][2])
+    hashes = entry.pop('sha256')  # the SHA-256 of each written file (format_version 2)
+    assert hashes == {
+        k: ds.sha256_hex(np.fromfile(p, np.uint8).tobytes())
+        for k, p in ds.pair_paths(root, 'u1_0').items()
+    }
     assert entry == {
         'name': 'u1_0',
         'unit': '1',

@@ -129,6 +129,7 @@ def stop_group(proc):
 def _manifest_core(manifest):
     core = {k: v for k, v in manifest.items() if k not in VOLATILE}
     core['options'] = {k: v for k, v in manifest['options'].items() if k not in HASH_IGNORED_KEYS}
+    core['pairs'] = [{k: v for k, v in p.items() if k != 'sha256'} for p in manifest['pairs']]  # files compared below
     return core
 
 

@@ -1,0 +1,300 @@
+"""Full verification of a distilled set: every file checked against the SHA-256 its manifest records, and decoded.
+
+The start-up check of :func:`~basicsr_distill.distilled_set.validate.validate_distilled_set` (``check_contents``)
+reads the first and last bytes of each file only: it finds missing and truncated files, files of another format and
+images of another size, but not bytes changed in the middle of a file, nor a file replaced by another valid one of
+the same size. :func:`verify_distilled_set` reads every byte: it compares the SHA-256 of each file with the one the
+writer recorded in the pair's manifest entry (``sha256``; sets of format_version 1 have none and can only be
+decoded), decodes it and checks its shape, and lists every bad file, not just the first. It only reads: nothing in
+the folder is created, changed or removed.
+
+The lmdb copies (``hr.lmdb`` / ``lr.lmdb``) record the SHA-256 of each value they store in their
+``distill_source.json`` (:func:`lmdb_hashes`); :func:`verify_distilled_lmdb` checks them the same way.
+"""
+import io
+import numpy as np
+import time
+from os import path as osp
+
+from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, LMDB_SOURCE_NAME, MANIFEST_NAME,
+                                                  PAIR_KINDS, lmdb_paths, pair_paths)
+from basicsr_distill.distilled_set.manifest import (_SHA256_RE, PAIR_HASH_KEY, _check_manifest_consistency, _load_json,
+                                                    read_manifest, sha256_hex)
+from basicsr_distill.distilled_set.reader import decode_npy, decode_png
+from basicsr_distill.distilled_set.validate import _content_problem, _meta_info_problem
+
+# Values of DistilledPairedDataset's option ``verify``: 'quick' (default) checks the first and last bytes of every
+# file at start-up; 'full' runs verify_distilled_set at start-up and checks the hash of every file read in training.
+VERIFY_MODES = ('quick', 'full')
+
+
+class NotADistilledSetError(ValueError):
+    """The folder holds a ``distill.json`` that is not a distilled-set manifest this version reads (another format,
+    or a newer format_version): there is nothing to verify."""
+
+
+def lmdb_hashes(root):
+    """SHA-256 of the values of a set's lmdb copies, as :func:`make_distilled_lmdb` recorded them.
+
+    Args:
+        root (str): Distilled-set folder.
+
+    Returns:
+        dict: ``{'hr': {pair name: 64 hex digits}, 'lr': {...}}``; a database without the record (missing, or made
+        before hashes were recorded) maps to an empty dict.
+
+    Raises:
+        ValueError: A ``distill_source.json`` that is not valid JSON or whose ``sha256`` is malformed (named).
+    """
+    found = {}
+    for kind, db_path in lmdb_paths(root).items():
+        path = osp.join(db_path, LMDB_SOURCE_NAME)
+        hashes = _load_json(path).get(PAIR_HASH_KEY, {}) if osp.isfile(path) else {}
+        if not isinstance(hashes, dict) or not all(isinstance(v, str) and _SHA256_RE.match(v) for v in hashes.values()):
+            raise ValueError(f'{path}: {PAIR_HASH_KEY!r} must map pair names to 64 lowercase hex digits.')
+        found[kind] = hashes
+    return found
+
+
+def check_sha256(content, expected, where, record):
+    """Raise when ``content`` is not the bytes whose SHA-256 ``record`` holds (the training reads of ``verify: full``).
+
+    Args:
+        content (bytes): The bytes read.
+        expected (str | None): The recorded SHA-256 (hex); None checks nothing (a set of format_version 1).
+        where (str): The file (or lmdb key) read, for the message.
+        record (str): The file that records the hash (``distill.json`` or an lmdb's ``distill_source.json``).
+
+    Raises:
+        ValueError: On a mismatch, naming ``where`` and ``record``.
+    """
+    if expected is None:
+        return
+    actual = sha256_hex(content)
+    if actual != expected:
+        raise ValueError(f'{where}: its SHA-256 ({actual[:16]}...) is not the one {record} records for it '
+                         f'({expected[:16]}...): the file changed after the set was written (found by verify: full '
+                         'while reading it). Restore it from a copy or write the set again; '
+                         'scripts/verify_distilled.py lists every changed file.')
+
+
+def content_problems(content, kind, shape, expected=None):
+    """Why the bytes of one pair file (or lmdb value) are bad: structure, SHA-256, decoding, shape and range.
+
+    Args:
+        content (bytes): The whole file.
+        kind (str): ``'hr'``, ``'lr'`` (PNG) or ``'lr_float'`` (npy).
+        shape (list[int]): The (H, W, 3) shape the manifest records.
+        expected (str | None): The recorded SHA-256 (hex); None skips the hash check. Default: None.
+
+    Returns:
+        list[str]: The problems (empty when the bytes are good).
+    """
+    problems = []
+    structure = _content_problem(io.BytesIO(content), len(content), kind, shape)
+    if structure:
+        problems.append(structure)
+    if expected is not None and sha256_hex(content) != expected:
+        problems.append(f'its SHA-256 is not the one recorded when it was written (the file changed since; '
+                        f'{len(content)} bytes)')
+    try:
+        img = decode_npy(content, kind) if kind == 'lr_float' else decode_png(content, kind)
+    except Exception as err:  # any failure to decode is a problem of the file
+        problems.append('does not decode as an npy array' if kind == 'lr_float' else 'does not decode as an image')
+        if kind == 'lr_float' and not structure:
+            problems[-1] += f' ({err})'
+        return problems
+    if list(img.shape) != [int(v) for v in shape]:
+        problems.append(f'decodes to shape {tuple(img.shape)}, the manifest says {tuple(shape)}')
+    elif kind == 'lr_float' and not (np.all(np.isfinite(img)) and img.min() >= 0 and img.max() <= 1):
+        problems.append('holds values outside [0, 1] or not finite')
+    return problems
+
+
+def _new_report(root, manifest=None):
+    return {'root': root, 'manifest': manifest, 'problems': [], 'files': 0, 'bytes': 0, 'unhashed': 0, 'lmdb': []}
+
+
+def _merge(report, part):
+    for key in ('files', 'bytes', 'unhashed'):
+        report[key] += part[key]
+    report['problems'].extend(part['problems'])
+    report['lmdb'].extend(part['lmdb'])
+
+
+def _read_manifest_or_problem(root):
+    """``(manifest, None)``, or ``(None, problem)`` for a damaged manifest of the format.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder or holds no ``distill.json``.
+        NotADistilledSetError: Its ``distill.json`` is of another format or of a newer format_version.
+    """
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'{root} is not a folder (a distilled set is a folder with {MANIFEST_NAME}, hr/, lr/ '
+                                'and lr_float/).')
+    manifest_path = osp.join(root, MANIFEST_NAME)
+    try:
+        manifest = read_manifest(root)
+    except ValueError as err:
+        try:
+            head = _load_json(manifest_path)
+        except ValueError:  # not valid JSON: a damaged manifest
+            return None, str(err)
+        version = head.get('format_version') if isinstance(head, dict) else None
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        if not isinstance(head, dict) or head.get('format') != FORMAT_NAME or newer:
+            raise NotADistilledSetError(str(err)) from err
+        return None, str(err)
+    try:
+        _check_manifest_consistency(manifest, manifest_path)
+    except ValueError as err:
+        return None, str(err)
+    return manifest, None
+
+
+def verify_distilled_set(root, kinds=PAIR_KINDS, lmdb=None):
+    """Check every file of a distilled set against its recorded SHA-256 and decode it; list every bad file.
+
+    For each pair the manifest lists and each file kind: the file must exist, pass the cheap structural check,
+    match the SHA-256 its entry records (pairs of format_version 1 record none: decoded only, counted in
+    ``unhashed``), decode (PNG: BasicSR's ``imfrombytes``; npy: ``np.load``) to the recorded shape (npy: values in
+    [0, 1]). ``meta_info.txt`` must list the manifest's pairs. Only reads (nothing on disk changes).
+
+    Args:
+        root (str): Distilled-set folder.
+        kinds (Sequence[str]): The files of each pair to check, of ``('hr', 'lr', 'lr_float')``. Default: all.
+        lmdb (bool | None): Also check the lmdb copies (:func:`verify_distilled_lmdb`): True always, False never,
+            None when ``hr.lmdb`` or ``lr.lmdb`` exists. Default: None.
+
+    Returns:
+        dict: ``root``; ``manifest`` (None when it is damaged); ``problems``: list of ``(path, line)``, one per bad
+        file, the line naming the file (and pair) and every problem found in it; ``files``, ``bytes``: what was
+        read; ``unhashed``: files checked without a recorded hash; ``lmdb``: the databases checked; ``seconds``.
+        The set is intact when ``problems`` is empty.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder or holds no ``distill.json``.
+        NotADistilledSetError: (a ``ValueError``) its ``distill.json`` is of another format or of a newer
+            format_version.
+        ValueError: An unknown kind.
+    """
+    start = time.perf_counter()
+    unknown = [k for k in kinds if k not in PAIR_KINDS]
+    if unknown:
+        raise ValueError(f'kinds must be of {PAIR_KINDS}, got {unknown}.')
+    manifest, problem = _read_manifest_or_problem(root)
+    report = _new_report(root, manifest)
+    if manifest is None:
+        report['problems'].append((osp.join(root, MANIFEST_NAME), problem))
+        report['seconds'] = time.perf_counter() - start
+        return report
+    for pair in manifest['pairs']:
+        name, hashes = pair['name'], pair.get(PAIR_HASH_KEY) or {}
+        for kind in kinds:
+            path = pair_paths(root, name)[kind]
+            shape = pair['hr_shape' if kind == 'hr' else 'lr_shape']
+            try:
+                with open(path, 'rb') as f:
+                    content = f.read()
+            except FileNotFoundError:
+                report['problems'].append((path, f'{path} (pair {name!r}): is missing'))
+                continue
+            except OSError as err:
+                report['problems'].append((path, f'{path} (pair {name!r}): cannot be read ({err})'))
+                continue
+            report['files'] += 1
+            report['bytes'] += len(content)
+            report['unhashed'] += kind not in hashes
+            reasons = content_problems(content, kind, shape, hashes.get(kind))
+            if reasons:
+                report['problems'].append((path, f'{path} (pair {name!r}): {"; ".join(reasons)}'))
+    meta_problem = _meta_info_problem(root, manifest)
+    if meta_problem:
+        report['problems'].append((osp.join(root, 'meta_info.txt'), meta_problem))
+    if lmdb or (lmdb is None and any(osp.exists(p) for p in lmdb_paths(root).values())):
+        _merge(report, verify_distilled_lmdb(root, manifest))
+    report['seconds'] = time.perf_counter() - start
+    return report
+
+
+def verify_distilled_lmdb(root, manifest=None, read=None):
+    """Check every value of a set's ``hr.lmdb`` / ``lr.lmdb`` against its recorded SHA-256 and decode it.
+
+    Args:
+        root (str): Distilled-set folder.
+        manifest (dict | None): Its manifest (read when None).
+        read (Callable[[str, str], bytes | None] | None): ``read(kind, name)`` returns the value of key ``name`` in
+            the ``kind`` (``'hr'`` / ``'lr'``) database, or None when there is none. None opens each database
+            read-only for the check and closes it after (py-lmdb refuses to open one database twice in a process:
+            a reader that holds it open passes its own). Default: None.
+
+    Returns:
+        dict: As :func:`verify_distilled_set` (the lines name the lmdb key and database); ``unhashed`` counts the
+        values of databases made before hashes were recorded.
+    """
+    start = time.perf_counter()
+    manifest = read_manifest(root) if manifest is None else manifest
+    report = _new_report(root, manifest)
+    try:
+        hashes = lmdb_hashes(root)
+    except ValueError as err:
+        report['problems'].append((root, str(err)))
+        hashes = {'hr': {}, 'lr': {}}
+    for kind, db_path in lmdb_paths(root).items():
+        if not osp.isfile(osp.join(db_path, 'data.mdb')):
+            report['problems'].append((db_path, f'{db_path}: is missing (no data.mdb)'))
+            continue
+        report['lmdb'].append(db_path)
+        env = txn = None
+        if read is None:
+            import lmdb
+            try:
+                env = lmdb.open(db_path, readonly=True, lock=False, readahead=False)
+            except lmdb.Error as err:
+                report['problems'].append((db_path, f'{db_path}: cannot be opened as an lmdb ({err})'))
+                continue
+            txn = env.begin(write=False)
+        try:
+            for pair in manifest['pairs']:
+                name = pair['name']
+                content = txn.get(name.encode('ascii')) if txn is not None else read(kind, name)
+                where = f'key {name!r} of {db_path}'
+                if content is None:
+                    report['problems'].append((where, f'{where}: is missing'))
+                    continue
+                content = bytes(content)
+                report['files'] += 1
+                report['bytes'] += len(content)
+                report['unhashed'] += name not in hashes[kind]
+                reasons = content_problems(content, kind, pair[f'{kind}_shape'], hashes[kind].get(name))
+                if reasons:
+                    report['problems'].append((where, f'{where}: {"; ".join(reasons)}'))
+        finally:
+            if env is not None:
+                txn.abort()
+                env.close()
+    report['seconds'] = time.perf_counter() - start
+    return report
+
+
+def verification_message(report, what='verify: full'):
+    """One error text naming every bad file of a :func:`verify_distilled_set` report (empty when it is intact).
+
+    Args:
+        report (dict): A report of :func:`verify_distilled_set` or :func:`verify_distilled_lmdb`.
+        what (str): The check, for the first line. Default: 'verify: full'.
+
+    Returns:
+        str: A first line with the counts, one indented line per bad file, and what to do.
+    """
+    problems = report['problems']
+    if not problems:
+        return ''
+    lines = [
+        f'Distilled set {report["root"]} is not intact ({what}): {len(problems)} bad file(s) of '
+        f'{report["files"]} read:'
+    ]
+    lines.extend(f'  {line}' for _, line in problems)
+    lines.append('Restore these files from a copy or write the set again (scripts/verify_distilled.py '
+                 f'{report["root"]} lists them).')
+    return '\n'.join(lines)
