@@ -4,7 +4,8 @@ Two sources of real files:
 
 - ``DATA``: what the repository bundles (``datasets/demo/``, ``tests/data/``, ``weights/``), laid out once per test
   session in a temporary folder in the layout of the project's shared folder (``data/train/t91``,
-  ``data/train/bsd200``, ``data/val/Set5``, ``data/val/Set14``, ``weights``). Every test reads it through
+  ``data/train/bsd200``, ``data/val/Set5``, ``data/val/Set14``, ``weights``, plus ``weights/ncnn`` from
+  ``tests/data/ncnn``). Every test reads it through
   :func:`data_path`, so the suite runs the same on a fresh clone and in CI.
 - ``SHARED``: the project's read-only ``shared/`` folder (beside the repository, as in CI, unless
   ``BASICSR_DISTILL_SHARED`` names another place), for the few tests marked ``needs_shared`` that need files the
@@ -35,7 +36,8 @@ def _lay_out_bundled_data():
 
     T91 names (``t*.png`` / ``tt*.png``) and BSD200 names (digits) of ``datasets/demo/train_hr`` go to
     ``data/train/t91`` / ``data/train/bsd200``, with ``tests/data/t91``; Set5 from ``datasets/demo/Set5``; Set14 from
-    ``tests/data/Set14``; ``weights/*.pth``. Files are copied (not linked) so a test may modify its inputs freely.
+    ``tests/data/Set14``; ``weights/*.pth``; ``tests/data/ncnn`` to ``weights/ncnn``. Files are copied (not linked)
+    so a test may modify its inputs freely.
     """
     root = tempfile.mkdtemp(prefix='basicsr_distill_testdata_')
     atexit.register(shutil.rmtree, root, True)
@@ -53,6 +55,7 @@ def _lay_out_bundled_data():
     for name in sorted(os.listdir(osp.join(REPO, 'weights'))):
         if name.endswith('.pth'):
             shutil.copy(osp.join(REPO, 'weights', name), osp.join(root, 'weights'))
+    shutil.copytree(osp.join(TEST_DATA, 'ncnn'), osp.join(root, 'weights', 'ncnn'))
     return root
 
 
