@@ -10,7 +10,8 @@ comparable with the distilled set. Methods (:data:`METHODS`):
   ``network_t`` loaded from ``path.pretrain_network_t``, features at ``distill.feature_layer`` or
   ``feature_layer``, global-average-pooled) or ``features='random'`` (a seeded random DM ResNet18);
 * ``dcsr``: Sobel complexity above the median, k-means (``num_clusters``) on texture descriptors, even sampling;
-* ``psnr_bic``: the lowest PSNR_bic (bicubic round trip at the option file's scale) first.
+* ``psnr_bic``: Threshold Crop Select: the patches below the median PSNR_bic (bicubic round trip at the option
+  file's scale), then a uniform seeded draw among them; ``psnr_bic_lowest``: the lowest PSNR_bic first.
 
 The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
 chosen patches are read again to write them.
@@ -29,12 +30,12 @@ from basicsr_distill.selection.dcsr import select_dcsr_from_descriptors, texture
 from basicsr_distill.selection.features import patch_features, random_feature_network
 from basicsr_distill.selection.herding import select_herding
 from basicsr_distill.selection.kcenter import select_kcenter
-from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
+from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic, select_psnr_bic_threshold
 from basicsr_distill.selection.random_selection import select_random
 from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.options import read_option_file
 
-METHODS = ('random', 'herding', 'kcenter', 'dcsr', 'psnr_bic')
+METHODS = ('random', 'herding', 'kcenter', 'dcsr', 'psnr_bic', 'psnr_bic_lowest')
 FEATURE_METHODS = ('herding', 'kcenter')
 RANDOM_FEATURE_WIDTH = 64
 
@@ -147,6 +148,8 @@ def run_method(method, descriptors, num_pool, num, seed=0, kcenter_start='mean',
         complexity, feats = descriptors
         return select_dcsr_from_descriptors(complexity, feats, num, num_clusters, seed), \
             ('texture_complexity', complexity)
+    if method == 'psnr_bic':
+        return select_psnr_bic_threshold(descriptors, num, seed=seed), ('psnr_bic', descriptors)
     return select_lowest_psnr_bic(descriptors, num), ('psnr_bic', descriptors)
 
 
@@ -177,7 +180,8 @@ def select_subset(opt,
         ratio (float | None): Fraction of the pool. Default: None.
         like (str | None): A distilled set whose pair count to match. Default: None.
         seed (int): random: the draw; kcenter with ``kcenter_start='random'``: the start; dcsr: k-means and
-            sampling; ``features='random'``: the network weights. Default: 0.
+            sampling; psnr_bic: the draw among the kept patches; ``features='random'``: the network weights.
+            Default: 0.
         features (str): Herding / k-center: ``'teacher'`` (``network_t``) or ``'random'``. Default: ``'teacher'``.
         feature_layer (str | None): Teacher layer; None: ``distill.feature_layer``, else ``forward_features``.
             Default: None.
@@ -229,8 +233,10 @@ def select_subset(opt,
         options['kcenter_start'] = kcenter_start
     elif method == 'dcsr':
         options['num_clusters'] = num_clusters
-    elif method == 'psnr_bic':
+    elif method in ('psnr_bic', 'psnr_bic_lowest'):
         options['psnr_bic_scale'] = source.scale
+        if method == 'psnr_bic':
+            options['psnr_bic_threshold'] = 'median'
     writer = DistilledSetWriter(
         out,
         method=method,

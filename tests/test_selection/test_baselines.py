@@ -21,6 +21,8 @@ from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.selection import (patch_features, random_feature_network, select_dcsr, select_herding,
                                        select_kcenter, select_lowest_psnr_bic, select_psnr_bic, texture_complexity,
                                        texture_features)
+from basicsr_distill.selection.psnr_bic_selection import select_psnr_bic_lowest, select_psnr_bic_threshold
+from basicsr_distill.selection.random_selection import select_random
 
 POINTS_1D = np.array([0., 1., 2., 3., 10.])
 
@@ -203,18 +205,77 @@ def test_psnr_bic_lowest_first_smooth_vs_noisy(basicsr_log):
     expected = [3, 1, 4, 0, 2]  # checker, strong noise, weak noise, ramp, constant
     scores = psnr_bic_batch(patches, 4)
     assert list(np.argsort(scores)) == expected and np.isinf(scores[2])
-    assert select_psnr_bic(patches, 5) == expected
+    assert select_psnr_bic_lowest(patches, 5) == expected
     assert any('the 3 next-lowest are taken' in m for m in basicsr_log)  # 5 > the 2 below the median
     basicsr_log.clear()
-    order, info = select_psnr_bic(patches, 2, return_info=True)
+    order, info = select_psnr_bic_lowest(patches, 2, return_info=True)
     assert order == [3, 1]
     assert info['num_above_median'] == 0 and info['below_median'].tolist() == [False, True, False, True, False]
     # three requested, only two strictly below the median (the weak noise patch): the next lowest is taken
     assert not basicsr_log
-    assert select_psnr_bic(patches, 3, return_info=True)[1]['num_above_median'] == 1
+    assert select_psnr_bic_lowest(patches, 3, return_info=True)[1]['num_above_median'] == 1
     assert any('the 1 next-lowest are taken' in m for m in basicsr_log)
     # ties: lowest index first; inf last
     assert select_lowest_psnr_bic(np.array([20., np.inf, 10., 20., 10.]), 4) == [2, 4, 0, 3]
+    # Threshold Crop Select on the same patches: strictly below the median (the weak noise patch) are the
+    # checkerboard and the strong noise, so a budget of 2 takes both and 3 is refused
+    order, info = select_psnr_bic(patches, 2, return_info=True)
+    assert order == [1, 3] and info['num_kept'] == 2 and info['threshold'] == scores[4]
+    np.testing.assert_array_equal(info['psnr_bic'], scores)
+    with pytest.raises(ValueError, match='only 2 of 5 are below the threshold'):
+        select_psnr_bic(patches, 3)
+
+
+# hand-made PSNR_bic values (dB): sorted 10, 12, 18, 22, 22.5 | 25, 27, 30, 40, inf -> median (22.5 + 25) / 2 = 23.75
+HAND_SCORES = np.array([30., 18., 25., np.inf, 12., 22., 40., 22.5, 10., 27.])
+HAND_KEPT = [1, 4, 5, 7, 8]  # 18, 12, 22, 22.5, 10: strictly below 23.75
+
+
+def test_psnr_bic_threshold_keeps_strictly_below_the_median():
+    order, info = select_psnr_bic_threshold(HAND_SCORES, 5, return_info=True)
+    assert info['threshold'] == 23.75 and info['num_kept'] == 5
+    assert np.flatnonzero(info['kept']).tolist() == HAND_KEPT and order == HAND_KEPT
+    with pytest.raises(ValueError, match='6 patches requested but only 5 of 10 are below the threshold 23.75 dB'):
+        select_psnr_bic_threshold(HAND_SCORES, 6)
+    # a threshold in dB (the reference code's 23 keeps the same five; 20 keeps 18, 12 and 10)
+    assert select_psnr_bic_threshold(HAND_SCORES, 5, threshold=23) == HAND_KEPT
+    assert select_psnr_bic_threshold(HAND_SCORES, 3, threshold=20.) == [1, 4, 8]
+    # a patch exactly at the threshold is not kept: 22 is not below 22
+    assert select_psnr_bic_threshold(HAND_SCORES, 3, threshold=22) == [1, 4, 8]
+    # more than half the patches exact (inf): the median is inf and every finite patch is kept
+    assert select_psnr_bic_threshold(np.array([np.inf, 3., np.inf, np.inf]), 1) == [1]
+    for bad in ('mean', None, True, float('nan')):
+        with pytest.raises(ValueError, match='threshold must be'):
+            select_psnr_bic_threshold(HAND_SCORES, 2, threshold=bad)
+    with pytest.raises(ValueError, match='without NaN'):
+        select_psnr_bic_threshold(np.array([1., np.nan]), 1)
+
+
+def test_psnr_bic_threshold_draws_uniformly_among_the_kept():
+    torch_state, np_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    draws = [select_psnr_bic_threshold(HAND_SCORES, 2, seed=seed) for seed in range(2000)]
+    # seeded, and the draw is select_random's over the kept positions (sorted indices)
+    assert draws[7] == select_psnr_bic_threshold(HAND_SCORES, 2, seed=7)
+    assert draws[7] == sorted(HAND_KEPT[i] for i in select_random(5, 2, 7))
+    assert all(set(d) <= set(HAND_KEPT) and len(set(d)) == 2 and d == sorted(d) for d in draws)
+    # uniform: each kept patch is drawn with probability 2 / 5 (800 of 2000; 5 sigma = 110), each of the 10 pairs
+    # with probability 1 / 10 (200 of 2000; 5 sigma = 67)
+    counts = np.bincount(np.concatenate(draws), minlength=10)
+    assert all(abs(counts[i] - 800) < 110 for i in HAND_KEPT) and counts.sum() == 4000
+    pairs = {}
+    for d in draws:
+        pairs[tuple(d)] = pairs.get(tuple(d), 0) + 1
+    assert len(pairs) == 10 and all(abs(c - 200) < 67 for c in pairs.values())
+    # the global RNGs are not used
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)
+
+
+def test_psnr_bic_lowest_unchanged_on_hand_scores():
+    # the lowest-n variant: lowest first, past the median when asked for more than the 5 below it
+    assert select_lowest_psnr_bic(HAND_SCORES, 5) == [8, 4, 1, 5, 7]
+    order, info = select_lowest_psnr_bic(HAND_SCORES, 7, return_info=True)
+    assert order == [8, 4, 1, 5, 7, 2, 9] and info['median'] == 23.75 and info['num_above_median'] == 2
 
 
 # -------------------------------------------------------------------------------------------------------- features
@@ -297,6 +358,7 @@ CLI_CASES = [
     ('kcenter', ['--ratio', '0.2', '--features', 'random', '--seed', '3']),
     ('dcsr', ['--num_pairs', '6', '--num_clusters', '3']),
     ('psnr_bic', ['--num_pairs', '6']),
+    ('psnr_bic_lowest', ['--num_pairs', '6']),
 ]
 
 
@@ -318,7 +380,7 @@ def test_cli_writes_a_valid_set(method, extra, three_image_options, tmp_path, ca
         assert options['features'] == ('teacher' if method == 'herding' else 'random')
     for pair in manifest['pairs']:
         assert pair['hr_shape'] == [96, 96, 3] and pair['lr_shape'] == [24, 24, 3]
-    if method == 'psnr_bic':  # the written pairs are the pool's lowest PSNR_bic
+    if method.startswith('psnr_bic'):  # psnr_bic: 6 drawn below the median; psnr_bic_lowest: the pool's lowest
         source = SRInstanceDataset({
             'dataroot_gt': manifest['source']['folder'],
             'scale': 4,
@@ -328,4 +390,9 @@ def test_cli_writes_a_valid_set(method, extra, three_image_options, tmp_path, ca
         scores = np.concatenate(
             [psnr_bic_batch(source.load_instance(i)['gt'].permute(0, 2, 3, 1).numpy(), 4) for i in range(3)])
         written = sorted(p['psnr_bic'] for p in manifest['pairs'])
-        np.testing.assert_allclose(written, np.sort(scores)[:num])
+        if method == 'psnr_bic_lowest':
+            np.testing.assert_allclose(written, np.sort(scores)[:num])
+        else:
+            assert options['psnr_bic_threshold'] == 'median' and max(written) < np.median(scores)
+            np.testing.assert_allclose(written, np.sort(scores[select_psnr_bic_threshold(scores, num, seed=0)]))
+            assert not np.allclose(written, np.sort(scores)[:num])  # not simply the lowest
