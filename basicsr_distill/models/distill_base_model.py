@@ -77,12 +77,22 @@ class DistillBaseModel(BaseModel):
         self.rank, self.world_size = get_dist_info() if opt.get('dist') else (0, 1)
         if self.world_size > 1:
             self._check_dist_device()
-        self._pending_unit_state = None
+        self._pending_unit_state = []
         self._unit_times = []
         self.writer = None  # subclasses: the DistilledSetWriter of the output folder (open_writer)
         self.unit_names = []  # subclasses: ids of the units that write pairs, in order
         self.steps_per_unit = 1  # subclasses: T, the iterations of one unit
-        self.unit = None  # the unit in progress (a dataclass of the method), None between units
+        self.units_per_step = 1  # subclasses: K, units of this process optimised together (IDC instances_per_step)
+        self.units = []  # the units in progress (dataclasses of the method), empty between units
+
+    @property
+    def unit(self):
+        """The unit in progress when one unit runs at a time (``units_per_step`` 1), else the first; None between."""
+        return self.units[0] if self.units else None
+
+    @unit.setter
+    def unit(self, value):
+        self.units = [] if value is None else [value]
 
     def _check_dist_device(self):
         """The model's device fits the process group (see the class docstring)."""
@@ -183,16 +193,38 @@ class DistillBaseModel(BaseModel):
         local, step = divmod(current_iter - 1, iters_per_unit)
         return local * world_size + rank, step + 1
 
+    @staticmethod
+    def locate_group(current_iter, iters_per_unit, rank=0, world_size=1, units_per_step=1):
+        """1-based ``current_iter`` of process ``rank`` -> (the K unit indices optimised together, 1-based step).
+
+        Rank k takes the units ``k, k + W, k + 2W, ...`` (as :meth:`locate`); its j-th group of K = ``units_per_step``
+        of them runs at iterations ``j * T + 1 .. (j + 1) * T`` of its own loop. The last group may name indices past
+        the last unit (the caller drops them). K = 1 gives ``[locate(...)[0]]``.
+        """
+        group, step = divmod(current_iter - 1, iters_per_unit)
+        return [(group * units_per_step + m) * world_size + rank for m in range(units_per_step)], step + 1
+
     def units_per_rank(self, num_units):
-        """Units of the busiest process: ``ceil(num_units / world_size)`` (the iterations it needs / T)."""
+        """Units of the busiest process: ``ceil(num_units / world_size)``."""
         return -(-num_units // self.world_size)
 
+    def groups_per_rank(self, num_units):
+        """Groups of ``units_per_step`` units of the busiest process (the iterations it needs / T)."""
+        return -(-self.units_per_rank(num_units) // self.units_per_step)
+
     def iters_needed_text(self, num_units, what, per_unit, option):
-        """'N <what> x <option>=T = X' (with the processes when several) for ``train.total_iter`` messages."""
-        if self.world_size == 1:
+        """'N <what> x <option>=T = X' (with the processes and the units per step when several) for
+        ``train.total_iter`` messages."""
+        k = self.units_per_step
+        if self.world_size == 1 and k == 1:
             return f'{num_units} {what} x {option}={per_unit} = {num_units * per_unit}'
-        return (f'ceil({num_units} {what} / {self.world_size} processes) = {self.units_per_rank(num_units)} x '
-                f'{option}={per_unit} = {self.units_per_rank(num_units) * per_unit}')
+        count = f'{num_units} {what}' if self.world_size == 1 else f'{num_units} {what} / {self.world_size} processes'
+        if k > 1:
+            count = f'ceil({count} / {k} per step)' if self.world_size == 1 else f'ceil(ceil({count}) / {k} per step)'
+        else:
+            count = f'ceil({count})'
+        groups = self.groups_per_rank(num_units)
+        return f'{count} = {groups} x {option}={per_unit} = {groups * per_unit}'
 
     def log_idle_iterations(self, needed):
         """Say how many iterations of ``train.total_iter`` this process has no work for (several processes)."""
@@ -233,9 +265,20 @@ class DistillBaseModel(BaseModel):
     def locate_unit(self, current_iter):
         """``current_iter`` -> (unit index, 1-based step inside the unit) for this process; None: no unit.
 
-        Default: :meth:`locate` with ``steps_per_unit`` (rank k of W takes units k, k + W, ...).
+        Default: :meth:`locate` with ``steps_per_unit`` (rank k of W takes units k, k + W, ...). Used when
+        ``units_per_step`` is 1; :meth:`locate_units` otherwise.
         """
         return self.locate(current_iter, self.steps_per_unit, self.rank, self.world_size)
+
+    def locate_units(self, current_iter):
+        """``current_iter`` -> (unit indices optimised together, 1-based step) for this process; None: no unit.
+
+        One unit from :meth:`locate_unit` when ``units_per_step`` is 1, else the group of :meth:`locate_group`.
+        """
+        if self.units_per_step == 1:
+            located = self.locate_unit(current_iter)
+            return None if located is None else ([located[0]], located[1])
+        return self.locate_group(current_iter, self.steps_per_unit, self.rank, self.world_size, self.units_per_step)
 
     def start_unit(self, index, resumed):
         """Hook: set up unit ``index`` and return its state object (``index``, ``name``, ``t0`` at least).
@@ -255,6 +298,18 @@ class DistillBaseModel(BaseModel):
         """
         raise NotImplementedError
 
+    def step_units(self, units, step, current_iter):
+        """Hook: one step of every unit in ``units`` (all at the same ``step``); set ``self.log_dict``.
+
+        Default: :meth:`step_unit` on each in turn. A method that can share work between units (IDC: one teacher
+        pass over the synthetic patches of K instances) overrides it; each unit must still get exactly the update it
+        would get alone.
+
+        Returns:
+            list[bool]: Per unit, True if it is complete before ``steps_per_unit``.
+        """
+        return [self.step_unit(unit, step, current_iter) for unit in units]
+
     def finish_unit(self, unit):
         """Hook: the finished unit's pairs (``{'name', 'lq', 'gt', 'info'}`` dicts, see ``DistilledSetWriter``)."""
         raise NotImplementedError
@@ -262,24 +317,27 @@ class DistillBaseModel(BaseModel):
     def optimize_parameters(self, current_iter):
         """One iteration of the step sequence (see the class docstring); BasicSR's train loop calls it.
 
+        With ``units_per_step`` K > 1 the K units of the iteration's group that are not yet written are started
+        together, stepped together (:meth:`step_units`) and written one by one, in unit order, when they finish.
+
         Raises:
             FloatingPointError: From :meth:`step_unit`: a NaN / infinite loss or gradient, before the optimiser step
                 (see :meth:`check_finite`); nothing of the unit is written.
         """
-        located = self.locate_unit(current_iter)
-        if located is None:
-            self.log_dict.clear()
-            return
-        index, step = located
-        if index >= len(self.unit_names) or self.writer.is_finished(self.unit_names[index]):
-            self.log_dict.clear()
-            return
-        if self.unit is None or self.unit.index != index:
-            self.unit = self.start_unit(index, self.take_pending_state(index))
+        located = self.locate_units(current_iter)
         self.log_dict.clear()  # a step that computes no loss logs none (not the previous step's)
-        done_early = self.step_unit(self.unit, step, current_iter)
-        if done_early or step == self.steps_per_unit:
-            unit, self.unit = self.unit, None
+        if located is None:
+            return
+        indices, step = located
+        todo = [i for i in indices if i < len(self.unit_names) and not self.writer.is_finished(self.unit_names[i])]
+        if not todo:
+            return
+        if [unit.index for unit in self.units] != todo:
+            self.units = [self.start_unit(i, self.take_pending_state(i)) for i in todo]
+        done = self.step_units(self.units, step, current_iter)
+        finished = [unit for unit, early in zip(self.units, done) if early or step == self.steps_per_unit]
+        self.units = [unit for unit in self.units if unit not in finished]
+        for unit in finished:
             pairs = self.finish_unit(unit)
             self.commit_unit(unit.index, unit.name, pairs, time.time() - unit.t0)
 
@@ -294,9 +352,10 @@ class DistillBaseModel(BaseModel):
         return [group['lr'] for opt in self.optimizers for group in opt.param_groups] or [0.0]
 
     def unit_state(self):
-        """Hook: state of ``self.unit`` (tensors, numbers, strings only, with its ``unit_index``), or None between
-        units. After a restart it comes back as ``resumed`` to :meth:`start_unit` of the same unit (the one resume
-        path: :meth:`resume_training` -> :meth:`take_pending_state`)."""
+        """Hook: state of the unit in progress (tensors, numbers, strings only, with its ``unit_index``), a list of
+        them when several units run together, or None between units. After a restart each comes back as
+        ``resumed`` to :meth:`start_unit` of the same unit (the one resume path: :meth:`resume_training` ->
+        :meth:`take_pending_state`)."""
         return None
 
     def save(self, epoch, current_iter):
@@ -313,6 +372,7 @@ class DistillBaseModel(BaseModel):
             'iter': current_iter,
             'optimizers': [],
             'schedulers': [],
+            'units_per_step': self.units_per_step,
             'unit_state': self.unit_state()
         }
         if self.world_size > 1:
@@ -338,8 +398,16 @@ class DistillBaseModel(BaseModel):
                              f'{"--launcher none" if saved == 1 else "the same number"}), or rerun without '
                              '--auto_resume: the units already in the distilled set are kept, only the others are '
                              'computed')
+        saved_k = int(resume_state.get('units_per_step', 1))
+        if saved_k != self.units_per_step:
+            path = self.opt['path'].get('resume_state') or 'the training state'
+            raise ValueError(f'{path} was saved by a run with {saved_k} unit(s) per step, this run has '
+                             f'{self.units_per_step} (distill.instances_per_step): the iteration maps to other units '
+                             f'then. Resume with the same value, or rerun without --auto_resume: the units already '
+                             'in the distilled set are kept, only the others are computed')
         states = resume_state.get('unit_states') if saved > 1 else [resume_state.get('unit_state')]
-        self._pending_unit_state = states[self.rank]
+        state = states[self.rank]
+        self._pending_unit_state = [] if state is None else list(state) if isinstance(state, list) else [state]
 
     def take_pending_state(self, unit_index):
         """The resumed state of ``unit_index`` if there is one (consumed once), on the CPU.
@@ -347,9 +415,10 @@ class DistillBaseModel(BaseModel):
         BasicSR's ``load_resume_state`` maps a state onto the GPU where CUDA is available; generator states must be
         CPU tensors, and the models move the rest to their device themselves.
         """
-        state, self._pending_unit_state = self._pending_unit_state, None
-        if state is not None and state.get('unit_index') == unit_index:
-            return to_cpu(state)
+        pending = self._pending_unit_state or []
+        for j, state in enumerate(pending):
+            if state is not None and state.get('unit_index') == unit_index:
+                return to_cpu(pending.pop(j))
         return None
 
     def commit_unit(self, index, name, pairs, seconds):

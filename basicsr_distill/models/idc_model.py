@@ -62,6 +62,7 @@ IDC_DEFAULTS = {
         'betas': [0.9, 0.999]
     },
     'lr_schedule': 'constant',  # or 'cosine' (per instance, to 0)
+    'instances_per_step': 1,  # K: instances optimised together, one teacher pass over their x_hat per step
 }
 
 
@@ -137,11 +138,16 @@ class IDCModel(DistillBaseModel):
         self.net_t = self.build_frozen_network('t')
         self.net_up = self.build_frozen_network('up') if opt.get('network_up') else self.net_t
         self.check_network_scale(self.net_up, 'up' if opt.get('network_up') else 't')
+        self.logger.info(
+            f'IDC: the HR side x_hat^HR is made by network_up ({type(self.net_up).__name__})' if opt.get('network_up')
+            else f'IDC: the HR side x_hat^HR is made by the teacher network_t ({type(self.net_t).__name__}): '
+            'no network_up given')
         self.tap = FeatureTap(self.net_t, self.cfg['feature_layer'])
         self.source = build_dataset(opt['datasets']['train'])
         self.scale = int(opt['scale'])
         self.T = self.steps_per_unit = int(self.cfg['iters_per_instance'])
-        needed = self.units_per_rank(self.source.num_instances) * self.T
+        self.units_per_step = int(self.cfg['instances_per_step'])
+        needed = self.groups_per_rank(self.source.num_instances) * self.T
         if int(opt['train']['total_iter']) < needed:
             raise ValueError(
                 f'train.total_iter={opt["train"]["total_iter"]} is too small: ' +
@@ -176,6 +182,8 @@ class IDCModel(DistillBaseModel):
             raise ValueError('distill.warmup_iters + distill.assign_iters must not exceed distill.iters_per_instance')
         if cfg['assign_steps'] < 1 or cfg['num_groups'] < 1:
             raise ValueError('distill.assign_steps and distill.num_groups must be >= 1')
+        if int(cfg['instances_per_step']) < 1:
+            raise ValueError(f'distill.instances_per_step (K) must be >= 1, got {cfg["instances_per_step"]}')
         if cfg['lr_schedule'] not in ('constant', 'cosine'):
             raise ValueError(f"distill.lr_schedule must be 'constant' or 'cosine', got {cfg['lr_schedule']!r}")
 
@@ -240,7 +248,6 @@ class IDCModel(DistillBaseModel):
         inst.quotas = group_quotas(inst.labels_real, inst.num_groups, inst.num_syn_patches)
         inst.assigned = torch.full((inst.num_syn_patches, ), -1, dtype=torch.long, device=self.device)
         inst.pair_index = torch.zeros(inst.num_syn_patches, dtype=torch.long, device=self.device)
-        self.optimizers = [inst.optimizer]
         self.logger.info(f'IDC instance {index + 1} of {self.source.num_instances} ({inst.name}): N={inst.num_real} '
                          f'real patches -> n={inst.n_syn} synthetic; {inst.local_real.shape[0]} real local patches '
                          f'in {inst.num_groups} groups')
@@ -271,22 +278,23 @@ class IDCModel(DistillBaseModel):
                 return j
         return None
 
-    def _lr(self, step):
+    def _lr(self, inst, step):
         if self.cfg['lr_schedule'] == 'cosine':
-            return 0.5 * self.inst.base_lr * (1 + math.cos(math.pi * (step - 1) / self.T))
-        return self.inst.base_lr
+            return 0.5 * inst.base_lr * (1 + math.cos(math.pi * (step - 1) / self.T))
+        return inst.base_lr
 
-    def idc_losses(self, local_syn, step):
-        """L = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up), with the assignment update.
+    def idc_losses(self, inst, local_syn, step):
+        """L = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up) of ``inst``, with its assignment.
 
         Args:
-            local_syn (Tensor): (P_s, p*p, C_out) local features of x_hat.
+            inst (IDCInstance): The instance (its bank, groups, assignment and generator are used and updated).
+            local_syn (Tensor): (P_s, p*p, C_out) local features of its x_hat.
             step (int): 1-based step inside the instance.
 
         Returns:
             dict[str, Tensor]: l_ins, l_group, l_pair, l_total (scalars).
         """
-        cfg, inst = self.cfg, self.inst
+        cfg = self.cfg
         w = cfg['weights']
         losses = {}
         if step > cfg['warmup_iters']:
@@ -313,33 +321,56 @@ class IDCModel(DistillBaseModel):
         return losses
 
     def step_unit(self, inst, step, current_iter):
-        """One step of Algorithm 1 on ``inst`` (the base model's step sequence calls it; see the module docstring).
+        """One step of Algorithm 1 on ``inst`` alone: :meth:`step_units` with one instance."""
+        return self.step_units([inst], step, current_iter)[0]
 
-        One Adam step on x_hat (n, 3, h, w) in [0, 1] for L = w_ins L_ins (+ w_group L_group + w_pair L_pair after
-        the warm-up; NCFD Eq. 2-3 / 6, Eq. 7-8), then x_hat clamped to [0, 1].
+    def step_units(self, insts, step, current_iter):
+        """One step of Algorithm 1 on each instance of ``insts`` (K = ``distill.instances_per_step``), together.
+
+        The x_hat of the K instances, (n_1 + ... + n_K, 3, h, w) in [0, 1], go through one teacher forward and one
+        backward; each instance then takes its own part of the features through its own RLFF and its own losses
+        L_k = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up; NCFD Eq. 2-3 / 6, Eq. 7-8), with its
+        own assignment schedule and seeded generator. The loss back-propagated is sum_k L_k: no term couples two
+        instances (the teacher in eval mode treats every patch on its own), so each x_hat gets the gradient it gets
+        alone, up to floating-point reordering. Each instance keeps its own Adam; x_hat is clamped to [0, 1].
+
+        Every instance's losses are checked before the backward and every gradient before any Adam step, so a NaN in
+        one instance stops the run naming it while no instance's x_hat or optimiser state has moved.
 
         Returns:
-            bool: True for an image with no patch (written at once, with no pair).
+            list[bool]: Per instance, True for an image with no patch (written at once, with no pair).
 
         Raises:
-            FloatingPointError: A NaN / infinite loss or gradient (before the Adam step; see ``check_finite``).
+            FloatingPointError: A NaN / infinite loss or gradient (before any Adam step; see ``check_finite``),
+                naming the instance.
         """
-        if not inst.num_real:
-            return True
-        for group in inst.optimizer.param_groups:
-            group['lr'] = self._lr(step)
-        inst.optimizer.zero_grad(set_to_none=True)
-        losses = self.idc_losses(inst.rlff(self.tap(inst.x_hat)), step)
-        where = (f'IDC instance {inst.index + 1} of {self.source.num_instances} ({inst.name}), iteration '
-                 f'{current_iter} (step {step} of {self.T})')
-        self.check_finite(losses, where)  # before backward / step: x_hat keeps its last finite values
-        losses['l_total'].backward()
-        self.check_finite(losses, where, [inst.x_hat])
-        inst.optimizer.step()
-        with torch.no_grad():
-            inst.x_hat.clamp_(0, 1)
-        self.log_dict = {k: float(v.detach()) for k, v in losses.items()}
-        return False
+        active = [inst for inst in insts if inst.num_real]
+        if active:
+            for inst in active:
+                for group in inst.optimizer.param_groups:
+                    group['lr'] = self._lr(inst, step)
+                inst.optimizer.zero_grad(set_to_none=True)
+            x_hat = active[0].x_hat if len(active) == 1 else torch.cat([inst.x_hat for inst in active])
+            feats = self.tap(x_hat).split([inst.n_syn for inst in active])
+            per_inst, wheres = [], []
+            for inst, feat in zip(active, feats):
+                losses = self.idc_losses(inst, inst.rlff(feat), step)
+                where = (f'IDC instance {inst.index + 1} of {self.source.num_instances} ({inst.name}), iteration '
+                         f'{current_iter} (step {step} of {self.T})')
+                self.check_finite(losses, where)  # before backward / step: x_hat keeps its last finite values
+                per_inst.append(losses)
+                wheres.append(where)
+            total = per_inst[0]['l_total'] if len(active) == 1 else sum(losses['l_total'] for losses in per_inst)
+            total.backward()
+            for inst, losses, where in zip(active, per_inst, wheres):
+                self.check_finite(losses, where, [inst.x_hat])
+            for inst in active:
+                inst.optimizer.step()
+                with torch.no_grad():
+                    inst.x_hat.clamp_(0, 1)
+            keys = per_inst[0].keys()  # every instance is at the same step: the same terms
+            self.log_dict = {k: sum(float(losses[k].detach()) for losses in per_inst) / len(per_inst) for k in keys}
+        return [not inst.num_real for inst in insts]
 
     # ------------------------------------------------------------------------------------------ instance end
     @torch.no_grad()
@@ -367,20 +398,20 @@ class IDCModel(DistillBaseModel):
         return pairs
 
     def get_current_learning_rate(self):
-        if self.inst is not None and getattr(self.inst, 'num_real', 0):
-            return [self.inst.optimizer.param_groups[0]['lr']]
+        active = [inst for inst in self.units if getattr(inst, 'num_real', 0)]
+        if active:
+            return [active[0].optimizer.param_groups[0]['lr']]
         return [self.cfg['optim']['lr']]
 
     # ------------------------------------------------------------------------------------------ resume
     def unit_state(self):
-        inst = self.inst
-        if inst is None or not inst.num_real:
-            return None
-        return {
+        """The state of every instance in progress (a list, in unit order), or None between instances."""
+        states = [{
             'unit_index': inst.index,
             'x_hat': inst.x_hat.detach().cpu(),
             'optimizer': inst.optimizer.state_dict(),
             'assigned': inst.assigned.cpu(),
             'pair_index': inst.pair_index.cpu(),
             'generator': inst.generator.get_state()
-        }
+        } for inst in self.units if inst.num_real]
+        return states or None

@@ -33,12 +33,12 @@ def fourier_filter(num_channels, kernel_size):
         kernel_size (int): k.
 
     Returns:
-        Tensor: (2 C', c, k, k) float32 filter.
+        Tensor: (2 C', c, k, k) filter in the default dtype (float32 unless changed).
     """
     c_prime = num_channels * kernel_size**2
     identity = torch.eye(c_prime, dtype=torch.float64).reshape(c_prime, num_channels, kernel_size, kernel_size)
     spectrum = torch.fft.fft(identity, dim=0, norm='ortho')
-    return torch.cat([spectrum.real, -spectrum.imag], dim=0).float()
+    return torch.cat([spectrum.real, -spectrum.imag], dim=0).to(torch.get_default_dtype())
 
 
 def sample_channels(filt, num_out, generator=None):

@@ -222,7 +222,16 @@ def minimax_options(data):
     return opt
 
 
-OPTIONS = {'idc': idc_options, 'gsdd': gsdd_options, 'minimax': minimax_options}
+def idc_batched_options(data):
+    """IDC with distill.instances_per_step 3: t20, tiny and tt27 in one batch (iterations 1..8; tiny written at 1)."""
+    opt = idc_options(data)
+    opt['name'] = 'idc_batched_kill'
+    opt['distill']['instances_per_step'] = 3
+    opt['train']['total_iter'] = 8
+    return opt
+
+
+OPTIONS = {'idc': idc_options, 'idc_batched': idc_batched_options, 'gsdd': gsdd_options, 'minimax': minimax_options}
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -372,6 +381,9 @@ def kill_plan(method, cwd, rng):
     if method == 'idc':  # T = 8, states every 3 iterations; t20 = 1..8, tiny (empty unit) = 9..16, tt27 = 17..24
         return [(logged(8), rng.uniform(0, 0.02), 't20 written at 8, last state 6 (inside t20) or 9 (no unit)'),
                 (writing(cwd, 'tt27_idc'), 0.0, 'half of tt27\'s 34 pairs written, last state 21 (inside tt27)')]
+    if method == 'idc_batched':  # T = 8, states every 3; t20 and tt27 optimised together at 1..8 (tiny written at 1)
+        return [(logged(4), rng.uniform(0, 0.02), 'inside the batch t20 + tt27, last state 3'),
+                (writing(cwd, 'tt27_idc'), 0.0, 't20 written, half of tt27 written at 8, last state 6 (inside both)')]
     if method == 'gsdd':  # 4 iterations per class, one state at 5; bsd = 1..4, tt = 5..8
         return [(logged(4), 0.0, 'bsd written, no state yet: the experiment folder is archived, bsd kept'),
                 (logged(6), rng.uniform(0, 0.05), 'inside tt, last state 5 (inside tt)')]
@@ -381,7 +393,7 @@ def kill_plan(method, cwd, rng):
             (writing(cwd, 'pseudo1_minimax'), 0.0, 'pseudo1 half written, last state 6')]
 
 
-@pytest.mark.parametrize('method', ['idc', 'gsdd', 'minimax'])
+@pytest.mark.parametrize('method', ['idc', 'idc_batched', 'gsdd', 'minimax'])
 def test_sigkill_then_auto_resume_gives_the_uninterrupted_set(tmp_path, method):
     data = str(tmp_path / 'data')
     opt = OPTIONS[method](data)
