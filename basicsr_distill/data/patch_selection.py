@@ -11,6 +11,10 @@ informative patch selection and pseudo-labels.
 4. :func:`save_selection` / :func:`load_selection`: the selection as a JSON file (written atomically), reused by
    the later stages and by reruns; :func:`run_stage1` does it all and skips the work when its output exists with
    the same options and the same images.
+5. :func:`ensure_patch_store` / :class:`PatchStore`: the selected patches themselves, streamed one source image at a
+   time into one uint8 ``.npy`` file (as the released code stores its selected crops as image files), from which
+   the fine-tuning reads each step's batch by offset. Nothing holds every selected patch in memory (at the paper's
+   512 x 512, float32, that is 3 MiB a patch: tens of GB for OST).
 
 Step 1 (:func:`select_patches`, :func:`iter_patches`) lives in :mod:`basicsr_distill.data.patch_candidates`, steps 2
 and 3 (:func:`embed_patches`, :func:`load_clip`, :func:`cluster_patches`) in :mod:`basicsr_distill.data.patch_features`,
@@ -46,6 +50,7 @@ import os.path as osp
 import tempfile
 import time
 from collections import Counter
+from numpy.lib import format as npy_format
 
 from basicsr.utils import get_root_logger
 from basicsr_distill.data.patch_candidates import (OPTION_PREFIX, _check_geometry, _check_int, _check_threshold,
@@ -55,7 +60,7 @@ from basicsr_distill.data.patch_features import (CLIP_WEIGHT_FILES, NORMALIZE_MO
                                                  _missing_clip_message, check_clip_dir, cluster_patches, embed_patches,
                                                  load_clip)
 from basicsr_distill.data.sr_patches import list_images
-from basicsr_distill.utils.file_io import atomic_path
+from basicsr_distill.utils.file_io import TMP_PREFIX, atomic_path
 
 SELECTION_FORMAT = 'basicsr_distill.minimax_sr.stage1_selection'
 SELECTION_VERSION = 1
@@ -64,12 +69,14 @@ STAGE1_KEYS = ('dataroot_gt', 'meta_info_file', 'gt_size', 'stride', 'scale', 't
 RECORD_KEYS = ('path', 'y', 'x', 'size', 'psnr_bic')
 # Extractor options that change the speed (and float round-off) only: not part of the identity of a selection.
 RUNTIME_EXTRACTOR_KEYS = ('batch_size', 'device')
+PATCH_STORE_FORMAT = 'basicsr_distill.minimax_sr.stage1_patches'
 
 __all__ = [
     'OPTION_PREFIX', 'SELECTION_FORMAT', 'SELECTION_VERSION', 'EXTRACTOR_TYPES', 'NORMALIZE_MODES', 'STAGE1_KEYS',
     'RECORD_KEYS', 'RUNTIME_EXTRACTOR_KEYS', 'CLIP_WEIGHT_FILES', 'select_patches', 'iter_patches', 'check_clip_dir',
     'load_clip', 'embed_patches', 'cluster_patches', 'save_selection', 'load_selection', 'stage1_options',
-    'source_fingerprint', 'run_stage1'
+    'source_fingerprint', 'run_stage1', 'PATCH_STORE_FORMAT', 'selection_key', 'write_patch_store', 'PatchStore',
+    'ensure_patch_store'
 ]
 
 
@@ -301,3 +308,153 @@ def run_stage1(opt_dict, out_path):
     logger.info(f'run_stage1: {len(records)} patches in {opts["k"]} pseudo-classes (sizes {meta["cluster_sizes"]}) '
                 f'saved to {out_path}')
     return load_selection(out_path)
+
+
+# --------------------------------------------------------------------------------------------- 6. patch store
+def selection_key(selection):
+    """Identity of a selection's patches: SHA-1 of its records' (path, y, x, size) and of its source fingerprint.
+
+    Args:
+        selection (dict): As from :func:`load_selection` (``records``, ``meta``).
+
+    Returns:
+        str: 40 hex digits.
+    """
+    records = [[rec['path'], rec['y'], rec['x'], rec['size']] for rec in selection['records']]
+    text = json.dumps({'records': records, 'source': selection['meta'].get('source')}, sort_keys=True)
+    return hashlib.sha1(text.encode('utf-8')).hexdigest()
+
+
+def _quantise(patch):
+    """float RGB in [0, 1] -> uint8 (exact for 8-bit sources: ``read_rgb`` divided them by 255)."""
+    return np.clip(np.rint(patch * 255.), 0, 255).astype(np.uint8)
+
+
+def write_patch_store(records, path, key):
+    """Stream the patches of selection records into ``path``: a ``.npy`` of shape (N, S, S, 3), uint8.
+
+    Patches are read with :func:`iter_patches` (one source image decoded at a time), quantised to 8 bits (exact for
+    8-bit sources; 16-bit sources lose their low bits, as the released code's 8-bit PNG crops do) and appended to a
+    temporary file, which then replaces ``path`` atomically; the sidecar ``<path minus .npy>.json`` (format, key,
+    shape) is written last, so a store without a matching sidecar is never trusted. Memory: one source image and one
+    patch, whatever N. The file is a standard ``.npy`` (``np.load(path, mmap_mode='r')`` reads it).
+
+    Args:
+        records (list[dict]): Selection records (``path``, ``y``, ``x``, ``size``), all of one size S, non-empty.
+        path (str): Output ``.npy`` file.
+        key (str): :func:`selection_key` of the selection, stored in the sidecar.
+
+    Raises:
+        ValueError: No record, records of different sizes, or a record outside its image (names the file).
+    """
+    if not records:
+        raise ValueError('write_patch_store: no patch to store (the selection is empty)')
+    sizes = {rec['size'] for rec in records}
+    if len(sizes) != 1:
+        raise ValueError(f'write_patch_store: patches of several sizes {sorted(sizes)}')
+    size = sizes.pop()
+    shape = (len(records), size, size, 3)
+    folder, name = osp.split(osp.abspath(path))
+    for stale in os.listdir(folder) if osp.isdir(folder) else []:  # left by a writer killed before its os.replace
+        if stale.startswith(TMP_PREFIX) and stale.endswith(f'-{name}'):
+            os.remove(osp.join(folder, stale))
+    header = {'descr': npy_format.dtype_to_descr(np.dtype(np.uint8)), 'fortran_order': False, 'shape': shape}
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            npy_format.write_array_header_1_0(f, header)
+            for patch in iter_patches(records):
+                f.write(_quantise(patch).tobytes())
+    side = _sidecar(path)
+    with atomic_path(side) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump({'format': PATCH_STORE_FORMAT, 'key': key, 'shape': list(shape)}, f)
+
+
+def _sidecar(path):
+    return (path[:-4] if path.endswith('.npy') else path) + '.json'
+
+
+class PatchStore:
+    """Read access to a patch store of :func:`write_patch_store`, by offset (nothing memory-mapped, nothing cached).
+
+    Args:
+        path (str): The ``.npy`` file.
+
+    Attributes:
+        shape (tuple): (N, S, S, 3).
+
+    Raises:
+        ValueError: The file is not a uint8 (N, S, S, 3) ``.npy`` of the expected length (names it).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, 'rb') as f:
+            version = npy_format.read_magic(f)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if dtype != np.uint8 or fortran or len(shape) != 4 or shape[3] != 3:
+            raise ValueError(f'patch store {path} is not a uint8 (N, S, S, 3) array: {dtype} {shape}')
+        self.shape = tuple(int(v) for v in shape)
+        self.row_bytes = int(np.prod(self.shape[1:]))
+        if osp.getsize(path) != self.offset + self.shape[0] * self.row_bytes:
+            raise ValueError(f'patch store {path} is truncated: delete it to rewrite it')
+
+    def __len__(self):
+        return self.shape[0]
+
+    def read(self, indices):
+        """Patches ``indices`` (any order, repeats allowed).
+
+        Args:
+            indices (Sequence[int] | Tensor | ndarray): (B,) indices in [0, N).
+
+        Returns:
+            ndarray: (B, S, S, 3) uint8 RGB patches.
+
+        Raises:
+            IndexError: An index out of range.
+        """
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        out = np.empty((len(indices), ) + self.shape[1:], dtype=np.uint8)
+        with open(self.path, 'rb') as f:
+            for j, i in enumerate(indices):
+                if not 0 <= i < self.shape[0]:
+                    raise IndexError(f'patch {i} out of range [0, {self.shape[0]}) in {self.path}')
+                f.seek(self.offset + i * self.row_bytes)
+                f.readinto(memoryview(out[j]).cast('B'))
+        return out
+
+
+def ensure_patch_store(selection, path):
+    """The patch store of ``selection`` at ``path``: reused when its sidecar names this selection, else (re)written.
+
+    Args:
+        selection (dict): As from :func:`load_selection` / :func:`run_stage1`.
+        path (str): The ``.npy`` file (its sidecar: ``<path minus .npy>.json``).
+
+    Returns:
+        PatchStore: Reader of the N selected patches, in record order.
+
+    Raises:
+        ValueError: As :func:`write_patch_store`.
+    """
+    key = selection_key(selection)
+    shape = [len(selection['records'])] + [selection['records'][0]['size']] * 2 + [3] if selection['records'] else []
+    try:
+        with open(_sidecar(path), encoding='utf-8') as f:
+            side = json.load(f)
+        if side.get('format') == PATCH_STORE_FORMAT and side.get('key') == key and side.get('shape') == shape:
+            store = PatchStore(path)
+            if list(store.shape) == shape:
+                get_root_logger().info(f'ensure_patch_store: reusing {path} ({shape[0]} patches)')
+                return store
+    except (OSError, ValueError):  # missing, broken or truncated: rewritten below
+        pass
+    start = time.monotonic()
+    write_patch_store(selection['records'], path, key)
+    store = PatchStore(path)
+    get_root_logger().info(f'ensure_patch_store: {len(store)} patches of {shape[1]}x{shape[2]} written to {path} '
+                           f'({osp.getsize(path) / 2**20:.1f} MiB) in {time.monotonic() - start:.1f} s')
+    return store

@@ -6,7 +6,7 @@ With z_hat the DiT's predicted clean latent x0 (Minimax Diffusion's ``training_l
 
     L_r    = 1 - min_{i in batch_c, m in real_mem_c} sigma(z_hat_i, z_m)     representativeness, Eq. 3
     L_d    =     max_{i in batch_c, d in syn_mem_c}  sigma(z_hat_i, z_d)     diversity, Eq. 4
-    L_SR   = - mean (up(down(x_hat)) - x_hat)^2                              high frequency, Eq. 5
+    L_SR   = - mean (up(down(c(x_hat))) - c(x_hat))^2, c = clamp to [0, 1]   high frequency, Eq. 5
     L      = L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR          Eq. 6 (0.002, 0.008, 1)
 
 L_r and L_d are taken per pseudo-class c present in the batch, the min / max running over the whole similarity
@@ -22,15 +22,27 @@ computing the losses, so a step never compares a prediction with itself; :class:
 Eq. 5 writes ``argmax ||x_hat_bic - x_hat||^2``; as a term to *minimise* it enters Eq. 6 with a minus sign, and we
 average instead of summing over pixels so that lambda_sr = 1 keeps a pixel-MSE scale. Lowering L_SR raises the
 high-frequency energy of the predicted HR image x_hat (the VAE decoding of z_hat). Decisions (the paper is silent):
-``down`` is torch's antialiased bicubic (``F.interpolate(mode='bicubic', antialias=True)``, a=-0.75 Keys kernel,
-differentiable; close to, not equal to, MATLAB's ``imresize``), ``up`` plain bicubic back to the input size; x_hat is
-expected in [0, 1] (BasicSR's range; with [-1, 1] the term is 4x larger).
+
+* ``x_hat`` is clamped to [0, 1] (BasicSR's range, the range the sampled images are saved in) before the round
+  trip, so the term is bounded (``0 <= -L_SR < 1.6``; about 0.005 for a natural patch at the paper's 23 dB) and
+  pixels outside the range pass no gradient. Without the clamp, an x0-prediction at a noisy timestep (where z_hat
+  carries the noise error times ``sqrt(1 / a_t - 1)``) decodes to values far outside [0, 1] whose "high
+  frequencies" are unbounded, and L_SR at weight 1 would dominate Eq. 6.
+* ``down`` and ``up`` are the bicubic resizes of PSNR_bic (Eq. 1, :mod:`basicsr_distill.ops.psnr_bic`): BasicSR's
+  MATLAB-compatible ``imresize`` (Keys cubic with a = -0.5, antialiased when downsampling, symmetric borders),
+  applied as its per-axis resize matrices (:func:`~basicsr_distill.ops.psnr_bic.bicubic_resize_matrix`), a
+  differentiable linear map, so ``-L_SR = 10^(-PSNR_bic(x_hat) / 10)``: the term raises exactly what stage 1
+  selected patches for. (An earlier version used ``F.interpolate``: its antialiased bicubic, used to downsample,
+  is Keys with a = -0.5, its plain bicubic, used to upsample, a = -0.75, with other borders.)
+* Which timesteps L_SR is applied at, and that it has a gradient path into the DiT (the released code's has none),
+  are the model's decisions: see ``models/minimax_diffusion_model.py`` and docs/Methods_Minimax.md.
 """
 import torch
+from functools import lru_cache
 from torch import nn
-from torch.nn import functional as F
 
 from basicsr.utils.registry import LOSS_REGISTRY
+from basicsr_distill.ops.psnr_bic import bicubic_resize_matrix
 
 __all__ = [
     'FIFOMemory', 'cosine_matrix', 'predict_x0_from_eps', 'representativeness_loss', 'diversity_loss',
@@ -227,49 +239,68 @@ def diversity_loss(pred_x0, labels, syn_memory):
     return _memory_term(pred_x0, labels, syn_memory, lambda sim: sim.max())
 
 
+@lru_cache(maxsize=16)
+def _round_trip_matrix(length, scale, dtype, device):
+    """(length, length) matrix of imresize's x1/scale then x scale along one axis, as a tensor (cached)."""
+    down = bicubic_resize_matrix(length, 1 / scale)
+    up = bicubic_resize_matrix(length // scale, scale)
+    return torch.from_numpy(up @ down).to(device=device, dtype=dtype)
+
+
 def _bicubic_down_up(img, scale):
     if img.ndim != 4:
         raise ValueError(f'Expected (B, C, H, W) images, got shape {tuple(img.shape)}.')
     h, w = img.shape[-2:]
     if h % scale or w % scale:
         raise ValueError(f'Image size {h}x{w} is not a multiple of the scale {scale}.')
-    down = F.interpolate(img, size=(h // scale, w // scale), mode='bicubic', align_corners=False, antialias=True)
-    return F.interpolate(down, size=(h, w), mode='bicubic', align_corners=False)
+    if h < 2 * scale or w < 2 * scale:
+        raise ValueError(f'Image size {h}x{w} is smaller than 2 x scale {scale} (imresize needs 2 LR pixels).')
+    rows = _round_trip_matrix(int(h), int(scale), img.dtype, img.device)
+    cols = _round_trip_matrix(int(w), int(scale), img.dtype, img.device)
+    return rows @ img @ cols.T
 
 
 def high_frequency_energy(img, scale=4):
-    """Energy of what bicubic down- and up-sampling loses: ``mean((up(down(img)) - img)^2)``.
+    """Energy of what the bicubic round trip of Eq. 1 loses: ``mean((up(down(img)) - img)^2)``.
+
+    ``down`` / ``up``: BasicSR's MATLAB bicubic ``imresize`` by 1/scale and scale (Keys a = -0.5, antialiased
+    down, symmetric borders), as resize matrices (differentiable); ``10 log10(1 / energy)`` is PSNR_bic (Eq. 1) of
+    an image in [0, 1] (:func:`~basicsr_distill.ops.psnr_bic.psnr_bic_batch`).
 
     Args:
-        img (Tensor): (B, C, H, W) images (in [0, 1] for Minimax-SR), H and W multiples of ``scale``.
+        img (Tensor): (B, C, H, W) images (in [0, 1] for Minimax-SR), H and W multiples of ``scale``, at least
+            ``2 * scale``.
         scale (int): Down-sampling factor. Default: 4.
 
     Returns:
         Tensor: Scalar >= 0, differentiable.
 
     Raises:
-        ValueError: If ``img`` is not 4-D or its size is not a multiple of ``scale``.
+        ValueError: If ``img`` is not 4-D, or its size is not a multiple of ``scale`` or below ``2 * scale``.
     """
     return ((_bicubic_down_up(img, scale) - img)**2).mean()
 
 
-def sr_loss(pred_hr, scale=4):
-    """SR loss L_SR (Eq. 5) as a term to minimise: ``-mean((up(down(x_hat)) - x_hat)^2)``.
+def sr_loss(pred_hr, scale=4, clamp=True):
+    """SR loss L_SR (Eq. 5) as a term to minimise: ``-mean((up(down(c(x_hat))) - c(x_hat))^2)``, c = clamp to [0, 1].
 
-    Minimising it maximises :func:`high_frequency_energy` of the predicted HR image x_hat.
+    Minimising it maximises :func:`high_frequency_energy` of the predicted HR image x_hat, clamped (pixels outside
+    [0, 1] pass no gradient). Bounded with the clamp: ``-1.6 < L_SR <= 0`` (the x4 round trip's rows have an absolute
+    sum a <= 1.24, so a pixel's error is at most (1 + a^2) / 2 <= 1.26).
 
     Args:
-        pred_hr (Tensor): (B, 3, H, W) predicted HR images x_hat (VAE decoding of z_hat), in [0, 1]; H and W
-            multiples of ``scale``.
+        pred_hr (Tensor): (B, 3, H, W) predicted HR images x_hat (VAE decoding of z_hat), about [0, 1]; H and W
+            multiples of ``scale``, at least ``2 * scale``.
         scale (int): SR scale. Default: 4 (the paper's x4).
+        clamp (bool): Clamp x_hat to [0, 1] first. Default: True.
 
     Returns:
-        Tensor: Scalar <= 0.
+        Tensor: Scalar <= 0, differentiable in ``pred_hr``.
 
     Raises:
-        ValueError: If ``pred_hr`` is not 4-D or its size is not a multiple of ``scale``.
+        ValueError: If ``pred_hr`` is not 4-D, or its size is not a multiple of ``scale`` or below ``2 * scale``.
     """
-    return -high_frequency_energy(pred_hr, scale)
+    return -high_frequency_energy(pred_hr.clamp(0, 1) if clamp else pred_hr, scale)
 
 
 def minimax_objective(l_simple, l_r, l_d, l_sr, lambda_r=0.002, lambda_d=0.008, lambda_sr=1.0):
@@ -340,7 +371,8 @@ class MinimaxLoss(nn.Module):
             pred_x0 (Tensor): (B, C, h, w) predicted clean latents z_hat.
             labels (Tensor): (B,) pseudo-class indices (not the DiT labels).
             real_latents (Tensor): (B, C, h, w) scaled latents of the batch's real patches (pushed after the loss).
-            pred_hr (Tensor | None): (B, 3, H, W) decoded x_hat in [0, 1]; None skips L_SR. Default: None.
+            pred_hr (Tensor | None): (B, 3, H, W) decoded x_hat, about [0, 1] (clamped by :func:`sr_loss`); None
+                skips L_SR. Default: None.
             l_simple (Tensor | float): L_simple, added unweighted by the lambdas. Default: 0.
             update_memory (bool): Push the batch into the memories afterwards. Default: True.
 

@@ -2,26 +2,34 @@
 
 Three stages, each a unit of work of BasicSR's loop, each persisted, a rerun skipping finished stages:
 
-1. iteration 1: PSNR_bic patch selection of the HR images of ``datasets.train``, image features and seeded k-means
-   pseudo-labels (data/patch_selection.py), saved as ``<work_dir>/stage1_selection.json``;
-2. iterations 2 .. 1 + F: DiT fine-tuning with DiffFit (archs/dit_difffit_arch.py) on the VAE latents of the
-   selected patches, loss L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR (Eq. 2-6, losses/minimax_loss.py)
-   with per-class FIFO memories, AdamW, EMA; saved as ``<work_dir>/stage2_difffit.pth``;
+1. iteration 1: PSNR_bic patch selection of the HR images of ``datasets.train`` (PSNR_bic at the top-level
+   ``scale``), image features and seeded k-means pseudo-labels (data/patch_selection.py), saved as
+   ``<work_dir>/stage1_selection.json``; the selected patches themselves are streamed into the uint8 store
+   ``<work_dir>/stage1_patches.npy`` (one source image in memory at a time);
+2. iterations 2 .. 1 + F: DiT fine-tuning with DiffFit (archs/dit_difffit_arch.py) on the selected patches as the
+   reference trains (Minimax Diffusion's ``train_dit.py``): every step reads its batch from the store (the patches
+   in a seeded random order, epoch after epoch), flips each horizontally with probability 1/2 and encodes it
+   with a fresh sample of the VAE posterior; loss L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR (Eq. 2-6,
+   losses/minimax_loss.py) with per-class FIFO memories, AdamW, EMA; saved as ``<work_dir>/stage2_difffit.pth``;
 3. iterations 2 + F .. 1 + F + k: one pseudo-class per iteration: sampling with the EMA weights, a diffusers
-   scheduler and classifier-free guidance, VAE decode; HR written with its bicubic x1/scale LR (label and seed of
-   every image in distill.json).
+   scheduler (:func:`build_sampler`: never clips its x0-predictions) and classifier-free guidance, VAE decode; HR
+   written with its bicubic x1/scale LR (label and seed of every image in distill.json).
+
+Every random draw of stage 2 (batch order, flips, posterior noise, timesteps, noise, label dropout) comes from the
+stage's seeded generators (``unit_generator(1)`` and, for the order of epoch e, ``unit_generator(1, salt=1 + e)``),
+never from the global RNG, so reruns and ``--auto_resume`` are byte-identical.
 
 Pseudo-class c is DiT label ``label_offset + c`` (the null label for guidance stays ``num_embeds_ada_norm``), see
 archs/dit_difffit_arch.py.
 
 Several processes (``--launcher pytorch``, see distill_base_model.py): stage 1 is computed by rank 0 and read by the
 others after a barrier; stage 2 runs on every rank with the DiT in DistributedDataParallel, every rank drawing the
-whole batch (same generator) and computing its slice ``finetune.batch_size / W`` (see :meth:`finetune_losses`), so
-the step's gradient is the single-process one up to the order of float sums; rank 0 saves stage 2; stage 3's
+whole batch (same generator), encoding its slice ``finetune.batch_size / W`` of the real patches (the latents then
+gathered) and computing the losses of that slice (see :meth:`finetune_losses`), so the step's gradient is the
+single-process one up to the order of float sums; rank 0 saves stage 2; stage 3's
 pseudo-classes are shared out like IDC's instances (rank k: classes k, k + W, ...; local iteration
 ``2 + F + j`` samples class ``j * W + k``).
 """
-import numpy as np
 import os
 import os.path as osp
 import time
@@ -35,9 +43,10 @@ from typing import Any
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dit_difffit_arch import (TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit, build_dit,
                                                     build_vae, drop_labels, null_label, pseudo_to_dit_labels,
-                                                    set_label_dropout, vae_decode, vae_encode)
+                                                    set_label_dropout, vae_decode, vae_downsample_factor)
 from basicsr_distill.data.image_io import list_images, verify_image
-from basicsr_distill.data.patch_selection import iter_patches, load_selection, run_stage1, stage1_options
+from basicsr_distill.data.patch_selection import (PatchStore, ensure_patch_store, load_selection, run_stage1,
+                                                  stage1_options)
 from basicsr_distill.data.sr_patches import bicubic_lr
 from basicsr_distill.distilled_set import options_hash
 from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, minimax_objective, predict_x0_from_eps,
@@ -49,7 +58,10 @@ from basicsr_distill.utils.file_io import torch_save_atomic
 from basicsr_distill.utils.options import merge_options
 
 #: Defaults of the ``distill`` section (paper / Minimax Diffusion: lambdas 0.002 / 0.008 / 1, AdamW lr 1e-3,
-#: EMA 0.9999, memories of 64, guidance 4.0 with 50 steps).
+#: EMA 0.9999, memories of 64, random horizontal flips, guidance 4.0 with 50 steps). ``finetune.sr_timesteps``
+#: [lo, hi): the timesteps t (lo <= t < hi) at which L_SR is applied; the default [0, 250) keeps it where the
+#: x0-prediction is informative (linear schedule of 1000 steps: a_249 = 0.52, so z_hat carries the noise error
+#: times sqrt(1 / a_t - 1) <= 0.96); [0, num_train_timesteps] is the paper's every timestep.
 MINIMAX_DEFAULTS = {
     'work_dir': None,  # stage results; default: <distilled_root>_work
     'stage1': {},  # data/patch_selection.py: threshold, extractor, k, seed, ... (the data: datasets.train)
@@ -76,7 +88,9 @@ MINIMAX_DEFAULTS = {
         'lambda_sr': 1.0,
         'label_dropout': 0.1,
         'num_train_timesteps': 1000,
-        'beta_schedule': 'linear'
+        'beta_schedule': 'linear',
+        'sr_timesteps': [0, 250],
+        'hflip': True
     },
     'sample': {
         'images_per_class': 10,
@@ -93,15 +107,16 @@ class MinimaxStage2State:
     """Stage 2 (DiffFit fine-tuning) while it runs; dropped when ``stage2_difffit.pth`` is written.
 
     Attributes:
-        latents (Tensor): (N, C, h, w) VAE latents of the N selected patches (posterior mode).
-        labels (Tensor): (N,) pseudo-labels in [0, k).
-        generator (torch.Generator): The stage's seeded generator (batches, timesteps, noise, label dropout).
+        store (PatchStore): The N selected patches (uint8, read per step).
+        labels (Tensor): (N,) pseudo-labels in [0, k) (CPU).
+        generator (torch.Generator): The stage's seeded generator (flips, posterior noise, timesteps, noise, label
+            dropout; the batch order has one generator per epoch, see :meth:`MinimaxDiffusionModel.batch_indices`).
         optimizer (Optimizer): AdamW on the DiffFit tensors.
         ema (EMA): EMA of the DiT's trainable tensors.
         real_mem (FIFOMemory), syn_mem (FIFOMemory): Per-class memories of real and predicted latents.
         t0 (float): Start time (s).
     """
-    latents: Any
+    store: Any
     labels: Any
     generator: torch.Generator
     optimizer: Any
@@ -129,20 +144,109 @@ def stage1_section(opt):
     Args:
         opt (dict): Whole options (``datasets.train`` and ``distill``).
 
+    The PSNR_bic factor ``scale`` is the top-level ``scale`` (the SR scale, x4 in the paper's Eq. 1); an explicit
+    ``distill.stage1.scale`` must equal it.
+
     Returns:
         dict: The section :func:`~basicsr_distill.data.patch_selection.run_stage1` takes.
 
     Raises:
-        ValueError: A data key given in ``distill.stage1`` (it belongs to ``datasets.train``), naming both places.
+        ValueError: A data key given in ``distill.stage1`` (it belongs to ``datasets.train``), naming both places;
+            a ``distill.stage1.scale`` that differs from the top-level ``scale``, naming both.
     """
     stage1 = dict((opt.get('distill') or {}).get('stage1') or {})
     moved = [k for k in MINIMAX_DATA_KEYS if k in stage1]
     if moved:
         raise ValueError(f'option distill.stage1.{moved[0]} moved to datasets.train.{moved[0]} (the data options of '
                          f'Minimax-SR are in datasets.train, as for IDC and GSDD): move {moved}')
+    if 'scale' in stage1 and stage1['scale'] != opt.get('scale'):
+        raise ValueError(f'option distill.stage1.scale={stage1["scale"]!r} differs from the top-level scale='
+                         f'{opt.get("scale")!r}: PSNR_bic (Eq. 1) is taken at the SR scale; remove '
+                         'distill.stage1.scale (it follows scale)')
+    if opt.get('scale') is not None:
+        stage1['scale'] = opt['scale']
     train = (opt.get('datasets') or {}).get('train') or {}
     stage1.update({k: train[k] for k in MINIMAX_DATA_KEYS if k in train})
     return stage1
+
+
+#: Stage-3 samplers (``distill.sample.scheduler``), see :func:`build_sampler`.
+SAMPLERS = ('DDIMScheduler', 'DDPMScheduler')
+
+#: What :func:`build_sampler` sets on top of the training schedule, whatever diffusers' defaults are: the reference
+#: (DiT's ``gaussian_diffusion`` as Minimax Diffusion samples with it) predicts epsilon and never clips or thresholds
+#: its x0-predictions (``clip_denoised=False``; diffusers' default ``clip_sample=True`` clips latents of roughly unit
+#: spread to [-1, 1]).
+SAMPLER_SETTINGS = {
+    'clip_sample': False,
+    'thresholding': False,
+    'prediction_type': 'epsilon',
+    'rescale_betas_zero_snr': False,
+    'steps_offset': 0
+}
+#: Per sampler: DDPM steps at round(i (T - 1) / (n - 1)) as DiT's ``space_timesteps(T, 'n')`` (``linspace``), with
+#: the fixed posterior variance (the learned-variance channels are not trained here, see docs/Methods_Minimax.md);
+#: DDIM (eta 0) at t = (n - 1) s, ..., s, 0 with s = T // n (``leading``: DDIM always steps from t to t - s, so only
+#: this spacing is consistent for every n; ``trailing`` and ``linspace`` are not unless n divides T), the last step
+#: landing on a_0 = 1 (``set_alpha_to_one``).
+SAMPLER_SPACING = {
+    'DDPMScheduler': {
+        'timestep_spacing': 'linspace',
+        'variance_type': 'fixed_small'
+    },
+    'DDIMScheduler': {
+        'timestep_spacing': 'leading',
+        'set_alpha_to_one': True
+    }
+}
+
+
+def build_sampler(name, train_config):
+    """The stage-3 sampler: diffusers scheduler ``name`` on the training schedule, never clipping (see above).
+
+    Every setting of diffusers' constructor that changes the sampling is set explicitly (:data:`SAMPLER_SETTINGS`,
+    :data:`SAMPLER_SPACING`), so no diffusers default is inherited unchecked; the schedule itself (betas, T) is the
+    training scheduler's.
+
+    Args:
+        name (str): One of :data:`SAMPLERS`.
+        train_config (Mapping): The training ``DDPMScheduler``'s config.
+
+    Returns:
+        SchedulerMixin: A fresh scheduler (call ``set_timesteps`` before use).
+
+    Raises:
+        ValueError: ``name`` is not in :data:`SAMPLERS` (names the option).
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f'option distill.sample.scheduler must be one of {list(SAMPLERS)}, got {name!r}')
+    import diffusers
+    settings = dict(SAMPLER_SETTINGS, **SAMPLER_SPACING[name])
+    keep = ('num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule', 'trained_betas')
+    return getattr(diffusers, name)(**{k: train_config[k] for k in keep if k in train_config}, **settings)
+
+
+def build_train_scheduler(num_train_timesteps, beta_schedule):
+    """The fine-tuning noise schedule: diffusers ``DDPMScheduler`` with DiT's betas.
+
+    DiT (``get_named_beta_schedule``) scales the linear schedule by 1000 / T (beta from 1e-4 * 1000 / T to
+    0.02 * 1000 / T), diffusers does not: the scaled values are passed, equal to diffusers' defaults for T = 1000.
+    Other schedules (``squaredcos_cap_v2``: DiT's cosine) are diffusers' own. ``clip_sample=False`` as every sampler
+    (it does not act on ``add_noise``).
+
+    Args:
+        num_train_timesteps (int): T.
+        beta_schedule (str): A diffusers beta schedule name.
+
+    Returns:
+        DDPMScheduler: The training scheduler (``add_noise``, ``alphas_cumprod``).
+    """
+    from diffusers import DDPMScheduler
+    extra = {}
+    if beta_schedule == 'linear':
+        extra = {'beta_start': 1e-4 * 1000 / num_train_timesteps, 'beta_end': 0.02 * 1000 / num_train_timesteps}
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, clip_sample=False, **extra)
 
 
 def _build(section, builder, tiny, option, seed):
@@ -168,9 +272,10 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     Raises:
         ValueError: unknown or invalid options (named; wrong types, ``stage1.k`` or ``sample.images_per_class``
-            < 1, ...), a too small ``train.total_iter``, a stage-1 image that is not an image or a truncated PNG
-            (named; checked before the DiT and VAE are built), with several processes a ``finetune.batch_size``
-            that is not a multiple of their number.
+            < 1, ``finetune.sr_timesteps`` not a range of [0, T], a ``sample.scheduler`` not in :data:`SAMPLERS`,
+            a ``stage1.scale`` other than ``scale`` ...), a too small ``train.total_iter``, a stage-1 image that is
+            not an image or a truncated PNG (named; checked before the DiT and VAE are built), with several
+            processes a ``finetune.batch_size`` that is not a multiple of their number.
         FileNotFoundError: missing local DiT / VAE / CLIP folders (named by their option), a missing or empty
             ``datasets.train.dataroot_gt`` (named).
         FloatingPointError: (``optimize_parameters``) a NaN or infinite stage-2 loss or gradient; raised before the
@@ -199,10 +304,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
         self.vae.requires_grad_(False)
         self.trainable = apply_difffit(self.dit)
         set_label_dropout(self.dit, 0.0)  # labels are dropped once per sample in the loop (DiT's training)
-        from diffusers import DDPMScheduler
         ft = cfg['finetune']
-        self.train_scheduler = DDPMScheduler(
-            num_train_timesteps=ft['num_train_timesteps'], beta_schedule=ft['beta_schedule'])
+        self.train_scheduler = build_train_scheduler(ft['num_train_timesteps'], ft['beta_schedule'])
         root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
         self.work_dir = cfg['work_dir'] or f'{root.rstrip("/")}_work'
         os.makedirs(self.work_dir, exist_ok=True)
@@ -219,6 +322,9 @@ class MinimaxDiffusionModel(DistillBaseModel):
             size_control={'ipc': int(cfg['sample']['images_per_class'])},
             options=opt)
         self.stage2_path = osp.join(self.work_dir, 'stage2_difffit.pth')
+        self.store_path = osp.join(self.work_dir, 'stage1_patches.npy')
+        self.store = None
+        self._perm = (None, None)  # (epoch, permutation) of the batch order, see batch_indices
         self.stage2_key = options_hash(
             dict({k: cfg[k]
                   for k in ('dit', 'vae', 'label_offset', 'finetune')}, stage1=self.stage1_opt))
@@ -247,6 +353,16 @@ class MinimaxDiffusionModel(DistillBaseModel):
                                   1), ('label_offset', cfg['label_offset'], 0)):
             if value < low:
                 raise ValueError(f'option distill.{name} must be >= {low}, got {value}')
+        lo_hi = cfg['finetune']['sr_timesteps']
+        steps = cfg['finetune']['num_train_timesteps']
+        if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool)
+                        for v in lo_hi) and 0 <= lo_hi[0] < lo_hi[1] <= steps):
+            raise ValueError(f'option distill.finetune.sr_timesteps must be [lo, hi] with ints 0 <= lo < hi <= '
+                             f'distill.finetune.num_train_timesteps={steps} (L_SR at lo <= t < hi), got {lo_hi!r}')
+        if cfg['sample']['scheduler'] not in SAMPLERS:
+            raise ValueError(f'option distill.sample.scheduler must be one of {list(SAMPLERS)}, got '
+                             f'{cfg["sample"]["scheduler"]!r}')
         if cfg['finetune']['batch_size'] % self.world_size:
             raise ValueError(f'option distill.finetune.batch_size={cfg["finetune"]["batch_size"]} must be a multiple '
                              f'of the {self.world_size} processes (each computes an equal slice of the batch)')
@@ -259,19 +375,25 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ stage 1
     def stage1(self):
-        """Selection and pseudo-labels (persisted; reused when the options and images are unchanged).
+        """Selection, pseudo-labels and the patch store (persisted; reused when the options and images are unchanged).
 
-        With several processes (all call it at the same iteration) rank 0 computes or reuses the file and the others
-        read it after a barrier.
+        With several processes (all call it at the same iteration) rank 0 computes or reuses the files and the others
+        read them after a barrier.
+
+        Returns:
+            dict: The selection (:func:`~basicsr_distill.data.patch_selection.load_selection`); ``self.store`` is
+            its :class:`~basicsr_distill.data.patch_selection.PatchStore`.
         """
         if self.selection is None:
             path = osp.join(self.work_dir, 'stage1_selection.json')
             if self.rank == 0:
                 self.selection = run_stage1(self.stage1_opt, path)
+                self.store = ensure_patch_store(self.selection, self.store_path)
             if self.world_size > 1:
                 mmdist.barrier()
             if self.rank != 0:
                 self.selection = load_selection(path)
+                self.store = PatchStore(self.store_path)
         return self.selection
 
     # ------------------------------------------------------------------------------------------ stage 2
@@ -294,23 +416,60 @@ class MinimaxDiffusionModel(DistillBaseModel):
             for name, value in tensors.items():
                 params[name].copy_(value.to(params[name].device))
 
+    def batch_indices(self, step):
+        """Patch indices of fine-tuning step ``step`` (1-based): the patches in a random order, epoch after epoch.
+
+        Positions ``(step - 1) B .. step B - 1`` of the concatenated epochs (B = ``finetune.batch_size``); epoch e
+        is a permutation of the N patches drawn from ``unit_generator(1, salt=1 + e)``, so every patch is seen once
+        per epoch (the reference's shuffled DataLoader) and the order is a function of the step alone (nothing to
+        save for ``--auto_resume``). A batch may straddle two epochs (the reference drops an epoch's last partial
+        batch instead).
+
+        Returns:
+            Tensor: (B,) int64 indices in [0, N) (CPU).
+        """
+        n, size = len(self.ft.labels), int(self.cfg['finetune']['batch_size'])
+        pos = torch.arange((step - 1) * size, step * size)
+        out = torch.empty(size, dtype=torch.long)
+        for epoch in (pos // n).unique().tolist():
+            if self._perm[0] != epoch:
+                self._perm = (epoch, torch.randperm(n, generator=self.unit_generator(1, salt=1 + epoch)))
+            here = pos // n == epoch
+            out[here] = self._perm[1][pos[here] % n]
+        return out
+
     @torch.no_grad()
-    def _encode_selection(self):
-        sel = self.stage1()
-        latents = []
-        patches = list(iter_patches(sel['records']))
-        for i in range(0, len(patches), 16):
-            batch = torch.from_numpy(np.stack(patches[i:i + 16])).permute(0, 3, 1, 2).to(self.device)
-            latents.append(vae_encode(self.vae, batch, sample=False))
-        return torch.cat(latents), torch.as_tensor(sel['labels'], dtype=torch.long, device=self.device)
+    def encode_real(self, indices, flips, posterior_noise):
+        """Scaled latents of stored patches as the reference makes them every step: flip, encode, posterior sample.
+
+        ``z0 = (mean + std * noise) * scaling_factor`` of the VAE posterior of the (flipped) patch in [-1, 1], i.e.
+        ``vae.encode(2 x - 1).latent_dist.sample() * 0.18215`` with the noise given (drawn from the stage's
+        generator, not from diffusers' global one).
+
+        Args:
+            indices (Tensor): (b,) patch indices.
+            flips (Tensor): (b,) bool, flip the patch left-right.
+            posterior_noise (Tensor): (b, C, h, w) standard normal noise (CPU).
+
+        Returns:
+            Tensor: (b, C, h, w) latents on the model's device.
+        """
+        patches = torch.from_numpy(self.store.read(indices)).to(self.device)
+        img = patches.permute(0, 3, 1, 2).float() / 255.
+        img = torch.where(flips.to(self.device).view(-1, 1, 1, 1), img.flip(-1), img)
+        dist = self.vae.encode(img * 2 - 1).latent_dist
+        z = dist.mean + dist.std * posterior_noise.to(device=self.device, dtype=dist.mean.dtype)
+        return z * self.vae.config.scaling_factor
 
     def _start_stage2(self, resumed=None):
         ft = self.cfg['finetune']
-        latents, labels = self._encode_selection()
-        self.ft_latent_shape = latents.shape[1:]
+        sel = self.stage1()
+        labels = torch.as_tensor(sel['labels'], dtype=torch.long)
+        side = self.store.shape[1] // vae_downsample_factor(self.vae)
+        self.ft_latent_shape = torch.Size([self.vae.config.latent_channels, side, side])
         params = [p for n, p in self.dit.named_parameters() if n in set(self.trainable)]
         st = MinimaxStage2State(
-            latents=latents,
+            store=self.store,
             labels=labels,
             generator=self.unit_generator(1),
             optimizer=torch.optim.AdamW(params, lr=ft['lr'], weight_decay=ft['weight_decay']),
@@ -330,12 +489,22 @@ class MinimaxDiffusionModel(DistillBaseModel):
             self.dit_ddp = DistributedDataParallel(self.dit, device_ids=device_ids, broadcast_buffers=False)
         self.ft = st
         self.optimizers = [st.optimizer]
-        self.logger.info(f'Minimax-SR stage 2: fine-tuning on {len(st.labels)} selected patches, '
-                         f'{len(self.trainable)} DiffFit tensors trainable' +
-                         (' (resumed)' if resumed is not None else ''))
+        self.logger.info(f'Minimax-SR stage 2: fine-tuning on {len(st.labels)} selected patches (random flips: '
+                         f'{ft["hflip"]}, a fresh posterior sample per step), {len(self.trainable)} DiffFit tensors '
+                         'trainable' + (' (resumed)' if resumed is not None else ''))
 
     def finetune_losses(self, z0, labels, generator):
         """One fine-tuning step's losses (Eq. 2-6) for latents z0 (B, C, h, w) of pseudo-classes ``labels`` (B,).
+
+        With ``t ~ U{0, T - 1}``, noise ``eps`` and ``z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps`` (drawn in this order
+        from ``generator``, then the label dropout): the DiT's first C output channels are its epsilon (learned-sigma
+        DiTs return 2C; the variance channels enter no loss), ``L_simple = mean((eps_theta - eps)^2)`` (Eq. 2),
+        ``z_hat = predict_x0_from_eps`` (with its gradient) for L_r / L_d (Eq. 3-4, against the memories as they
+        were before this step) and ``L_SR = -(1 / B) sum_{i: lo <= t_i < hi} E(clamp(D(z_hat_i), 0, 1))`` (Eq. 5;
+        E the high-frequency energy of :func:`~basicsr_distill.losses.minimax_loss.sr_loss`, D the VAE decoder with
+        its gradient, [lo, hi) = ``finetune.sr_timesteps``; the samples outside the range count as 0, so the term
+        has the same scale whatever the split into processes; 0 when no sample is in range or ``lambda_sr`` is 0,
+        then nothing is decoded).
 
         Every process draws the timesteps, noise and label dropout of the whole batch (the same generator state
         everywhere) and runs the DiT (and the VAE decoding of L_SR) on its slice ``rank * B / W .. (rank + 1) * B /
@@ -351,7 +520,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
             and this process's objective to back-propagate.
         """
         ft, st = self.cfg['finetune'], self.ft
-        t = torch.randint(0, ft['num_train_timesteps'], (z0.shape[0], ), generator=generator).to(self.device)
+        t_cpu = torch.randint(0, ft['num_train_timesteps'], (z0.shape[0], ), generator=generator)
+        t = t_cpu.to(self.device)
         noise = torch.randn(z0.shape, generator=generator).to(self.device)
         z_t = self.train_scheduler.add_noise(z0, noise, t)
         dit_labels = pseudo_to_dit_labels(labels, self.cfg['label_offset'])
@@ -362,14 +532,21 @@ class MinimaxDiffusionModel(DistillBaseModel):
         out = dit(z_t[part], timestep=t[part], class_labels=dit_labels[part].to(self.device)).sample
         eps = out[:, :z0.shape[1]]  # learned-sigma DiTs return 2C channels: the first C are epsilon
         l_simple = F.mse_loss(eps, noise[part])
-        pred_x0 = predict_x0_from_eps(z_t[part], eps, self.train_scheduler.alphas_cumprod, t[part])
+        own_x0 = predict_x0_from_eps(z_t[part], eps, self.train_scheduler.alphas_cumprod, t[part])
+        pred_x0 = own_x0
         if self.world_size > 1:
-            parts = mmdist.all_gather(pred_x0.detach())
-            parts[self.rank] = pred_x0
+            parts = mmdist.all_gather(own_x0.detach())
+            parts[self.rank] = own_x0
             pred_x0 = torch.cat(parts)
         l_r = representativeness_loss(pred_x0, labels, st.real_mem)
         l_d = diversity_loss(pred_x0, labels, st.syn_mem)
-        l_sr = sr_loss(vae_decode(self.vae, pred_x0[part]), self.scale)
+        lo, hi = ft['sr_timesteps']
+        chosen = ((t_cpu[part] >= lo) & (t_cpu[part] < hi)).nonzero().flatten()
+        if ft['lambda_sr'] > 0 and len(chosen):
+            decoded = vae_decode(self.vae, own_x0[chosen.to(self.device)])  # the paper's gradient path (Eq. 5)
+            l_sr = sr_loss(decoded, self.scale) * (len(chosen) / per)
+        else:
+            l_sr = l_simple.new_zeros(())
         lams = ft['lambda_r'], ft['lambda_d'], ft['lambda_sr']
         total = minimax_objective(l_simple, l_r, l_d, l_sr, *lams)
         losses = {'l_simple': l_simple, 'l_r': l_r, 'l_d': l_d, 'l_sr': l_sr, 'l_total': total}
@@ -382,10 +559,35 @@ class MinimaxDiffusionModel(DistillBaseModel):
         losses['l_total'] = minimax_objective(means[0], losses['l_r'], losses['l_d'], means[1], *lams)
         return losses, pred_x0.detach(), objective
 
-    def _finetune_step(self, step):
+    def real_batch(self, step):
+        """Step ``step``'s real batch as the reference draws it: patches, labels, flips, posterior samples.
+
+        Draws, in this order, from the stage generator: the flips (B,) (``finetune.hflip``; probability 1/2) and the
+        posterior noise (B, C, h, w); the indices come from :meth:`batch_indices`. Each process encodes its slice
+        of the batch (see :meth:`finetune_losses`) and the latents are gathered, so every process holds the whole
+        batch (for the real memory).
+
+        Returns:
+            tuple[Tensor, Tensor]: z0 (B, C, h, w) latents and labels (B,), on the model's device.
+        """
         ft, st = self.cfg['finetune'], self.ft
-        idx = torch.randint(len(st.labels), (ft['batch_size'], ), generator=st.generator).to(self.device)
-        z0, labels = st.latents[idx], st.labels[idx]
+        size = int(ft['batch_size'])
+        idx = self.batch_indices(step)
+        if ft['hflip']:
+            flips = torch.rand(size, generator=st.generator) < 0.5
+        else:
+            flips = torch.zeros(size, dtype=torch.bool)
+        noise = torch.randn((size, ) + tuple(self.ft_latent_shape), generator=st.generator)
+        per = size // self.world_size
+        part = slice(self.rank * per, (self.rank + 1) * per)
+        z0 = self.encode_real(idx[part], flips[part], noise[part])
+        if self.world_size > 1:
+            z0 = torch.cat(mmdist.all_gather(z0))
+        return z0, st.labels[idx].to(self.device)
+
+    def _finetune_step(self, step):
+        st = self.ft
+        z0, labels = self.real_batch(step)
         self.dit.train()
         st.optimizer.zero_grad(set_to_none=True)
         losses, pred_x0, objective = self.finetune_losses(z0, labels, st.generator)
@@ -417,10 +619,18 @@ class MinimaxDiffusionModel(DistillBaseModel):
     # ------------------------------------------------------------------------------------------ stage 3
     @torch.no_grad()
     def sample_class(self, c):
-        """Images of pseudo-class c: (n, 3, H, W) in [0, 1] and the seed of each (classifier-free guidance)."""
-        import diffusers
+        """Images of pseudo-class c with classifier-free guidance, from the EMA-weighted DiT.
+
+        Image j starts from ``z_T ~ N(0, I)`` of its own generator (seed ``sample.seed * 1000003 + c * 10007 + j``,
+        which also drives a stochastic sampler's noise); each of ``sample.steps`` steps of :func:`build_sampler`
+        (no clipping) takes ``eps = eps_u + guidance_scale (eps_c - eps_u)`` on the C epsilon channels; the last
+        latent is decoded and clamped to [0, 1].
+
+        Returns:
+            tuple[Tensor, list[int]]: (n, 3, H, W) images in [0, 1] and the seed of each.
+        """
         smp = self.cfg['sample']
-        scheduler = getattr(diffusers, smp['scheduler']).from_config(self.train_scheduler.config)
+        scheduler = build_sampler(smp['scheduler'], self.train_scheduler.config)
         self.dit.eval()
         size = self.dit.config.sample_size
         channels = self.dit.config.in_channels

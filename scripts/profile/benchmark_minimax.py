@@ -1,8 +1,10 @@
 """Benchmark Minimax-SR at the demo size: time per fine-tuning step, time per sampled image, peak memory.
 
 Builds ``MinimaxDiffusionModel`` from an option file (default: the CPU demo with the tiny DiT / VAE) in a temporary
-folder, runs stage 1, times ``--steps`` fine-tuning steps (after one warm-up step) and the sampling of
-``--images`` images of pseudo-class 0. Usage::
+folder, runs stage 1 (selection, features, k-means and the patch store), times ``--steps`` fine-tuning steps (after
+one warm-up step; each reads its batch from the store, flips it and encodes a fresh VAE posterior sample) and the
+sampling of ``--images`` images of pseudo-class 0. Memory against the number of images:
+``benchmark_minimax_stage1_memory.py``. Usage::
 
     python scripts/profile/benchmark_minimax.py [-opt options/distill/minimax_demo.yml] [--steps 10] [--images 2]
 """
@@ -51,10 +53,11 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     smp, ft = opt['distill']['sample'], opt['distill']['finetune']
     print(f'Minimax-SR benchmark: {args.opt}, device {model.device}, {torch.get_num_threads()} threads')
-    print(f'stage 1 (selection + features + k-means): {stage1_s:.2f} s, {len(model.selection["records"])} patches')
+    print(f'stage 1 (selection + features + k-means + patch store): {stage1_s:.2f} s, '
+          f'{len(model.selection["records"])} patches')
     print(f'fine-tuning step (batch {ft["batch_size"]}, latents {tuple(model.ft_latent_shape)}): median '
-          f'{statistics.median(times[1:]) * 1e3:.0f} ms over {len(times) - 1} steps (first step '
-          f'{times[0] * 1e3:.0f} ms, latent encoding included)')
+          f'{statistics.median(times[1:]) * 1e3:.0f} ms over {len(times) - 1} steps, the batch read and encoded '
+          f'included (first step {times[0] * 1e3:.0f} ms)')
     print(f'sampling: {sample_s:.2f} s per image ({smp["steps"]} {smp["scheduler"]} steps, guidance '
           f'{smp["guidance_scale"]}, image {tuple(images.shape[1:])})')
     print(f'peak memory: {peak:.0f} MiB (process max RSS)' +

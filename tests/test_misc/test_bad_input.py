@@ -648,7 +648,11 @@ def test_gsdd_nan_objective_stops_before_the_chunked_backward(tmp_path, monkeypa
 
 
 def test_minimax_inf_loss_stops_stage2_before_the_step(tmp_path, monkeypatch):
-    opt = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png', 'tt2.png']), finetune_iters=3)
+    opt = _minimax_opt(
+        tmp_path,
+        _copy_t91(tmp_path / 'hr', ['tt1.png', 'tt2.png']),
+        finetune_iters=3,
+        finetune={'sr_timesteps': [0, 1000]})  # L_SR at every timestep: every term is computed at each step
     model = build_distill_model(MinimaxDiffusionModel, opt)
     for it in (1, 2):  # stage 1 and one fine-tuning step
         model.optimize_parameters(it)
