@@ -9,7 +9,10 @@ scale, gt_size, stride), so the subset is directly comparable with the distilled
   ``network_t`` loaded from ``path.pretrain_network_t``, features at ``distill.feature_layer`` or
   ``--feature_layer``, global-average-pooled) or ``--features random`` (a seeded random DM ResNet18);
 * ``dcsr``: Sobel complexity above the median, k-means (``--num_clusters``) on texture descriptors, even sampling;
-* ``psnr_bic``: the lowest PSNR_bic (bicubic round trip at the option file's scale) first.
+* ``psnr_bic``: Threshold Crop Select (the Minimax-SR paper's baseline): the patches strictly below the median PSNR_bic
+  (bicubic round trip at the option file's scale), then a uniform draw among them, seeded by ``--seed``; a budget
+  larger than the below-median patches is refused;
+* ``psnr_bic_lowest``: the lowest PSNR_bic first (past the median, with a warning, when the budget is larger).
 
 Prints ``{"out", "method", "num_pairs", "pool"}`` as JSON. Example (the README demo)::
 
@@ -43,7 +46,8 @@ def main(argv=None):
         type=int,
         default=0,
         help='random: the draw; kcenter --kcenter_start random: the start; dcsr: k-means and '
-        'sampling; --features random: the network weights')
+        'sampling; psnr_bic: the draw among the patches below the median PSNR_bic; --features random: the network '
+        'weights')
     parser.add_argument('--method', choices=METHODS, default='random', help='selection rule (default: random)')
     parser.add_argument(
         '--features',

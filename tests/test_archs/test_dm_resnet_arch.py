@@ -7,11 +7,12 @@ import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 # isort: split
 
 import torch
-from conftest import limited_threads
+from conftest import data_path, limited_threads
 from torch import nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
+from basicsr.archs import build_network
 from basicsr_distill.archs.dm_resnet_arch import DMResNet18, sample_dm_network
+from basicsr_distill.data.sr_patches import read_rgb
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -29,8 +30,21 @@ def _states_equal(a, b):
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_registered():
-    assert ARCH_REGISTRY.get('DMResNet18') is DMResNet18
+def test_built_by_basicsr_embeds_real_patches_invariant_to_contrast():
+    """Built from its option dict; every conv is bias-free and each is followed by a per-channel (instance) norm, so
+    scaling the input by a > 0 leaves the embedding unchanged up to the norm's eps (measured: 1e-3 of its largest
+    value), while a brightness shift does change it (measured: 9e-2)."""
+    net = build_network({'type': 'DMResNet18', 'num_feat': 4}).eval()
+    assert isinstance(net, DMResNet18) and net.norm == 'instance'
+    img = torch.from_numpy(read_rgb(data_path('data', 'val', 'Set5', 'HR', 'butterfly.png'))).permute(2, 0, 1)
+    x = torch.stack([img[:, :32, :32], img[:, 100:132, 100:132]])  # two real 32x32 patches
+    with torch.no_grad():
+        out, scaled, shifted = net(x), net(0.5 * x), net(x + 0.1)
+    assert out.shape == (2, 32) == (2, net.embed_dim(32, 32))  # 8 * num_feat channels, one 4x4 pooling cell
+    assert not torch.allclose(out[0], out[1], atol=1e-2)
+    top = out.abs().max()
+    assert (scaled - out).abs().max() < 1e-2 * top
+    assert (shifted - out).abs().max() > 2e-2 * top
 
 
 def test_layout():

@@ -1,4 +1,5 @@
 """Tests of the IMDN arch: strict loading of both public checkpoints, the key map, features and hooks."""
+import numpy as np
 import os.path as osp
 import pytest
 from collections import OrderedDict
@@ -8,11 +9,13 @@ import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 # isort: split
 
 import torch
-from conftest import DATA, SHARED
+from conftest import DATA, SHARED, data_path
 from torch import nn
 
-from basicsr.utils.registry import ARCH_REGISTRY
+from basicsr.archs import build_network
+from basicsr.utils.matlab_functions import imresize
 from basicsr_distill.archs.imdn_arch import IMDN, imdn_key_map
+from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.utils.checkpoint import load_pretrained
 
 IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')  # no licence to bundle: tests with it need shared/
@@ -27,8 +30,31 @@ def _raw(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
-def test_registered():
-    assert ARCH_REGISTRY.get('IMDN') is IMDN
+def _butterfly_crop(size=32):
+    """The centre size x size crop of Set5 butterfly's bicubic x4 LR (HWC array and (1, 3, h, w) tensor), its HR."""
+    lr = read_rgb(data_path('data', 'val', 'Set5', 'LR_bicubic', 'X4', 'butterflyx4.png'))
+    hr = read_rgb(data_path('data', 'val', 'Set5', 'HR', 'butterfly.png'))
+    y, x = (lr.shape[0] - size) // 2, (lr.shape[1] - size) // 2
+    lr = lr[y:y + size, x:x + size]
+    return lr, torch.from_numpy(lr).permute(2, 0, 1)[None], hr[4 * y:4 * (y + size), 4 * x:4 * (x + size)]
+
+
+def _psnr(a, b):
+    return float(-10 * np.log10(((a - b)**2).mean()))
+
+
+def test_built_by_basicsr_the_bundled_teacher_beats_bicubic():
+    """BasicSR's builder makes the teacher of the option files; with the bundled checkpoint its x4 of a real LR crop
+    is 7.3 dB closer to the HR than bicubic (RGB PSNR, measured: 28.55 dB against 21.23 dB)."""
+    net = build_network({'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4})
+    assert isinstance(net, IMDN) and len(net.body) == 8
+    net = load_pretrained(net, IMDN_NTIRE22).eval()
+    lr, lr_t, hr = _butterfly_crop()
+    with torch.no_grad():
+        sr = net(lr_t)
+    assert sr.shape == (1, 3, 128, 128) and hr.shape == (128, 128, 3)
+    sr = sr[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    assert _psnr(sr, hr) > _psnr(np.clip(imresize(lr, 4), 0, 1), hr) + 3
 
 
 def test_unknown_block_type():

@@ -7,7 +7,7 @@ import basicsr_distill  # noqa: F401  (must precede basicsr / torchvision)
 
 import torch
 
-from basicsr.utils.registry import LOSS_REGISTRY
+from basicsr.losses import build_loss
 from basicsr_distill.losses.dm_loss import GSDDLoss, dm_distance, gsdd_objective, paired_distance
 
 # real means (2, 3); synthetic mean (0, 0): L_dis = 2^2 + 3^2 = 13
@@ -18,8 +18,11 @@ PAIR_X = REAL
 PAIR_GZ = torch.tensor([[0., 0.], [3., 2.]], dtype=torch.float64)
 
 
-def test_registered():
-    assert LOSS_REGISTRY.get('GSDDLoss') is GSDDLoss
+def test_built_by_basicsr_from_its_option_dict():
+    loss = build_loss({'type': 'GSDDLoss', 'loss_weight': 2., 'lam': 0.5, 'reduction': 'sum'})
+    assert isinstance(loss, GSDDLoss)
+    assert loss(REAL, SYN, PAIR_X, PAIR_GZ).item() == 22  # 2 * (0.5 * 13 + 0.5 * 9)
+    assert loss(REAL, REAL.flip(0), PAIR_X, PAIR_X).item() == 0  # same means, every pair equal
 
 
 def test_dm_distance_by_hand():
