@@ -46,6 +46,15 @@ def to_cpu(obj):
     return obj
 
 
+def unit_generator(seed, unit_index, salt=0):
+    """The CPU ``torch.Generator`` of unit ``unit_index`` of a run seeded ``seed`` (``manual_seed``), with ``salt``.
+
+    The models draw every random choice of a unit from it (:meth:`DistillBaseModel.unit_generator`); the selection
+    controls that reproduce a model's draws (``idc_init``) build the same one.
+    """
+    return torch.Generator().manual_seed((int(seed) * 1000003 + unit_index * 7919 + salt) % (2**63 - 1))
+
+
 class DistillBaseModel(BaseModel):
     """Base class: frozen networks, seeded per-unit generators, progress with ETA, unit-level save / resume, and the
     step sequence every method shares (:meth:`optimize_parameters`).
@@ -250,7 +259,7 @@ class DistillBaseModel(BaseModel):
 
     def unit_generator(self, unit_index, salt=0):
         """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is never touched."""
-        return torch.Generator().manual_seed((self.seed * 1000003 + unit_index * 7919 + salt) % (2**63 - 1))
+        return unit_generator(self.seed, unit_index, salt)
 
     def log_progress(self, done_index, num_units, name, seconds, remaining):
         """Log 'unit i of N' with the unit's time and an ETA from the mean time of the units computed so far."""
@@ -449,4 +458,9 @@ class DistillBaseModel(BaseModel):
                 return
             self.writer.merge_shards()
         if all(self.writer.is_finished(n) for n in self.unit_names):
-            self.writer.finalize()
+            self.writer.finalize(None if self.writer.complete else self.summary_fields())
+
+    def summary_fields(self):
+        """Hook: extra top-level fields of ``distill.json`` written when the set is complete (e.g. ``summary``), or
+        None."""
+        return None

@@ -63,7 +63,32 @@ IDC_DEFAULTS = {
     },
     'lr_schedule': 'constant',  # or 'cosine' (per instance, to 0)
     'instances_per_step': 1,  # K: instances optimised together, one teacher pass over their x_hat per step
+    'redraw_every': 0,  # steps between re-draws of the RLFF channel subset and the NCFD bank (0: fixed per instance)
+    'pair_rematch': 'assignment',  # L_pair partners: 'assignment' (when assigned), 'round' (every round), 'step'
+    'pair_exclude_source': False,  # never pair a synthetic local patch with its own source real patch (init: real)
 }
+PAIR_REMATCH = ('assignment', 'round', 'step')
+
+
+def initial_x_hat(lq, ratio, init, generator):
+    """The initial synthetic LR patches of an instance: the first draws of its seeded generator.
+
+    Args:
+        lq (Tensor): (N, 3, h, w) real LR patches of the image, in [0, 1], N >= 1.
+        ratio (float): r; n = max(1, round(r N)).
+        init (str): ``'real'``: n distinct real patches drawn without replacement; ``'noise'``: uniform [0, 1].
+        generator (torch.Generator): The instance's generator (CPU), fresh: these are its first draws.
+
+    Returns:
+        tuple: ``(init_ids, x0)``: (n,) long indices into ``lq`` (-1 for noise) and (n, 3, h, w) float patches on
+        ``lq``'s device.
+    """
+    n = max(1, round(ratio * lq.shape[0]))
+    if init == 'real':
+        ids = torch.randperm(lq.shape[0], generator=generator)[:n]
+        return ids, lq[ids.to(lq.device)].clone()
+    ids = torch.full((n, ), -1, dtype=torch.long)
+    return ids, torch.rand(n, *lq.shape[1:], generator=generator, dtype=lq.dtype).to(lq.device)
 
 
 @dataclass
@@ -88,6 +113,12 @@ class IDCInstance:
         bank (RealCharacteristicBank): Real-side characteristic functions (NCFD, Eq. 2-3).
         quotas (Tensor), assigned (Tensor), pair_index (Tensor): Group quotas, the group of each synthetic local
             patch (-1: not yet assigned) and its L_pair partner.
+        real (Tensor): (N, 3, h, w) the real LR patches (kept for the re-draws of ``redraw_every``).
+        x0 (Tensor): (n, 3, h, w) x_hat at the start (for the displacement written with each pair).
+        real_owner (Tensor), syn_owner (Tensor): (P_r,) real LR patch of each real local patch; (P_s,) source real
+            LR patch of each synthetic local patch (-1 for noise).
+        redraw_state (Tensor | None): The generator's state before the last re-draw (replayed on resume).
+        last_l_ins (float): L_ins of the last step.
     """
     index: int
     name: str
@@ -112,6 +143,12 @@ class IDCInstance:
     quotas: Any = None
     assigned: Any = None
     pair_index: Any = None
+    real: Any = None
+    x0: Any = None
+    real_owner: Any = None
+    syn_owner: Any = None
+    redraw_state: Any = None
+    last_l_ins: float = float('nan')
 
 
 @MODEL_REGISTRY.register()
@@ -184,6 +221,10 @@ class IDCModel(DistillBaseModel):
             raise ValueError('distill.assign_steps and distill.num_groups must be >= 1')
         if int(cfg['instances_per_step']) < 1:
             raise ValueError(f'distill.instances_per_step (K) must be >= 1, got {cfg["instances_per_step"]}')
+        if cfg['pair_rematch'] not in PAIR_REMATCH:
+            raise ValueError(f'distill.pair_rematch must be one of {list(PAIR_REMATCH)}, got {cfg["pair_rematch"]!r}')
+        if int(cfg['redraw_every']) < 0:
+            raise ValueError(f'distill.redraw_every must be >= 0 (0: never), got {cfg["redraw_every"]}')
         if cfg['lr_schedule'] not in ('constant', 'cosine'):
             raise ValueError(f"distill.lr_schedule must be 'constant' or 'cosine', got {cfg['lr_schedule']!r}")
 
@@ -213,13 +254,9 @@ class IDCModel(DistillBaseModel):
                                 f'{self.source.gt_size}x{self.source.gt_size} patch: skipped, no pair written')
             return inst
         real = data['lq'].to(self.device)
-        inst.n_syn = max(1, round(cfg['ratio'] * inst.num_real))
-        if cfg['init'] == 'real':
-            inst.init_ids = torch.randperm(inst.num_real, generator=inst.generator)[:inst.n_syn]
-            x0 = real[inst.init_ids.to(self.device)].clone()
-        else:
-            inst.init_ids = torch.full((inst.n_syn, ), -1, dtype=torch.long)
-            x0 = torch.rand(inst.n_syn, *real.shape[1:], generator=inst.generator).to(self.device)
+        inst.init_ids, x0 = initial_x_hat(data['lq'], cfg['ratio'], cfg['init'], inst.generator)
+        inst.n_syn = x0.shape[0]
+        x0 = x0.to(self.device)
         inst.coords = data['coords']
         inst.x_hat = torch.nn.Parameter(x0)
         optim_cfg = dict(cfg['optim'])
@@ -248,6 +285,10 @@ class IDCModel(DistillBaseModel):
         inst.quotas = group_quotas(inst.labels_real, inst.num_groups, inst.num_syn_patches)
         inst.assigned = torch.full((inst.num_syn_patches, ), -1, dtype=torch.long, device=self.device)
         inst.pair_index = torch.zeros(inst.num_syn_patches, dtype=torch.long, device=self.device)
+        inst.real, inst.x0 = real, x0.detach().clone()
+        ppi = inst.patches_per_image
+        inst.real_owner = torch.arange(inst.num_real, device=self.device).repeat_interleave(ppi)
+        inst.syn_owner = inst.init_ids.to(self.device).repeat_interleave(ppi)
         self.logger.info(f'IDC instance {index + 1} of {self.source.num_instances} ({inst.name}): N={inst.num_real} '
                          f'real patches -> n={inst.n_syn} synthetic; {inst.local_real.shape[0]} real local patches '
                          f'in {inst.num_groups} groups')
@@ -257,7 +298,11 @@ class IDCModel(DistillBaseModel):
             inst.optimizer.load_state_dict(resumed['optimizer'])
             inst.assigned = resumed['assigned'].to(self.device)
             inst.pair_index = resumed['pair_index'].to(self.device)
+            if resumed.get('redraw_state') is not None:  # replay the last re-draw: the same RLFF and bank
+                inst.generator.set_state(resumed['redraw_state'])
+                self._redraw(inst)
             inst.generator.set_state(resumed['generator'])
+            inst.last_l_ins = float(resumed.get('last_l_ins', float('nan')))
             self.logger.info(f'IDC instance {inst.index + 1} ({inst.name}) resumed from its saved state')
         return inst
 
@@ -265,15 +310,47 @@ class IDCModel(DistillBaseModel):
         """Start instance ``index`` outside the train loop (profilers): ``self.unit`` is the fresh instance."""
         self.unit = self.start_unit(index, None)
 
+    @torch.no_grad()
+    def _redraw(self, inst):
+        """Re-draw the instance's RLFF channel subset (Eq. 4-5) and its NCFD bank of frequencies from its generator.
+
+        The real side follows: the teacher features of the real patches are computed again (eval mode, no_grad),
+        the new RLFF's BN statistics fitted to them, the real local features, the group centroids (the mean of each
+        K-means group's descriptors: the groups, the assignment and the L_pair partners keep their indices) and the
+        real characteristic functions on the new bank. NCFM draws fresh frequencies at every call; a re-draw every
+        ``redraw_every`` steps gives the same variety while the real side is computed once per re-draw.
+        """
+        cfg = self.cfg
+        inst.redraw_state = inst.generator.get_state()
+        feat_real = self.tap.batched(inst.real, cfg['real_batch_size'])
+        inst.rlff = RandomLocalFourierFeatures(
+            feat_real.shape[1],
+            cfg['rlff']['kernel_size'],
+            cfg['rlff']['num_channels'],
+            cfg['rlff']['patch_size'],
+            generator=inst.generator,
+            device=self.device)
+        inst.rlff.fit_bn(feat_real)
+        inst.local_real = inst.rlff(feat_real)
+        desc = patch_descriptors(inst.local_real)
+        sums = desc.new_zeros(inst.num_groups, desc.shape[1]).index_add_(0, inst.labels_real, desc)
+        counts = torch.bincount(inst.labels_real, minlength=inst.num_groups).clamp(min=1).to(desc.dtype)
+        inst.centroids = sums / counts[:, None]
+        inst.bank = RealCharacteristicBank(
+            inst.local_real, inst.labels_real, inst.num_groups, cfg['ncfd']['bank_size'], generator=inst.generator)
+
     # ------------------------------------------------------------------------------------------ one step
     def _assign_round(self, step):
-        """Progressive assignment (Sec. 3.4): round j at step warmup + 1 + round((j - 1) * assign_iters / S)."""
+        """Progressive assignment (Sec. 3.4): round j at step warmup + 1 + round((j - 1) * assign_iters / S).
+
+        Where several rounds fall on one step (assign_iters < S) the last of them is returned: the last round runs.
+        """
         cfg = self.cfg
         rel = step - cfg['warmup_iters'] - 1
         num_steps, span = cfg['assign_steps'], cfg['assign_iters']
         if rel < 0 or rel > span:
             return None
-        for j in range(1, num_steps + 1):
+        for j in range(num_steps, 0, -1):  # the last round on this step: rounds that fall on one step run as one
             if rel == round((j - 1) * span / num_steps):
                 return j
         return None
@@ -299,15 +376,19 @@ class IDCModel(DistillBaseModel):
         losses = {}
         if step > cfg['warmup_iters']:
             j = self._assign_round(step)
+            pair_ids = None
             if j is not None:
                 target = assignment_target(j, cfg['assign_steps'], inst.num_syn_patches)
                 before = inst.assigned.clone()
                 inst.assigned = assign_progressive(
                     patch_descriptors(local_syn), inst.centroids, inst.quotas, inst.assigned, target)
-                new = torch.nonzero((before < 0) & (inst.assigned >= 0)).squeeze(1)
-                if new.numel():
-                    inst.pair_index[new] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real,
-                                                                 inst.assigned, new)
+                pair_ids = torch.nonzero((before < 0) & (inst.assigned >= 0)).squeeze(1)  # newly assigned
+            if cfg['pair_rematch'] == 'step' or (cfg['pair_rematch'] == 'round' and j is not None):
+                pair_ids = torch.nonzero(inst.assigned >= 0).squeeze(1)  # every assigned patch, matched again
+            if pair_ids is not None and pair_ids.numel():
+                exclude = inst.syn_owner if cfg['pair_exclude_source'] else None
+                inst.pair_index[pair_ids] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real,
+                                                                  inst.assigned, pair_ids, exclude, inst.real_owner)
         l_ins, l_group = multi_level_ncfd(inst.bank, local_syn, inst.assigned, cfg['ncfd']['num_freqs'],
                                           cfg['ncfd']['alpha'], inst.generator)
         losses['l_ins'] = l_ins
@@ -345,8 +426,11 @@ class IDCModel(DistillBaseModel):
                 naming the instance.
         """
         active = [inst for inst in insts if inst.num_real]
+        every = int(self.cfg['redraw_every'])
         if active:
             for inst in active:
+                if every and step > 1 and (step - 1) % every == 0:
+                    self._redraw(inst)
                 for group in inst.optimizer.param_groups:
                     group['lr'] = self._lr(inst, step)
                 inst.optimizer.zero_grad(set_to_none=True)
@@ -358,6 +442,7 @@ class IDCModel(DistillBaseModel):
                 where = (f'IDC instance {inst.index + 1} of {self.source.num_instances} ({inst.name}), iteration '
                          f'{current_iter} (step {step} of {self.T})')
                 self.check_finite(losses, where)  # before backward / step: x_hat keeps its last finite values
+                inst.last_l_ins = float(losses['l_ins'].detach())
                 per_inst.append(losses)
                 wheres.append(where)
             total = per_inst[0]['l_total'] if len(active) == 1 else sum(losses['l_total'] for losses in per_inst)
@@ -392,7 +477,9 @@ class IDCModel(DistillBaseModel):
                         'source_image': inst.path,
                         'num_real_patches': inst.num_real,
                         'init': self.cfg['init'],
-                        'init_patch_hr_yx': list(inst.coords[init]) if init >= 0 else None
+                        'init_patch_hr_yx': list(inst.coords[init]) if init >= 0 else None,
+                        'x_hat_mad': float((x_hat[j] - inst.x0[j]).abs().mean()),  # displacement, LR [0, 1] units
+                        'final_l_ins': inst.last_l_ins
                     },
                 })
         return pairs
@@ -412,6 +499,26 @@ class IDCModel(DistillBaseModel):
             'optimizer': inst.optimizer.state_dict(),
             'assigned': inst.assigned.cpu(),
             'pair_index': inst.pair_index.cpu(),
-            'generator': inst.generator.get_state()
+            'generator': inst.generator.get_state(),
+            'redraw_state': inst.redraw_state,
+            'last_l_ins': inst.last_l_ins
         } for inst in self.units if inst.num_real]
         return states or None
+
+    def summary_fields(self):
+        """``distill.json``'s ``summary``: how far x_hat moved from its start (mean absolute difference per pair, LR
+        [0, 1] units: mean, median, max) and the final L_ins of the instances (mean), over the pairs written."""
+        pairs = self.writer.manifest.get('pairs', [])
+        mad = sorted(p['x_hat_mad'] for p in pairs if 'x_hat_mad' in p)
+        l_ins = {p['instance']: p['final_l_ins'] for p in pairs if 'final_l_ins' in p}
+        if not mad:
+            return None
+        return {
+            'summary': {
+                'x_hat_mad_mean': sum(mad) / len(mad),
+                'x_hat_mad_median': mad[len(mad) // 2],
+                'x_hat_mad_max': mad[-1],
+                'final_l_ins_mean': sum(l_ins.values()) / len(l_ins),
+                'num_pairs': len(mad)
+            }
+        }

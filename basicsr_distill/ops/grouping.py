@@ -106,7 +106,7 @@ def assign_progressive(desc_syn, centroids, quotas, assigned, target):
     return assigned.to(desc_syn.device)
 
 
-def nearest_real_in_group(local_syn, local_real, labels_real, assigned, patch_ids):
+def nearest_real_in_group(local_syn, local_real, labels_real, assigned, patch_ids, exclude=None, real_owner=None):
     """Index of the most similar real local patch (Euclidean over p*p*C) in the same group, for given syn patches.
 
     Args:
@@ -115,6 +115,10 @@ def nearest_real_in_group(local_syn, local_real, labels_real, assigned, patch_id
         labels_real (Tensor): (P_r,) real groups.
         assigned (Tensor): (P_s,) synthetic groups (>= 0 for ``patch_ids``).
         patch_ids (Tensor): (K,) synthetic patches to pair.
+        exclude (Tensor | None): (P_s,) int64: for each synthetic local patch, a real LR patch whose local patches it
+            may not be paired with (its own source with ``init: real``), -1 for none. Where every real local patch
+            of the group is excluded the exclusion is dropped for that patch. Default: None (no exclusion).
+        real_owner (Tensor | None): (P_r,) int64 real LR patch of each real local patch; needed with ``exclude``.
 
     Returns:
         Tensor: (K,) int64 indices into the real patches.
@@ -127,5 +131,9 @@ def nearest_real_in_group(local_syn, local_real, labels_real, assigned, patch_id
         rows = torch.nonzero(groups == group).squeeze(1)
         members = torch.nonzero(labels_real == group).squeeze(1)
         dist = torch.cdist(syn_flat[patch_ids[rows]], real_flat[members])
+        if exclude is not None:
+            banned = real_owner[members][None, :] == exclude[patch_ids[rows]][:, None]  # (rows, members)
+            banned &= ~banned.all(dim=1, keepdim=True)  # nothing else in the group: keep the exclusion off
+            dist = dist.masked_fill(banned, float('inf'))
         out[rows] = members[torch.argmin(dist, dim=1)]
     return out

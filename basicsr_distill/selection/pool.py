@@ -13,6 +13,15 @@ comparable with the distilled set. Methods (:data:`METHODS`):
 * ``psnr_bic``: Threshold Crop Select: the patches below the median PSNR_bic (bicubic round trip at the option
   file's scale), then a uniform seeded draw among them; ``psnr_bic_lowest``: the lowest PSNR_bic first.
 
+Controls that isolate what a distillation method adds (:data:`CONTROLS`; the HR side is made as IDC makes it, by the
+option file's ``network_up`` if it has one, else its teacher ``network_t``, clamped to [0, 1]):
+
+* ``random_teacher_hr``: the LR patches of ``random`` (same seed: same pairs, same names and count), HR = the
+  network applied to the LR patch. It separates relabelling by the teacher from what IDC's optimisation of the LR adds;
+* ``idc_init``: IDC's initial x_hat, before any step (the first draws of each instance's seeded generator, exactly as
+  ``IDCModel`` draws them from the option file's ``manual_seed`` and ``distill.ratio`` / ``distill.init``), HR by the
+  same network. Its size is IDC's: n = max(1, round(r N)) per image; a size given that differs is refused.
+
 The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
 chosen patches are read again to write them.
 """
@@ -35,7 +44,8 @@ from basicsr_distill.selection.random_selection import select_random
 from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.options import read_option_file
 
-METHODS = ('random', 'herding', 'kcenter', 'dcsr', 'psnr_bic', 'psnr_bic_lowest')
+CONTROLS = ('random_teacher_hr', 'idc_init')
+METHODS = ('random', 'herding', 'kcenter', 'dcsr', 'psnr_bic', 'psnr_bic_lowest') + CONTROLS
 FEATURE_METHODS = ('herding', 'kcenter')
 RANDOM_FEATURE_WIDTH = 64
 
@@ -59,6 +69,58 @@ def load_teacher(opt, device):
                          '--features random otherwise')
     net = load_frozen_network(opt, 't', device)
     return net, path
+
+
+def load_hr_network(opt, device):
+    """The network that makes IDC's HR side: ``network_up`` (``path.pretrain_network_up``) if the options give one,
+    else the teacher ``network_t``; eval mode, no gradients.
+
+    Returns:
+        tuple: ``(net, key)``, ``key`` ``'up'`` or ``'t'``.
+
+    Raises:
+        ValueError: if neither network (with its weights path) is given.
+    """
+    key = 'up' if opt.get('network_up') else 't'
+    if not opt.get(f'network_{key}') or not (opt.get('path') or {}).get(f'pretrain_network_{key}'):
+        raise ValueError('random_teacher_hr / idc_init need network_t and path.pretrain_network_t (or network_up and '
+                         'path.pretrain_network_up) in the option file: the HR side is that network applied to the LR')
+    return load_frozen_network(opt, key, device), key
+
+
+@torch.no_grad()
+def network_hr(net, lq, batch_size=32):
+    """HR = clamp(net(lq), 0, 1), in batches, as IDC makes x_hat^HR.
+
+    Args:
+        net (nn.Module): The x``scale`` network (eval mode).
+        lq (Tensor): (n, 3, h, w) LR patches in [0, 1].
+        batch_size (int): Patches per forward. Default: 32.
+
+    Returns:
+        Tensor: (n, 3, scale h, scale w) on the CPU, in [0, 1].
+    """
+    device = next(net.parameters()).device
+    out = [net(lq[i:i + batch_size].to(device)).clamp(0, 1).cpu() for i in range(0, lq.shape[0], batch_size)]
+    return torch.cat(out) if out else lq.new_zeros((0, 3, 0, 0))
+
+
+def idc_initial_picks(source, opt):
+    """Per image, IDC's initial x_hat: ``(init_ids, x0)`` with the instance generators of the option file's seed.
+
+    Returns:
+        list: One ``(init_ids (n,), x0 (n, 3, h, w))`` per image; ``None`` for an image smaller than one patch.
+    """
+    from basicsr_distill.models.distill_base_model import unit_generator
+    from basicsr_distill.models.idc_model import IDC_DEFAULTS, initial_x_hat
+    from basicsr_distill.utils.options import merge_options
+    cfg = merge_options(IDC_DEFAULTS, opt.get('distill'))
+    seed = int(opt.get('manual_seed') or 0)
+    picks = []
+    for i in range(source.num_instances):
+        lq = source.load_instance(i)['lq']
+        picks.append(initial_x_hat(lq, cfg['ratio'], cfg['init'], unit_generator(seed, i)) if lq.shape[0] else None)
+    return picks
 
 
 def build_feature_net(features, opt, lq_size, device, seed=0, feature_layer=None):
@@ -210,7 +272,9 @@ def select_subset(opt,
     source = SRInstanceDataset(dataset_opt)
     if device is None:
         device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    counts, descriptors, feature_net = describe_pool(source, method, opt, torch.device(device), features, seed,
+    hr_net = load_hr_network(opt, torch.device(device))[0] if method in CONTROLS else None
+    pool_method = 'random' if method in CONTROLS else method
+    counts, descriptors, feature_net = describe_pool(source, pool_method, opt, torch.device(device), features, seed,
                                                      feature_layer)
     pool = [(i, j) for i, count in enumerate(counts) for j in range(count)]
     if like:
@@ -219,12 +283,23 @@ def select_subset(opt,
         num = max(1, round(ratio * len(pool)))
     else:
         num = num_pairs
-    num = check_num_select(num, len(pool))
-    chosen, score = run_method(method, descriptors, len(pool), num, seed, kcenter_start, num_clusters)
-    rank = {pool[k]: r for r, k in enumerate(chosen)}
-    picked = [[] for _ in counts]
-    for i, j in sorted(rank):
-        picked[i].append(j)
+    init = None
+    if method == 'idc_init':  # IDC's own size: n per image from distill.ratio
+        init = idc_initial_picks(source, opt)
+        idc_num = sum(p[1].shape[0] for p in init if p is not None)
+        if num != idc_num:
+            raise ValueError(f'idc_init takes IDC\'s size: {idc_num} pairs for distill.ratio of the option file, '
+                             f'but {num} were asked for (give the IDC set as like, or its pair count)')
+        chosen, score = [], None
+        picked = [[] if p is None else list(range(p[1].shape[0])) for p in init]
+        rank = {}
+    else:
+        num = check_num_select(num, len(pool))
+        chosen, score = run_method(pool_method, descriptors, len(pool), num, seed, kcenter_start, num_clusters)
+        rank = {pool[k]: r for r, k in enumerate(chosen)}
+        picked = [[] for _ in counts]
+        for i, j in sorted(rank):
+            picked[i].append(j)
 
     options = {'selection': method, 'seed': seed, 'source_options': source_options, 'num_pairs': num}
     if method in FEATURE_METHODS:
@@ -233,6 +308,12 @@ def select_subset(opt,
         options['kcenter_start'] = kcenter_start
     elif method == 'dcsr':
         options['num_clusters'] = num_clusters
+    elif method in CONTROLS:
+        options.update(
+            hr_network=opt.get('network_up') or opt['network_t'],
+            hr_weights=opt['path'].get('pretrain_network_up' if opt.get('network_up') else 'pretrain_network_t'))
+        if method == 'idc_init':
+            options.update(manual_seed=int(opt.get('manual_seed') or 0), distill=opt.get('distill'))
     elif method in ('psnr_bic', 'psnr_bic_lowest'):
         options['psnr_bic_scale'] = source.scale
         if method == 'psnr_bic':
@@ -254,21 +335,30 @@ def select_subset(opt,
         },
         options=options,
         start_time=start)
-    tag = 'rand' if method == 'random' else method
+    tag = {'random': 'rand', 'random_teacher_hr': 'rand', 'idc_init': 'idcinit'}.get(method, method)
     offsets = np.cumsum([0] + counts)
     for i in range(source.num_instances):
         inst = source.load_instance(i) if picked[i] else {'name': source.names[i]}
         pairs = []
-        for j in picked[i]:
-            info = {'instance': inst['name'], 'source_image': inst['path'], 'hr_yx': list(inst['coords'][j])}
-            if method != 'random':  # random keeps its former entries
+        if method == 'idc_init' and picked[i]:
+            ids, lq = init[i]
+        elif picked[i]:
+            ids, lq = torch.tensor(picked[i], dtype=torch.long), inst['lq'][picked[i]]
+        hr = network_hr(hr_net, lq) if hr_net is not None and picked[i] else None
+        for k, j in enumerate(picked[i]):
+            real_j = int(ids[k])
+            info = {'instance': inst['name'], 'source_image': inst['path']}
+            info['hr_yx'] = list(inst['coords'][real_j]) if real_j >= 0 else None
+            if method not in ('random', 'random_teacher_hr', 'idc_init'):  # random keeps its former entries
                 info['selection_rank'] = rank[(i, j)]
             if score is not None:
                 info[score[0]] = float(score[1][offsets[i] + j])
+            if hr is not None:
+                info['hr_from'] = 'network_up' if opt.get('network_up') else 'network_t'
             pairs.append({
-                'name': f'{inst["name"]}_{tag}{j:04d}',
-                'lq': inst['lq'][j].permute(1, 2, 0).numpy(),
-                'gt': inst['gt'][j].permute(1, 2, 0).numpy(),
+                'name': f'{inst["name"]}_{tag}{real_j if method != "idc_init" else k:04d}',
+                'lq': lq[k].permute(1, 2, 0).numpy(),
+                'gt': (hr[k] if hr is not None else inst['gt'][real_j]).permute(1, 2, 0).numpy(),
                 'info': info
             })
         writer.write_unit(inst['name'], pairs)

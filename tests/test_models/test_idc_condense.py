@@ -1,0 +1,120 @@
+"""IDC options that make x_hat move and match (issue: condensation that shows): L_pair re-matching and the exclusion
+of a patch's own source, re-drawn RLFF channels / NCFD frequencies, the displacement figures in ``distill.json``."""
+import numpy as np
+import os.path as osp
+import pytest
+import torch
+
+import basicsr_distill  # noqa: F401
+
+# isort: split
+from conftest import build_distill_model, straight_and_restarted
+from test_idc_model import T, _distill_opt, _images
+
+from basicsr_distill.distilled_set import read_manifest
+from basicsr_distill.models import idc_model
+from basicsr_distill.models.idc_model import IDCModel
+from basicsr_distill.ops.grouping import nearest_real_in_group
+
+
+def test_nearest_real_in_group_on_hand_made_features_with_and_without_the_source():
+    # 4 real local patches (1 sample of 1 channel each): values 0, 1, 5, 6; owners (real LR patches) 0, 0, 1, 1;
+    # groups 0, 0, 0, 1. Synthetic patches: 0.2 (group 0, source 0) and 5.9 (group 1, source 1).
+    local_real = torch.tensor([0., 1., 5., 6.]).reshape(4, 1, 1)
+    labels = torch.tensor([0, 0, 0, 1])
+    owner = torch.tensor([0, 0, 1, 1])
+    local_syn = torch.tensor([0.2, 5.9]).reshape(2, 1, 1)
+    assigned, ids, exclude = torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 1])
+    assert nearest_real_in_group(local_syn, local_real, labels, assigned, ids).tolist() == [0, 3]
+    # source 0 excluded: the nearest real patch of group 0 not from real LR patch 0 is value 5 (index 2);
+    # group 1 holds only patches of source 1: the exclusion is dropped there (index 3)
+    assert nearest_real_in_group(local_syn, local_real, labels, assigned, ids, exclude, owner).tolist() == [2, 3]
+
+
+@pytest.mark.parametrize('mode', ['assignment', 'round', 'step'])
+def test_pair_rematch_pairs_the_patches_each_mode_names(tmp_path, monkeypatch, mode):
+    # T = 6, warm-up 2, rounds at steps 3 and 5 (test_idc_model's schedule); instance t20: n = 2 synthetic patches
+    opt = _distill_opt(tmp_path, _images(tmp_path), pair_rematch=mode, pair_exclude_source=True)
+    model = build_distill_model(IDCModel, opt)
+    calls = []
+    original = idc_model.nearest_real_in_group
+
+    def record(local_syn, local_real, labels_real, assigned, patch_ids, exclude=None, real_owner=None):
+        calls.append((model.units[0].index, sorted(patch_ids.tolist()),
+                      sorted(torch.nonzero(assigned >= 0).squeeze(1).tolist()), exclude is not None))
+        out = original(local_syn, local_real, labels_real, assigned, patch_ids, exclude, real_owner)
+        # the nearest real local patch of the same group, not one of the patch's own source real LR patch
+        inst = model.units[0]
+        for s, r in zip(patch_ids.tolist(), out.tolist()):
+            assert labels_real[r] == assigned[s]
+            members = torch.nonzero((labels_real == assigned[s]) & (real_owner != exclude[s])).squeeze(1)
+            if members.numel():
+                d = (local_real[members].flatten(1) - local_syn[s].detach().flatten()).norm(dim=1)
+                assert int(real_owner[r]) != int(inst.syn_owner[s])
+                assert torch.isclose(d.min(), (local_real[r].flatten() - local_syn[s].detach().flatten()).norm())
+        return out
+
+    monkeypatch.setattr(idc_model, 'nearest_real_in_group', record)
+    for it in range(1, T + 1):
+        model.optimize_parameters(it)
+    first = [c for c in calls if c[0] == calls[0][0]]
+    assert all(c[3] for c in first)  # the exclusion is passed
+    if mode == 'assignment':  # the newly assigned patches, at the two rounds
+        assert len(first) == 2 and first[0][1] == first[0][2] and set(first[1][1]).isdisjoint(first[0][1])
+    elif mode == 'round':  # every assigned patch at each round
+        assert len(first) == 2 and all(c[1] == c[2] for c in first)
+    else:  # every assigned patch at every step after the first round (steps 3..6)
+        assert len(first) == T - 2 and all(c[1] == c[2] for c in first)
+
+
+def test_redraws_come_from_the_instance_generator_and_resume_is_byte_identical(tmp_path, monkeypatch):
+    hr = _images(tmp_path)
+    opt = _distill_opt(tmp_path / 'x', hr, redraw_every=2)
+    model = build_distill_model(IDCModel, opt)
+    model.optimize_parameters(1)
+    inst = model.units[0]
+    channels, freqs = inst.rlff.channels.clone(), inst.bank.freqs.clone()
+    model.optimize_parameters(2)
+    assert torch.equal(inst.rlff.channels, channels)
+    model.optimize_parameters(3)  # step 3: (3 - 1) % 2 == 0, re-drawn
+    assert not torch.equal(inst.rlff.channels, channels) and not torch.equal(inst.bank.freqs, freqs)
+    assert inst.redraw_state is not None
+    # stopped after step 4 (after the re-draw at 3, before the one at 5), resumed: the same pairs, byte for byte
+    straight_and_restarted(
+        lambda o: build_distill_model(IDCModel, o),
+        _distill_opt(tmp_path / 'a', hr, redraw_every=2),
+        _distill_opt(tmp_path / 'b', hr, redraw_every=2),
+        total=T,
+        stop=4)
+    ra, rb = (str(tmp_path / d / 'distilled') for d in 'ab')
+    name = read_manifest(ra)['pairs'][0]['name']
+    a, b = (np.load(osp.join(r, 'lr_float', f'{name}.npy')) for r in (ra, rb))
+    assert np.array_equal(a, b)
+    # and the same run again gives the same values (seeded per instance, not by the global RNG)
+    torch.manual_seed(123)
+    straight_and_restarted(
+        lambda o: build_distill_model(IDCModel, o),
+        _distill_opt(tmp_path / 'c', hr, redraw_every=2),
+        _distill_opt(tmp_path / 'd', hr, redraw_every=2),
+        total=T,
+        stop=2)
+    assert np.array_equal(np.load(osp.join(str(tmp_path / 'c' / 'distilled'), 'lr_float', f'{name}.npy')), a)
+
+
+def test_distill_json_records_how_far_x_hat_moved_and_the_final_l_ins(tmp_path):
+    opt = _distill_opt(tmp_path, _images(tmp_path), init='real')
+    opt['train']['total_iter'] = 3 * T
+    model = build_distill_model(IDCModel, opt)
+    for it in range(1, 3 * T + 1):
+        model.optimize_parameters(it)
+    root = opt['path']['distilled_root']
+    manifest = read_manifest(root)
+    assert manifest['complete']
+    for pair in manifest['pairs']:
+        lr = np.load(osp.join(root, 'lr_float', f'{pair["name"]}.npy'))
+        assert pair['x_hat_mad'] > 0 and np.isfinite(pair['final_l_ins']) and pair['final_l_ins'] > 0
+        assert lr.min() >= 0 and lr.max() <= 1
+    mads = [p['x_hat_mad'] for p in manifest['pairs']]
+    summary = manifest['summary']
+    assert summary['num_pairs'] == len(mads) and np.isclose(summary['x_hat_mad_mean'], np.mean(mads))
+    assert summary['x_hat_mad_max'] == max(mads) and summary['x_hat_mad_mean'] < 6 * 0.01  # at most T x lr

@@ -1,0 +1,130 @@
+"""The controls that isolate what IDC adds: ``random_teacher_hr`` (random real LR, HR by the teacher) and ``idc_init``
+(IDC's initial x_hat, HR by the teacher), on bundled real T91 images with the bundled IMDN teacher."""
+import cv2
+import numpy as np
+import os
+import os.path as osp
+import pytest
+import shutil
+import torch
+
+import basicsr_distill  # noqa: F401
+
+# isort: split
+from conftest import build_distill_model, data_path
+
+from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
+from basicsr_distill.models.idc_model import IDCModel
+from basicsr_distill.selection.pool import load_hr_network, network_hr, select_subset
+
+
+@pytest.fixture(scope='module')
+def idc_options(tmp_path_factory):
+    """IDC-style options: 3 T91 images, 96 / 24 patches at stride 48, IMDN teacher, r = 0.1, seed 3."""
+    root = tmp_path_factory.mktemp('controls')
+    hr = root / 'hr'
+    os.makedirs(hr)
+    for name in ('t1', 't10', 't12'):
+        shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), hr / f'{name}.png')
+    return {
+        'name': 'controls_test',
+        'model_type': 'IDCModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'manual_seed': 3,
+        'datasets': {
+            'train': {
+                'name': 't91_3',
+                'type': 'SRInstanceDataset',
+                'dataroot_gt': str(hr),
+                'gt_size': 96,
+                'stride': 48,
+                'io_backend': {
+                    'type': 'disk'
+                }
+            }
+        },
+        'network_t': {
+            'type': 'IMDN',
+            'block_type': 'imdb_ntire22',
+            'upscale': 4
+        },
+        'path': {
+            'pretrain_network_t': data_path('weights', 'imdn_baseline.pth'),
+            'param_key_t': 'auto',
+            'strict_load_t': True,
+            'distilled_root': str(root / 'idc'),
+        },
+        'distill': {
+            'ratio': 0.1,
+            'init': 'real',
+            'iters_per_instance': 2,
+            'warmup_iters': 1,
+            'assign_iters': 1,
+            'assign_steps': 1,
+            'num_groups': 2,
+            'ncfd': {
+                'num_freqs': 16,
+                'alpha': 0.5,
+                'bank_size': 64
+            }
+        },
+        'train': {
+            'total_iter': 6
+        },
+    }
+
+
+def _pngs(root, sub):
+    m = read_manifest(root)
+    return {p['name']: cv2.imread(osp.join(root, sub, f'{p["name"]}.png'))[..., ::-1] for p in m['pairs']}
+
+
+def _floats(root):
+    m = read_manifest(root)
+    return {p['name']: np.load(osp.join(root, 'lr_float', f'{p["name"]}.npy')) for p in m['pairs']}
+
+
+def _teacher_hr_png(net, lq_hwc):
+    lq = torch.from_numpy(np.ascontiguousarray(lq_hwc)).permute(2, 0, 1)[None].float()
+    return (network_hr(net, lq)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def test_random_teacher_hr_is_random_relabelled_by_the_teacher(idc_options, tmp_path, one_thread):
+    rand, relabel = str(tmp_path / 'random'), str(tmp_path / 'relabel')
+    select_subset(idc_options, rand, method='random', num_pairs=5, seed=7, device='cpu')
+    out = select_subset(idc_options, relabel, method='random_teacher_hr', num_pairs=5, seed=7, device='cpu')
+    assert out['num_pairs'] == 5
+    ma, mb = read_manifest(rand), validate_distilled_set(relabel, scale=4, check_contents=True)
+    assert [p['name'] for p in ma['pairs']] == [p['name'] for p in mb['pairs']]  # same pairs, same names
+    assert mb['method'] == 'random_teacher_hr' and mb['options']['hr_network']['type'] == 'IMDN'
+    fa, fb = _floats(rand), _floats(relabel)
+    assert all(np.array_equal(fa[k], fb[k]) for k in fa)  # the same real LR
+    net, key = load_hr_network(idc_options, torch.device('cpu'))
+    assert key == 't'
+    hr_real, hr_teacher = _pngs(rand, 'hr'), _pngs(relabel, 'hr')
+    for name, lq in fb.items():
+        assert np.abs(hr_teacher[name].astype(int) - _teacher_hr_png(net, lq).astype(int)).max() <= 1, name
+        assert np.abs(hr_teacher[name].astype(int) - hr_real[name].astype(int)).mean() > 0.5  # not the real HR
+
+
+def test_idc_init_is_idc_initial_x_hat_through_the_teacher(idc_options, tmp_path, one_thread):
+    model = build_distill_model(IDCModel, idc_options)
+    starts = [model.start_unit(i, None) for i in range(model.source.num_instances)]
+    total = sum(inst.n_syn for inst in starts if inst.num_real)
+    out_dir = str(tmp_path / 'idc_init')
+    out = select_subset(idc_options, out_dir, method='idc_init', num_pairs=total, device='cpu')
+    assert out['num_pairs'] == total
+    m = validate_distilled_set(out_dir, scale=4, check_contents=True)
+    floats = _floats(out_dir)
+    net = load_hr_network(idc_options, torch.device('cpu'))[0]
+    hr = _pngs(out_dir, 'hr')
+    for inst in starts:
+        for j in range(inst.n_syn):
+            name = f'{inst.name}_idcinit{j:04d}'
+            np.testing.assert_array_equal(floats[name], inst.x_hat[j].detach().permute(1, 2, 0).numpy())
+            assert np.abs(hr[name].astype(int) - _teacher_hr_png(net, floats[name]).astype(int)).max() <= 1
+    yx = {p['name']: p['hr_yx'] for p in m['pairs']}
+    assert yx[f'{starts[0].name}_idcinit0000'] == list(starts[0].coords[int(starts[0].init_ids[0])])
+    with pytest.raises(ValueError, match=rf'idc_init takes IDC\'s size: {total} pairs'):
+        select_subset(idc_options, str(tmp_path / 'bad'), method='idc_init', num_pairs=total + 1, device='cpu')
