@@ -20,7 +20,9 @@ option file's ``network_up`` if it has one, else its teacher ``network_t``, clam
   network applied to the LR patch. It separates relabelling by the teacher from what IDC's optimisation of the LR adds;
 * ``idc_init``: IDC's initial x_hat, before any step (the first draws of each instance's seeded generator, exactly as
   ``IDCModel`` draws them from the option file's ``manual_seed`` and ``distill.ratio`` / ``distill.init``), HR by the
-  same network. Its size is IDC's: n = max(1, round(r N)) per image; a size given that differs is refused.
+  same network. Its size is IDC's: n = max(1, round(r N)) per image; a size given that differs is refused. With
+  ``like`` an IDC set, that run's ``distill`` options, ``manual_seed`` and networks (from its ``distill.json``) are
+  used, so ``idc_init`` is the start of that very run.
 
 The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
 chosen patches are read again to write them.
@@ -103,6 +105,31 @@ def network_hr(net, lq, batch_size=32):
     device = next(net.parameters()).device
     out = [net(lq[i:i + batch_size].to(device)).clamp(0, 1).cpu() for i in range(0, lq.shape[0], batch_size)]
     return torch.cat(out) if out else lq.new_zeros((0, 3, 0, 0))
+
+
+def idc_options_of(opt, idc_set):
+    """``opt`` with the IDC run of ``idc_set`` (its ``distill.json`` options): its ``distill`` section,
+    ``manual_seed`` and HR networks, so that ``idc_init`` reproduces that run's initial x_hat.
+
+    Raises:
+        ValueError: The set was not written by IDC, or its patches (gt_size, stride, scale) differ from the pool's.
+    """
+    manifest = read_manifest(idc_set)
+    if manifest.get('method') != 'idc':
+        raise ValueError(f'idc_init --like needs an IDC set; {idc_set} was written by {manifest.get("method")!r}')
+    idc_opt = manifest.get('options') or {}
+    pool, idc_data = opt['datasets']['train'], (idc_opt.get('datasets') or {}).get('train') or {}
+    for key in ('gt_size', 'stride'):
+        if key in idc_data and int(idc_data[key]) != int(pool[key]):
+            raise ValueError(f'idc_init: {idc_set} cut {key}={idc_data[key]} patches, the pool of the option file '
+                             f'{pool[key]}: give the IDC run\'s patch grid')
+    out = dict(opt)
+    for key in ('distill', 'manual_seed', 'network_t', 'network_up'):
+        if key in idc_opt:
+            out[key] = idc_opt[key]
+    out['path'] = dict(opt.get('path') or {})
+    out['path'].update({k: v for k, v in (idc_opt.get('path') or {}).items() if k.endswith(('_t', '_up'))})
+    return out
 
 
 def idc_initial_picks(source, opt):
@@ -268,6 +295,8 @@ def select_subset(opt,
     source_options = opt if isinstance(opt, (str, os.PathLike)) else None
     if source_options is not None:
         opt = read_option_file(opt)
+    if method == 'idc_init' and like:
+        opt = idc_options_of(opt, like)
     dataset_opt = dict(opt['datasets']['train'], scale=opt['scale'], phase='train')
     source = SRInstanceDataset(dataset_opt)
     if device is None:

@@ -128,3 +128,17 @@ def test_idc_init_is_idc_initial_x_hat_through_the_teacher(idc_options, tmp_path
     assert yx[f'{starts[0].name}_idcinit0000'] == list(starts[0].coords[int(starts[0].init_ids[0])])
     with pytest.raises(ValueError, match=rf'idc_init takes IDC\'s size: {total} pairs'):
         select_subset(idc_options, str(tmp_path / 'bad'), method='idc_init', num_pairs=total + 1, device='cpu')
+
+
+def test_idc_init_like_an_idc_set_takes_that_runs_options(idc_options, tmp_path, one_thread):
+    opt = dict(idc_options, path=dict(idc_options['path'], distilled_root=str(tmp_path / 'idc')))
+    model = build_distill_model(IDCModel, opt)
+    for it in range(1, 7):
+        model.optimize_parameters(it)
+    pool = dict(idc_options, manual_seed=0, distill={'ratio': 0.5})  # not the IDC run's: taken from the set
+    out_dir = str(tmp_path / 'init')
+    out = select_subset(pool, out_dir, method='idc_init', like=str(tmp_path / 'idc'), device='cpu')
+    idc = read_manifest(str(tmp_path / 'idc'))
+    assert out['num_pairs'] == idc['num_pairs']
+    init = {p['name'].replace('_idcinit', '_idc'): p['hr_yx'] for p in read_manifest(out_dir)['pairs']}
+    assert init == {p['name']: p['init_patch_hr_yx'] for p in idc['pairs']}  # the run's own starting patches
