@@ -21,11 +21,13 @@ Option files are code (BasicSR's YAML loader runs tags): the preset itself is re
 option files it names are run by BasicSR. Use trusted files only.
 """
 import argparse
+import concurrent.futures
 import glob
 import os
 import os.path as osp
 import subprocess
 import sys
+import threading
 import time
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
@@ -75,7 +77,7 @@ class Progress():
             flush=True)
 
 
-def run_logged(cmd, cwd, log_path):
+def run_logged(cmd, cwd, log_path, threads=None):
     """Run a command, its output to ``log_path``; echo its own progress lines (unit / iter / ETA) now and then.
 
     Raises:
@@ -83,6 +85,8 @@ def run_logged(cmd, cwd, log_path):
     """
     os.makedirs(osp.dirname(log_path), exist_ok=True)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    if threads:  # several cells at once (--jobs): share the cores instead of oversubscribing them
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start, last_echo = time.time(), 0.0
     tty = sys.stdout.isatty()
     with open(
@@ -235,7 +239,9 @@ def run_train_cell(cell, grid, ctx):
     exp = osp.join(grid['work_dir'], 'experiments', cell['name'])
     wall = run_logged(
         [sys.executable, osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'],
-        grid['work_dir'], log)
+        grid['work_dir'],
+        log,
+        threads=ctx.get('threads'))
 
     from basicsr_distill.utils.sr_metrics import load_network, parse_train_time
     logs = sorted(glob.glob(osp.join(exp, f'train_{cell["name"]}_*.log')), key=osp.getmtime)
@@ -340,6 +346,11 @@ def main(argv=None):
     parser.add_argument('--dry_run', action='store_true', help='list the cells and whether they are finished')
     parser.add_argument('--report', action='store_true', help='only rebuild the outputs from the finished cells')
     parser.add_argument('--max_cells', type=int, default=None, help='stop after computing this many cells')
+    parser.add_argument(
+        '--jobs',
+        type=int,
+        default=1,
+        help='downstream runs trained at once (each with cores / jobs threads); training sets are made one at a time')
     args = parser.parse_args(argv)
 
     grid = grid_lib.load_grid(args.opt, REPO, check_paths=not args.dry_run)
@@ -365,13 +376,17 @@ def main(argv=None):
         ctx = {'train_hr': link_train_hr(grid), 'sets': sets, 'device': device}
         ctx['pool_opt'] = pool_option_file(grid, ctx['train_hr'])
         ctx['pool'] = pool_size(ctx['pool_opt'])
+        if args.jobs < 1:
+            raise ValueError(f'--jobs must be >= 1, got {args.jobs}')
+        if args.jobs > 1:
+            ctx['threads'] = max(1, (os.cpu_count() or 1) // args.jobs)
         progress, computed = Progress(cells, done), 0
-        for cell in cells:
-            if cell['id'] in done:
-                continue
-            if args.max_cells is not None and computed >= args.max_cells:
-                print(f'stopped after {computed} cells (--max_cells); rerun to continue', flush=True)
-                break
+        todo = [c for c in cells if c['id'] not in done]
+        if args.max_cells is not None:
+            todo = todo[:args.max_cells]
+        lock = threading.Lock()
+
+        def compute(cell):
             start = time.time()
             if cell['kind'] == 'set' and cell['id'] == 'ref/bicubic':
                 progress.begin('bicubic reference')
@@ -383,11 +398,26 @@ def main(argv=None):
                 progress.begin(f'train {cell["arch"]} on {cell["set"]["method"]} {cell["set"]["label"]} '
                                f'seed {cell["seed"]}')
                 result = run_train_cell(cell, grid, ctx)
-            store.save(cell, result)
+            with lock:
+                store.save(cell, result)
+                progress.end(cell, time.time() - start)
+                if cell['kind'] == 'train':
+                    write_outputs(grid, store, sets, trains, final=False)
+
+        for cell in [c for c in todo if c['kind'] == 'set']:  # the training sets first, one at a time
+            compute(cell)
             computed += 1
-            progress.end(cell, time.time() - start)
-            if cell['kind'] == 'train':
-                write_outputs(grid, store, sets, trains, final=False)
+        train_todo = [c for c in todo if c['kind'] == 'train']
+        if args.jobs == 1:
+            for cell in train_todo:
+                compute(cell)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+                for future in [pool.submit(compute, cell) for cell in train_todo]:
+                    future.result()  # the first failure stops the run (finished cells are kept)
+        computed += len(train_todo)
+        if args.max_cells is not None and len(todo) < len(cells) - len(done):
+            print(f'stopped after {computed} cells (--max_cells); rerun to continue', flush=True)
     complete = all(store.load(c) is not None for c in cells)
     write_outputs(grid, store, sets, trains, final=True)
     print(

@@ -263,8 +263,8 @@ class DistillBaseModel(BaseModel):
 
     def log_progress(self, done_index, num_units, name, seconds, remaining):
         """Log 'unit i of N' with the unit's time and an ETA from the mean time of the units computed so far."""
-        self._unit_times.append(seconds)
-        eta = sum(self._unit_times) / len(self._unit_times) * remaining
+        self._unit_times.append(seconds)  # with K units per step a unit's time is its group's: ceil(left / K) groups
+        eta = sum(self._unit_times) / len(self._unit_times) * -(-remaining // self.units_per_step)
         where = f' on rank {self.rank} of {self.world_size}' if self.world_size > 1 else ''
         self.logger.info(f'[{type(self).__name__}] unit {done_index + 1} of {num_units} ({name}) written in '
                          f'{seconds:.1f} s; {remaining} left{where}, ETA '

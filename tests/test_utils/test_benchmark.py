@@ -222,9 +222,9 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
     calls = []
     real_run = script.run_logged
 
-    def recording_run(cmd, cwd, log_path):
-        calls.append(' '.join(cmd))
-        return real_run(cmd, cwd, log_path)
+    def recording_run(cmd, cwd, log_path, threads=None):
+        calls.append(' '.join(cmd) + (f' [threads {threads}]' if threads else ''))
+        return real_run(cmd, cwd, log_path, threads)
 
     monkeypatch.setattr(script, 'run_logged', recording_run)
     # first run stops after 3 cells: the 2 IDC sets and random r0.05
@@ -239,8 +239,10 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
     assert random_manifest['num_pairs'] == idc_manifest['num_pairs']  # like: idc
 
     calls.clear()
-    assert script.main(['-opt', preset]) == 0
+    assert script.main(['-opt', preset, '--jobs', '2']) == 0  # the downstream runs two at a time
     assert not any('idc' in c and 'train.py' in c and '/sets/' in c for c in calls)  # no set recomputed
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert all(c.endswith(f'[threads {threads}]') for c in calls if '/options/train/' in c)
     selections = [c for c in calls if 'select_subset.py' in c]
     assert len(selections) == 1 and 'random_r0.2' in selections[0]  # only the missing set
     assert sum('train.py' in c for c in calls) == 2 * 2 * 2  # 2 methods x 2 sizes x 2 seeds
