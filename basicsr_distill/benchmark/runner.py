@@ -408,6 +408,7 @@ def main(argv=None):
             compute(cell)
             computed += 1
         train_todo = [c for c in todo if c['kind'] == 'train']
+        train_todo.sort(key=lambda c: grid['seeds'].index(c['seed']))  # seed by seed: a partial table compares all
         if args.jobs == 1:
             for cell in train_todo:
                 compute(cell)
