@@ -7,17 +7,21 @@
 #       per second, GPU memory, the teacher's share and TFLOP/s, and the projected wall time of the paper-scale run
 #       (800 images x 20,000 iterations).
 # Run from the repository root: bash scripts/gpu_check.sh [OUT_DIR]   (figures go to OUT_DIR, default $OUT or /tmp)
+# With the device tool: run(command='bash scripts/gpu_check.sh', carry=['.whl'], timeout_s=540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-/tmp}}"
 mkdir -p "$out"
-python=python
-[ -x .venv/bin/python ] && python=.venv/bin/python
-if ! $python -c 'import basicsr_distill, basicsr' 2>/dev/null; then
-  echo "[gpu_check] installing the project (CUDA torch of this machine kept)"
-  $python -m pip install -q --no-build-isolation basicsr==1.4.2 2>&1 | tail -2
-  $python -m pip install -q --no-build-isolation -e . 2>&1 | tail -2
+# The GPU machine's own python (its CUDA torch); the project's pure-Python dependencies come from .whl/ (made by
+# scripts/gpu_wheels.sh where the registry is reachable; carry .whl with the working tree), installed to /tmp/site.
+python=python3
+if [ -d .whl ] && ! $python -c 'import basicsr, diffusers, mmengine' 2>/dev/null; then
+  echo "[gpu_check] installing .whl/*.whl to /tmp/site (the machine's torch kept)"
+  $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
 $python - <<'PY' | tee "$out/gpu_device.txt"
 import torch
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())
