@@ -264,17 +264,7 @@ class IDCModel(DistillBaseModel):
         inst.optimizer = getattr(torch.optim, optim_type)([inst.x_hat], **optim_cfg)
         inst.base_lr = optim_cfg['lr']
 
-        feat_real = self.tap.batched(real, cfg['real_batch_size'])  # f(x), eval mode, no_grad
-        inst.rlff = RandomLocalFourierFeatures(
-            feat_real.shape[1],
-            cfg['rlff']['kernel_size'],
-            cfg['rlff']['num_channels'],
-            cfg['rlff']['patch_size'],
-            generator=inst.generator,
-            device=self.device)
-        inst.rlff.fit_bn(feat_real)
-        inst.local_real = inst.rlff(feat_real)  # (P_r, p*p, C_out)
-        del feat_real
+        inst.local_real = self._real_local_features(inst, real)  # (P_r, p*p, C_out), draws the RLFF channels
         inst.labels_real, inst.centroids = kmeans_groups(
             patch_descriptors(inst.local_real), cfg['num_groups'], seed=self.seed + index)
         inst.num_groups = inst.centroids.shape[0]
@@ -311,6 +301,23 @@ class IDCModel(DistillBaseModel):
         self.unit = self.start_unit(index, None)
 
     @torch.no_grad()
+    def _real_local_features(self, inst, real):
+        """A new RLFF for ``inst`` (channel subset drawn from its generator, Eq. 4-5) fitted to the teacher features
+        f(x) of the real LR patches ``real`` (N, 3, h, w) (eval mode, no_grad); returns the real local features
+        (P_r, p*p, C_out)."""
+        cfg = self.cfg
+        feat_real = self.tap.batched(real, cfg['real_batch_size'])
+        inst.rlff = RandomLocalFourierFeatures(
+            feat_real.shape[1],
+            cfg['rlff']['kernel_size'],
+            cfg['rlff']['num_channels'],
+            cfg['rlff']['patch_size'],
+            generator=inst.generator,
+            device=self.device)
+        inst.rlff.fit_bn(feat_real)
+        return inst.rlff(feat_real)
+
+    @torch.no_grad()
     def _redraw(self, inst):
         """Re-draw the instance's RLFF channel subset (Eq. 4-5) and its NCFD bank of frequencies from its generator.
 
@@ -322,16 +329,7 @@ class IDCModel(DistillBaseModel):
         """
         cfg = self.cfg
         inst.redraw_state = inst.generator.get_state()
-        feat_real = self.tap.batched(inst.real, cfg['real_batch_size'])
-        inst.rlff = RandomLocalFourierFeatures(
-            feat_real.shape[1],
-            cfg['rlff']['kernel_size'],
-            cfg['rlff']['num_channels'],
-            cfg['rlff']['patch_size'],
-            generator=inst.generator,
-            device=self.device)
-        inst.rlff.fit_bn(feat_real)
-        inst.local_real = inst.rlff(feat_real)
+        inst.local_real = self._real_local_features(inst, inst.real)
         desc = patch_descriptors(inst.local_real)
         sums = desc.new_zeros(inst.num_groups, desc.shape[1]).index_add_(0, inst.labels_real, desc)
         counts = torch.bincount(inst.labels_real, minlength=inst.num_groups).clamp(min=1).to(desc.dtype)

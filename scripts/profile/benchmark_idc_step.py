@@ -25,9 +25,10 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
+from benchmark_idc_batch import assignment_rounds as batch_rounds  # this folder (the script's sys.path[0])
+
 from basicsr_distill.losses.idc_loss import multi_level_ncfd, pair_loss
 from basicsr_distill.models.idc_model import IDCModel
-from basicsr_distill.ops.grouping import assign_progressive, assignment_target, nearest_real_in_group, patch_descriptors
 from basicsr_distill.utils.options import build_model_from_options
 
 OPTIM = 'optimizer (zero_grad, step, clamp)'
@@ -47,17 +48,8 @@ def build_model(opt_path, out_dir):
 
 def assignment_rounds(model, local_syn):
     """All ``assign_steps`` assignment rounds of the instance from no assignment, as ``IDCModel.idc_losses``."""
-    inst, cfg = model.inst, model.cfg
-    inst.assigned = torch.full_like(inst.assigned, -1)
-    for j in range(1, cfg['assign_steps'] + 1):
-        target = assignment_target(j, cfg['assign_steps'], inst.num_syn_patches)
-        before = inst.assigned.clone()
-        inst.assigned = assign_progressive(
-            patch_descriptors(local_syn), inst.centroids, inst.quotas, inst.assigned, target)
-        new = torch.nonzero((before < 0) & (inst.assigned >= 0)).squeeze(1)
-        if new.numel():
-            inst.pair_index[new] = nearest_real_in_group(local_syn, inst.local_real, inst.labels_real, inst.assigned,
-                                                         new)
+    model.inst.assigned = torch.full_like(model.inst.assigned, -1)
+    batch_rounds(model, model.inst, local_syn)
 
 
 def time_step(model):
