@@ -347,6 +347,10 @@ def main(argv=None):
     parser.add_argument('--report', action='store_true', help='only rebuild the outputs from the finished cells')
     parser.add_argument('--max_cells', type=int, default=None, help='stop after computing this many cells')
     parser.add_argument(
+        '--methods',
+        default=None,
+        help='comma-separated method names: compute only their cells (the report still covers every finished cell)')
+    parser.add_argument(
         '--jobs',
         type=int,
         default=1,
@@ -382,6 +386,13 @@ def main(argv=None):
             ctx['threads'] = max(1, (os.cpu_count() or 1) // args.jobs)
         progress, computed = Progress(cells, done), 0
         todo = [c for c in cells if c['id'] not in done]
+        if args.methods:
+            wanted = set(args.methods.split(','))
+            unknown = sorted(wanted - set(grid['methods']))
+            if unknown:
+                raise ValueError(
+                    f'--methods: {unknown} not in the preset {args.opt} (methods: {list(grid["methods"])})')
+            todo = [c for c in todo if (c.get('method') or (c.get('set') or {}).get('method')) in wanted]
         if args.max_cells is not None:
             todo = todo[:args.max_cells]
         lock = threading.Lock()

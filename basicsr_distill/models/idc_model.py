@@ -13,6 +13,7 @@ Equations: NCFD in losses/ncfd_loss.py (Eq. 2-3, 6), RLFF in ops/rlff.py (Eq. 4-
 losses/idc_loss.py (Eq. 7-8), grouping in ops/grouping.py.
 """
 import math
+import numpy as np
 import os.path as osp
 import time
 import torch
@@ -26,6 +27,7 @@ from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
                                           nearest_real_in_group, patch_descriptors)
+from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
 from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.options import merge_options
@@ -33,7 +35,7 @@ from basicsr_distill.utils.options import merge_options
 #: Defaults of the ``distill`` section; the paper gives r = 0.1 and 20k iterations per image, the rest is ours.
 IDC_DEFAULTS = {
     'ratio': 0.1,  # r: synthetic / real patches of an instance
-    'init': 'real',  # 'real' (random real patches) or 'noise' (uniform [0, 1])
+    'init': 'real',  # 'real' (random real patches), 'psnr_bic' / 'psnr_bic_lowest' (informative real ones), 'noise'
     'feature_layer': None,  # teacher layer name; None uses the teacher's forward_features()
     'iters_per_instance': 20000,  # T
     'warmup_iters': 2000,  # L_ins only for these steps
@@ -68,27 +70,53 @@ IDC_DEFAULTS = {
     'pair_exclude_source': False,  # never pair a synthetic local patch with its own source real patch (init: real)
 }
 PAIR_REMATCH = ('assignment', 'round', 'step')
+INIT_MODES = ('real', 'psnr_bic', 'psnr_bic_lowest', 'noise')
 
 
-def initial_x_hat(lq, ratio, init, generator):
+def initial_x_hat(lq, ratio, init, generator, gt=None, scale=4):
     """The initial synthetic LR patches of an instance: the first draws of its seeded generator.
 
     Args:
         lq (Tensor): (N, 3, h, w) real LR patches of the image, in [0, 1], N >= 1.
         ratio (float): r; n = max(1, round(r N)).
-        init (str): ``'real'``: n distinct real patches drawn without replacement; ``'noise'``: uniform [0, 1].
+        init (str): One of :data:`INIT_MODES`. ``'real'``: n distinct real patches drawn uniformly without
+            replacement (the paper's "randomly initialize" from real data); ``'psnr_bic'``: n distinct patches drawn
+            uniformly among the instance's lower half by PSNR_bic of the HR patch (the ceil(N / 2) lowest, at least
+            n; Minimax-SR's stage-1 rule, Eq. 1, applied per image); ``'psnr_bic_lowest'``: the n lowest-PSNR_bic
+            patches (no draw; ties to the lowest index); ``'noise'``: uniform [0, 1]. The two PSNR_bic modes are a
+            departure from the IDC paper (which starts from random content): they start x_hat from patches that a
+            bicubic round trip loses most of, i.e. texture and edges, which matter most when one patch stands for an
+            image.
         generator (torch.Generator): The instance's generator (CPU), fresh: these are its first draws.
+        gt (Tensor | None): (N, 3, h * scale, w * scale) HR patches in [0, 1], needed by the PSNR_bic modes.
+        scale (int): SR scale of the PSNR_bic round trip. Default: 4.
 
     Returns:
         tuple: ``(init_ids, x0)``: (n,) long indices into ``lq`` (-1 for noise) and (n, 3, h, w) float patches on
         ``lq``'s device.
+
+    Raises:
+        ValueError: An unknown ``init``, or a PSNR_bic mode without ``gt`` of N patches.
     """
     n = max(1, round(ratio * lq.shape[0]))
     if init == 'real':
         ids = torch.randperm(lq.shape[0], generator=generator)[:n]
-        return ids, lq[ids.to(lq.device)].clone()
-    ids = torch.full((n, ), -1, dtype=torch.long)
-    return ids, torch.rand(n, *lq.shape[1:], generator=generator, dtype=lq.dtype).to(lq.device)
+    elif init in ('psnr_bic', 'psnr_bic_lowest'):
+        if gt is None or gt.shape[0] != lq.shape[0]:
+            raise ValueError(f'distill.init {init!r} needs the HR patches of the instance (gt), one per LR patch')
+        scores = psnr_bic_batch(gt.permute(0, 2, 3, 1).double().cpu().numpy(), scale=scale)
+        order = torch.from_numpy(np.argsort(scores, kind='stable'))  # lowest PSNR_bic first
+        if init == 'psnr_bic_lowest':
+            ids = order[:n]
+        else:
+            lower = order[:max(n, -(-lq.shape[0] // 2))]
+            ids = lower[torch.randperm(lower.shape[0], generator=generator)[:n]]
+    elif init == 'noise':
+        ids = torch.full((n, ), -1, dtype=torch.long)
+        return ids, torch.rand(n, *lq.shape[1:], generator=generator, dtype=lq.dtype).to(lq.device)
+    else:
+        raise ValueError(f'distill.init must be one of {list(INIT_MODES)}, got {init!r}')
+    return ids, lq[ids.to(lq.device)].clone()
 
 
 @dataclass
@@ -213,8 +241,8 @@ class IDCModel(DistillBaseModel):
         cfg = self.cfg
         if not 0 < float(cfg['ratio']) <= 1:
             raise ValueError(f'distill.ratio (r) must be in (0, 1], got {cfg["ratio"]}')
-        if cfg['init'] not in ('real', 'noise'):
-            raise ValueError(f"distill.init must be 'real' or 'noise', got {cfg['init']!r}")
+        if cfg['init'] not in INIT_MODES:
+            raise ValueError(f'distill.init must be one of {list(INIT_MODES)}, got {cfg["init"]!r}')
         if cfg['warmup_iters'] + cfg['assign_iters'] > cfg['iters_per_instance']:
             raise ValueError('distill.warmup_iters + distill.assign_iters must not exceed distill.iters_per_instance')
         if cfg['assign_steps'] < 1 or cfg['num_groups'] < 1:
@@ -254,7 +282,8 @@ class IDCModel(DistillBaseModel):
                                 f'{self.source.gt_size}x{self.source.gt_size} patch: skipped, no pair written')
             return inst
         real = data['lq'].to(self.device)
-        inst.init_ids, x0 = initial_x_hat(data['lq'], cfg['ratio'], cfg['init'], inst.generator)
+        inst.init_ids, x0 = initial_x_hat(data['lq'], cfg['ratio'], cfg['init'], inst.generator, data['gt'],
+                                          self.source.scale)
         inst.n_syn = x0.shape[0]
         x0 = x0.to(self.device)
         inst.coords = data['coords']

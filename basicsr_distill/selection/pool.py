@@ -145,8 +145,11 @@ def idc_initial_picks(source, opt):
     seed = int(opt.get('manual_seed') or 0)
     picks = []
     for i in range(source.num_instances):
-        lq = source.load_instance(i)['lq']
-        picks.append(initial_x_hat(lq, cfg['ratio'], cfg['init'], unit_generator(seed, i)) if lq.shape[0] else None)
+        data = source.load_instance(i)
+        lq = data['lq']
+        picks.append(
+            initial_x_hat(lq, cfg['ratio'], cfg['init'], unit_generator(seed, i), data['gt'], source.scale) if lq.
+            shape[0] else None)
     return picks
 
 

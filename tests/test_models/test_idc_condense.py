@@ -118,3 +118,65 @@ def test_distill_json_records_how_far_x_hat_moved_and_the_final_l_ins(tmp_path):
     summary = manifest['summary']
     assert summary['num_pairs'] == len(mads) and np.isclose(summary['x_hat_mad_mean'], np.mean(mads))
     assert summary['x_hat_mad_max'] == max(mads) and summary['x_hat_mad_mean'] < 6 * 0.01  # at most T x lr
+
+
+def _hand_made_instance():
+    """Four 16 x 16 HR patches (x4: 4 x 4 LR) whose PSNR_bic order is known by construction: a constant (the round
+    trip is exact: inf), a horizontal ramp (smooth: high), 4-pixel stripes (partly lost) and a 1-pixel checkerboard
+    (a x4 bicubic round trip loses all of it: the lowest)."""
+    yy, xx = np.mgrid[0:16, 0:16]
+    const = np.full((16, 16), 0.5)
+    ramp = 0.2 + 0.6 * xx / 15
+    stripes = ((xx // 4) % 2).astype(np.float64)
+    checker = ((yy + xx) % 2).astype(np.float64)
+    gt = torch.from_numpy(np.stack([const, ramp, stripes, checker])).float()[:, None].repeat(1, 3, 1, 1)
+    lq = torch.nn.functional.avg_pool2d(gt, 4)  # only their number and identity matter here
+    return lq, gt
+
+
+def test_init_psnr_bic_lowest_takes_the_patches_a_bicubic_round_trip_loses_most():
+    from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+    lq, gt = _hand_made_instance()
+    scores = psnr_bic_batch(gt.permute(0, 2, 3, 1).double().numpy(), scale=4)
+    assert np.isinf(scores[0]) and scores[3] < scores[2] < scores[1]  # the order built in
+    ids, x0 = idc_model.initial_x_hat(lq, 0.5, 'psnr_bic_lowest', torch.Generator().manual_seed(0), gt, 4)
+    assert ids.tolist() == [3, 2]  # n = round(0.5 x 4) = 2, lowest first
+    torch.testing.assert_close(x0, lq[[3, 2]])
+    ids, _ = idc_model.initial_x_hat(lq, 0.25, 'psnr_bic_lowest', torch.Generator().manual_seed(5), gt, 4)
+    assert ids.tolist() == [3]  # no draw: the same patch whatever the generator
+
+
+def test_init_psnr_bic_draws_from_the_lower_half_with_the_instance_generator():
+    lq, gt = _hand_made_instance()
+    picks = [
+        int(idc_model.initial_x_hat(lq, 0.25, 'psnr_bic',
+                                    torch.Generator().manual_seed(s), gt, 4)[0]) for s in range(40)
+    ]
+    assert set(picks) == {2, 3}  # the ceil(4 / 2) = 2 lowest, both drawn, never the constant or the ramp
+    again = [
+        int(idc_model.initial_x_hat(lq, 0.25, 'psnr_bic',
+                                    torch.Generator().manual_seed(s), gt, 4)[0]) for s in range(40)
+    ]
+    assert again == picks  # seeded: reruns start from the same patches
+    ids, _ = idc_model.initial_x_hat(lq, 0.75, 'psnr_bic', torch.Generator().manual_seed(0), gt, 4)
+    assert sorted(ids.tolist()) == [1, 2, 3]  # n = 3 > half: the 3 lowest
+
+
+def test_init_psnr_bic_errors_name_the_option():
+    lq, gt = _hand_made_instance()
+    with pytest.raises(ValueError, match=r"distill.init 'psnr_bic' needs the HR patches"):
+        idc_model.initial_x_hat(lq, 0.5, 'psnr_bic', torch.Generator(), None)
+    with pytest.raises(ValueError, match=r'distill.init must be one of'):
+        idc_model.initial_x_hat(lq, 0.5, 'bogus', torch.Generator(), gt)
+
+
+def test_init_psnr_bic_runs_and_records_its_start(tmp_path):
+    opt = _distill_opt(tmp_path, _images(tmp_path), init='psnr_bic')
+    model = build_distill_model(IDCModel, opt)
+    inst = model.start_unit(0, None)
+    data = model.source.load_instance(0)
+    from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+    scores = psnr_bic_batch(data['gt'].permute(0, 2, 3, 1).double().numpy(), scale=4)
+    lower = set(np.argsort(scores, kind='stable')[:max(inst.n_syn, -(-len(scores) // 2))].tolist())
+    assert set(inst.init_ids.tolist()) <= lower
+    torch.testing.assert_close(inst.x_hat.detach(), data['lq'][inst.init_ids])

@@ -142,3 +142,18 @@ def test_idc_init_like_an_idc_set_takes_that_runs_options(idc_options, tmp_path,
     assert out['num_pairs'] == idc['num_pairs']
     init = {p['name'].replace('_idcinit', '_idc'): p['hr_yx'] for p in read_manifest(out_dir)['pairs']}
     assert init == {p['name']: p['init_patch_hr_yx'] for p in idc['pairs']}  # the run's own starting patches
+
+
+@pytest.mark.parametrize('init', ['psnr_bic', 'psnr_bic_lowest'])
+def test_idc_init_follows_an_informative_init(idc_options, init, tmp_path, one_thread):
+    from basicsr_distill.selection.pool import idc_initial_picks
+    opt = dict(
+        idc_options,
+        distill=dict(idc_options['distill'], init=init),
+        path=dict(idc_options['path'], distilled_root=str(tmp_path / 'idc')))
+    model = build_distill_model(IDCModel, opt)
+    picks = idc_initial_picks(model.source, opt)
+    for i, (ids, x0) in enumerate(picks):
+        inst = model.start_unit(i, None)
+        assert ids.tolist() == inst.init_ids.tolist()
+        torch.testing.assert_close(x0, inst.x_hat.detach())

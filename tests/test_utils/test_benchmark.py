@@ -268,3 +268,15 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
     changed = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs, set_seed=1)
     with pytest.raises(grid_lib.GridError, match='made with other settings'):
         script.main(['-opt', changed])
+
+
+def test_runner_methods_computes_only_the_named_methods(tmp_path, hr_dirs):
+    work = tmp_path / 'work'
+    preset = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs)
+    script = _load_script()
+    with pytest.raises(ValueError, match=r"--methods: \['bogus'\] not in the preset"):
+        script.main(['-opt', preset, '--methods', 'idc,bogus'])
+    assert script.main(['-opt', preset, '--methods', 'idc', '--max_cells', '3']) == 0
+    # the two IDC sets and one IDC downstream run: nothing of `random`
+    assert sorted(os.listdir(
+        work / 'cells')) == ['set__idc__r0.05.json', 'set__idc__r0.2.json', 'train__EDSR_tiny__idc__r0.05__seed0.json']
