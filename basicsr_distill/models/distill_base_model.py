@@ -34,7 +34,17 @@ from basicsr_distill.utils.options import merge_options  # noqa: F401  (re-expor
 
 
 def to_cpu(obj):
-    """``obj`` with every tensor moved to the CPU (dicts, lists and tuples walked), for states sent between ranks."""
+    """``obj`` with every tensor moved to the CPU (dicts, lists and tuples walked), for states sent between ranks.
+
+    Args:
+        obj (object): A tensor, a dict (or other mapping ``copy.copy`` can copy, e.g. OrderedDict), a list or tuple
+            (exact types; subclasses such as named tuples are not walked), or anything else.
+
+    Returns:
+        object: Tensors detached and on the CPU; dicts shallow-copied (same mapping type) with their values
+        converted; lists and tuples rebuilt from their converted items; anything else returned unchanged. ``obj``
+        itself is not modified.
+    """
     if torch.is_tensor(obj):
         return obj.detach().cpu()
     if isinstance(obj, dict):
@@ -50,7 +60,16 @@ def unit_generator(seed, unit_index, salt=0):
     """The CPU ``torch.Generator`` of unit ``unit_index`` of a run seeded ``seed`` (``manual_seed``), with ``salt``.
 
     The models draw every random choice of a unit from it (:meth:`DistillBaseModel.unit_generator`); the selection
-    controls that reproduce a model's draws (``idc_init``) build the same one.
+    controls that reproduce a model's draws (``idc_init``) build the same one. Its seed is
+    ``(seed * 1000003 + unit_index * 7919 + salt) % (2**63 - 1)``; the global RNG is not touched.
+
+    Args:
+        seed (int): The run's ``manual_seed``.
+        unit_index (int): The unit (0-based, in ``unit_names`` order).
+        salt (int): Distinguishes several generators of one unit. Default: 0.
+
+    Returns:
+        torch.Generator: A fresh CPU generator.
     """
     return torch.Generator().manual_seed((int(seed) * 1000003 + unit_index * 7919 + salt) % (2**63 - 1))
 
@@ -96,7 +115,10 @@ class DistillBaseModel(BaseModel):
 
     @property
     def unit(self):
-        """The unit in progress when one unit runs at a time (``units_per_step`` 1), else the first; None between."""
+        """The unit in progress when one unit runs at a time (``units_per_step`` 1), else the first; None between.
+
+        Setting it (a unit, or None) replaces ``units`` by ``[value]`` (or ``[]``).
+        """
         return self.units[0] if self.units else None
 
     @unit.setter
@@ -120,12 +142,24 @@ class DistillBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------- networks
     def build_frozen_network(self, key):
-        """Build ``opt[network_<key>]``, load ``path.pretrain_network_<key>`` strictly, eval mode, no gradients
-        (:func:`~basicsr_distill.utils.checkpoint.load_frozen_network`), with the checks of the option file first.
+        """Build ``opt[network_<key>]``, load ``path.pretrain_network_<key>`` (strict by default), frozen, on device.
+
+        The network is built and loaded by :func:`~basicsr_distill.utils.checkpoint.load_frozen_network` (eval mode,
+        no gradients; ``path.param_key_<key>`` / ``path.strict_load_<key>`` honoured), with the checks of the option
+        file first; the load is logged.
+
+        Args:
+            key (str): The option suffix (``'t'``, ``'up'``, ``'g'``, ``'f'``).
+
+        Returns:
+            nn.Module: The frozen network on ``self.device``.
 
         Raises:
-            ValueError: if the network or its weights path is not given, or BasicSR replaced the path on resume;
-                otherwise as ``load_frozen_network``.
+            ValueError: if the network or its weights path is not given, or BasicSR replaced the path on resume
+                (``path.resume_state`` set and the path, which names ``models``, is not a file); otherwise as
+                ``load_frozen_network``.
+            KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network`` (unknown network
+                type; missing, corrupt or truncated weights file; keys that do not fit the network).
         """
         net_opt = self.opt.get(f'network_{key}')
         if net_opt is None:
@@ -147,7 +181,8 @@ class DistillBaseModel(BaseModel):
         Args:
             net (nn.Module): The network that makes the HR side (IDC's ``network_up`` or teacher, GSDD's generator).
             key (str): Its option suffix, for the message (``'t'``, ``'up'``, ``'g'``).
-            size (int): Side of the zero (1, 3, size, size) test input. Default: 16.
+            size (int): Side of the zero (1, 3, size, size) float32 test input, on the model's device (``net`` must
+                be there too). Default: 16.
 
         Raises:
             ValueError: The output is not ``scale`` times the input, naming ``scale``, ``network_<key>`` and the
@@ -173,10 +208,12 @@ class DistillBaseModel(BaseModel):
         Args:
             losses (dict[str, Tensor | float]): The loss terms of the step (scalars).
             where (str): The unit and iteration, e.g. ``'IDC instance 2 of 3 (t20), iteration 8 (step 2 of 6)'``.
-            params (iterable[Tensor]): Parameters whose ``.grad`` must be finite too. Default: none.
+            params (iterable[Tensor]): Parameters whose ``.grad`` must be finite too (those without ``.grad`` are
+                skipped; checked only when every loss is finite). Default: ``()``.
 
         Raises:
-            FloatingPointError: naming ``where``, the non-finite terms and the value of every loss term.
+            FloatingPointError: naming ``where``, the non-finite loss terms (or a non-finite gradient) and the value
+                of every loss term.
         """
         values = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -198,6 +235,16 @@ class DistillBaseModel(BaseModel):
 
         Rank k of W processes takes the units ``k, k + W, k + 2W, ...``: its j-th unit is iterations
         ``j * T + 1 .. (j + 1) * T`` of its own loop (T = ``iters_per_unit``).
+
+        Args:
+            current_iter (int): The process's iteration, 1-based.
+            iters_per_unit (int): T, iterations of one unit.
+            rank (int): k, this process. Default: 0.
+            world_size (int): W, the processes. Default: 1.
+
+        Returns:
+            tuple[int, int]: ``(unit index, step)``: the 0-based unit (may be past the last unit: the caller checks)
+            and the 1-based step in [1, T].
         """
         local, step = divmod(current_iter - 1, iters_per_unit)
         return local * world_size + rank, step + 1
@@ -209,21 +256,59 @@ class DistillBaseModel(BaseModel):
         Rank k takes the units ``k, k + W, k + 2W, ...`` (as :meth:`locate`); its j-th group of K = ``units_per_step``
         of them runs at iterations ``j * T + 1 .. (j + 1) * T`` of its own loop. The last group may name indices past
         the last unit (the caller drops them). K = 1 gives ``[locate(...)[0]]``.
+
+        Args:
+            current_iter (int): The process's iteration, 1-based.
+            iters_per_unit (int): T, iterations of one group.
+            rank (int): k, this process. Default: 0.
+            world_size (int): W, the processes. Default: 1.
+            units_per_step (int): K, units optimised together. Default: 1.
+
+        Returns:
+            tuple[list[int], int]: ``(unit indices, step)``: the K 0-based units of the group, in increasing order,
+            and the 1-based step in [1, T].
         """
         group, step = divmod(current_iter - 1, iters_per_unit)
         return [(group * units_per_step + m) * world_size + rank for m in range(units_per_step)], step + 1
 
     def units_per_rank(self, num_units):
-        """Units of the busiest process: ``ceil(num_units / world_size)``."""
+        """Units of the busiest process: ``ceil(num_units / world_size)``.
+
+        Args:
+            num_units (int): Units of the whole run.
+
+        Returns:
+            int: The unit count of rank 0 (the busiest).
+        """
         return -(-num_units // self.world_size)
 
     def groups_per_rank(self, num_units):
-        """Groups of ``units_per_step`` units of the busiest process (the iterations it needs / T)."""
+        """Groups of ``units_per_step`` units of the busiest process (the iterations it needs / T).
+
+        Args:
+            num_units (int): Units of the whole run.
+
+        Returns:
+            int: ``ceil(ceil(num_units / world_size) / units_per_step)``.
+        """
         return -(-self.units_per_rank(num_units) // self.units_per_step)
 
     def iters_needed_text(self, num_units, what, per_unit, option):
-        """'N <what> x <option>=T = X' (with the processes and the units per step when several) for
-        ``train.total_iter`` messages."""
+        """'N <what> x <option>=T = X', the iterations needed as text, for ``train.total_iter`` messages.
+
+        With several processes (W) or units per step (K) the count of groups of the busiest process is spelt out:
+        ``'ceil(N <what> / W processes) = G x <option>=T = G*T'``, ``'ceil(N <what> / K per step) = ...'`` or
+        ``'ceil(ceil(N <what> / W processes) / K per step) = ...'``, G = :meth:`groups_per_rank`.
+
+        Args:
+            num_units (int): N, units of the whole run.
+            what (str): Their name in the text (e.g. ``'images'``).
+            per_unit (int): T, iterations per unit.
+            option (str): The option T comes from (e.g. ``'distill.iters_per_instance'``).
+
+        Returns:
+            str: The formula and its value (the iterations each process needs).
+        """
         k = self.units_per_step
         if self.world_size == 1 and k == 1:
             return f'{num_units} {what} x {option}={per_unit} = {num_units * per_unit}'
@@ -236,7 +321,13 @@ class DistillBaseModel(BaseModel):
         return f'{count} = {groups} x {option}={per_unit} = {groups * per_unit}'
 
     def log_idle_iterations(self, needed):
-        """Say how many iterations of ``train.total_iter`` this process has no work for (several processes)."""
+        """Say how many iterations of ``train.total_iter`` this process has no work for (several processes).
+
+        Logs nothing in a single process or when ``train.total_iter`` is at most ``needed``.
+
+        Args:
+            needed (int): Iterations this process has work for (e.g. :meth:`groups_per_rank` x T).
+        """
         total = int(self.opt['train']['total_iter'])
         if self.world_size > 1 and total > needed:
             self.logger.info(f'{self.world_size} processes: each needs {needed} of train.total_iter={total} '
@@ -247,7 +338,22 @@ class DistillBaseModel(BaseModel):
         """The :class:`DistilledSetWriter` of ``root`` for this process (``unit_names`` must be set).
 
         Rank 0 opens it first (creates or resumes ``distill.json``, merges the shards an interrupted run left); after
-        a barrier rank k >= 1 opens it as shard k. Units are listed in ``unit_names`` order.
+        a barrier rank k >= 1 opens it as shard k. Units are listed in ``unit_names`` order. With several processes
+        every rank must call it (barrier).
+
+        Args:
+            root (str): The distilled-set folder.
+            **kwargs: The other arguments of :class:`DistilledSetWriter` (``method``, ``scale``, ``source``,
+                ``size_control``, ``options``, ...); ``unit_order`` and ``world_size`` are set here (from
+                ``unit_names`` and the process group), replacing any given.
+
+        Returns:
+            DistilledSetWriter: The writer of ``distill.json`` (rank 0) or of this rank's shard.
+
+        Raises:
+            ValueError, FileExistsError, FileNotFoundError, RuntimeError: As :class:`DistilledSetWriter` (invalid
+                arguments, a folder of another run or not a distilled set, a shard opened before rank 0, a shard of
+                an earlier run left unmerged).
         """
         kwargs.update(unit_order=self.unit_names, world_size=self.world_size)
         writer = DistilledSetWriter(root, **kwargs) if self.rank == 0 else None
@@ -258,11 +364,30 @@ class DistillBaseModel(BaseModel):
         return writer
 
     def unit_generator(self, unit_index, salt=0):
-        """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is never touched."""
+        """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is never touched.
+
+        Args:
+            unit_index (int): The unit (0-based, in ``unit_names`` order).
+            salt (int): Distinguishes several generators of one unit. Default: 0.
+
+        Returns:
+            torch.Generator: ``unit_generator(self.seed, unit_index, salt)`` (the module function).
+        """
         return unit_generator(self.seed, unit_index, salt)
 
     def log_progress(self, done_index, num_units, name, seconds, remaining):
-        """Log 'unit i of N' with the unit's time and an ETA from the mean time of the units computed so far."""
+        """Log 'unit i of N' with the unit's time and an ETA from the mean time of the units computed so far.
+
+        The ETA is the mean of the times logged so far in this process times ``ceil(remaining / units_per_step)``
+        (with K units per step a unit's time is its group's); ``seconds`` is added to those times.
+
+        Args:
+            done_index (int): The unit just written (0-based; logged 1-based).
+            num_units (int): N, units of the whole run.
+            name (str): The unit's name.
+            seconds (float): Its wall time (s).
+            remaining (int): Units of this process not yet written.
+        """
         self._unit_times.append(seconds)  # with K units per step a unit's time is its group's: ceil(left / K) groups
         eta = sum(self._unit_times) / len(self._unit_times) * -(-remaining // self.units_per_step)
         where = f' on rank {self.rank} of {self.world_size}' if self.world_size > 1 else ''
@@ -276,6 +401,13 @@ class DistillBaseModel(BaseModel):
 
         Default: :meth:`locate` with ``steps_per_unit`` (rank k of W takes units k, k + W, ...). Used when
         ``units_per_step`` is 1; :meth:`locate_units` otherwise.
+
+        Args:
+            current_iter (int): BasicSR's iteration, 1-based.
+
+        Returns:
+            tuple[int, int] | None: ``(unit index, step)`` (the index may be past the last unit), or None (an
+            override's "no unit at this iteration").
         """
         return self.locate(current_iter, self.steps_per_unit, self.rank, self.world_size)
 
@@ -283,6 +415,13 @@ class DistillBaseModel(BaseModel):
         """``current_iter`` -> (unit indices optimised together, 1-based step) for this process; None: no unit.
 
         One unit from :meth:`locate_unit` when ``units_per_step`` is 1, else the group of :meth:`locate_group`.
+
+        Args:
+            current_iter (int): BasicSR's iteration, 1-based.
+
+        Returns:
+            tuple[list[int], int] | None: ``(unit indices, step)`` (indices past the last unit are the caller's to
+            drop), or None when :meth:`locate_unit` gives none.
         """
         if self.units_per_step == 1:
             located = self.locate_unit(current_iter)
@@ -296,14 +435,29 @@ class DistillBaseModel(BaseModel):
             index (int): The unit (0-based, in ``unit_names`` order).
             resumed (dict | None): What :meth:`unit_state` returned for this unit before a restart (on the CPU), or
                 None for a fresh start.
+
+        Returns:
+            object: The unit's state (the method's dataclass), which becomes one of ``self.units``.
+
+        Raises:
+            NotImplementedError: Always, here; subclasses implement it.
         """
         raise NotImplementedError
 
     def step_unit(self, unit, step, current_iter):
         """Hook: one step of ``unit`` (``step`` is 1-based inside it); set ``self.log_dict``.
 
+        Args:
+            unit (object): The unit's state (from :meth:`start_unit`).
+            step (int): The step in [1, ``steps_per_unit``].
+            current_iter (int): BasicSR's iteration, 1-based (for messages and logs).
+
         Returns:
             bool: True if the unit is complete before ``steps_per_unit`` (e.g. an image with no patch).
+
+        Raises:
+            NotImplementedError: Always, here; subclasses implement it (and raise ``FloatingPointError`` through
+                :meth:`check_finite` on a non-finite loss or gradient).
         """
         raise NotImplementedError
 
@@ -314,13 +468,32 @@ class DistillBaseModel(BaseModel):
         pass over the synthetic patches of K instances) overrides it; each unit must still get exactly the update it
         would get alone.
 
+        Args:
+            units (list): The units' states (from :meth:`start_unit`), in unit order.
+            step (int): The step in [1, ``steps_per_unit``], the same for all.
+            current_iter (int): BasicSR's iteration, 1-based.
+
         Returns:
             list[bool]: Per unit, True if it is complete before ``steps_per_unit``.
+
+        Raises:
+            NotImplementedError, FloatingPointError: As :meth:`step_unit`.
         """
         return [self.step_unit(unit, step, current_iter) for unit in units]
 
     def finish_unit(self, unit):
-        """Hook: the finished unit's pairs (``{'name', 'lq', 'gt', 'info'}`` dicts, see ``DistilledSetWriter``)."""
+        """Hook: the finished unit's pairs (``{'name', 'lq', 'gt', 'info'}`` dicts, see ``DistilledSetWriter``).
+
+        Args:
+            unit (object): The unit's state (from :meth:`start_unit`), after its last step.
+
+        Returns:
+            list[dict]: The pairs, as :meth:`DistilledSetWriter.write_unit` takes them (``lq`` (h, w, 3) and ``gt``
+            (scale h, scale w, 3) float numpy arrays, RGB in [0, 1]).
+
+        Raises:
+            NotImplementedError: Always, here; subclasses implement it.
+        """
         raise NotImplementedError
 
     def optimize_parameters(self, current_iter):
@@ -328,10 +501,16 @@ class DistillBaseModel(BaseModel):
 
         With ``units_per_step`` K > 1 the K units of the iteration's group that are not yet written are started
         together, stepped together (:meth:`step_units`) and written one by one, in unit order, when they finish.
+        ``self.log_dict`` is cleared first; an iteration without work (no unit, or all already written) does nothing
+        else.
+
+        Args:
+            current_iter (int): BasicSR's iteration, 1-based.
 
         Raises:
             FloatingPointError: From :meth:`step_unit`: a NaN / infinite loss or gradient, before the optimiser step
                 (see :meth:`check_finite`); nothing of the unit is written.
+            ValueError, OSError: From :meth:`commit_unit` (pairs the writer refuses, a failed write).
         """
         located = self.locate_units(current_iter)
         self.log_dict.clear()  # a step that computes no loss logs none (not the previous step's)
@@ -352,19 +531,39 @@ class DistillBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------- BasicSR API
     def feed_data(self, data):
-        """The loop's item is only a tick; the unit's data is loaded by the model (see the module docstring)."""
+        """The loop's item is only a tick; the unit's data is loaded by the model (see the module docstring).
+
+        Args:
+            data (dict): The dataloader's item (ignored).
+        """
 
     def update_learning_rate(self, current_iter, warmup_iter=-1):
-        """Learning rates are per unit (see the subclass); BasicSR's global schedulers are not used."""
+        """Learning rates are per unit (see the subclass); BasicSR's global schedulers are not used (a no-op).
+
+        Args:
+            current_iter (int): BasicSR's iteration (ignored).
+            warmup_iter (int): BasicSR's warm-up iterations (ignored). Default: -1.
+        """
 
     def get_current_learning_rate(self):
+        """The learning rates of the unit's optimisers, for BasicSR's log.
+
+        Returns:
+            list[float]: The ``lr`` of every parameter group of ``self.optimizers``, or ``[0.0]`` when there is none
+            (between units).
+        """
         return [group['lr'] for opt in self.optimizers for group in opt.param_groups] or [0.0]
 
     def unit_state(self):
-        """Hook: state of the unit in progress (tensors, numbers, strings only, with its ``unit_index``), a list of
-        them when several units run together, or None between units. After a restart each comes back as
-        ``resumed`` to :meth:`start_unit` of the same unit (the one resume path: :meth:`resume_training` ->
-        :meth:`take_pending_state`)."""
+        """Hook: state of the unit in progress, saved in the training state by :meth:`save`.
+
+        After a restart each state comes back as ``resumed`` to :meth:`start_unit` of the same unit (the one resume
+        path: :meth:`resume_training` -> :meth:`take_pending_state`). This default saves nothing.
+
+        Returns:
+            dict | list[dict] | None: The state (tensors, numbers, strings only, with its ``unit_index``), a list of
+            them when several units run together, or None between units.
+        """
         return None
 
     def save(self, epoch, current_iter):
@@ -372,6 +571,16 @@ class DistillBaseModel(BaseModel):
 
         With several processes (all call it at the same iteration) the units in progress of every rank are gathered
         to rank 0, which alone writes ``<iter>.state`` (``unit_states``: one per rank, ``world_size``).
+
+        Args:
+            epoch (int): BasicSR's epoch, recorded in the state.
+            current_iter (int): BasicSR's iteration; the state is ``path.training_states/<current_iter>.state``
+                (``epoch``, ``iter``, empty ``optimizers`` / ``schedulers``, ``units_per_step``, ``unit_state``).
+                -1 (BasicSR's end of training): no state is written, :meth:`finalize` is called.
+
+        Raises:
+            OSError: Writing the state fails (the previous file, if any, is kept).
+            ValueError: (-1) as :meth:`finalize`.
         """
         if current_iter == -1:
             self.finalize()
@@ -395,9 +604,13 @@ class DistillBaseModel(BaseModel):
     def resume_training(self, resume_state):
         """Keep the saved unit state (this rank's) until the unit it belongs to starts again.
 
+        Args:
+            resume_state (dict): The training state BasicSR loaded (see :meth:`save`).
+
         Raises:
-            ValueError: The state was saved by a run with another number of processes (naming both and the file):
-                the iteration maps to other units then.
+            ValueError: The state was saved by a run with another number of processes, or another
+                ``units_per_step`` (``distill.instances_per_step``), naming both and the file: the iteration maps to
+                other units then.
         """
         saved = int(resume_state.get('world_size', 1))
         if saved != self.world_size:
@@ -423,6 +636,13 @@ class DistillBaseModel(BaseModel):
 
         BasicSR's ``load_resume_state`` maps a state onto the GPU where CUDA is available; generator states must be
         CPU tensors, and the models move the rest to their device themselves.
+
+        Args:
+            unit_index (int): The unit (0-based).
+
+        Returns:
+            dict | None: The saved state of that unit with its tensors on the CPU (removed from the pending ones), or
+            None if there is none.
         """
         pending = self._pending_unit_state or []
         for j, state in enumerate(pending):
@@ -433,7 +653,18 @@ class DistillBaseModel(BaseModel):
     def commit_unit(self, index, name, pairs, seconds):
         """Write a finished unit's pairs, log progress with ETA (this rank's units), finalise after the last unit.
 
-        With several processes the set is finalised at the end of training only (:meth:`finalize`).
+        With several processes the set is finalised at the end of training only (:meth:`finalize`). The unit's
+        optimisers are dropped (``self.optimizers`` emptied).
+
+        Args:
+            index (int): The unit (0-based).
+            name (str): Its name (its id in ``unit_names``).
+            pairs (list[dict]): Its pairs (see :meth:`finish_unit`).
+            seconds (float): Its wall time (s).
+
+        Raises:
+            TypeError, ValueError, OSError: As :meth:`DistilledSetWriter.write_unit` (invalid unit id or pairs, a
+                failed write); ValueError also as :meth:`finalize`.
         """
         self.writer.write_unit(name, pairs)
         mine = self.unit_names[self.rank::self.world_size]
@@ -448,7 +679,13 @@ class DistillBaseModel(BaseModel):
 
         With several processes every rank calls it at the end of training: after a barrier (every rank has
         committed its units to its shard) rank 0 merges the shards into ``distill.json``, in unit order, and marks
-        the set complete.
+        the set complete. Without a writer this does nothing; :meth:`summary_fields` is added only when the set was
+        not complete yet.
+
+        Raises:
+            ValueError: From the writer: a shard of another run or with a clashing pair name
+                (:meth:`DistilledSetWriter.merge_shards`), or :meth:`summary_fields` not a dict or using a reserved
+                field (:meth:`DistilledSetWriter.finalize`).
         """
         if self.writer is None:
             return
@@ -461,6 +698,9 @@ class DistillBaseModel(BaseModel):
             self.writer.finalize(None if self.writer.complete else self.summary_fields())
 
     def summary_fields(self):
-        """Hook: extra top-level fields of ``distill.json`` written when the set is complete (e.g. ``summary``), or
-        None."""
+        """Hook: extra top-level fields of ``distill.json`` written when the set is complete (e.g. ``summary``).
+
+        Returns:
+            dict | None: The fields (JSON-compatible, not the format's own), or None (this default) for none.
+        """
         return None

@@ -55,15 +55,21 @@ RANDOM_FEATURE_WIDTH = 64
 def load_teacher(opt, device):
     """The option file's ``network_t`` with ``path.pretrain_network_t`` (strict, as the distillation models load it).
 
+    The weights are loaded by :func:`~basicsr_distill.utils.checkpoint.load_frozen_network` (``path.param_key_t``
+    and ``path.strict_load_t`` honoured; strict by default).
+
     Args:
-        opt (dict): Whole options.
-        device (torch.device): Where the network goes.
+        opt (dict): Whole options; ``network_t`` and ``path.pretrain_network_t`` are read.
+        device (torch.device | str): Where the network goes.
 
     Returns:
-        tuple: ``(net, path)``, the network in eval mode without gradients and its weights file.
+        tuple: ``(net, path)``: ``net`` (nn.Module) the network on ``device``, in eval mode without gradients;
+        ``path`` (str) its weights file (``path.pretrain_network_t``).
 
     Raises:
         ValueError: if ``network_t`` or ``path.pretrain_network_t`` is missing.
+        KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network`` (unknown network type;
+            missing, corrupt or truncated weights file; keys that do not fit the network).
     """
     path = (opt.get('path') or {}).get('pretrain_network_t')
     if not opt.get('network_t') or not path:
@@ -74,14 +80,25 @@ def load_teacher(opt, device):
 
 
 def load_hr_network(opt, device):
-    """The network that makes IDC's HR side: ``network_up`` (``path.pretrain_network_up``) if the options give one,
-    else the teacher ``network_t``; eval mode, no gradients.
+    """The network that makes IDC's HR side: ``network_up`` if the options give one, else the teacher ``network_t``.
+
+    ``network_up`` is loaded with ``path.pretrain_network_up``, ``network_t`` with ``path.pretrain_network_t``
+    (:func:`~basicsr_distill.utils.checkpoint.load_frozen_network`); eval mode, no gradients. When ``network_up``
+    is given it is the one used, so its weights path must be given too (there is no fallback to the teacher).
+
+    Args:
+        opt (dict): Whole options (``network_up`` / ``network_t`` and ``path``).
+        device (torch.device | str): Where the network goes.
 
     Returns:
-        tuple: ``(net, key)``, ``key`` ``'up'`` or ``'t'``.
+        tuple: ``(net, key)``: ``net`` (nn.Module) the frozen network on ``device``, ``key`` (str) ``'up'`` or
+        ``'t'``.
 
     Raises:
-        ValueError: if neither network (with its weights path) is given.
+        ValueError: if the network chosen (``network_up`` when given, else ``network_t``) or its weights path
+            (``path.pretrain_network_<key>``) is missing.
+        KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network`` (unknown network type;
+            missing, corrupt or truncated weights file; keys that do not fit the network).
     """
     key = 'up' if opt.get('network_up') else 't'
     if not opt.get(f'network_{key}') or not (opt.get('path') or {}).get(f'pretrain_network_{key}'):
@@ -92,15 +109,17 @@ def load_hr_network(opt, device):
 
 @torch.no_grad()
 def network_hr(net, lq, batch_size=32):
-    """HR = clamp(net(lq), 0, 1), in batches, as IDC makes x_hat^HR.
+    """HR = clamp(net(lq), 0, 1), in batches without gradients, as IDC makes x_hat^HR.
 
     Args:
-        net (nn.Module): The x``scale`` network (eval mode).
-        lq (Tensor): (n, 3, h, w) LR patches in [0, 1].
+        net (nn.Module): The x``scale`` network (eval mode), with at least one parameter: each batch is moved to the
+            device of its parameters for the forward.
+        lq (Tensor): (n, 3, h, w) float LR patches in [0, 1], on any device.
         batch_size (int): Patches per forward. Default: 32.
 
     Returns:
-        Tensor: (n, 3, scale h, scale w) on the CPU, in [0, 1].
+        Tensor: (n, 3, scale h, scale w) on the CPU, in [0, 1] (the dtype of ``net``'s output); for n = 0 an empty
+        (0, 3, 0, 0) tensor of ``lq``'s dtype and device.
     """
     device = next(net.parameters()).device
     out = [net(lq[i:i + batch_size].to(device)).clamp(0, 1).cpu() for i in range(0, lq.shape[0], batch_size)]
@@ -108,11 +127,28 @@ def network_hr(net, lq, batch_size=32):
 
 
 def idc_options_of(opt, idc_set):
-    """``opt`` with the IDC run of ``idc_set`` (its ``distill.json`` options): its ``distill`` section,
-    ``manual_seed`` and HR networks, so that ``idc_init`` reproduces that run's initial x_hat.
+    """``opt`` with the options of the IDC run that wrote ``idc_set``, so that ``idc_init`` reproduces its x_hat.
+
+    The run's options are the ``options`` of ``idc_set``'s ``distill.json``: its ``distill`` section,
+    ``manual_seed``, ``network_t`` and ``network_up`` replace those of ``opt`` where the run has them, and its
+    ``path`` entries ending in ``_t`` or ``_up`` (e.g. ``pretrain_network_t``) update ``opt``'s ``path``. Only
+    ``gt_size`` and ``stride`` of the run's ``datasets.train`` are compared with the pool's (where the run records
+    them); the scale is not compared.
+
+    Args:
+        opt (dict): Whole options of the pool; ``datasets.train`` must give ``gt_size`` and ``stride`` where the IDC
+            run records them. Not modified.
+        idc_set (str): Folder of a distilled set written by IDC.
+
+    Returns:
+        dict: A shallow copy of ``opt`` with the IDC run's ``distill``, ``manual_seed``, ``network_t``,
+        ``network_up`` and ``path`` entries (``path`` a new dict; other sections shared with ``opt``).
 
     Raises:
-        ValueError: The set was not written by IDC, or its patches (gt_size, stride, scale) differ from the pool's.
+        ValueError: The set was not written by IDC, or its patches (gt_size, stride) differ from the pool's;
+            (from ``read_manifest``) its ``distill.json`` is not a valid manifest.
+        FileNotFoundError: ``idc_set`` holds no ``distill.json`` (from ``read_manifest``).
+        KeyError: ``opt`` has no ``datasets.train``, or it lacks ``gt_size`` / ``stride`` that the IDC run records.
     """
     manifest = read_manifest(idc_set)
     if manifest.get('method') != 'idc':
@@ -135,8 +171,23 @@ def idc_options_of(opt, idc_set):
 def idc_initial_picks(source, opt):
     """Per image, IDC's initial x_hat: ``(init_ids, x0)`` with the instance generators of the option file's seed.
 
+    Image i is loaded and :func:`~basicsr_distill.models.idc_model.initial_x_hat` draws from a fresh
+    ``unit_generator(manual_seed, i)``, with ``distill.ratio`` and ``distill.init`` of the options merged with
+    ``IDC_DEFAULTS``, as ``IDCModel`` starts instance i.
+
+    Args:
+        source (SRInstanceDataset): The pool (one instance per image).
+        opt (dict): Whole options: ``distill`` (None or missing: IDC's defaults) and ``manual_seed`` (None or
+            missing: 0).
+
     Returns:
-        list: One ``(init_ids (n,), x0 (n, 3, h, w))`` per image; ``None`` for an image smaller than one patch.
+        list: One ``(init_ids, x0)`` per image, in image order: ``init_ids`` (n,) long indices into the image's
+        patches (-1 for ``init: noise``), ``x0`` (n, 3, h, w) float32 LR patches in [0, 1] on the CPU, n =
+        max(1, round(ratio N)); ``None`` for an image smaller than one patch (N = 0).
+
+    Raises:
+        ValueError: An unknown or wrongly typed ``distill`` option, an unknown ``distill.init`` (from
+            ``merge_options`` / ``initial_x_hat``), or an image that cannot be read (from ``load_instance``).
     """
     from basicsr_distill.models.distill_base_model import unit_generator
     from basicsr_distill.models.idc_model import IDC_DEFAULTS, initial_x_hat
@@ -156,16 +207,28 @@ def idc_initial_picks(source, opt):
 def build_feature_net(features, opt, lq_size, device, seed=0, feature_layer=None):
     """The embedding used by herding / k-center.
 
+    ``'teacher'``: the option file's teacher (:func:`load_teacher`); any other value builds the seeded random DM
+    ResNet18 (:func:`~basicsr_distill.selection.features.random_feature_network`, width
+    :data:`RANDOM_FEATURE_WIDTH`) for ``lq_size`` x ``lq_size`` inputs.
+
     Args:
         features (str): ``'teacher'`` or ``'random'``.
-        opt (dict): Whole options (``network_t``, ``path``, ``distill.feature_layer``).
-        lq_size (int): LR patch side.
-        device (torch.device): Where the network goes.
-        seed (int): Seed of the random network's weights. Default: 0.
+        opt (dict): Whole options (``network_t``, ``path``, ``distill.feature_layer``); read for the teacher only.
+        lq_size (int): LR patch side (pixels); used by the random network only.
+        device (torch.device | str): Where the network goes.
+        seed (int): Seed of the random network's weights (unused for the teacher). Default: 0.
         feature_layer (str | None): Teacher layer; None: ``distill.feature_layer`` of the options. Default: None.
 
     Returns:
-        tuple: ``(net, layer, description)``, the description JSON-compatible (written in the manifest).
+        tuple: ``(net, layer, description)``: ``net`` (nn.Module) the frozen network on ``device``; ``layer``
+        (str | None) the teacher layer to tap (None: the teacher's ``forward_features``, and always None for the
+        random network); ``description`` (dict) JSON-compatible (written in the manifest): ``network_t``,
+        ``pretrain_network_t`` and ``feature_layer`` for the teacher, ``arch``, ``norm``, ``num_feat``,
+        ``pool_size`` and ``weights_seed`` for the random network.
+
+    Raises:
+        ValueError, KeyError, FileNotFoundError, RuntimeError: ``'teacher'``: as :func:`load_teacher` (teacher or
+            its weights path missing; unknown type; missing or corrupt weights; keys that do not fit).
     """
     if features == 'teacher':
         net, path = load_teacher(opt, device)
@@ -185,19 +248,32 @@ def build_feature_net(features, opt, lq_size, device, seed=0, feature_layer=None
 def describe_pool(source, method, opt, device, features='teacher', seed=0, feature_layer=None):
     """One pass over the images: patch counts and what ``method`` needs of every patch.
 
+    Every image is loaded (decoded) once, also for ``random``, which only counts its patches; patches are
+    described in order, so row k of the descriptors is patch k of the pool (images in order, patches in order
+    within each).
+
     Args:
         source (SRInstanceDataset): The pool.
-        method (str): One of :data:`METHODS`.
+        method (str): One of :data:`METHODS` but the controls (:func:`select_subset` describes their pool as
+            ``'random'``); any method other than random, herding, k-center and dcsr is scored by PSNR_bic.
         opt (dict): Whole options (for the teacher).
-        device (torch.device): Where the feature network runs.
+        device (torch.device | str): Where the feature network runs.
         features (str): Herding / k-center: ``'teacher'`` or ``'random'``. Default: ``'teacher'``.
         seed (int): Seed of the random feature network. Default: 0.
         feature_layer (str | None): Teacher layer (see :func:`build_feature_net`). Default: None.
 
     Returns:
-        tuple: (counts per image, per-patch descriptors or None, feature-net description or None). Descriptors:
-        (P, D) features (herding / k-center), ``(complexity (P,), texture features (P, 17))`` (dcsr), (P,)
-        PSNR_bic (psnr_bic), None (random, or an empty pool).
+        tuple: (counts per image (list[int]), per-patch descriptors or None, feature-net description (dict) or
+        None, the latter given for herding / k-center only). Descriptors, P = sum of the counts, float64 numpy on
+        the CPU: (P, D) features (herding / k-center), ``(complexity (P,), texture features (P, 17))`` (dcsr), (P,)
+        PSNR_bic in dB at the pool's scale (psnr_bic, psnr_bic_lowest), None (random, or an empty pool).
+
+    Raises:
+        ValueError: From :func:`build_feature_net` (teacher missing), ``load_instance`` (an image that cannot be
+            read), ``patch_features`` (an unknown ``features``), ``psnr_bic_batch`` / ``texture_features`` (patch
+            sides or scale they cannot use, e.g. scale 1 for PSNR_bic).
+        KeyError, FileNotFoundError, RuntimeError: Loading the teacher (see :func:`load_teacher`); KeyError also
+            when ``feature_layer`` is not a layer of the teacher.
     """
     net = layer = described = None
     if method in FEATURE_METHODS:
@@ -227,8 +303,26 @@ def describe_pool(source, method, opt, device, features='teacher', seed=0, featu
 def run_method(method, descriptors, num_pool, num, seed=0, kcenter_start='mean', num_clusters=15):
     """Indices into the pool (in the method's order) and an optional per-index score for the pair info.
 
+    Args:
+        method (str): ``'random'``, ``'herding'``, ``'kcenter'``, ``'dcsr'``, ``'psnr_bic'`` or
+            ``'psnr_bic_lowest'`` (any other value is run as ``'psnr_bic_lowest'``).
+        descriptors (ndarray | tuple | None): What :func:`describe_pool` returned for ``method`` (None for random).
+        num_pool (int): P, the patches of the pool (used by random).
+        num (int): n, how many to select, 1 <= n <= P.
+        seed (int): random: the draw; kcenter with ``kcenter_start='random'``: the start; dcsr: k-means and
+            sampling; psnr_bic: the draw among the kept patches. Default: 0.
+        kcenter_start (str): ``'mean'`` or ``'random'``. Default: ``'mean'``.
+        num_clusters (int): dcsr: k-means clusters. Default: 15.
+
     Returns:
-        tuple: ``(indices, score)``, ``score`` None or ``(info key, (P,) values)``.
+        tuple: ``(indices, score)``: ``indices`` (list[int]) n distinct pool indices (sorted for random and
+        psnr_bic, in pick order for herding / k-center, round-robin order for dcsr, increasing PSNR_bic for
+        psnr_bic_lowest); ``score`` None (random, herding, k-center) or ``(info key, (P,) values)``:
+        ``('texture_complexity', complexity)`` (dcsr), ``('psnr_bic', PSNR_bic in dB)`` (psnr_bic, psnr_bic_lowest).
+
+    Raises:
+        ValueError: From the selection rules: n out of range (psnr_bic: more than the patches below the median),
+            features that are not a finite (P, D) array, an unknown ``kcenter_start``, ``num_clusters`` < 1.
     """
     if method == 'random':
         return select_random(num_pool, num, seed), None
@@ -261,7 +355,11 @@ def select_subset(opt,
 
     The size is given by exactly one of ``num_pairs`` (n), ``ratio`` (n = max(1, round(ratio * P)) of the P pool
     patches) or ``like`` (the pair count of that distilled set). The set's ``wall_time_s`` covers scoring the pool,
-    selecting and writing; pair ``name`` is ``<image>_<tag><j:04d>`` (tag ``rand`` for random, else the method).
+    selecting and writing; pair ``name`` is ``<image>_<tag><j:04d>`` (tag ``rand`` for random and
+    random_teacher_hr, ``idcinit`` for idc_init, else the method; j the patch's index in its image, for idc_init
+    the pair's index among the image's pairs). The controls (:data:`CONTROLS`) load the HR network
+    (:func:`load_hr_network`) and describe the pool as ``random``; idc_init takes IDC's own size and refuses any
+    other.
 
     Args:
         opt (str | dict): A distillation option file (:func:`~basicsr_distill.utils.options.read_option_file`) or
@@ -270,24 +368,35 @@ def select_subset(opt,
         method (str): One of :data:`METHODS`. Default: ``'random'``.
         num_pairs (int | None): n. Default: None.
         ratio (float | None): Fraction of the pool. Default: None.
-        like (str | None): A distilled set whose pair count to match. Default: None.
+        like (str | None): A distilled set whose pair count to match; with ``method='idc_init'`` an IDC set, whose
+            run's options are used (:func:`idc_options_of`). Default: None.
         seed (int): random: the draw; kcenter with ``kcenter_start='random'``: the start; dcsr: k-means and
-            sampling; psnr_bic: the draw among the kept patches; ``features='random'``: the network weights.
-            Default: 0.
+            sampling; psnr_bic: the draw among the kept patches; ``features='random'``: the network weights;
+            random_teacher_hr: as random; idc_init: unused (the draws follow ``manual_seed``). Default: 0.
         features (str): Herding / k-center: ``'teacher'`` (``network_t``) or ``'random'``. Default: ``'teacher'``.
         feature_layer (str | None): Teacher layer; None: ``distill.feature_layer``, else ``forward_features``.
             Default: None.
         kcenter_start (str): ``'mean'`` or ``'random'``. Default: ``'mean'``.
         num_clusters (int): dcsr: k-means clusters (the paper: 15). Default: 15.
-        device (str | torch.device | None): Where features are computed; None: CUDA if available, else the CPU.
+        device (str | torch.device | None): Where features are computed and the controls' HR network runs; None:
+            CUDA if available, else the CPU. Default: None.
 
     Returns:
-        dict: ``{'out': absolute path, 'method', 'num_pairs', 'pool'}`` (what the script prints as JSON).
+        dict: ``{'out': absolute path (str), 'method' (str), 'num_pairs' (int, n), 'pool' (int, P)}`` (what the
+        script prints as JSON).
 
     Raises:
-        ValueError: Not exactly one size given, an unknown method, n out of [1, P], or the teacher missing for
-            ``features='teacher'``; whatever the dataset, the selection rules and the writer refuse.
-        FileNotFoundError: The option file, the image folder or the ``like`` set is missing.
+        ValueError: Not exactly one size given, an unknown method, n not an int in [1, P], the teacher missing for
+            ``features='teacher'`` or the HR network missing for a control, (idc_init) ``like`` not an IDC set or
+            of another patch grid, or a size other than IDC's; whatever the dataset, the selection rules, the
+            weights loading and the writer refuse (e.g. ``out`` holding a distilled set of another run).
+        FileNotFoundError: The option file, the image folder, the ``like`` set or a weights file is missing.
+        FileExistsError: ``out`` holds images or shards but no ``distill.json`` (from the writer).
+        KeyError: An unknown network type, a ``feature_layer`` the teacher lacks, options without
+            ``datasets.train`` / ``scale``, or (idc_init with ``like``) a ``gt_size`` / ``stride`` the IDC run
+            records but the pool's options lack.
+        RuntimeError: Weights whose keys do not fit the network.
+        yaml.YAMLError: The option file is not valid YAML.
     """
     start = time.monotonic()
     if sum(v is not None for v in (num_pairs, ratio, like)) != 1:
