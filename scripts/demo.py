@@ -1,7 +1,7 @@
 """The README's main job: distil the bundled real images with IDC, train a small EDSR on the result, on a random
-subset of real patches of the same size, and on the same random real LR patches with the teacher's HR (the control
-that separates what IDC's optimisation adds from relabelling by its teacher), and report Set5 PSNR / SSIM (Y channel,
-4-pixel border).
+subset of real patches of the same size, on the same random real LR patches with the teacher's HR (the control that
+separates what IDC adds from relabelling by its teacher) and on IDC's own starting patches with the teacher's HR
+(``idc_init``: what IDC's optimisation of the LR adds), and report Set5 PSNR / SSIM (Y channel, 4-pixel border).
 
 Every step runs the public command line (``basicsr_distill/train.py -opt ...``, ``scripts/select_subset.py``);
 the full logs go to ``results/demo/logs/``, the table to ``results/demo/table.md``. Run from anywhere::
@@ -26,6 +26,7 @@ EDSR_OPT = 'options/train/EDSR/train_EDSR_x4_distilled_demo.yml'
 IDC_ROOT = 'datasets/distilled/idc_demo'
 RANDOM_ROOT = 'datasets/distilled/random_demo'
 TEACHER_HR_ROOT = 'datasets/distilled/random_teacher_hr_demo'
+IDC_INIT_ROOT = 'datasets/distilled/idc_init_demo'
 SET5_HR, SET5_LR = 'datasets/demo/Set5/HR', 'datasets/demo/Set5/LR_bicubic/X4'
 SHOW = ('IDC instance', '] unit ', ', iter:', '# psnr', '# ssim', 'Error', 'error:', 'Traceback', 'End of training')
 
@@ -68,23 +69,28 @@ def main():
     if args.fresh and osp.isdir(IDC_ROOT):
         os.replace(IDC_ROOT, f'{IDC_ROOT}_old_{time.strftime("%Y%m%d_%H%M%S")}')
 
-    t_distill = run('1/6 IDC distillation of 24 real images (IMDN teacher, CPU)',
+    t_distill = run('1/7 IDC distillation of 24 real images (IMDN teacher, CPU)',
                     ['basicsr_distill/train.py', '-opt', DISTILL_OPT], 'distill_idc.log')
     manifest = json.load(open(osp.join(IDC_ROOT, 'distill.json')))
     num_pairs = manifest['num_pairs']
     t_select = 0.0
-    for method, root in (('random', RANDOM_ROOT), ('random_teacher_hr', TEACHER_HR_ROOT)):
+    controls = (('random', RANDOM_ROOT, f'random subset of {num_pairs} real LR patches from the same images, real HR'),
+                ('random_teacher_hr', TEACHER_HR_ROOT,
+                 'the same random real LR patches, HR = the teacher applied to them'),
+                ('idc_init', IDC_INIT_ROOT,
+                 f'IDC\'s {num_pairs} starting LR patches, HR = the teacher applied to them'))
+    for method, root, what in controls:
         shutil.rmtree(root, ignore_errors=True)  # derived from the distilled set: rebuilt every run
-        what = 'real HR' if method == 'random' else 'HR = the teacher applied to the LR'
-        t_select += run(f'2/6 random subset of {num_pairs} real LR patches from the same images, {what}', [
+        t_select += run(f'2/7 {what}', [
             'scripts/select_subset.py', '-opt', DISTILL_OPT, '--method', method, '--like', IDC_ROOT, '--out', root,
             '--seed', '0'
         ], f'select_{method}.log')
     times = {}
-    runs = (('idc', IDC_ROOT), ('random', RANDOM_ROOT), ('random_teacher_hr', TEACHER_HR_ROOT))
+    runs = (('idc', IDC_ROOT), ('random', RANDOM_ROOT), ('random_teacher_hr', TEACHER_HR_ROOT), ('idc_init',
+                                                                                                 IDC_INIT_ROOT))
     for step, (tag, root) in enumerate(runs, start=3):
         name = f'EDSR_demo_x4_f32b4_{tag}'
-        times[tag] = run(f'{step}/6 EDSR x4 (32 features, 4 blocks), {args.edsr_iters} iterations on {root}', [
+        times[tag] = run(f'{step}/7 EDSR x4 (32 features, 4 blocks), {args.edsr_iters} iterations on {root}', [
             'basicsr_distill/train.py', '-opt', EDSR_OPT, '--force_yml', f'name={name}',
             f'datasets:train:dataroot={root}', f'train:total_iter={args.edsr_iters}',
             f'train:scheduler:periods=[{args.edsr_iters}]', f'val:val_freq={10 * args.edsr_iters}',
@@ -100,7 +106,7 @@ def main():
     edsr_opt, distill_opt = read_option_file(EDSR_OPT), read_option_file(DISTILL_OPT)
     rows = []
     labels = (('idc', 'IDC distilled (r = 0.1)'), ('random', 'random real patches'),
-              ('random_teacher_hr', 'the same random real LR, teacher HR'))
+              ('random_teacher_hr', 'the same random real LR, teacher HR'), ('idc_init', 'IDC\'s start, teacher HR'))
     for tag, label in labels:
         net = load_network(edsr_opt['network_g'], f'experiments/EDSR_demo_x4_f32b4_{tag}/models/net_g_latest.pth')
         rows.append(evaluate(f'EDSR on {label}', net, times[tag], num_pairs))
@@ -124,16 +130,17 @@ def main():
     table = '\n'.join(lines)
     summary = (f'IDC distillation: {manifest["source"]["num_images"]} images -> {num_pairs} pairs in '
                f'{t_distill:.0f} s (wall time of this run; the set took {manifest["wall_time_s"]:.0f} s to distil); '
-               f'the two random subsets {t_select:.0f} s; EDSR {args.edsr_iters} iterations per run, same seed.')
+               f'the three control sets {t_select:.0f} s; EDSR {args.edsr_iters} iterations per run, same seed.')
     note = ('How to read it: "random" is the baseline a distilled set must beat; "teacher HR" keeps the same random '
-            'real LR and relabels it with the teacher, as IDC makes its HR, so IDC minus that row is what its '
+            'real LR and relabels it with the teacher, as IDC makes its HR; "IDC\'s start" is IDC\'s initial x_hat '
+            '(informative real patches, init: psnr_bic) through the same teacher, so IDC minus that row is what its '
             f'optimisation of the LR adds. At {args.edsr_iters} iterations the student is not data-bound (a larger '
             'pool does not clearly help), so these differences say little about the data; the data-bound comparison '
             'is options/benchmark/cpu_291_converged.yml (docs/Benchmark.md).')
     os.makedirs('results/demo', exist_ok=True)
     with open('results/demo/table.md', 'w') as f:
         f.write(summary + '\n\n' + table + '\n\n' + note + '\n')
-    print('\n== 6/6 Set5 x4, Y channel, 4-pixel border (BasicSR metrics)\n' + summary + '\n\n' + table + '\n\n' + note)
+    print('\n== 7/7 Set5 x4, Y channel, 4-pixel border (BasicSR metrics)\n' + summary + '\n\n' + table + '\n\n' + note)
     print(f'\nTable saved to {osp.join(REPO, "results/demo/table.md")}; distilled set in {osp.join(REPO, IDC_ROOT)}')
 
 
