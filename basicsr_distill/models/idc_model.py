@@ -29,6 +29,7 @@ from basicsr_distill.ops.grouping import (assign_progressive, assignment_target,
                                           nearest_real_in_group, patch_descriptors)
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
+from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
 from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.options import merge_options
 
@@ -105,11 +106,10 @@ def initial_x_hat(lq, ratio, init, generator, gt=None, scale=4):
         if gt is None or gt.shape[0] != lq.shape[0]:
             raise ValueError(f'distill.init {init!r} needs the HR patches of the instance (gt), one per LR patch')
         scores = psnr_bic_batch(gt.permute(0, 2, 3, 1).double().cpu().numpy(), scale=scale)
-        order = torch.from_numpy(np.argsort(scores, kind='stable'))  # lowest PSNR_bic first
         if init == 'psnr_bic_lowest':
-            ids = order[:n]
+            ids = torch.tensor(select_lowest_psnr_bic(scores, n), dtype=torch.long)  # the selection baseline's rule
         else:
-            lower = order[:max(n, -(-lq.shape[0] // 2))]
+            lower = torch.from_numpy(np.argsort(scores, kind='stable')[:max(n, -(-lq.shape[0] // 2))])
             ids = lower[torch.randperm(lower.shape[0], generator=generator)[:n]]
     elif init == 'noise':
         ids = torch.full((n, ), -1, dtype=torch.long)
