@@ -189,7 +189,7 @@ def idc_initial_picks(source, opt):
         ValueError: An unknown or wrongly typed ``distill`` option, an unknown ``distill.init`` (from
             ``merge_options`` / ``initial_x_hat``), or an image that cannot be read (from ``load_instance``).
     """
-    from basicsr_distill.models.distill_base_model import unit_generator
+    from basicsr_distill.models.distill_units import unit_generator
     from basicsr_distill.models.idc_model import IDC_DEFAULTS, initial_x_hat
     from basicsr_distill.utils.options import merge_options
     cfg = merge_options(IDC_DEFAULTS, opt.get('distill'))
