@@ -86,8 +86,7 @@ def main():
             '--seed', '0'
         ], f'select_{method}.log')
     times = {}
-    runs = (('idc', IDC_ROOT), ('random', RANDOM_ROOT), ('random_teacher_hr', TEACHER_HR_ROOT), ('idc_init',
-                                                                                                 IDC_INIT_ROOT))
+    runs = [('idc', IDC_ROOT)] + [(method, root) for method, root, _ in controls]
     for step, (tag, root) in enumerate(runs, start=3):
         name = f'EDSR_demo_x4_f32b4_{tag}'
         times[tag] = run(f'{step}/7 EDSR x4 (32 features, 4 blocks), {args.edsr_iters} iterations on {root}', [
