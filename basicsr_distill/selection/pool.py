@@ -22,7 +22,11 @@ option file's ``network_up`` if it has one, else its teacher ``network_t``, clam
   ``IDCModel`` draws them from the option file's ``manual_seed`` and ``distill.ratio`` / ``distill.init``), HR by the
   same network. Its size is IDC's: n = max(1, round(r N)) per image; a size given that differs is refused. With
   ``like`` an IDC set, that run's ``distill`` options, ``manual_seed`` and networks (from its ``distill.json``) are
-  used, so ``idc_init`` is the start of that very run.
+  used, so ``idc_init`` is the start of that very run;
+* ``random_generator_hr`` (GSDD's control): the patches of ``random`` with HR = clamp(G(LR), 0, 1), G the GSDD
+  generator ``network_g`` (``path.pretrain_network_g``; with ``like`` a GSDD set, that run's generator from its
+  ``distill.json``), and LR = the bicubic x 1/scale of that HR, exactly as ``GSDDModel`` writes a pair from a latent
+  z. It is GSDD with z = the bicubic LR of a random crop and neither inversion nor matching: the generator alone.
 
 The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
 chosen patches are read again to write them.
@@ -34,6 +38,7 @@ import time
 import torch
 
 from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
+from basicsr_distill.data.sr_patches import bicubic_lr
 from basicsr_distill.distilled_set import DistilledSetWriter, read_manifest
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.selection.common import check_num_select
@@ -46,7 +51,7 @@ from basicsr_distill.selection.random_selection import select_random
 from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.options import read_option_file
 
-CONTROLS = ('random_teacher_hr', 'idc_init')
+CONTROLS = ('random_teacher_hr', 'idc_init', 'random_generator_hr')
 METHODS = ('random', 'herding', 'kcenter', 'dcsr', 'psnr_bic', 'psnr_bic_lowest') + CONTROLS
 FEATURE_METHODS = ('herding', 'kcenter')
 RANDOM_FEATURE_WIDTH = 64
@@ -79,29 +84,36 @@ def load_teacher(opt, device):
     return net, path
 
 
-def load_hr_network(opt, device):
-    """The network that makes IDC's HR side: ``network_up`` if the options give one, else the teacher ``network_t``.
+def load_hr_network(opt, device, method='random_teacher_hr'):
+    """The network that makes a control's HR side: for ``random_generator_hr`` GSDD's generator ``network_g``; for
+    the IDC controls ``network_up`` if the options give one, else the teacher ``network_t`` (as IDC makes its HR).
 
-    ``network_up`` is loaded with ``path.pretrain_network_up``, ``network_t`` with ``path.pretrain_network_t``
-    (:func:`~basicsr_distill.utils.checkpoint.load_frozen_network`); eval mode, no gradients. When ``network_up``
+    ``network_g`` is loaded with ``path.pretrain_network_g``, ``network_up`` with ``path.pretrain_network_up``,
+    ``network_t`` with ``path.pretrain_network_t`` (:func:`~basicsr_distill.utils.checkpoint.load_frozen_network`);
+    eval mode, no gradients. When ``network_up``
     is given it is the one used, so its weights path must be given too (there is no fallback to the teacher).
 
     Args:
-        opt (dict): Whole options (``network_up`` / ``network_t`` and ``path``).
+        opt (dict): Whole options (``network_g`` / ``network_up`` / ``network_t`` and ``path``).
         device (torch.device | str): Where the network goes.
+        method (str): The control (:data:`CONTROLS`). Default: ``'random_teacher_hr'``.
 
     Returns:
-        tuple: ``(net, key)``: ``net`` (nn.Module) the frozen network on ``device``, ``key`` (str) ``'up'`` or
-        ``'t'``.
+        tuple: ``(net, key)``: ``net`` (nn.Module) the frozen network on ``device``, ``key`` (str) ``'g'``, ``'up'``
+        or ``'t'``.
 
     Raises:
-        ValueError: if the network chosen (``network_up`` when given, else ``network_t``) or its weights path
-            (``path.pretrain_network_<key>``) is missing.
+        ValueError: if the network chosen (``network_g``; ``network_up`` when given, else ``network_t``) or its
+            weights path (``path.pretrain_network_<key>``) is missing.
         KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network`` (unknown network type;
             missing, corrupt or truncated weights file; keys that do not fit the network).
     """
-    key = 'up' if opt.get('network_up') else 't'
-    if not opt.get(f'network_{key}') or not (opt.get('path') or {}).get(f'pretrain_network_{key}'):
+    key = 'g' if method == 'random_generator_hr' else ('up' if opt.get('network_up') else 't')
+    has = opt.get(f'network_{key}') and (opt.get('path') or {}).get(f'pretrain_network_{key}')
+    if key == 'g' and not has:
+        raise ValueError('random_generator_hr needs GSDD\'s generator: network_g and path.pretrain_network_g in the '
+                         'option file, or --like a GSDD set (its run\'s generator is used)')
+    if not has:
         raise ValueError('random_teacher_hr / idc_init need network_t and path.pretrain_network_t (or network_up and '
                          'path.pretrain_network_up) in the option file: the HR side is that network applied to the LR')
     return load_frozen_network(opt, key, device), key
@@ -165,6 +177,33 @@ def idc_options_of(opt, idc_set):
             out[key] = idc_opt[key]
     out['path'] = dict(opt.get('path') or {})
     out['path'].update({k: v for k, v in (idc_opt.get('path') or {}).items() if k.endswith(('_t', '_up'))})
+    return out
+
+
+def gsdd_options_of(opt, gsdd_set):
+    """``opt`` with the generator of the GSDD run that wrote ``gsdd_set``: its ``network_g`` and the ``path``
+    entries ending in ``_g`` (``pretrain_network_g``, ``param_key_g``, ``strict_load_g``) from its ``distill.json``.
+
+    Args:
+        opt (dict): Whole options of the pool. Not modified.
+        gsdd_set (str): Folder of a distilled set written by GSDD.
+
+    Returns:
+        dict: A shallow copy of ``opt`` with the run's ``network_g`` and ``path`` (a new dict) entries.
+
+    Raises:
+        ValueError: The set was not written by GSDD or records no ``network_g``; (from ``read_manifest``) its
+            ``distill.json`` is not a valid manifest.
+        FileNotFoundError: ``gsdd_set`` holds no ``distill.json``.
+    """
+    manifest = read_manifest(gsdd_set)
+    run = manifest.get('options') or {}
+    if manifest.get('method') != 'gsdd' or not run.get('network_g'):
+        raise ValueError(f'random_generator_hr --like takes a GSDD set (its generator is used); {gsdd_set} was '
+                         f'written by {manifest.get("method")!r}')
+    out = dict(opt, network_g=run['network_g'])
+    out['path'] = dict(opt.get('path') or {})
+    out['path'].update({k: v for k, v in (run.get('path') or {}).items() if k.endswith('_g')})
     return out
 
 
@@ -356,8 +395,8 @@ def select_subset(opt,
     The size is given by exactly one of ``num_pairs`` (n), ``ratio`` (n = max(1, round(ratio * P)) of the P pool
     patches) or ``like`` (the pair count of that distilled set). The set's ``wall_time_s`` covers scoring the pool,
     selecting and writing; pair ``name`` is ``<image>_<tag><j:04d>`` (tag ``rand`` for random and
-    random_teacher_hr, ``idcinit`` for idc_init, else the method; j the patch's index in its image, for idc_init
-    the pair's index among the image's pairs). The controls (:data:`CONTROLS`) load the HR network
+    random_teacher_hr / random_generator_hr, ``idcinit`` for idc_init, else the method; j the patch's index in its
+    image, for idc_init the pair's index among the image's pairs). The controls (:data:`CONTROLS`) load the HR network
     (:func:`load_hr_network`) and describe the pool as ``random``; idc_init takes IDC's own size and refuses any
     other.
 
@@ -369,10 +408,12 @@ def select_subset(opt,
         num_pairs (int | None): n. Default: None.
         ratio (float | None): Fraction of the pool. Default: None.
         like (str | None): A distilled set whose pair count to match; with ``method='idc_init'`` an IDC set, whose
-            run's options are used (:func:`idc_options_of`). Default: None.
+            run's options are used (:func:`idc_options_of`); with ``method='random_generator_hr'`` a GSDD set,
+            whose run's generator is used (:func:`gsdd_options_of`). Default: None.
         seed (int): random: the draw; kcenter with ``kcenter_start='random'``: the start; dcsr: k-means and
             sampling; psnr_bic: the draw among the kept patches; ``features='random'``: the network weights;
-            random_teacher_hr: as random; idc_init: unused (the draws follow ``manual_seed``). Default: 0.
+            random_teacher_hr, random_generator_hr: as random; idc_init: unused (the draws follow
+            ``manual_seed``). Default: 0.
         features (str): Herding / k-center: ``'teacher'`` (``network_t``) or ``'random'``. Default: ``'teacher'``.
         feature_layer (str | None): Teacher layer; None: ``distill.feature_layer``, else ``forward_features``.
             Default: None.
@@ -388,8 +429,9 @@ def select_subset(opt,
     Raises:
         ValueError: Not exactly one size given, an unknown method, n not an int in [1, P], the teacher missing for
             ``features='teacher'`` or the HR network missing for a control, (idc_init) ``like`` not an IDC set or
-            of another patch grid, or a size other than IDC's; whatever the dataset, the selection rules, the
-            weights loading and the writer refuse (e.g. ``out`` holding a distilled set of another run).
+            of another patch grid, or a size other than IDC's, (random_generator_hr) ``like`` not a GSDD set;
+            whatever the dataset, the selection rules, the weights loading and the writer refuse (e.g. ``out``
+            holding a distilled set of another run).
         FileNotFoundError: The option file, the image folder, the ``like`` set or a weights file is missing.
         FileExistsError: ``out`` holds images or shards but no ``distill.json`` (from the writer).
         KeyError: An unknown network type, a ``feature_layer`` the teacher lacks, options without
@@ -409,11 +451,13 @@ def select_subset(opt,
         opt = read_option_file(opt)
     if method == 'idc_init' and like:
         opt = idc_options_of(opt, like)
+    elif method == 'random_generator_hr' and like:
+        opt = gsdd_options_of(opt, like)
     dataset_opt = dict(opt['datasets']['train'], scale=opt['scale'], phase='train')
     source = SRInstanceDataset(dataset_opt)
     if device is None:
         device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    hr_net = load_hr_network(opt, torch.device(device))[0] if method in CONTROLS else None
+    hr_net, hr_key = load_hr_network(opt, torch.device(device), method) if method in CONTROLS else (None, None)
     pool_method = 'random' if method in CONTROLS else method
     counts, descriptors, feature_net = describe_pool(source, pool_method, opt, torch.device(device), features, seed,
                                                      feature_layer)
@@ -450,9 +494,7 @@ def select_subset(opt,
     elif method == 'dcsr':
         options['num_clusters'] = num_clusters
     elif method in CONTROLS:
-        options.update(
-            hr_network=opt.get('network_up') or opt['network_t'],
-            hr_weights=opt['path'].get('pretrain_network_up' if opt.get('network_up') else 'pretrain_network_t'))
+        options.update(hr_network=opt[f'network_{hr_key}'], hr_weights=opt['path'][f'pretrain_network_{hr_key}'])
         if method == 'idc_init':
             options.update(manual_seed=int(opt.get('manual_seed') or 0), distill=opt.get('distill'))
     elif method in ('psnr_bic', 'psnr_bic_lowest'):
@@ -476,7 +518,8 @@ def select_subset(opt,
         },
         options=options,
         start_time=start)
-    tag = {'random': 'rand', 'random_teacher_hr': 'rand', 'idc_init': 'idcinit'}.get(method, method)
+    tag = {'random': 'rand', 'random_teacher_hr': 'rand', 'random_generator_hr': 'rand'}.get(method, method)
+    tag = 'idcinit' if method == 'idc_init' else tag
     offsets = np.cumsum([0] + counts)
     for i in range(source.num_instances):
         inst = source.load_instance(i) if picked[i] else {'name': source.names[i]}
@@ -486,16 +529,21 @@ def select_subset(opt,
         elif picked[i]:
             ids, lq = torch.tensor(picked[i], dtype=torch.long), inst['lq'][picked[i]]
         hr = network_hr(hr_net, lq) if hr_net is not None and picked[i] else None
+        if hr is not None and hr_key == 'g':  # as GSDD writes a pair: LR = the bicubic x 1/scale of G's output
+            lq = torch.stack([torch.from_numpy(bicubic_lr(h.permute(1, 2, 0).numpy(), source.scale)) for h in hr])
+            lq = lq.permute(0, 3, 1, 2)
         for k, j in enumerate(picked[i]):
             real_j = int(ids[k])
             info = {'instance': inst['name'], 'source_image': inst['path']}
             info['hr_yx'] = list(inst['coords'][real_j]) if real_j >= 0 else None
-            if method not in ('random', 'random_teacher_hr', 'idc_init'):  # random keeps its former entries
+            if method != 'random' and method not in CONTROLS:  # random keeps its former entries
                 info['selection_rank'] = rank[(i, j)]
             if score is not None:
                 info[score[0]] = float(score[1][offsets[i] + j])
             if hr is not None:
-                info['hr_from'] = 'network_up' if opt.get('network_up') else 'network_t'
+                info['hr_from'] = f'network_{hr_key}'
+                if hr_key == 'g':
+                    info['lq_from'] = 'bicubic of hr'
             pairs.append({
                 'name': f'{inst["name"]}_{tag}{real_j if method != "idc_init" else k:04d}',
                 'lq': lq[k].permute(1, 2, 0).numpy(),

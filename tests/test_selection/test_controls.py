@@ -1,5 +1,6 @@
-"""The controls that isolate what IDC adds: ``random_teacher_hr`` (random real LR, HR by the teacher) and ``idc_init``
-(IDC's initial x_hat, HR by the teacher), on bundled real T91 images with the bundled IMDN teacher."""
+"""The controls that isolate what a method adds: ``random_teacher_hr`` (random real LR, HR by the teacher) and
+``idc_init`` (IDC's initial x_hat, HR by the teacher), on bundled real T91 images with the bundled IMDN teacher;
+``random_generator_hr`` (GSDD's: HR = G(random real LR), LR = its bicubic) with the bundled SRGAN generator."""
 import cv2
 import numpy as np
 import os
@@ -13,7 +14,8 @@ import basicsr_distill  # noqa: F401
 # isort: split
 from conftest import build_distill_model, data_path
 
-from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
+from basicsr_distill.data.sr_patches import bicubic_lr
+from basicsr_distill.distilled_set import DistilledSetWriter, read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.selection.pool import load_hr_network, network_hr, select_subset
 
@@ -157,3 +159,59 @@ def test_idc_init_follows_an_informative_init(idc_options, init, tmp_path, one_t
         inst = model.start_unit(i, None)
         assert ids.tolist() == inst.init_ids.tolist()
         torch.testing.assert_close(x0, inst.x_hat.detach())
+
+
+SRGAN = {'type': 'SRGANGenerator', 'num_feat': 64, 'num_block': 5, 'upscale': 4}
+
+
+def test_random_generator_hr_is_gsdd_without_inversion_or_matching(idc_options, tmp_path, one_thread):
+    opt = dict(
+        idc_options,
+        network_g=SRGAN,
+        path=dict(idc_options['path'], pretrain_network_g=data_path('weights', 'srgan_netG_epoch_4_100.pth')))
+    rand, gen = str(tmp_path / 'random'), str(tmp_path / 'gen')
+    select_subset(opt, rand, method='random', num_pairs=4, seed=5, device='cpu')
+    out = select_subset(opt, gen, method='random_generator_hr', num_pairs=4, seed=5, device='cpu')
+    assert out['num_pairs'] == 4
+    ma, mb = read_manifest(rand), validate_distilled_set(gen, scale=4, check_contents=True)
+    assert [p['name'] for p in ma['pairs']] == [p['name'] for p in mb['pairs']]  # same pairs, same names
+    assert mb['method'] == 'random_generator_hr' and mb['options']['hr_network']['type'] == 'SRGANGenerator'
+    assert {p['hr_from'] for p in mb['pairs']} == {'network_g'}
+    net, key = load_hr_network(opt, torch.device('cpu'), 'random_generator_hr')
+    assert key == 'g'
+    real_lq, gen_lq, gen_hr = _floats(rand), _floats(gen), _pngs(gen, 'hr')
+    for name, lq in real_lq.items():
+        hr = network_hr(net, torch.from_numpy(lq).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+        assert np.abs(gen_hr[name].astype(int) - (hr * 255).round().astype(int)).max() <= 1, name  # HR = G(real LR)
+        np.testing.assert_allclose(gen_lq[name], bicubic_lr(hr, 4), atol=1e-5)  # LR = bicubic of that HR
+        assert np.abs(gen_lq[name] - lq).mean() > 1e-3  # not the real LR
+
+
+def test_random_generator_hr_takes_the_generator_of_a_gsdd_set(idc_options, tmp_path, one_thread):
+    with pytest.raises(ValueError, match='random_generator_hr needs GSDD.s generator: network_g'):
+        select_subset(idc_options, str(tmp_path / 'none'), method='random_generator_hr', num_pairs=2, device='cpu')
+    gsdd = str(tmp_path / 'gsdd')
+    weights = data_path('weights', 'srgan_netG_epoch_4_100.pth')
+    writer = DistilledSetWriter(
+        gsdd,
+        method='gsdd',
+        scale=4,
+        source={
+            'folder': 'hand-made',
+            'num_images': 1
+        },
+        size_control={'ipc': 3},
+        options={
+            'network_g': SRGAN,
+            'path': {
+                'pretrain_network_g': weights
+            }
+        })
+    hr = np.random.default_rng(0).random((48, 48, 3)).astype(np.float32)
+    writer.write_unit('c0', [{'name': f'c0_gsdd{k:04d}', 'lq': bicubic_lr(hr, 4), 'gt': hr} for k in range(3)])
+    writer.finalize()
+    out = select_subset(idc_options, str(tmp_path / 'gen'), method='random_generator_hr', like=gsdd, device='cpu')
+    m = read_manifest(out['out'])
+    assert out['num_pairs'] == 3 and m['options']['hr_weights'] == weights
+    with pytest.raises(ValueError, match='random_generator_hr --like takes a GSDD set'):
+        select_subset(idc_options, str(tmp_path / 'bad'), method='random_generator_hr', like=out['out'], device='cpu')
