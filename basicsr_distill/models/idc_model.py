@@ -27,6 +27,7 @@ from basicsr_distill.losses.idc_loss import RealCharacteristicBank, multi_level_
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
                                           nearest_real_in_group, patch_descriptors)
+from basicsr_distill.ops.lowpass import lowpass_update
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
 from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
@@ -69,6 +70,7 @@ IDC_DEFAULTS = {
     'redraw_every': 0,  # steps between re-draws of the RLFF channel subset and the NCFD bank (0: fixed per instance)
     'pair_rematch': 'assignment',  # L_pair partners: 'assignment' (when assigned), 'round' (every round), 'step'
     'pair_exclude_source': False,  # never pair a synthetic local patch with its own source real patch (init: real)
+    'update_lowpass': 0,  # s: each step's change of x_hat averaged over s x s LR cells, bilinear back (0: off)
 }
 PAIR_REMATCH = ('assignment', 'round', 'step')
 INIT_MODES = ('real', 'psnr_bic', 'psnr_bic_lowest', 'noise')
@@ -253,6 +255,10 @@ class IDCModel(DistillBaseModel):
             raise ValueError(f'distill.pair_rematch must be one of {list(PAIR_REMATCH)}, got {cfg["pair_rematch"]!r}')
         if int(cfg['redraw_every']) < 0:
             raise ValueError(f'distill.redraw_every must be >= 0 (0: never), got {cfg["redraw_every"]}')
+        lowpass, gt_size = int(cfg['update_lowpass']), (self.opt['datasets'].get('train') or {}).get('gt_size')
+        if lowpass < 0 or (lowpass > 1 and gt_size and (int(gt_size) // int(self.opt['scale'])) % lowpass):
+            raise ValueError(f'distill.update_lowpass must be 0 (off) or a cell size >= 1 that divides the LR patch '
+                             f'size (datasets.train.gt_size / scale = {gt_size} / {self.opt["scale"]}), got {lowpass}')
         if cfg['lr_schedule'] not in ('constant', 'cosine'):
             raise ValueError(f"distill.lr_schedule must be 'constant' or 'cosine', got {cfg['lr_schedule']!r}")
 
@@ -440,7 +446,9 @@ class IDCModel(DistillBaseModel):
         L_k = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up; NCFD Eq. 2-3 / 6, Eq. 7-8), with its
         own assignment schedule and seeded generator. The loss back-propagated is sum_k L_k: no term couples two
         instances (the teacher in eval mode treats every patch on its own), so each x_hat gets the gradient it gets
-        alone, up to floating-point reordering. Each instance keeps its own Adam; x_hat is clamped to [0, 1].
+        alone, up to floating-point reordering. Each instance keeps its own Adam; with ``distill.update_lowpass`` s
+        > 1 each Adam step's change of x_hat is replaced by its s x s cell average, interpolated back bilinearly
+        (``ops/lowpass.py``; not in the paper); x_hat is clamped to [0, 1].
 
         Every instance's losses are checked before the backward and every gradient before any Adam step, so a NaN in
         one instance stops the run naming it while no instance's x_hat or optimiser state has moved.
@@ -476,9 +484,13 @@ class IDCModel(DistillBaseModel):
             total.backward()
             for inst, losses, where in zip(active, per_inst, wheres):
                 self.check_finite(losses, where, [inst.x_hat])
+            lowpass = int(self.cfg['update_lowpass'])
             for inst in active:
+                before = inst.x_hat.detach().clone() if lowpass > 1 else None
                 inst.optimizer.step()
                 with torch.no_grad():
+                    if before is not None:  # the step's change, low-passed (departure from the paper, see docs)
+                        inst.x_hat.copy_(before + lowpass_update(inst.x_hat - before, lowpass))
                     inst.x_hat.clamp_(0, 1)
             keys = per_inst[0].keys()  # every instance is at the same step: the same terms
             self.log_dict = {k: sum(float(losses[k].detach()) for losses in per_inst) / len(per_inst) for k in keys}

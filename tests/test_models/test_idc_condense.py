@@ -180,3 +180,39 @@ def test_init_psnr_bic_runs_and_records_its_start(tmp_path):
     lower = set(np.argsort(scores, kind='stable')[:max(inst.n_syn, -(-len(scores) // 2))].tolist())
     assert set(inst.init_ids.tolist()) <= lower
     torch.testing.assert_close(inst.x_hat.detach(), data['lq'][inst.init_ids])
+
+
+def test_update_lowpass_keeps_the_change_of_x_hat_in_the_coarse_interpolants(tmp_path):
+    # LR patches 8 x 8 (gt_size 32, x4), s = 4: every step's change is a bilinear interpolant of a 2 x 2 grid, so the
+    # whole displacement x_hat - x0 is one too wherever the clamp to [0, 1] did not act
+    opt = _distill_opt(tmp_path, _images(tmp_path), update_lowpass=4)
+    model = build_distill_model(IDCModel, opt)
+    for it in range(1, T):
+        model.optimize_parameters(it)
+    inst = model.units[0]
+    delta = (inst.x_hat.detach() - inst.x0).double()
+    assert delta.abs().max() > 0
+    basis = torch.eye(4, dtype=torch.float64).reshape(4, 1, 1, 2, 2)
+    up = torch.stack([
+        torch.nn.functional.interpolate(b, size=(8, 8), mode='bilinear', align_corners=False)[0, 0] for b in basis
+    ]).reshape(4, 64).T  # (64, 4): the interpolants of the 2 x 2 grid
+    interior = ((inst.x_hat > 0) & (inst.x_hat < 1)).all(dim=(1, 2, 3))
+    assert interior.any()
+    flat = delta[interior].reshape(-1, 64).T
+    coef = torch.linalg.lstsq(up, flat).solution
+    torch.testing.assert_close(up @ coef, flat, atol=1e-6, rtol=0)
+    (tmp_path / 'off').mkdir()
+    opt_off = _distill_opt(tmp_path / 'off', _images(tmp_path / 'off'))
+    model_off = build_distill_model(IDCModel, opt_off)
+    for it in range(1, T):
+        model_off.optimize_parameters(it)
+    inst_off = model_off.units[0]
+    flat_off = (inst_off.x_hat.detach() - inst_off.x0).double().reshape(-1, 64).T
+    residual = flat_off - up @ torch.linalg.lstsq(up, flat_off).solution
+    assert residual.abs().max() > 1e-4  # without it, Adam's per-pixel steps leave the coarse space
+
+
+def test_update_lowpass_that_does_not_divide_the_lr_patch_is_refused_by_name(tmp_path):
+    opt = _distill_opt(tmp_path, _images(tmp_path), update_lowpass=3)
+    with pytest.raises(ValueError, match=r'distill.update_lowpass .* divides the LR patch size'):
+        build_distill_model(IDCModel, opt)
