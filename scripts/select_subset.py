@@ -14,6 +14,14 @@ scale, gt_size, stride), so the subset is directly comparable with the distilled
   larger than the below-median patches is refused;
 * ``psnr_bic_lowest``: the lowest PSNR_bic first (past the median, with a warning, when the budget is larger).
 
+Controls that isolate what a distillation method adds (the HR side comes from a network of the option file):
+
+* ``random_teacher_hr``: the LR patches of ``random`` (same seed, names and count), HR = the teacher ``network_t``
+  applied to them, as IDC makes its HR;
+* ``idc_init``: IDC's x_hat before any step, through the same teacher (``--like`` an IDC set: that run's options);
+* ``random_generator_hr`` (GSDD's control): the patches of ``random``, HR = GSDD's generator ``network_g`` applied to
+  their real LR, LR = the bicubic LR of that HR, as GSDD writes its pairs (``--like`` a GSDD set: its generator).
+
 Prints ``{"out", "method", "num_pairs", "pool"}`` as JSON. Example (the README demo)::
 
     python scripts/select_subset.py -opt options/distill/idc_demo.yml --num_pairs 60 \
