@@ -92,14 +92,20 @@ def _teacher_hr_png(net, lq_hwc):
     return (network_hr(net, lq)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def _check_same_pairs_as_random(rand, control, method, net_type):
+    """A control set: valid, the pair names (and so the patches) of ``random``, its method and HR network named."""
+    ma, mb = read_manifest(rand), validate_distilled_set(control, scale=4, check_contents=True)
+    assert [p['name'] for p in ma['pairs']] == [p['name'] for p in mb['pairs']]  # same pairs, same names
+    assert mb['method'] == method and mb['options']['hr_network']['type'] == net_type
+    return mb
+
+
 def test_random_teacher_hr_is_random_relabelled_by_the_teacher(idc_options, tmp_path, one_thread):
     rand, relabel = str(tmp_path / 'random'), str(tmp_path / 'relabel')
     select_subset(idc_options, rand, method='random', num_pairs=5, seed=7, device='cpu')
     out = select_subset(idc_options, relabel, method='random_teacher_hr', num_pairs=5, seed=7, device='cpu')
     assert out['num_pairs'] == 5
-    ma, mb = read_manifest(rand), validate_distilled_set(relabel, scale=4, check_contents=True)
-    assert [p['name'] for p in ma['pairs']] == [p['name'] for p in mb['pairs']]  # same pairs, same names
-    assert mb['method'] == 'random_teacher_hr' and mb['options']['hr_network']['type'] == 'IMDN'
+    _check_same_pairs_as_random(rand, relabel, 'random_teacher_hr', 'IMDN')
     fa, fb = _floats(rand), _floats(relabel)
     assert all(np.array_equal(fa[k], fb[k]) for k in fa)  # the same real LR
     net, key = load_hr_network(idc_options, torch.device('cpu'))
@@ -173,9 +179,7 @@ def test_random_generator_hr_is_gsdd_without_inversion_or_matching(idc_options, 
     select_subset(opt, rand, method='random', num_pairs=4, seed=5, device='cpu')
     out = select_subset(opt, gen, method='random_generator_hr', num_pairs=4, seed=5, device='cpu')
     assert out['num_pairs'] == 4
-    ma, mb = read_manifest(rand), validate_distilled_set(gen, scale=4, check_contents=True)
-    assert [p['name'] for p in ma['pairs']] == [p['name'] for p in mb['pairs']]  # same pairs, same names
-    assert mb['method'] == 'random_generator_hr' and mb['options']['hr_network']['type'] == 'SRGANGenerator'
+    mb = _check_same_pairs_as_random(rand, gen, 'random_generator_hr', 'SRGANGenerator')
     assert {p['hr_from'] for p in mb['pairs']} == {'network_g'}
     net, key = load_hr_network(opt, torch.device('cpu'), 'random_generator_hr')
     assert key == 'g'
