@@ -71,7 +71,9 @@ IDC_DEFAULTS = {
     'pair_rematch': 'assignment',  # L_pair partners: 'assignment' (when assigned), 'round' (every round), 'step'
     'pair_exclude_source': False,  # never pair a synthetic local patch with its own source real patch (init: real)
     'update_lowpass': 0,  # s: each step's change of x_hat averaged over s x s LR cells, bilinear back (0: off)
+    'real_side': 'all',  # real patches x_hat is matched to: 'all' of the image's, 'psnr_bic' its lower half by PSNR_bic
 }
+REAL_SIDES = ('all', 'psnr_bic')
 PAIR_REMATCH = ('assignment', 'round', 'step')
 INIT_MODES = ('real', 'psnr_bic', 'psnr_bic_lowest', 'noise')
 
@@ -111,7 +113,7 @@ def initial_x_hat(lq, ratio, init, generator, gt=None, scale=4):
         if init == 'psnr_bic_lowest':
             ids = torch.tensor(select_lowest_psnr_bic(scores, n), dtype=torch.long)  # the selection baseline's rule
         else:
-            lower = torch.from_numpy(np.argsort(scores, kind='stable')[:max(n, -(-lq.shape[0] // 2))])
+            lower = psnr_bic_lower_half(scores, n)
             ids = lower[torch.randperm(lower.shape[0], generator=generator)[:n]]
     elif init == 'noise':
         ids = torch.full((n, ), -1, dtype=torch.long)
@@ -119,6 +121,19 @@ def initial_x_hat(lq, ratio, init, generator, gt=None, scale=4):
     else:
         raise ValueError(f'distill.init must be one of {list(INIT_MODES)}, got {init!r}')
     return ids, lq[ids.to(lq.device)].clone()
+
+
+def psnr_bic_lower_half(scores, n=1):
+    """The ceil(N / 2) patches of lowest PSNR_bic (at least ``n``), lowest first (stable: ties to the lower index).
+
+    Args:
+        scores (ndarray): (N,) PSNR_bic of an instance's HR patches, dB (``ops/psnr_bic.psnr_bic_batch``).
+        n (int): At least this many. Default: 1.
+
+    Returns:
+        Tensor: (max(n, ceil(N / 2)),) long indices into the patches.
+    """
+    return torch.from_numpy(np.argsort(scores, kind='stable')[:max(n, -(-len(scores) // 2))].copy())
 
 
 @dataclass
@@ -143,7 +158,8 @@ class IDCInstance:
         bank (RealCharacteristicBank): Real-side characteristic functions (NCFD, Eq. 2-3).
         quotas (Tensor), assigned (Tensor), pair_index (Tensor): Group quotas, the group of each synthetic local
             patch (-1: not yet assigned) and its L_pair partner.
-        real (Tensor): (N, 3, h, w) the real LR patches (kept for the re-draws of ``redraw_every``).
+        real (Tensor): (N_r, 3, h, w) the real LR patches x_hat is matched to (kept for the re-draws of
+            ``redraw_every``): all N, or with ``distill.real_side: psnr_bic`` the lower PSNR_bic half.
         x0 (Tensor): (n, 3, h, w) x_hat at the start (for the displacement written with each pair).
         real_owner (Tensor), syn_owner (Tensor): (P_r,) real LR patch of each real local patch; (P_s,) source real
             LR patch of each synthetic local patch (-1 for noise).
@@ -259,6 +275,8 @@ class IDCModel(DistillBaseModel):
         if lowpass < 0 or (lowpass > 1 and gt_size and (int(gt_size) // int(self.opt['scale'])) % lowpass):
             raise ValueError(f'distill.update_lowpass must be 0 (off) or a cell size >= 1 that divides the LR patch '
                              f'size (datasets.train.gt_size / scale = {gt_size} / {self.opt["scale"]}), got {lowpass}')
+        if cfg['real_side'] not in REAL_SIDES:
+            raise ValueError(f'distill.real_side must be one of {list(REAL_SIDES)}, got {cfg["real_side"]!r}')
         if cfg['lr_schedule'] not in ('constant', 'cosine'):
             raise ValueError(f"distill.lr_schedule must be 'constant' or 'cosine', got {cfg['lr_schedule']!r}")
 
@@ -287,9 +305,14 @@ class IDCModel(DistillBaseModel):
             self.logger.warning(f'IDC instance {index + 1}: {data["path"]} {data["hr_shape"]} is smaller than one '
                                 f'{self.source.gt_size}x{self.source.gt_size} patch: skipped, no pair written')
             return inst
-        real = data['lq'].to(self.device)
         inst.init_ids, x0 = initial_x_hat(data['lq'], cfg['ratio'], cfg['init'], inst.generator, data['gt'],
                                           self.source.scale)
+        real_ids = torch.arange(inst.num_real)
+        if cfg['real_side'] == 'psnr_bic':  # match the image's informative half only (departure from the paper)
+            real_ids = psnr_bic_lower_half(
+                psnr_bic_batch(data['gt'].permute(0, 2, 3, 1).double().cpu().numpy(), scale=self.source.scale),
+                x0.shape[0])
+        real = data['lq'][real_ids].to(self.device)
         inst.n_syn = x0.shape[0]
         x0 = x0.to(self.device)
         inst.coords = data['coords']
@@ -303,7 +326,7 @@ class IDCModel(DistillBaseModel):
         inst.labels_real, inst.centroids = kmeans_groups(
             patch_descriptors(inst.local_real), cfg['num_groups'], seed=self.seed + index)
         inst.num_groups = inst.centroids.shape[0]
-        inst.patches_per_image = inst.local_real.shape[0] // inst.num_real
+        inst.patches_per_image = inst.local_real.shape[0] // real.shape[0]
         inst.num_syn_patches = inst.n_syn * inst.patches_per_image
         inst.bank = RealCharacteristicBank(
             inst.local_real, inst.labels_real, inst.num_groups, cfg['ncfd']['bank_size'], generator=inst.generator)
@@ -312,7 +335,7 @@ class IDCModel(DistillBaseModel):
         inst.pair_index = torch.zeros(inst.num_syn_patches, dtype=torch.long, device=self.device)
         inst.real, inst.x0 = real, x0.detach().clone()
         ppi = inst.patches_per_image
-        inst.real_owner = torch.arange(inst.num_real, device=self.device).repeat_interleave(ppi)
+        inst.real_owner = real_ids.to(self.device).repeat_interleave(ppi)  # indices into the image's N patches
         inst.syn_owner = inst.init_ids.to(self.device).repeat_interleave(ppi)
         self.logger.info(f'IDC instance {index + 1} of {self.source.num_instances} ({inst.name}): N={inst.num_real} '
                          f'real patches -> n={inst.n_syn} synthetic; {inst.local_real.shape[0]} real local patches '

@@ -216,3 +216,28 @@ def test_update_lowpass_that_does_not_divide_the_lr_patch_is_refused_by_name(tmp
     opt = _distill_opt(tmp_path, _images(tmp_path), update_lowpass=3)
     with pytest.raises(ValueError, match=r'distill.update_lowpass .* divides the LR patch size'):
         build_distill_model(IDCModel, opt)
+
+
+def test_psnr_bic_lower_half_by_hand():
+    scores = np.array([30., 10., 20., 10., 40.])  # ceil(5 / 2) = 3 lowest, ties to the lower index
+    assert idc_model.psnr_bic_lower_half(scores).tolist() == [1, 3, 2]
+    assert idc_model.psnr_bic_lower_half(scores, 4).tolist() == [1, 3, 2, 0]
+
+
+def test_real_side_psnr_bic_matches_x_hat_to_the_informative_half(tmp_path):
+    from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+    opt = _distill_opt(tmp_path, _images(tmp_path), init='psnr_bic', real_side='psnr_bic', pair_exclude_source=True)
+    model = build_distill_model(IDCModel, opt)
+    inst = model.start_unit(0, None)
+    data = model.source.load_instance(0)
+    scores = psnr_bic_batch(data['gt'].permute(0, 2, 3, 1).double().numpy(), scale=4)
+    lower = np.argsort(scores, kind='stable')[:-(-len(scores) // 2)]
+    torch.testing.assert_close(inst.real, data['lq'][torch.from_numpy(lower.copy())])
+    assert inst.num_real == len(scores) and set(inst.init_ids.tolist()) <= set(lower.tolist())
+    assert sorted(set(inst.real_owner.tolist())) == sorted(lower.tolist())  # owners: indices into the image's patches
+    assert inst.local_real.shape[0] == len(lower) * inst.patches_per_image
+    for it in range(1, 3 * T + 1):  # runs to the end, re-matching with the exclusion
+        model.optimize_parameters(it)
+    assert read_manifest(opt['path']['distilled_root'])['complete']
+    with pytest.raises(ValueError, match='distill.real_side must be one of'):
+        build_distill_model(IDCModel, _distill_opt(tmp_path / 'bad', str(tmp_path / 'hr'), real_side='top'))
