@@ -74,6 +74,35 @@ def test_summarize_mean_std_by_hand():
     assert '| 31.00 ± 1.00 |' in text and '| 12 ± 2 |' in text and '28.43' in text and '10.0 %' in text
 
 
+def test_table_says_full_minus_random_by_hand():
+
+    def row(method, psnr5, psnr14, seeds, reference=False):
+        return {
+            'arch': 'A',
+            'method': method,
+            'label': 'r0.01',
+            'pairs': 3,
+            'ratio': 0.01,
+            'set_bytes': 1,
+            'set_time_s': 1,
+            'seeds': seeds,
+            'reference': reference,
+            'Set5/psnr_mean': psnr5,
+            'Set5/psnr_std': 0.0,
+            'Set14/psnr_mean': psnr14,
+            'Set14/psnr_std': 0.0,
+            'train_time_s_mean': 1.0,
+            'train_time_s_std': 0.0
+        }
+
+    summary = [row('full', 30.50, 27.55, 2, True), row('random', 30.33, 27.41, 3), row('idc', 30.6, 27.6, 3)]
+    assert report.reference_gaps(summary, ['Set5', 'Set14']) == [
+        'A: full minus random r0.01 (3 pairs), PSNR: Set5 +0.17 dB, Set14 +0.14 dB (2 / 3 seeds).'
+    ]
+    assert 'full minus random r0.01' in report.markdown_table(summary, ['Set5', 'Set14'], ['psnr'])
+    assert report.reference_gaps(summary[1:], ['Set5']) == []  # no reference row: no line
+
+
 def test_mean_std_single_and_missing():
     assert grid_lib.mean_std([2.5]) == (2.5, 0.0)
     mean, std = grid_lib.mean_std([None])
