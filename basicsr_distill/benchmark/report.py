@@ -28,6 +28,43 @@ def write_csv(rows, path, test_sets, metrics):
     write_text_atomic(path, buf.getvalue())
 
 
+def read_csv(path, methods):
+    """The per-run rows of an earlier ``results.csv`` (as :func:`write_csv` writes it), for runs measured elsewhere.
+
+    Args:
+        path (str): A ``results.csv`` of the same preset (another machine, an earlier work dir).
+        methods (Iterable[str]): The preset's methods; rows of others (and the bicubic rows) are left out.
+
+    Returns:
+        list[dict]: One per run: numbers as float (``pairs``, ``seed`` as int), ``reference`` as bool, '' as None.
+
+    Raises:
+        FileNotFoundError: ``path`` missing. ValueError: a file without the per-run columns, naming it.
+    """
+    with open(path, newline='', encoding='utf-8') as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {'arch', 'method', 'label', 'seed'} <= set(rows[0]):
+        raise ValueError(f'{path} is not a benchmark results.csv (needs arch, method, label, seed columns)')
+    out, methods = [], set(methods)
+    for row in rows:
+        if row['method'] not in methods:
+            continue
+        parsed = {}
+        for key, value in row.items():
+            if value == '':
+                parsed[key] = None
+            elif key in ('arch', 'method', 'label'):
+                parsed[key] = value
+            elif key == 'reference':
+                parsed[key] = value == 'True'
+            elif key in ('pairs', 'seed'):
+                parsed[key] = int(value)
+            else:
+                parsed[key] = float(value)
+        out.append(parsed)
+    return out
+
+
 def _pm(mean, std, digits):
     if mean is None or not math.isfinite(mean):
         return '-'

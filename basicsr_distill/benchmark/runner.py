@@ -286,10 +286,16 @@ def build_rows(grid, store, sets, trains):
     return rows
 
 
-def write_outputs(grid, store, sets, trains, final):
-    """CSV + Markdown from the finished cells (after every train cell); plots and sample grids when ``final``."""
+def write_outputs(grid, store, sets, trains, final, included=None):
+    """CSV + Markdown from the finished cells (after every train cell); plots and sample grids when ``final``.
+    ``included``: per-run rows of an earlier results.csv (``--include_csv``), kept where the work dir has no run of
+    the same arch, method, size and seed."""
     tests, metrics, work = list(grid['test_sets']), grid['metrics'], grid['work_dir']
     rows = build_rows(grid, store, sets, trains)
+    have = {(r['arch'], r['method'], r['label'], r['seed']) for r in rows}
+    extra = [r for r in (included or []) if (r['arch'], r['method'], r['label'], r['seed']) not in have]
+    order = list(grid['methods'])
+    rows = sorted(extra + rows, key=lambda r: order.index(r['method']))  # stable: the preset's method order
     bicubic = store.load(bicubic_cell(grid)) if grid['bicubic_reference'] else None
     bicubic = {k: v for k, v in bicubic.items() if '/' in k} if bicubic else None
     csv_rows = rows + ([dict(bicubic, arch='-', method='bicubic')] if bicubic else [])
@@ -298,7 +304,8 @@ def write_outputs(grid, store, sets, trains, final):
     title = (f'Preset `{osp.relpath(grid["preset"], REPO)}`: {len(rows)} runs, mean ± std over seeds '
              f'{grid["seeds"]}; PSNR / SSIM on Y, {grid["scale"]}-pixel border (BasicSR). Set time: the set\'s '
              '`wall_time_s` (distill.json: distillation, or scoring the pool + selecting + writing; no process '
-             'start-up). Train time: BasicSR\'s "Time consumed" of the downstream run.')
+             'start-up). Train time: BasicSR\'s "Time consumed" of the downstream run.' +
+             (f' {len(extra)} of the runs are read from an earlier results.csv (--include_csv).' if extra else ''))
     report.write_markdown(report.markdown_table(summary, tests, metrics, bicubic, title), osp.join(work, 'table.md'))
     if final and summary and 'psnr' in metrics:
         report.plot_psnr(
@@ -351,6 +358,10 @@ def main(argv=None):
         default=None,
         help='comma-separated method names: compute only their cells (the report still covers every finished cell)')
     parser.add_argument(
+        '--include_csv',
+        default=None,
+        help='an earlier results.csv of this preset: its runs join the outputs where the work dir has none')
+    parser.add_argument(
         '--jobs',
         type=int,
         default=1,
@@ -374,6 +385,7 @@ def main(argv=None):
             print(f'  {"done" if cell["id"] in done else "todo"}  {cell["id"]}')
         return 0
     os.makedirs(grid['work_dir'], exist_ok=True)
+    included = report.read_csv(args.include_csv, grid['methods']) if args.include_csv else None
     if not args.report:
         import torch
         device = grid['device'] if grid['device'] != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -413,7 +425,7 @@ def main(argv=None):
                 store.save(cell, result)
                 progress.end(cell, time.time() - start)
                 if cell['kind'] == 'train':
-                    write_outputs(grid, store, sets, trains, final=False)
+                    write_outputs(grid, store, sets, trains, final=False, included=included)
 
         for cell in [c for c in todo if c['kind'] == 'set']:  # the training sets first, one at a time
             compute(cell)
@@ -431,7 +443,7 @@ def main(argv=None):
         if args.max_cells is not None and len(todo) < len(cells) - len(done):
             print(f'stopped after {computed} cells (--max_cells); rerun to continue', flush=True)
     complete = all(store.load(c) is not None for c in cells)
-    write_outputs(grid, store, sets, trains, final=True)
+    write_outputs(grid, store, sets, trains, final=True, included=included)
     print(
         f'{"finished" if complete else "partial"}: {osp.join(grid["work_dir"], "table.md")}, results.csv, '
         'psnr_vs_ratio.png, psnr_vs_train_time.png, samples/',

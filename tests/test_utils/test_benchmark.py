@@ -293,6 +293,25 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
     assert script.main(['-opt', preset]) == 0
     assert calls == []
 
+    # runs of an earlier results.csv (another work dir) join the outputs where this work dir has none
+    earlier = tmp_path / 'earlier.csv'
+    first = next(r for r in runs if r['method'] == 'idc' and r['seed'] == '0')
+    with open(earlier, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([dict(first, seed='7'), dict(first, method='gone'), first] +
+                         [r for r in rows if r['method'] == 'bicubic'])
+    assert script.main(['-opt', preset, '--report', '--include_csv', str(earlier)]) == 0
+    assert calls == []
+    with open(work / 'results.csv') as f:
+        merged = [r for r in csv.DictReader(f) if r['method'] != 'bicubic']
+    assert len(merged) == 9 and {r['method'] for r in merged} == {'idc', 'random'}  # seed 7 added, 'gone' left out
+    assert sum(r['seed'] == '0' and r['method'] == 'idc' and r['label'] == first['label'] for r in merged) == 1
+    table = (work / 'table.md').read_text()
+    assert '1 of the runs are read from an earlier results.csv' in table
+    idc_row = next(line for line in table.splitlines() if f"| idc | {first['label']} |" in line)
+    assert '| 3 |' in idc_row  # seeds 0, 1 and 7
+
     # changing a cell's settings is refused rather than mixed into the table
     changed = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs, set_seed=1)
     with pytest.raises(grid_lib.GridError, match='made with other settings'):
