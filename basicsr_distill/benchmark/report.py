@@ -33,10 +33,11 @@ def read_csv(path, methods):
 
     Args:
         path (str): A ``results.csv`` of the same preset (another machine, an earlier work dir).
-        methods (Iterable[str]): The preset's methods; rows of others (and the bicubic rows) are left out.
+        methods (Iterable[str]): The preset's methods; rows of others are left out (the bicubic row is kept).
 
     Returns:
-        list[dict]: One per run: numbers as float (``pairs``, ``seed`` as int), ``reference`` as bool, '' as None.
+        list[dict]: One per run (and the bicubic row, method ``'bicubic'``): numbers as float (``pairs``, ``seed``
+        as int), ``reference`` as bool, '' as None.
 
     Raises:
         FileNotFoundError: ``path`` missing. ValueError: a file without the per-run columns, naming it.
@@ -45,7 +46,7 @@ def read_csv(path, methods):
         rows = list(csv.DictReader(f))
     if rows and not {'arch', 'method', 'label', 'seed'} <= set(rows[0]):
         raise ValueError(f'{path} is not a benchmark results.csv (needs arch, method, label, seed columns)')
-    out, methods = [], set(methods)
+    out, methods = [], set(methods) | {'bicubic'}
     for row in rows:
         if row['method'] not in methods:
             continue

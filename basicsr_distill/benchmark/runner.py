@@ -293,11 +293,16 @@ def write_outputs(grid, store, sets, trains, final, included=None):
     tests, metrics, work = list(grid['test_sets']), grid['metrics'], grid['work_dir']
     rows = build_rows(grid, store, sets, trains)
     have = {(r['arch'], r['method'], r['label'], r['seed']) for r in rows}
-    extra = [r for r in (included or []) if (r['arch'], r['method'], r['label'], r['seed']) not in have]
+    included = included or []
+    extra = [
+        r for r in included if r['method'] != 'bicubic' and (r['arch'], r['method'], r['label'], r['seed']) not in have
+    ]
     order = list(grid['methods'])
     rows = sorted(extra + rows, key=lambda r: order.index(r['method']))  # stable: the preset's method order
     bicubic = store.load(bicubic_cell(grid)) if grid['bicubic_reference'] else None
-    bicubic = {k: v for k, v in bicubic.items() if '/' in k} if bicubic else None
+    if grid['bicubic_reference'] and bicubic is None:  # not computed here: the earlier file's, if it has one
+        bicubic = next((r for r in included if r['method'] == 'bicubic'), None)
+    bicubic = {k: v for k, v in bicubic.items() if '/' in k and v is not None} if bicubic else None
     csv_rows = rows + ([dict(bicubic, arch='-', method='bicubic')] if bicubic else [])
     report.write_csv(csv_rows, osp.join(work, 'results.csv'), tests, metrics)
     summary = grid_lib.summarize(rows, tests, metrics)

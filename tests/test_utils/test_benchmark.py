@@ -308,9 +308,13 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
     assert len(merged) == 9 and {r['method'] for r in merged} == {'idc', 'random'}  # seed 7 added, 'gone' left out
     assert sum(r['seed'] == '0' and r['method'] == 'idc' and r['label'] == first['label'] for r in merged) == 1
     table = (work / 'table.md').read_text()
-    assert '1 of the runs are read from an earlier results.csv' in table
+    assert '1 of the runs are read from an earlier results.csv' in table and '| bicubic |' in table
     idc_row = next(line for line in table.splitlines() if f"| idc | {first['label']} |" in line)
     assert '| 3 |' in idc_row  # seeds 0, 1 and 7
+    bicubic_value = next(r for r in rows if r['method'] == 'bicubic')['Set5/psnr']
+    os.remove(work / 'cells' / 'ref__bicubic.json')  # not computed in this work dir: the earlier file's row is used
+    assert script.main(['-opt', preset, '--report', '--include_csv', str(earlier)]) == 0
+    assert f'| bicubic | - | - | - | - | - | - | {float(bicubic_value):.2f} |' in (work / 'table.md').read_text()
 
     # changing a cell's settings is refused rather than mixed into the table
     changed = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs, set_seed=1)
