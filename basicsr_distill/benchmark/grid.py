@@ -146,6 +146,22 @@ def load_grid(path, repo, check_paths=True):
     return grid
 
 
+def selection_rule(method):
+    """The ``select_subset.py --method`` of a select method (``'random'`` where its args give none); None for a
+    distill method."""
+    if method['type'] != 'select':
+        return None
+    args = [str(a) for a in method.get('args') or []]
+    return args[args.index('--method') + 1] if '--method' in args[:-1] else 'random'
+
+
+def random_baselines(grid):
+    """Names of the select methods that draw real pairs at random (rule ``random``), the reference excluded: the
+    baselines of the table's "full minus random" lines."""
+    return tuple(name for name, method in grid['methods'].items()
+                 if selection_rule(method) == 'random' and not method.get('reference'))
+
+
 def size_label(method, size):
     """``'r0.05'``, ``'ipc8'``: the method's size name and the value."""
     return f'{method["size_name"]}{size:g}'

@@ -72,7 +72,7 @@ def _pm(mean, std, digits):
     return f'{mean:.{digits}f} ± {std:.{digits}f}' if std is not None and math.isfinite(std) else f'{mean:.{digits}f}'
 
 
-def markdown_table(summary, test_sets, metrics, bicubic=None, title=None):
+def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baselines=('random', )):
     """The comparison table: one row per (arch, method, size), metric columns as mean ± std over the seeds.
 
     Args:
@@ -80,6 +80,7 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None):
         test_sets (list[str]), metrics (list[str]): Column order.
         bicubic (dict | None): ``{'<test set>/<metric>': value}`` for a bicubic row.
         title (str | None): A line written above the table.
+        baselines (tuple[str]): Methods of the "full minus random" lines (see :func:`reference_gaps`).
 
     Returns:
         str: Markdown text.
@@ -106,32 +107,35 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None):
             f'{bicubic[c]:.{digits.get(c.split("/")[-1], 3)}f}' if bicubic.get(c) is not None else '-' for c in cols
         ]
         lines.append('| ' + ' | '.join(cells + ['-']) + ' |')
-    gaps = reference_gaps(summary, test_sets)
+    gaps = reference_gaps(summary, test_sets, baselines)
     return '\n'.join(lines + ([''] + gaps if gaps else [])) + '\n'
 
 
-def reference_gaps(summary, test_sets, baseline='random'):
+def reference_gaps(summary, test_sets, baselines=('random', )):
     """Lines "full minus random" per arch and baseline size: is the student data-bound at that size?
 
-    For every arch with a reference row (``reference: true``, the full set) and every row of ``baseline`` of that
-    arch: the reference's mean PSNR minus the baseline's, per test set, in dB, with both seed counts.
+    For every arch with a reference row (``reference: true``, the full set) and every row of a ``baselines`` method
+    of that arch, in summary order: the reference's mean PSNR minus the baseline's, per test set, in dB, with both
+    seed counts.
 
     Args:
         summary (list[dict]): From :func:`basicsr_distill.benchmark.grid.summarize`.
         test_sets (list[str]): Test set names.
-        baseline (str): The method compared with the reference. Default: ``'random'``.
+        baselines (tuple[str]): The methods compared with the reference (the runner passes every select method
+            whose rule is ``random``). Default: ``('random',)``.
 
     Returns:
         list[str]: One Markdown line each (empty without a reference or a baseline row, or without PSNR).
     """
     lines = []
     for ref in (r for r in summary if r.get('reference')):
-        for row in (r for r in summary if r['method'] == baseline and r['arch'] == ref['arch']):
+        for row in (r for r in summary if r['method'] in baselines and r['arch'] == ref['arch']):
             diffs = [(t, ref.get(f'{t}/psnr_mean'), row.get(f'{t}/psnr_mean')) for t in test_sets]
             diffs = [f'{t} {a - b:+.2f} dB' for t, a, b in diffs if a is not None and b is not None]
             if diffs:
-                lines.append(f'{ref["arch"]}: {ref["method"]} minus {baseline} {row["label"]} ({row["pairs"]} pairs), '
-                             f'PSNR: {", ".join(diffs)} ({ref["seeds"]} / {row["seeds"]} seeds).')
+                lines.append(f'{ref["arch"]}: {ref["method"]} minus {row["method"]} {row["label"]} '
+                             f'({row["pairs"]} pairs), PSNR: {", ".join(diffs)} ({ref["seeds"]} / {row["seeds"]} '
+                             'seeds).')
     return lines
 
 

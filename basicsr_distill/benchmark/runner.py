@@ -311,7 +311,8 @@ def write_outputs(grid, store, sets, trains, final, included=None):
              '`wall_time_s` (distill.json: distillation, or scoring the pool + selecting + writing; no process '
              'start-up). Train time: BasicSR\'s "Time consumed" of the downstream run.' +
              (f' {len(extra)} of the runs are read from an earlier results.csv (--include_csv).' if extra else ''))
-    report.write_markdown(report.markdown_table(summary, tests, metrics, bicubic, title), osp.join(work, 'table.md'))
+    table = report.markdown_table(summary, tests, metrics, bicubic, title, grid_lib.random_baselines(grid))
+    report.write_markdown(table, osp.join(work, 'table.md'))
     if final and summary and 'psnr' in metrics:
         report.plot_psnr(
             summary,

@@ -101,6 +101,49 @@ def test_table_says_full_minus_random_by_hand():
     ]
     assert 'full minus random r0.01' in report.markdown_table(summary, ['Set5', 'Set14'], ['psnr'])
     assert report.reference_gaps(summary[1:], ['Set5']) == []  # no reference row: no line
+    # two random baselines (two sizes under two names): one line each, in summary order; others are not baselines
+    summary.append(dict(row('random_1pct', 30.10, 27.20, 3), label='r0.01', pairs=1))
+    assert report.reference_gaps(summary, ['Set5'], ('random', 'random_1pct')) == [
+        'A: full minus random r0.01 (3 pairs), PSNR: Set5 +0.17 dB (2 / 3 seeds).',
+        'A: full minus random_1pct r0.01 (1 pairs), PSNR: Set5 +0.40 dB (2 / 3 seeds).'
+    ]
+    assert 'full minus random_1pct' in report.markdown_table(summary, ['Set5'], ['psnr'], baselines=('random_1pct', ))
+
+
+def test_random_baselines_are_the_random_select_methods():
+    methods = {
+        'full': {
+            'type': 'select',
+            'args': ['--method', 'random'],
+            'reference': True
+        },
+        'random': {
+            'type': 'select',
+            'args': ['--method', 'random']
+        },
+        'random_teacher_hr': {
+            'type': 'select',
+            'args': ['--method', 'random_teacher_hr']
+        },
+        'plain': {
+            'type': 'select',
+            'args': []
+        },  # select_subset.py's default rule is random
+        'herding': {
+            'type': 'select',
+            'args': ['--method', 'herding', '--features', 'random']
+        },
+        'idc': {
+            'type': 'distill',
+            'args': []
+        }
+    }
+    assert grid_lib.selection_rule(methods['herding']) == 'herding'
+    assert grid_lib.selection_rule(methods['idc']) is None
+    assert grid_lib.random_baselines({'methods': methods}) == ('random', 'plain')
+    converged = grid_lib.load_grid(
+        osp.join(REPO, 'options', 'benchmark', 'cpu_291_converged.yml'), REPO, check_paths=False)
+    assert grid_lib.random_baselines(converged) == ('random', 'random_1pct')
 
 
 def test_mean_std_single_and_missing():
