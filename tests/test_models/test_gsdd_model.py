@@ -250,3 +250,23 @@ def test_resume_inside_a_class_gives_the_same_pairs(tmp_path):
         a = np.load(osp.join(opt_a['path']['distilled_root'], 'lr_float', f'{name}.npy'))
         b = np.load(osp.join(opt_b['path']['distilled_root'], 'lr_float', f'{name}.npy'))
         assert np.array_equal(a, b)
+
+
+def test_lr_zero_keeps_the_inverted_start(tmp_path):
+    """The ``gsdd_init`` control of the benchmark: optim lr 0 writes G(z) of the GAN-inversion start, unmatched."""
+    dataroot = _classes(tmp_path)
+    model = _model(_opt(tmp_path, dataroot, optim={'type': 'Adam', 'lr': 0.0}))
+    model._start_unit(0)
+    unit = model.unit
+    z0 = unit.z.detach().clone()
+    for step in range(1, model.T + 1):
+        model.step_unit(unit, step, step)
+    assert unit.z.grad is not None and unit.z.grad.abs().sum() > 0  # the loss was computed and back-propagated
+    assert torch.equal(unit.z.detach(), z0)
+    moving = _model(_opt(tmp_path / 'moving', dataroot))  # the default lr: the same start, then matched away
+    moving._start_unit(0)
+    unit_m = moving.unit
+    torch.testing.assert_close(unit_m.z.detach(), z0)
+    for step in range(1, moving.T + 1):
+        moving.step_unit(unit_m, step, step)
+    assert not torch.equal(unit_m.z.detach(), z0)
