@@ -145,7 +145,8 @@ def idc_options_of(opt, idc_set):
     ``manual_seed``, ``network_t`` and ``network_up`` replace those of ``opt`` where the run has them, and its
     ``path`` entries ending in ``_t`` or ``_up`` (e.g. ``pretrain_network_t``) update ``opt``'s ``path``. Only
     ``gt_size`` and ``stride`` of the run's ``datasets.train`` are compared with the pool's (where the run records
-    them); the scale is not compared.
+    them); the scale is not compared. A run restricted to some images (``datasets.train.meta_info_file``, e.g. IDC
+    at a size below one pair per image of the pool) restricts the pool of ``idc_init`` to the same file.
 
     Args:
         opt (dict): Whole options of the pool; ``datasets.train`` must give ``gt_size`` and ``stride`` where the IDC
@@ -154,7 +155,8 @@ def idc_options_of(opt, idc_set):
 
     Returns:
         dict: A shallow copy of ``opt`` with the IDC run's ``distill``, ``manual_seed``, ``network_t``,
-        ``network_up`` and ``path`` entries (``path`` a new dict; other sections shared with ``opt``).
+        ``network_up`` and ``path`` entries (``path`` a new dict; ``datasets`` a new dict when the run has a
+        ``meta_info_file``; other sections shared with ``opt``).
 
     Raises:
         ValueError: The set was not written by IDC, or its patches (gt_size, stride) differ from the pool's;
@@ -177,6 +179,8 @@ def idc_options_of(opt, idc_set):
             out[key] = idc_opt[key]
     out['path'] = dict(opt.get('path') or {})
     out['path'].update({k: v for k, v in (idc_opt.get('path') or {}).items() if k.endswith(('_t', '_up'))})
+    if idc_data.get('meta_info_file'):  # IDC condensed a subset of the images: start from the same images
+        out['datasets'] = dict(opt['datasets'], train=dict(pool, meta_info_file=idc_data['meta_info_file']))
     return out
 
 

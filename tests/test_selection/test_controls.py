@@ -152,6 +152,24 @@ def test_idc_init_like_an_idc_set_takes_that_runs_options(idc_options, tmp_path,
     assert init == {p['name']: p['init_patch_hr_yx'] for p in idc['pairs']}  # the run's own starting patches
 
 
+def test_idc_init_like_an_idc_run_on_some_images_starts_from_those_images(idc_options, tmp_path, one_thread):
+    meta = tmp_path / 'meta_info.txt'
+    meta.write_text('t1.png (288, 288, 3)\nt12.png (240, 240, 3)\n')  # two of the three images, BasicSR's format
+    train = dict(idc_options['datasets']['train'], meta_info_file=str(meta))
+    opt = dict(
+        idc_options, datasets={'train': train}, path=dict(idc_options['path'], distilled_root=str(tmp_path / 'idc')))
+    model = build_distill_model(IDCModel, opt)
+    for it in range(1, 5):
+        model.optimize_parameters(it)
+    idc = read_manifest(str(tmp_path / 'idc'))
+    assert idc['complete'] and {p['name'].split('_idc')[0] for p in idc['pairs']} == {'t1', 't12'}
+    out_dir = str(tmp_path / 'init')
+    out = select_subset(idc_options, out_dir, method='idc_init', like=str(tmp_path / 'idc'), device='cpu')
+    assert out['num_pairs'] == idc['num_pairs']
+    init = {p['name'].replace('_idcinit', '_idc'): p['hr_yx'] for p in read_manifest(out_dir)['pairs']}
+    assert init == {p['name']: p['init_patch_hr_yx'] for p in idc['pairs']}
+
+
 @pytest.mark.parametrize('init', ['psnr_bic', 'psnr_bic_lowest'])
 def test_idc_init_follows_an_informative_init(idc_options, init, tmp_path, one_thread):
     from basicsr_distill.selection.pool import idc_initial_picks
