@@ -3,7 +3,8 @@
 One class is one unit of work (classes are independent: each class's latents get gradients only from its own
 loss), iterations ``c * T + 1 .. (c + 1) * T`` of BasicSR's loop:
 
-1. start: IPC real images of class c (seeded draw), a gt-size crop x_k of each; latents z_k shaped like G's input
+1. start: IPC real images of class c (seeded draw), a gt-size crop x_k of each (uniformly placed, or with
+   ``pair_crop_candidates`` M > 1 the lowest-PSNR_bic of M such crops); latents z_k shaped like G's input
    (an LR image for SR generators) initialised by GAN inversion, Eq. 3-5: z_k = argmin D_f + D_p, from the bicubic
    LR of x_k, with ``inversion.iters`` Adam steps; each latent keeps its paired x_k for R.
 2. every step: a fresh randomly initialised DMResNet18 (instance norm, frozen) and one DSA draw (siamese) from
@@ -12,6 +13,7 @@ loss), iterations ``c * T + 1 .. (c + 1) * T`` of BasicSR's loop:
    IPC; Adam on the latents.
 3. end: HR = clamp(G(z), 0, 1), LR = BasicSR ``imresize`` x 1/scale; IPC pairs written with their class.
 """
+import numpy as np
 import time
 import torch
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_d
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
 from basicsr_distill.ops.latent_dm import backprop_in_chunks, embed_in_chunks, objective_and_feature_grad
+from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.options import merge_options
 
@@ -37,6 +40,7 @@ GSDD_DEFAULTS = {
     'lam': 0.1,  # lambda of Eq. 9
     'chunk_size': 8,  # latents per forward / backward pass (memory bound)
     'clamp_latents': True,  # keep z in [0, 1] (G's input is an LR image for SR generators)
+    'pair_crop_candidates': 1,  # M: x_k = the lowest-PSNR_bic of M uniform crops of its image (1: the paper's crop)
     'optim': {
         'type': 'Adam',
         'lr': 1e-3,
@@ -106,6 +110,9 @@ class GSDDModel(DistillBaseModel):
             raise ValueError(f'distill.lam (lambda) must be in [0, 1], got {cfg["lam"]}')
         if int(cfg['chunk_size']) < 1:
             raise ValueError('distill.chunk_size must be >= 1')
+        if isinstance(cfg['pair_crop_candidates'], bool) or int(cfg['pair_crop_candidates']) < 1:
+            raise ValueError(
+                f'distill.pair_crop_candidates must be an integer >= 1, got {cfg["pair_crop_candidates"]!r}')
         self.net_g = self.build_frozen_network('g')
         self.check_network_scale(self.net_g, 'g')
         self.tap_f = None
@@ -247,6 +254,27 @@ class GSDDModel(DistillBaseModel):
         return losses
 
     # ------------------------------------------------------------------------------------------ units
+    def pair_crop(self, path, generator):
+        """The real crop x_k a latent is inverted from and paired with (R, Eq. 8).
+
+        With ``distill.pair_crop_candidates`` M = 1 (default), one uniformly placed crop, as the paper. With M > 1,
+        the crop of lowest PSNR_bic (Minimax-SR's Eq. 1: the bicubic round trip loses most of it, i.e. texture and
+        edges) among M uniformly placed crops, ties to the first: a departure from the paper, the crop-level
+        counterpart of IDC's ``init: psnr_bic`` (docs/Methods_GSDD.md).
+
+        Args:
+            path (str): An image of the class.
+            generator (torch.Generator): The class's generator; M crops use M draws of :meth:`random_crop`.
+
+        Returns:
+            Tensor: (3, gt_size, gt_size) float32 RGB in [0, 1].
+        """
+        crops = [self.source.random_crop(path, generator) for _ in range(int(self.cfg['pair_crop_candidates']))]
+        if len(crops) == 1:
+            return crops[0]
+        scores = psnr_bic_batch(torch.stack(crops).permute(0, 2, 3, 1).numpy(), self.scale)
+        return crops[int(np.argmin(scores))]
+
     def _start_unit(self, index, resumed=None):
         """Start class ``index`` outside the train loop (tests, profilers): ``self.unit`` is the fresh class."""
         self.unit = self.start_unit(index, resumed)
@@ -265,7 +293,7 @@ class GSDDModel(DistillBaseModel):
         ipc = int(cfg['ipc'])
         order = torch.randperm(len(paths), generator=unit.generator).tolist()
         unit.pair_paths = [paths[order[k % len(order)]] for k in range(ipc)]  # with repetition if IPC > images
-        unit.x_pair = torch.stack([self.source.random_crop(p, unit.generator) for p in unit.pair_paths]).to(self.device)
+        unit.x_pair = torch.stack([self.pair_crop(p, unit.generator) for p in unit.pair_paths]).to(self.device)
         z0 = resumed['z'].to(self.device) if resumed is not None else self.invert(
             unit.x_pair, where=f'GSDD class {index + 1} of {self.source.num_classes} ({unit.name})')
         unit.z = torch.nn.Parameter(z0)

@@ -270,3 +270,42 @@ def test_lr_zero_keeps_the_inverted_start(tmp_path):
     for step in range(1, moving.T + 1):
         moving.step_unit(unit_m, step, step)
     assert not torch.equal(unit_m.z.detach(), z0)
+
+
+def _expected_pair_crops(model, index, candidates):
+    """x_k drawn by hand: the class's image order, then per latent ``candidates`` uniform crops, the lowest PSNR_bic."""
+    from basicsr_distill.ops.psnr_bic import psnr_bic
+    generator = model.unit_generator(index)
+    paths = model.source.images_of(index)
+    order = torch.randperm(len(paths), generator=generator).tolist()
+    chosen, firsts = [], []
+    for k in range(int(model.cfg['ipc'])):
+        crops = [model.source.random_crop(paths[order[k % len(order)]], generator) for _ in range(candidates)]
+        scores = [psnr_bic(c.permute(1, 2, 0).numpy(), 4) for c in crops]
+        chosen.append(crops[scores.index(min(scores))])
+        firsts.append(crops[0])
+    return torch.stack(chosen), torch.stack(firsts)
+
+
+def test_pair_crop_candidates_keep_the_lowest_psnr_bic_crop(tmp_path):
+    """M = 1 is the paper's uniform crop; M = 4 keeps, per latent, the lowest-PSNR_bic of 4 seeded crops."""
+    dataroot = _classes(tmp_path)
+    paper = _model(_opt(tmp_path / 'm1', dataroot))
+    paper._start_unit(0)
+    expected, _ = _expected_pair_crops(paper, 0, 1)
+    torch.testing.assert_close(paper.unit.x_pair, expected, rtol=0, atol=0)
+
+    model = _model(_opt(tmp_path / 'm4', dataroot, ipc=6, pair_crop_candidates=4))
+    model._start_unit(0)
+    expected, firsts = _expected_pair_crops(model, 0, 4)
+    torch.testing.assert_close(model.unit.x_pair, expected, rtol=0, atol=0)
+    assert not torch.equal(expected, firsts)  # the rule picked another crop than the first draw somewhere
+    from basicsr_distill.ops.psnr_bic import psnr_bic
+    mean_bic = [sum(psnr_bic(c.permute(1, 2, 0).numpy(), 4) for c in x) / len(x) for x in (expected, firsts)]
+    assert mean_bic[0] < mean_bic[1]  # lower PSNR_bic on average than uniform crops of the same images
+
+
+@pytest.mark.parametrize('bad', [0, -2, True])
+def test_pair_crop_candidates_must_be_a_positive_integer(tmp_path, bad):
+    with pytest.raises(ValueError, match='distill.pair_crop_candidates'):
+        _model(_opt(tmp_path, _classes(tmp_path), pair_crop_candidates=bad))
