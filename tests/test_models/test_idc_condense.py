@@ -8,7 +8,7 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import build_distill_model, straight_and_restarted
+from conftest import REPO, build_distill_model, straight_and_restarted
 from test_idc_model import T, _distill_opt, _images
 
 from basicsr_distill.distilled_set import read_manifest
@@ -241,3 +241,25 @@ def test_real_side_psnr_bic_matches_x_hat_to_the_informative_half(tmp_path):
     assert read_manifest(opt['path']['distilled_root'])['complete']
     with pytest.raises(ValueError, match='distill.real_side must be one of'):
         build_distill_model(IDCModel, _distill_opt(tmp_path / 'bad', str(tmp_path / 'hr'), real_side='top'))
+
+
+def test_the_demo_option_file_condenses_each_bundled_image_into_one_pair(tmp_path):
+    """options/distill/idc_demo_n1.yml (the README demo) as written: it builds, its train.total_iter covers every
+    batch of K instances, and each of the 24 bundled images gets n = 1 synthetic patch, 16 x 16, started from its
+    lower PSNR_bic half."""
+    import os
+
+    from basicsr_distill.utils.options import read_option_file
+    opt = read_option_file(osp.join(REPO, 'options', 'distill', 'idc_demo_n1.yml'))
+    train = opt['datasets']['train']
+    train['dataroot_gt'] = osp.join(REPO, train['dataroot_gt'])
+    opt['path']['pretrain_network_t'] = osp.join(REPO, opt['path']['pretrain_network_t'])
+    opt['path']['distilled_root'] = str(tmp_path / 'idc_demo_n1')
+    num_images = len(os.listdir(train['dataroot_gt']))
+    assert num_images == 24
+    k, t = opt['distill']['instances_per_step'], opt['distill']['iters_per_instance']
+    assert opt['train']['total_iter'] == -(-num_images // k) * t
+    model = build_distill_model(IDCModel, opt)
+    inst = model.start_unit(0, None)
+    assert inst.n_syn == 1 and tuple(inst.x_hat.shape) == (1, 3, 16, 16)
+    assert inst.num_real > 2 * inst.n_syn  # a real condensation: one patch stands for the whole image
