@@ -78,20 +78,22 @@ def main():
     manifest = json.load(open(osp.join(IDC_ROOT, 'distill.json')))
     num_pairs = manifest['num_pairs']
     t_select = 0.0
-    controls = (('full', FULL_ROOT, 'the full pool: every real patch of the 24 images, real HR', ['--ratio', '1.0']),
-                ('random', RANDOM_ROOT, f'random subset of {num_pairs} real LR patches from the same images, real HR',
-                 ['--like', IDC_ROOT]), ('random_teacher_hr', TEACHER_HR_ROOT,
-                                         'the same random real LR patches, HR = the teacher applied to '
-                                         'them', ['--like', IDC_ROOT]),
-                ('idc_init', IDC_INIT_ROOT, f'IDC\'s {num_pairs} starting LR patches, HR = the teacher applied to them',
-                 ['--like', IDC_ROOT]))
-    for method, root, what, size in controls:
+    like = ['--like', IDC_ROOT]  # the pair count of the distilled set
+    controls = [  # (tag, output folder, what it is, select_subset.py rule and size)
+        ('full', FULL_ROOT, 'the full pool: every real patch of the 24 images, real HR',
+         ['--method', 'random', '--ratio', '1.0'])
+    ]
+    controls.append(('random', RANDOM_ROOT, f'random subset of {num_pairs} real LR patches from the same images, real '
+                     'HR', ['--method', 'random', *like]))
+    controls.append(('random_teacher_hr', TEACHER_HR_ROOT, 'the same random real LR patches, HR = the teacher applied '
+                     'to them', ['--method', 'random_teacher_hr', *like]))
+    controls.append(('idc_init', IDC_INIT_ROOT, f'IDC\'s {num_pairs} starting LR patches, HR = the teacher applied to '
+                     'them', ['--method', 'idc_init', *like]))
+    for method, root, what, rule_and_size in controls:
         shutil.rmtree(root, ignore_errors=True)  # derived from the option file and the distilled set: rebuilt every run
-        rule = 'random' if method == 'full' else method
-        t_select += run(
-            f'2/8 {what}',
-            ['scripts/select_subset.py', '-opt', DISTILL_OPT, '--method', rule, *size, '--out', root, '--seed', '0'],
-            f'select_{method}.log')
+        t_select += run(f'2/8 {what}',
+                        ['scripts/select_subset.py', '-opt', DISTILL_OPT, *rule_and_size, '--out', root, '--seed', '0'],
+                        f'select_{method}.log')
     num_full = json.load(open(osp.join(FULL_ROOT, 'distill.json')))['num_pairs']
     times = {}
     runs = [('idc', IDC_ROOT)] + [(method, root) for method, root, _, _ in controls]

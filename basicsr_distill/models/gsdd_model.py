@@ -110,7 +110,8 @@ class GSDDModel(DistillBaseModel):
             raise ValueError(f'distill.lam (lambda) must be in [0, 1], got {cfg["lam"]}')
         if int(cfg['chunk_size']) < 1:
             raise ValueError('distill.chunk_size must be >= 1')
-        if isinstance(cfg['pair_crop_candidates'], bool) or int(cfg['pair_crop_candidates']) < 1:
+        candidates = cfg['pair_crop_candidates']
+        if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
             raise ValueError(
                 f'distill.pair_crop_candidates must be an integer >= 1, got {cfg["pair_crop_candidates"]!r}')
         self.net_g = self.build_frozen_network('g')
@@ -268,6 +269,9 @@ class GSDDModel(DistillBaseModel):
 
         Returns:
             Tensor: (3, gt_size, gt_size) float32 RGB in [0, 1].
+
+        Raises:
+            KeyError: ``path`` is not an image of the dataset (from :meth:`random_crop`).
         """
         crops = [self.source.random_crop(path, generator) for _ in range(int(self.cfg['pair_crop_candidates']))]
         if len(crops) == 1:

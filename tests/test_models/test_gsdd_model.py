@@ -305,7 +305,7 @@ def test_pair_crop_candidates_keep_the_lowest_psnr_bic_crop(tmp_path):
     assert mean_bic[0] < mean_bic[1]  # lower PSNR_bic on average than uniform crops of the same images
 
 
-@pytest.mark.parametrize('bad', [0, -2, True])
+@pytest.mark.parametrize('bad', [0, -2, True, 2.5, '3'])
 def test_pair_crop_candidates_must_be_a_positive_integer(tmp_path, bad):
     with pytest.raises(ValueError, match='distill.pair_crop_candidates'):
         _model(_opt(tmp_path, _classes(tmp_path), pair_crop_candidates=bad))
