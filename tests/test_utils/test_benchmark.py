@@ -146,6 +146,49 @@ def test_random_baselines_are_the_random_select_methods():
     assert grid_lib.random_baselines(converged) == ('random', 'random_1pct')
 
 
+def test_converged_preset_shares_option_blocks_through_yaml_anchors():
+    """The anchored blocks of cpu_291_converged resolve to the settings their comments name, and filling one method's
+    placeholders leaves the methods that share its block untouched (safe_load shares aliased mappings)."""
+    methods = grid_lib.load_grid(
+        osp.join(REPO, 'options', 'benchmark', 'cpu_291_converged.yml'), REPO, check_paths=False)['methods']
+    distill = {name: method['options'].get('distill', {}) for name, method in methods.items()}
+    base, gentle = distill['idc'], distill['idc_psnr_bic']
+    assert {
+        k: v
+        for k, v in gentle.items() if gentle[k] != base.get(k)
+    } == {
+        'init': 'psnr_bic',
+        'iters_per_instance': 150,
+        'warmup_iters': 50,
+        'assign_iters': 50,
+        'optim': {
+            'type': 'Adam',
+            'lr': 2e-3,
+            'betas': [0.9, 0.999]
+        }
+    }
+    assert distill['idc_psnr_bic_lowpass'] == {**gentle, 'update_lowpass': 2}
+    assert distill['idc_psnr_bic_lowpass_half'] == {**gentle, 'update_lowpass': 2, 'real_side': 'psnr_bic'}
+    assert distill['idc_1pct'] == distill['idc_psnr_bic_lowpass_half']
+    assert distill['idc_psnr_bic_lr5e-4']['optim']['lr'] == 5e-4
+    assert 'pair_exclude_source' not in distill['idc_noise'] and distill['idc_noise']['init'] == 'noise'
+    assert distill['gsdd_psnr_bic'] == {**distill['gsdd'], 'pair_crop_candidates': 3}
+    assert distill['gsdd_psnr_bic_init'] == {
+        **distill['gsdd'], 'iters_per_class': 1,
+        'pair_crop_candidates': 3,
+        'optim': {
+            'type': 'Adam',
+            'lr': 0
+        }
+    }
+    assert methods['gsdd_imdn']['options']['network_g']['type'] == 'IMDN'
+    assert methods['gsdd']['options']['network_g']['type'] == 'SRGANGenerator'
+    assert methods['gsdd_1pct']['options'] == methods['gsdd']['options']
+    assert (methods['gsdd']['sizes'], methods['gsdd_1pct']['sizes']) == ([97], [32])
+    filled = grid_lib.fill_placeholders(methods['gsdd_1pct']['options'], {'size': 32, 'train_hr': 'x', 'gt_size': 64})
+    assert filled['distill']['ipc'] == 32 and methods['gsdd']['options']['distill']['ipc'] == '{size}'
+
+
 def test_mean_std_single_and_missing():
     assert grid_lib.mean_std([2.5]) == (2.5, 0.0)
     mean, std = grid_lib.mean_std([None])
