@@ -42,6 +42,46 @@ def read_option_file(path):
     return opt
 
 
+def forced_seed(force_yml):
+    """The ``manual_seed`` that a ``--force_yml`` list sets, or None.
+
+    Args:
+        force_yml (list[str] | None): ``--force_yml`` entries as BasicSR parses them (``key1:key2=value``).
+
+    Returns:
+        int | None: The value of a ``manual_seed=<int>`` entry (the last one), None where no entry sets it.
+    """
+    seed = None
+    for entry in force_yml or []:
+        key, _, value = entry.partition('=')
+        if key.strip() == 'manual_seed':
+            seed = int(value.strip())
+    return seed
+
+
+def apply_forced_seed(opt, force_yml):
+    """Seed the run with a ``manual_seed`` given through ``--force_yml``, which BasicSR 1.4.2 misses.
+
+    BasicSR's ``parse_options`` calls ``set_random_seed(opt['manual_seed'] + rank)`` *before* it applies
+    ``--force_yml``, so ``--force_yml manual_seed=1`` changes the recorded option but every run still draws from the
+    option file's seed. Called right after ``parse_options``, this seeds again, as BasicSR would have, with the forced
+    value; without such an entry it does nothing (the RNG states are left exactly as BasicSR set them).
+
+    Args:
+        opt (dict): The parsed options (``manual_seed``, ``rank``).
+        force_yml (list[str] | None): The ``--force_yml`` entries.
+
+    Returns:
+        int | None: The seed applied (``manual_seed + rank``), None where nothing was done.
+    """
+    if forced_seed(force_yml) is None:
+        return None
+    from basicsr.utils import set_random_seed
+    seed = int(opt['manual_seed']) + int(opt.get('rank', 0))
+    set_random_seed(seed)
+    return seed
+
+
 def build_model_from_options(opt_or_path, root=None, distilled_root=None, num_gpu=None, model_cls=None):
     """A BasicSR model (a distillation model or any other) built from options as ``basicsr.train.train_pipeline``
     builds it, without the train loop: for profilers, scripts and tests that drive the model themselves.

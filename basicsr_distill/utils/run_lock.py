@@ -3,7 +3,9 @@
 ``basicsr_distill/train.py`` runs BasicSR's ``train_pipeline`` through :func:`guarded_train_pipeline`, which hooks
 three of the names ``basicsr.train`` looks up while it runs (restored afterwards):
 
-- ``parse_options``: right after BasicSR parsed the options (and initialised the process group), rank 0 checks that
+- ``parse_options``: right after BasicSR parsed the options (and initialised the process group), a ``manual_seed``
+  given through ``--force_yml`` is applied (:func:`~basicsr_distill.utils.options.apply_forced_seed`: BasicSR seeds
+  before it applies ``--force_yml``), and rank 0 checks that
   every output folder of the run can be written (:func:`output_folders`: the experiment folder, ``path.distilled_root``
   of a distillation model, Minimax-SR's ``distill.work_dir``, ``tb_logger/<name>``) and takes an exclusive lock on the
   experiment folder and on ``path.distilled_root`` (:class:`FolderLock`), before BasicSR reads a training state or
@@ -34,6 +36,7 @@ import time
 
 from basicsr.utils import get_time_str
 from basicsr_distill.utils.file_io import is_tmp_name
+from basicsr_distill.utils.options import apply_forced_seed
 
 LOCK_NAME = '.distill.lock'
 
@@ -475,6 +478,7 @@ def guarded_train_pipeline(root_path):
 
     def parse_options(root, is_train=True):
         opt, args = saved['parse_options'](root, is_train=is_train)
+        apply_forced_seed(opt, args.force_yml)  # BasicSR seeds before --force_yml: a forced manual_seed is missed
         guards.append(RunGuard(opt, args.opt, root))
         guards[0].start()
         return opt, args

@@ -4,12 +4,14 @@ import copy
 import os.path as osp
 import pytest
 import shutil
+import sys
 import torch
 from collections import OrderedDict
 from conftest import REPO, data_path, write_option_file
 
 from basicsr_distill.models.idc_model import IDCModel
-from basicsr_distill.utils.options import build_model_from_options, check_option_type, merge_options, read_option_file
+from basicsr_distill.utils.options import (apply_forced_seed, build_model_from_options, check_option_type, forced_seed,
+                                           merge_options, read_option_file)
 
 
 class Recorder:
@@ -206,3 +208,36 @@ def test_check_option_type_nullable_strings():
     assert check_option_type('auto', None, 'distill.dit.subfolder') is None  # a diffusers folder without subfolder
     with pytest.raises(ValueError, match='option distill.mode must be a string'):
         check_option_type('auto', None, 'distill.mode')
+
+
+def test_forced_seed_reads_the_last_manual_seed_entry():
+    assert forced_seed(None) is None and forced_seed(['name=x', 'train:total_iter=10']) is None
+    assert forced_seed(['name=x', 'manual_seed=3']) == 3
+    assert forced_seed(['manual_seed=3', ' manual_seed = 11 ']) == 11
+
+
+def test_a_manual_seed_forced_on_the_command_line_seeds_the_run(tmp_path, monkeypatch):
+    """BasicSR 1.4.2 seeds before applying --force_yml; apply_forced_seed (called by train.py) seeds with the value."""
+    from basicsr.utils.options import parse_options
+    opt_file = tmp_path / 'seed.yml'
+    opt_file.write_text('name: seed_check\nmodel_type: SRModel\nscale: 4\nnum_gpu: 0\nmanual_seed: 0\n'
+                        'datasets: {}\npath: {}\n')
+    monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', str(opt_file), '--force_yml', 'manual_seed=7'])
+    opt, args = parse_options(str(tmp_path), is_train=False)
+    assert opt['manual_seed'] == 7
+    drawn = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(4))  # what BasicSR alone gives: the file's seed 0, not 7
+    opt, args = parse_options(str(tmp_path), is_train=False)
+    assert apply_forced_seed(opt, args.force_yml) == 7
+    drawn = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.rand(4))
+
+
+def test_apply_forced_seed_leaves_the_rng_alone_without_a_forced_seed():
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    assert apply_forced_seed({'manual_seed': 9, 'rank': 0}, ['name=x']) is None
+    assert apply_forced_seed({'manual_seed': 9, 'rank': 0}, None) is None
+    assert torch.equal(torch.get_rng_state(), state)
