@@ -362,7 +362,8 @@ def main(argv=None):
     parser.add_argument(
         '--methods',
         default=None,
-        help='comma-separated method names: compute only their cells (the report still covers every finished cell)')
+        help='comma-separated method names: compute (with --dry_run: list) only their cells; the report still '
+        'covers every finished cell')
     parser.add_argument(
         '--include_csv',
         default=None,
@@ -375,6 +376,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     grid = grid_lib.load_grid(args.opt, REPO, check_paths=not args.dry_run)
+    wanted = None
+    if args.methods:  # checked before any work (and before --dry_run lists the cells)
+        wanted = set(args.methods.split(','))
+        unknown = sorted(wanted - set(grid['methods']))
+        if unknown:
+            raise ValueError(f'--methods: {unknown} not in the preset {args.opt} (methods: {list(grid["methods"])})')
+
+    def selected(cell):
+        return wanted is None or (cell.get('method') or (cell.get('set') or {}).get('method')) in wanted
+
     store = grid_lib.CellStore(grid['work_dir'])
     sets = grid_lib.set_cells(grid)
     trains = grid_lib.train_cells(grid, sets)
@@ -387,7 +398,7 @@ def main(argv=None):
         f'{len(done)} of {len(cells)} cells finished; work dir {grid["work_dir"]}',
         flush=True)
     if args.dry_run:
-        for cell in cells:
+        for cell in filter(selected, cells):
             print(f'  {"done" if cell["id"] in done else "todo"}  {cell["id"]}')
         return 0
     os.makedirs(grid['work_dir'], exist_ok=True)
@@ -403,14 +414,7 @@ def main(argv=None):
         if args.jobs > 1:
             ctx['threads'] = max(1, (os.cpu_count() or 1) // args.jobs)
         progress, computed = Progress(cells, done), 0
-        todo = [c for c in cells if c['id'] not in done]
-        if args.methods:
-            wanted = set(args.methods.split(','))
-            unknown = sorted(wanted - set(grid['methods']))
-            if unknown:
-                raise ValueError(
-                    f'--methods: {unknown} not in the preset {args.opt} (methods: {list(grid["methods"])})')
-            todo = [c for c in todo if (c.get('method') or (c.get('set') or {}).get('method')) in wanted]
+        todo = [c for c in cells if c['id'] not in done and selected(c)]
         if args.max_cells is not None:
             todo = todo[:args.max_cells]
         lock = threading.Lock()

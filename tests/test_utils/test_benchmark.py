@@ -408,12 +408,19 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
         script.main(['-opt', changed])
 
 
-def test_runner_methods_computes_only_the_named_methods(tmp_path, hr_dirs):
+def test_runner_methods_computes_only_the_named_methods(tmp_path, hr_dirs, capsys):
     work = tmp_path / 'work'
     preset = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs)
     script = _load_script()
     with pytest.raises(ValueError, match=r"--methods: \['bogus'\] not in the preset"):
         script.main(['-opt', preset, '--methods', 'idc,bogus'])
+    with pytest.raises(ValueError, match=r"--methods: \['bogus'\] not in the preset"):
+        script.main(['-opt', preset, '--methods', 'bogus', '--dry_run'])
+    assert not work.exists()  # refused before anything was written
+    capsys.readouterr()
+    assert script.main(['-opt', preset, '--methods', 'random', '--dry_run']) == 0
+    listed = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith('  todo')]
+    assert listed and all('/random/' in cell_id for cell_id in listed)
     assert script.main(['-opt', preset, '--methods', 'idc', '--max_cells', '3']) == 0
     # the two IDC sets and one IDC downstream run: nothing of `random`
     assert sorted(os.listdir(
