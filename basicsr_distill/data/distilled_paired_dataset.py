@@ -7,10 +7,10 @@ from torchvision.transforms.functional import normalize
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.distilled_set import (LMDB_SOURCE_NAME, MANIFEST_NAME, PAIR_HASH_KEY, VERIFY_MODES, check_sha256,
-                                           decode_npy, decode_png, lmdb_hashes, lmdb_paths, pair_paths,
-                                           validate_distilled_lmdb, validate_distilled_set, verification_message,
-                                           verify_distilled_lmdb, verify_distilled_set)
+from basicsr_distill.distilled_set import (LMDB_SOURCE_NAME, MANIFEST_NAME, PAIR_HASH_KEY, VERIFY_MODES,
+                                           check_pixel_values, check_sha256, decode_npy, decode_png, lmdb_hashes,
+                                           lmdb_paths, pair_paths, validate_distilled_lmdb, validate_distilled_set,
+                                           verification_message, verify_distilled_lmdb, verify_distilled_set)
 
 # py-lmdb refuses to open one environment twice in a process (e.g. a train and a val dataset on the same set), so
 # lmdb file clients are shared within a process: {backend options: (pid, FileClient)}. LMDB environments must not
@@ -49,7 +49,10 @@ class DistilledPairedDataset(data.Dataset):
     Verification (option ``verify``):
         quick (default): the check above. It does not find bytes changed in the middle of a file (its length, header
             and end intact) nor a file replaced by another valid file of the same size: those fail only when the
-            pair is decoded in training, or, if they still decode, train silently.
+            pair is decoded in training, or, if they still decode to finite values in [0, 1], train silently.
+        Whatever ``verify`` says, every image read in training must hold finite values in [0, 1] (two reductions
+        per file): a NaN, an infinity or a value outside [0, 1] (a damaged or foreign file) is refused when it is
+        read, naming the file, instead of training to a NaN loss.
         full: at construction every file (disk: ``hr``, ``lr`` and ``lr_float`` of every pair; lmdb: every value of
             both databases) is read, checked against the SHA-256 the set records and decoded (see
             ``basicsr_distill.distilled_set.verify_distilled_set``), and one ``ValueError`` names every bad file;
@@ -85,7 +88,8 @@ class DistilledPairedDataset(data.Dataset):
         FileNotFoundError: Missing ``distill.json`` or lmdb folder.
         ValueError: Invalid option (an unknown ``verify`` value names the option), invalid set (scale mismatch,
             missing, truncated or resized file; see ``validate_distilled_set``; with ``verify: full`` also changed or
-            undecodable files, all named), or, when loading, an unreadable file (named), a pair whose GT is not
+            undecodable files, all named), or, when loading, an unreadable file (named), a file holding a NaN, an
+            infinity or a value outside [0, 1] (named), a pair whose GT is not
             scale x LQ (names both files), or (``verify: full``) a file whose SHA-256 differs from the recorded one
             (named).
     """
@@ -193,8 +197,10 @@ class DistilledPairedDataset(data.Dataset):
         if sha256 is not None and content is not None:  # verify: full
             check_sha256(content, sha256, where, record)
         if kind == 'npy':
-            return np.ascontiguousarray(decode_npy(content, where)[..., ::-1])  # RGB -> BGR, as imfrombytes
-        return decode_png(content, where)
+            img = np.ascontiguousarray(decode_npy(content, where)[..., ::-1])  # RGB -> BGR, as imfrombytes
+        else:
+            img = decode_png(content, where)
+        return check_pixel_values(img, where)  # whatever verify says: a NaN / Inf / out-of-range pair never trains
 
     def __getitem__(self, index):
         if self.file_client is None or self._client_pid != os.getpid():

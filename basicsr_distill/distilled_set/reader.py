@@ -22,14 +22,46 @@ def load_pair(root, name, lq_source='float'):
         FileNotFoundError: A missing file.
     """
     paths = pair_paths(root, name)
-    gt = read_png_rgb(paths['hr'])
+    gt = check_pixel_values(read_png_rgb(paths['hr']), paths['hr'])
     if lq_source == 'float':
-        lq = read_npy_rgb(paths['lr_float'])
+        lq = check_pixel_values(read_npy_rgb(paths['lr_float']), paths['lr_float'])
     elif lq_source == 'png':
-        lq = read_png_rgb(paths['lr'])
+        lq = check_pixel_values(read_png_rgb(paths['lr']), paths['lr'])
     else:
         raise ValueError(f"lq_source must be 'float' or 'png', got {lq_source!r}.")
     return lq, gt
+
+
+def check_pixel_values(img, where):
+    """Refuse an image of a pair that is not finite or not in [0, 1] (every read of a pair, whatever ``verify``).
+
+    The writer stores finite values clamped to [0, 1]; anything else is a damaged or foreign file (a NaN there
+    would train to ``l_pix: nan`` without an error). Two reductions (``min``, ``max``: a NaN propagates into both,
+    an infinity falls outside [0, 1]), a few microseconds for a training patch.
+
+    Args:
+        img (ndarray): The decoded image, float (H, W, C).
+        where (str): The file (or lmdb key) it was read from, for the message.
+
+    Returns:
+        ndarray: ``img`` itself.
+
+    Raises:
+        ValueError: Naming ``where``, how many values are NaN / infinite, the range of the finite ones, and what to do.
+    """
+    if img.size == 0:
+        return img
+    low, high = img.min(), img.max()
+    if low >= 0 and high <= 1:  # False for a NaN (it propagates into min and max)
+        return img
+    finite = np.isfinite(img)
+    bad = int(img.size - np.count_nonzero(finite))
+    values = img[finite]
+    span = f'finite values in [{values.min():.6g}, {values.max():.6g}]' if values.size else 'no finite value'
+    raise ValueError(f'{where}: a distilled pair must hold finite values in [0, 1], this file holds {bad} NaN or '
+                     f'infinite value(s) of {img.size} and {span}: it is damaged or was not written by '
+                     'DistilledSetWriter (training on it would give a NaN loss). Restore it from a copy or write the '
+                     'set again; scripts/verify_distilled.py lists every bad file of the set.')
 
 
 def decode_png(content, path):

@@ -231,3 +231,30 @@ def test_make_distilled_lmdb_script(broken_root, capsys):
     writer.write_unit('class_c', [_pair('c0', 7, (40, 40), np.random.default_rng(1))])
     with pytest.raises(ValueError, match=r"hr.lmdb has no key 'c0'"):
         DistilledPairedDataset(make_opt(broken_root, io_backend={'type': 'lmdb'}))
+
+
+@pytest.mark.parametrize('damage', ['one_nan', 'all_inf', 'one_1.5', 'one_negative'])
+@pytest.mark.parametrize('phase', ['val', 'train'])
+def test_non_finite_or_out_of_range_lr_float_is_refused_when_read(broken_root, damage, phase):
+    """An lr_float npy of the right length (header, size and end intact) holding a NaN, infinities or a value outside
+    [0, 1] passes the quick start-up check, but is refused when the pair is read, naming the file."""
+    path = pair_paths(broken_root, 'a1')['lr_float']
+    arr = np.load(path)
+    size = osp.getsize(path)
+    if damage == 'one_nan':
+        arr[3, 4, 1] = np.nan
+    elif damage == 'all_inf':
+        arr[:] = np.inf
+    else:
+        arr[3, 4, 1] = 1.5 if damage == 'one_1.5' else -0.25
+    np.save(path, arr)
+    assert osp.getsize(path) == size
+    dataset = DistilledPairedDataset(make_opt(broken_root, phase=phase, gt_size=16))  # verify: quick still builds
+    dataset[0], dataset[2]  # the other pairs still load
+    with pytest.raises(ValueError, match='must hold finite values in') as err:
+        dataset[1]
+    assert path in str(err.value)
+    assert 'NaN or infinite' in str(err.value)
+    with pytest.raises(ValueError, match=path):
+        load_pair(broken_root, 'a1')
+    assert len(DistilledPairedDataset(make_opt(broken_root, lq_source='png'))[1]['lq']) == 3  # the PNG is intact
