@@ -9,8 +9,14 @@ Reads every file of every pair (``hr/``, ``lr/``, ``lr_float/``) and, when prese
 Prints one ``BAD`` line per bad file and a summary. Only reads: nothing in the folder changes. Sets written before
 format_version 2 record no hashes: their files are decoded only (the summary says how many).
 
-Exit status: 0 when the set is intact, 1 when a file is bad, 2 on a usage error (no such folder, not a distilled
-set, or a manifest of a newer format).
+A manifest whose ``scale`` is not the ratio of its pairs' HR to LR sizes is reported ``BAD`` (the files are
+checked against those sizes). A set whose run has not finished (``complete: false`` in ``distill.json``: interrupted,
+still running, or shards of a multi-process run not merged) is reported ``INCOMPLETE``: its files may be intact, but
+it is not the whole set (DistilledPairedDataset refuses it unless ``allow_incomplete: true``).
+
+Exit status: 0 when the set is intact and complete, 1 when a file is bad (complete or not), 2 on a usage error (no
+such folder, not a distilled set, or a manifest of a newer format), 3 when every file is intact but the set is
+incomplete.
 """
 import argparse
 import sys
@@ -18,7 +24,7 @@ import sys
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 
 # isort: split
-from basicsr_distill.distilled_set import NotADistilledSetError, verify_distilled_set
+from basicsr_distill.distilled_set import NotADistilledSetError, incomplete_problem, verify_distilled_set
 
 
 def main(argv=None):
@@ -36,14 +42,19 @@ def main(argv=None):
     size = f'{report["bytes"] / 2**20:.1f} MiB'
     pairs = len(report['manifest']['pairs']) if report['manifest'] is not None else 0
     lmdb = f' (with {len(report["lmdb"])} lmdb)' if report['lmdb'] else ''
+    unfinished = incomplete_problem(args.root, report['manifest']) if report['manifest'] is not None else None
+    if unfinished:
+        print(f'INCOMPLETE {unfinished}: finish the run (rerun it with --auto_resume), or train on it with '
+              'allow_incomplete: true.')
     state = f'NOT intact, {len(report["problems"])} bad file(s)' if report['problems'] else 'intact'
+    state += ', INCOMPLETE (the run did not finish)' if unfinished else ''
     print(f'{args.root}: {pairs} pairs, {report["files"]} files{lmdb}, {size} read in {report["seconds"]:.2f} s: '
           f'{state}.')
     if report['unhashed']:
         print(f'note: {report["unhashed"]} of these files have no recorded SHA-256 (a set written before '
               'format_version 2, or lmdb copies made before hashes were recorded): they were decoded, not proven '
               'unchanged.')
-    return 1 if report['problems'] else 0
+    return 1 if report['problems'] else 3 if unfinished else 0
 
 
 if __name__ == '__main__':

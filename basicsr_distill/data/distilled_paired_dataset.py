@@ -8,9 +8,11 @@ from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from basicsr_distill.distilled_set import (LMDB_SOURCE_NAME, MANIFEST_NAME, PAIR_HASH_KEY, VERIFY_MODES,
-                                           check_pixel_values, check_sha256, decode_npy, decode_png, lmdb_hashes,
-                                           lmdb_paths, pair_paths, validate_distilled_lmdb, validate_distilled_set,
-                                           verification_message, verify_distilled_lmdb, verify_distilled_set)
+                                           check_pixel_values, check_sha256, decode_npy, decode_png, incomplete_problem,
+                                           lmdb_hashes, lmdb_paths, pair_paths, validate_distilled_lmdb,
+                                           validate_distilled_set, verification_message, verify_distilled_lmdb,
+                                           verify_distilled_set)
+from basicsr_distill.utils.options import check_dataset_keys
 
 # py-lmdb refuses to open one environment twice in a process (e.g. a train and a val dataset on the same set), so
 # lmdb file clients are shared within a process: {backend options: (pid, FileClient)}. LMDB environments must not
@@ -79,6 +81,9 @@ class DistilledPairedDataset(data.Dataset):
             color (str): 'y' to return the Y channel only (as PairedImageDataset). Optional.
             mean (list[float]), std (list[float]): Normalisation, as PairedImageDataset. Optional.
             verify (str): 'quick' (default) or 'full' (see above).
+            allow_incomplete (bool): Train on a set whose run has not finished (``complete: false`` in its
+                ``distill.json``: an interrupted or still running distillation, a multi-process run whose shards are
+                not merged); a warning is logged. Default: False (such a set is refused, naming its distill.json).
 
     Returns (``__getitem__``):
         dict: ``{'lq': Tensor (3, h, w), 'gt': Tensor (3, s*h, s*w), 'lq_path': str, 'gt_path': str}``, RGB float32
@@ -86,7 +91,9 @@ class DistilledPairedDataset(data.Dataset):
 
     Raises:
         FileNotFoundError: Missing ``distill.json`` or lmdb folder.
-        ValueError: Invalid option (an unknown ``verify`` value names the option), invalid set (scale mismatch,
+        ValueError: Invalid option (an unknown ``verify`` value names the option; a key other than those above and
+            BasicSR's own is named ``datasets.<phase>.<key>``), a set whose run has not finished
+            (without ``allow_incomplete: true``; names its distill.json), invalid set (scale mismatch,
             missing, truncated or resized file; see ``validate_distilled_set``; with ``verify: full`` also changed or
             undecodable files, all named), or, when loading, an unreadable file (named), a file holding a NaN, an
             infinity or a value outside [0, 1] (named), a pair whose GT is not
@@ -94,9 +101,14 @@ class DistilledPairedDataset(data.Dataset):
             (named).
     """
 
+    #: The keys this dataset reads (besides BasicSR's own, ``utils.options.BASICSR_DATASET_KEYS``); others are refused.
+    OPTION_KEYS = ('dataroot', 'gt_size', 'use_hflip', 'use_rot', 'lq_source', 'color', 'mean', 'std', 'verify',
+                   'allow_incomplete')
+
     def __init__(self, opt):
         super(DistilledPairedDataset, self).__init__()
         self.opt = opt
+        check_dataset_keys(opt, self.OPTION_KEYS, type(self).__name__)
         if not opt.get('dataroot'):
             raise ValueError('DistilledPairedDataset needs the option "dataroot" (the distilled-set folder).')
         self.root = opt['dataroot']
@@ -121,6 +133,10 @@ class DistilledPairedDataset(data.Dataset):
                              "ends of the files at start-up) or 'full' (every file's SHA-256 and decoding at start-up, "
                              f'the SHA-256 of every file read in training), got {self.verify!r}.')
         full = self.verify == 'full'
+        allow_incomplete = opt.get('allow_incomplete', False)
+        if not isinstance(allow_incomplete, bool):
+            raise ValueError(f'DistilledPairedDataset: the option allow_incomplete must be true or false (train on a '
+                             f'set whose run has not finished), got {allow_incomplete!r}.')
         if backend == 'lmdb':
             manifest = validate_distilled_lmdb(self.root, scale=scale)
             if lq_source == 'float':
@@ -171,6 +187,14 @@ class DistilledPairedDataset(data.Dataset):
         else:
             raise ValueError(f"DistilledPairedDataset supports io_backend 'disk' and 'lmdb', got {backend!r}.")
         self.scale = int(scale) if scale is not None else manifest['scale']
+        unfinished = incomplete_problem(self.root, manifest)
+        if unfinished and not allow_incomplete:
+            raise ValueError(
+                f'DistilledPairedDataset: {unfinished}. Finish the run first (rerun it with '
+                '--auto_resume: finished units are kept), or set allow_incomplete: true in this dataset\'s '
+                'options to train on the pairs written so far.')
+        if unfinished:
+            logger.warning(f'DistilledPairedDataset: {unfinished}; training on these pairs (allow_incomplete: true).')
         if not self.paths:
             logger.warning(f'DistilledPairedDataset: {self.root} lists no pairs.')
 

@@ -72,7 +72,7 @@ from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RE
                                                     read_shard, sha256_hex, to_jsonable, write_meta_info)
 from basicsr_distill.distilled_set.reader import (check_pixel_values, decode_npy, decode_png, load_pair, read_npy_rgb,
                                                   read_png_rgb)
-from basicsr_distill.distilled_set.validate import (_PNG_IEND, _PNG_SIGNATURE, _pair_file_problem,
+from basicsr_distill.distilled_set.validate import (_PNG_IEND, _PNG_SIGNATURE, _pair_file_problem, incomplete_problem,
                                                     validate_distilled_lmdb, validate_distilled_set)
 from basicsr_distill.distilled_set.verify import (VERIFY_MODES, NotADistilledSetError, check_sha256, content_problems,
                                                   lmdb_hashes, verification_message, verify_distilled_lmdb,
@@ -84,8 +84,8 @@ __all__ = [
     'LR_FLOAT_DIR', 'HR_LMDB', 'LR_LMDB', 'LMDB_SOURCE_NAME', 'LR_FOR_TRAINING', 'SHARD_FORMAT_NAME',
     'HASH_IGNORED_KEYS', 'to_jsonable', 'options_hash', 'collect_versions', 'pair_paths', 'lmdb_paths',
     'meta_info_text', 'write_meta_info', 'read_manifest', 'shard_path', 'pending_shards', 'read_shard',
-    'validate_distilled_set', 'validate_distilled_lmdb', 'load_pair', 'check_pixel_values', 'decode_png', 'decode_npy',
-    'read_png_rgb', 'read_npy_rgb', 'DistilledSetWriter', 'make_distilled_lmdb', 'PAIR_KINDS', 'PAIR_HASH_KEY',
-    'sha256_hex', 'VERIFY_MODES', 'NotADistilledSetError', 'check_sha256', 'content_problems', 'lmdb_hashes',
-    'verification_message', 'verify_distilled_set', 'verify_distilled_lmdb'
+    'validate_distilled_set', 'validate_distilled_lmdb', 'incomplete_problem', 'load_pair', 'check_pixel_values',
+    'decode_png', 'decode_npy', 'read_png_rgb', 'read_npy_rgb', 'DistilledSetWriter', 'make_distilled_lmdb',
+    'PAIR_KINDS', 'PAIR_HASH_KEY', 'sha256_hex', 'VERIFY_MODES', 'NotADistilledSetError', 'check_sha256',
+    'content_problems', 'lmdb_hashes', 'verification_message', 'verify_distilled_set', 'verify_distilled_lmdb'
 ]

@@ -277,9 +277,25 @@ def _check_manifest_consistency(manifest, manifest_path):
         if pair['unit'] not in finished:
             raise ValueError(f'{manifest_path}: pair {name!r} belongs to unit {pair["unit"]!r}, which is not in '
                              'units_finished.')
-        problem = _hash_field_problem(pair)
+        problem = _hash_field_problem(pair) or _scale_problem(pair, manifest['scale'])
         if problem:
             raise ValueError(f'{manifest_path}: pair {name!r}: {problem}.')
+
+
+def _scale_problem(pair, scale):
+    """Why a pair entry's ``hr_shape`` is not ``scale`` x its ``lr_shape`` (the files are checked against these
+    shapes), or None."""
+    hr, lr = pair['hr_shape'], pair['lr_shape']
+    if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and x > 0 for x in v) for v in (hr, lr)):
+        return f'hr_shape and lr_shape must be lists of 3 positive ints, got {hr!r} and {lr!r}'
+    if hr[:2] != [scale * lr[0], scale * lr[1]]:
+        factors = {hr[0] / lr[0], hr[1] / lr[1]}
+        found = f'x{factors.pop():g}' if len(factors) == 1 else 'not one factor'
+        return (
+            f'its HR {tuple(hr[:2])} is not scale ({scale}) x its LR {tuple(lr[:2])} ({found}): the manifest\'s '
+            '"scale" disagrees with its pairs (edited by hand, or copied from another set); restore the manifest or '
+            'write the set again')
+    return None
 
 
 def read_shard(path):

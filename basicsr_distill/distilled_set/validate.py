@@ -86,22 +86,19 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
 
     Raises:
         FileNotFoundError: When the manifest is missing.
-        ValueError: Invalid manifest, scale mismatch (names distill.json and both scales), incomplete set while
+        ValueError: Invalid manifest (also a ``scale`` that is not the ratio of a pair's ``hr_shape`` to its
+            ``lr_shape``), scale mismatch (names distill.json and both scales), incomplete set while
             ``require_complete``, the first missing pair file (named), meta_info.txt out of sync (named), or with
             ``check_contents`` the first broken pair file (named).
     """
     manifest = read_manifest(root)
     manifest_path = osp.join(root, MANIFEST_NAME)
+    _check_manifest_consistency(manifest, manifest_path)  # first: a manifest whose scale disagrees with its pairs
     if scale is not None and int(scale) != manifest['scale']:
         raise ValueError(f'{manifest_path} was distilled for scale x{manifest["scale"]}, but scale x{int(scale)} is '
                          'requested (check the "scale" of your option file or pick the set for that scale).')
     if require_complete and not manifest['complete']:
-        shards = pending_shards(root)
-        more = (f' ({len(shards)} shard(s) of a multi-process run, e.g. {shards[0][1]}, are not merged yet)'
-                if shards else '')
-        raise ValueError(f'{manifest_path} is not complete (the distillation run was interrupted or not finalized)'
-                         f'{more}; resume the run to finish it.')
-    _check_manifest_consistency(manifest, manifest_path)
+        raise ValueError(f'{incomplete_problem(root, manifest)}; resume the run to finish it.')
     if not check_files:
         return manifest
     for pair in manifest['pairs']:
@@ -117,6 +114,27 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
     if problem:
         raise ValueError(problem)
     return manifest
+
+
+def incomplete_problem(root, manifest):
+    """What is unfinished about a set whose manifest says ``complete: false`` (a text naming distill.json), or None.
+
+    Args:
+        root (str): Distilled-set folder.
+        manifest (dict): Its manifest.
+
+    Returns:
+        str | None: E.g. ``'<root>/distill.json is not complete (complete: false: ...): 3 unit(s) finished, 6
+        pair(s)'``, or None when the set is complete.
+    """
+    if manifest['complete']:
+        return None
+    shards = pending_shards(root)
+    more = (f'; {len(shards)} shard(s) of a multi-process run, e.g. {shards[0][1]}, are not merged yet'
+            if shards else '')
+    return (f'{osp.join(root, MANIFEST_NAME)} is not complete ("complete": false: the distillation run was interrupted '
+            f'or has not finished; {len(manifest["units_finished"])} unit(s) finished, {len(manifest["pairs"])} '
+            f'pair(s){more})')
 
 
 def _meta_info_problem(root, manifest):

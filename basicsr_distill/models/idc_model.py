@@ -31,6 +31,7 @@ from basicsr_distill.ops.lowpass import lowpass_update
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
 from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
+from basicsr_distill.utils.amp import MixedPrecision
 from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.options import merge_options
 
@@ -72,6 +73,7 @@ IDC_DEFAULTS = {
     'pair_exclude_source': False,  # never pair a synthetic local patch with its own source real patch (init: real)
     'update_lowpass': 0,  # s: each step's change of x_hat averaged over s x s LR cells, bilinear back (0: off)
     'real_side': 'all',  # real patches x_hat is matched to: 'all' of the image's, 'psnr_bic' its lower half by PSNR_bic
+    'amp': 'off',  # the teacher's passes under autocast: 'off', 'bf16' or 'fp16' (CUDA; grad scaler), utils/amp.py
 }
 REAL_SIDES = ('all', 'psnr_bic')
 PAIR_REMATCH = ('assignment', 'round', 'step')
@@ -218,6 +220,7 @@ class IDCModel(DistillBaseModel):
         super().__init__(opt)
         self.cfg = merge_options(IDC_DEFAULTS, opt.get('distill'))
         self._check_options()
+        self.amp = MixedPrecision(self.cfg['amp'], self.device)  # ValueError naming distill.amp (fp16 on a CPU)
         self.net_t = self.build_frozen_network('t')
         self.net_up = self.build_frozen_network('up') if opt.get('network_up') else self.net_t
         self.check_network_scale(self.net_up, 'up' if opt.get('network_up') else 't')
@@ -364,7 +367,7 @@ class IDCModel(DistillBaseModel):
         f(x) of the real LR patches ``real`` (N, 3, h, w) (eval mode, no_grad); returns the real local features
         (P_r, p*p, C_out)."""
         cfg = self.cfg
-        feat_real = self.tap.batched(real, cfg['real_batch_size'])
+        feat_real = self.amp.forward(self.tap.batched, real, cfg['real_batch_size'])  # float32
         inst.rlff = RandomLocalFourierFeatures(
             feat_real.shape[1],
             cfg['rlff']['kernel_size'],
@@ -493,7 +496,7 @@ class IDCModel(DistillBaseModel):
                     group['lr'] = self._lr(inst, step)
                 inst.optimizer.zero_grad(set_to_none=True)
             x_hat = active[0].x_hat if len(active) == 1 else torch.cat([inst.x_hat for inst in active])
-            feats = self.tap(x_hat).split([inst.n_syn for inst in active])
+            feats = self.amp.forward(self.tap, x_hat).split([inst.n_syn for inst in active])  # float32 (amp)
             per_inst, wheres = [], []
             for inst, feat in zip(active, feats):
                 losses = self.idc_losses(inst, inst.rlff(feat), step)
@@ -504,17 +507,19 @@ class IDCModel(DistillBaseModel):
                 per_inst.append(losses)
                 wheres.append(where)
             total = per_inst[0]['l_total'] if len(active) == 1 else sum(losses['l_total'] for losses in per_inst)
-            total.backward()
-            for inst, losses, where in zip(active, per_inst, wheres):
-                self.check_finite(losses, where, [inst.x_hat])
+            self.amp.scale(total).backward()  # distill.amp fp16: scaled, unscaled below
+            if self.amp.unscale([inst.optimizer for inst in active]):  # fp16 overflow: the scaler skips the step
+                for inst, losses, where in zip(active, per_inst, wheres):
+                    self.check_finite(losses, where, [inst.x_hat])
             lowpass = int(self.cfg['update_lowpass'])
             for inst in active:
                 before = inst.x_hat.detach().clone() if lowpass > 1 else None
-                inst.optimizer.step()
+                self.amp.step(inst.optimizer)
                 with torch.no_grad():
                     if before is not None:  # the step's change, low-passed (departure from the paper, see docs)
                         inst.x_hat.copy_(before + lowpass_update(inst.x_hat - before, lowpass))
                     inst.x_hat.clamp_(0, 1)
+            self.amp.update()
             keys = per_inst[0].keys()  # every instance is at the same step: the same terms
             self.log_dict = {k: sum(float(losses[k].detach()) for losses in per_inst) / len(per_inst) for k in keys}
         return [not inst.num_real for inst in insts]

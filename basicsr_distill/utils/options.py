@@ -1,15 +1,19 @@
 """Option files and option sections: the one reader of BasicSR option files (:func:`read_option_file`), the one way to
 build a model from options outside BasicSR's train loop (:func:`build_model_from_options`), and the checked merge of
-a section into its defaults that every distillation model uses for ``distill`` (:func:`merge_options`).
+a section into its defaults that every distillation model uses for ``distill`` (:func:`merge_options`), with the
+range and optimiser checks of its values (:func:`check_ranges`, :func:`check_optimizer`), and the key checks outside
+``distill`` that BasicSR does not make (:func:`check_dataset_keys`, :func:`check_path_keys`).
 
 Option files are code (BasicSR's YAML loader runs their tags, e.g. ``plugin: !!python/name:basicsr_distill.__name__``
 imports the plugin): read trusted files only.
 """
 import copy
+import difflib
 import math
 import numbers
 import os
 import os.path as osp
+import re
 import yaml
 
 from basicsr.utils.options import ordered_yaml
@@ -80,6 +84,44 @@ def apply_forced_seed(opt, force_yml):
     seed = int(opt['manual_seed']) + int(opt.get('rank', 0))
     set_random_seed(seed)
     return seed
+
+
+def check_experiment_name(name, option='name'):
+    """Check that the experiment name is one plain folder name, before BasicSR joins it into a path.
+
+    BasicSR writes a run into ``experiments/<name>`` (training) or ``results/<name>`` (testing) and renames an existing
+    folder of that path to ``<path>_archived_<time>``: ``name: ..`` would rename the current directory, ``name: .``
+    the whole ``experiments/`` folder, an absolute name or one with a separator a folder elsewhere.
+
+    Args:
+        name: The value of the option (any type: YAML and ``--force_yml`` give ints, None, ...).
+        option (str): The option's name, for the message. Default: ``'name'``.
+
+    Returns:
+        str: ``name``, unchanged.
+
+    Raises:
+        ValueError: ``name`` is not a string, is empty, ``.`` or ``..``, holds a path separator, a NUL or another
+            control character, or starts or ends with white space; the message names the option and the value.
+    """
+    problem = None
+    if not isinstance(name, str):
+        problem = f'is of type {type(name).__name__}, not a string'
+    elif not name.strip():
+        problem = 'is empty'
+    elif name in ('.', '..'):
+        problem = 'names the current or the parent folder'
+    elif '/' in name or os.sep in name or (os.altsep and os.altsep in name):
+        problem = 'holds a path separator'
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = 'holds a control character'
+    elif name != name.strip():
+        problem = 'starts or ends with white space'
+    if problem is not None:
+        raise ValueError(f'option {option}={name!r} {problem}: the experiment name must be one plain folder name '
+                         '(BasicSR writes the run into experiments/<name> or results/<name> and renames an existing '
+                         'folder of that path). Nothing was created or moved.')
+    return name
 
 
 def build_model_from_options(opt_or_path, root=None, distilled_root=None, num_gpu=None, model_cls=None):
@@ -210,3 +252,149 @@ def merge_options(defaults, given, prefix='distill'):
         else:
             out[key] = check_option_type(defaults[key], value, f'{prefix}.{key}')
     return out
+
+
+# --------------------------------------------------------------------------------------------- value ranges
+def _dotted(section, key):
+    value = section
+    for part in key.split('.'):
+        value = value[part]
+    return value
+
+
+def _in_range(value, rule):
+    """Whether the number ``value`` satisfies ``rule`` (``'>= a'``, ``'> a'`` or an interval ``'[a, b)'``)."""
+    if rule.startswith(('>=', '>')):
+        op, low = rule.split()
+        return value >= float(low) if op == '>=' else value > float(low)
+    low, high = (float(v) for v in rule[1:-1].split(','))
+    above = value >= low if rule[0] == '[' else value > low
+    below = value <= high if rule[-1] == ']' else value < high
+    return above and below
+
+
+def check_ranges(section, rules, prefix='distill'):
+    """Check that numeric options of a merged section lie in their ranges, in the order of ``rules``.
+
+    Args:
+        section (dict): The merged section (types already checked by :func:`merge_options`).
+        rules (dict[str, str]): Dotted key -> range: ``'>= 0'``, ``'> 0'``, or an interval such as ``'[0, 1)'``.
+        prefix (str): Dotted name of the section, for the messages. Default: ``'distill'``.
+
+    Raises:
+        ValueError: The first option that is not a finite number in its range, e.g. ``option distill.warmup_iters
+            must be >= 0, got -6``.
+    """
+    for key, rule in rules.items():
+        value = _dotted(section, key)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not _in_range(value, rule):
+            where = f'in {rule}' if rule[0] in '[(' else rule
+            raise ValueError(f'option {prefix}.{key} must be {where}, got {value!r}')
+
+
+def check_optimizer(section, prefix):
+    """Check an optimiser section (``{'type': <torch.optim class>, 'lr': ..., ...}``) before any unit uses it.
+
+    ``lr`` must be a finite number > 0, ``betas`` a pair of numbers in [0, 1), ``weight_decay`` / ``momentum`` >= 0
+    and ``eps`` > 0 (where given); then the optimiser is built once on a dummy parameter, so that anything else torch
+    refuses is found now, named, instead of at the first unit.
+
+    Args:
+        section (dict): The optimiser options (``type`` optional: Adam).
+        prefix (str): Its dotted name, for the messages (e.g. ``'distill.optim'``).
+
+    Raises:
+        ValueError: Naming the option (``<prefix>.lr``, ``<prefix>.betas``, ``<prefix>.type``, ...) and the value.
+    """
+    import torch
+    options = dict(section)
+    name = options.pop('type', 'Adam')
+    cls = getattr(torch.optim, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f'option {prefix}.type must name a torch.optim optimiser (e.g. Adam), got {name!r}')
+    rules = {'lr': '> 0', 'weight_decay': '>= 0', 'momentum': '>= 0', 'eps': '> 0'}
+    check_ranges(options, {k: v for k, v in rules.items() if k in options}, prefix)
+    if 'betas' in options:
+        betas = options['betas']
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
+                isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f'option {prefix}.betas must be a pair [beta1, beta2] of numbers in [0, 1), got '
+                             f'{betas!r}')
+        options['betas'] = tuple(float(b) for b in betas)
+    try:
+        cls([torch.zeros(1, requires_grad=True)], **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f'option {prefix} is refused by torch.optim.{name}: {err}') from err
+
+
+# ------------------------------------------------------------------------------------- keys outside distill
+#: Keys that BasicSR itself reads or sets in every ``datasets.<phase>`` section (``basicsr/utils/options.py``,
+#: ``basicsr/data/__init__.py``, ``basicsr/train.py``).
+BASICSR_DATASET_KEYS = frozenset({
+    'name', 'type', 'phase', 'scale', 'io_backend', 'use_shuffle', 'num_worker_per_gpu', 'batch_size_per_gpu',
+    'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory', 'persistent_workers', 'num_prefetch_queue'
+})
+
+#: ``path`` keys that BasicSR sets or reads (``parse_options``, ``check_resume``, ``train_pipeline``) and this
+#: package's own; ``pretrain_network_<net>``, ``strict_load_<net>`` and ``param_key_<net>`` are known where a
+#: ``network_<net>`` section exists.
+KNOWN_PATH_KEYS = frozenset({
+    'experiments_root', 'models', 'training_states', 'log', 'visualization', 'results_root', 'resume_state', 'root',
+    'ignore_resume_networks', 'distilled_root'
+})
+_NETWORK_PATH_KEY = re.compile(r'^(pretrain_network|strict_load|param_key)_(.+)$')
+
+
+def _did_you_mean(key, known):
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f' (did you mean {close[0]}?)' if close else ''
+
+
+def check_dataset_keys(opt, own_keys, dataset_type):
+    """Refuse a key of a ``datasets.<phase>`` section that neither BasicSR nor the dataset class reads (BasicSR would
+    ignore a misspelt ``dataroot_gtt`` silently).
+
+    Args:
+        opt (dict): The dataset's options.
+        own_keys (Iterable[str]): The keys the dataset class reads, besides :data:`BASICSR_DATASET_KEYS`.
+        dataset_type (str): The class name, for the message.
+
+    Raises:
+        ValueError: Naming ``datasets.<phase>.<key>``, a close known key where there is one, and the known keys.
+    """
+    known = BASICSR_DATASET_KEYS | set(own_keys)
+    unknown = [k for k in opt if k not in known]
+    if unknown:
+        key = unknown[0]
+        raise ValueError(f'unknown option datasets.{opt.get("phase", "<phase>")}.{key} of {dataset_type} (dataset '
+                         f'{opt.get("name")!r}){_did_you_mean(key, known)}; it reads {sorted(set(own_keys))} '
+                         "besides BasicSR's own keys")
+
+
+def check_path_keys(opt):
+    """Refuse ``path`` keys that look like BasicSR's but that nothing reads (BasicSR ignores them silently).
+
+    ``pretrain_network_<net>``, ``strict_load_<net>`` and ``param_key_<net>`` need a ``network_<net>`` section;
+    another key is refused when it is close to a known one (:data:`KNOWN_PATH_KEYS`, or a network key of an existing
+    network), e.g. ``resume_sate`` or ``distiled_root``. Other keys are left alone.
+
+    Args:
+        opt (dict): The whole options.
+
+    Raises:
+        ValueError: Naming ``path.<key>`` and what it was probably meant to be.
+    """
+    networks = [k[len('network_'):] for k in opt if isinstance(k, str) and k.startswith('network_')]
+    network_keys = {f'{kind}_{net}' for net in networks for kind in ('pretrain_network', 'strict_load', 'param_key')}
+    known = KNOWN_PATH_KEYS | network_keys
+    for key in opt.get('path') or {}:
+        if key in known:
+            continue
+        match = _NETWORK_PATH_KEY.match(str(key))
+        if match:
+            raise ValueError(f'unknown option path.{key}: there is no network_{match.group(2)} section for it'
+                             f'{_did_you_mean(key, network_keys)}; the networks are {sorted(networks)}')
+        hint = _did_you_mean(str(key), known)
+        if hint:
+            raise ValueError(f'unknown option path.{key}{hint}: BasicSR and this package do not read it')

@@ -36,7 +36,7 @@ import time
 
 from basicsr.utils import get_time_str
 from basicsr_distill.utils.file_io import is_tmp_name
-from basicsr_distill.utils.options import apply_forced_seed
+from basicsr_distill.utils.options import apply_forced_seed, check_experiment_name, check_path_keys
 
 LOCK_NAME = '.distill.lock'
 
@@ -168,6 +168,61 @@ class FolderLock:
             pass  # gone, or its folder became read-only: the kernel drops the flock at close anyway
         os.close(self.fd)
         self.fd = None
+
+
+def held_locks_under(folder, own=()):
+    """The lock files under ``folder`` (itself included) that a live run holds: a folder to be renamed must have none.
+
+    Each ``.distill.lock`` found is probed with a non-blocking ``flock`` (taken and released at once when free: the
+    file of a killed run is left as it is).
+
+    Args:
+        folder (str): The folder about to be renamed or archived.
+        own (Iterable[str]): Lock files of this process (skipped: this process holds them).
+
+    Returns:
+        list[tuple[str, str]]: ``(lock file, holder text)`` of each held lock.
+    """
+    own = {osp.abspath(p) for p in own}
+    held = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not osp.islink(osp.join(dirpath, d))]
+        if LOCK_NAME not in filenames:
+            continue
+        path = osp.abspath(osp.join(dirpath, LOCK_NAME))
+        if path in own:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            held.append((path, holder_text(_read_info(fd))))
+        finally:
+            os.close(fd)
+    return held
+
+
+def check_not_in_use(folder, what, own=()):
+    """Refuse to rename ``folder`` when a live run holds a lock inside it.
+
+    Args:
+        folder (str): The folder BasicSR would archive (``<folder>_archived_<time>``).
+        what (str): The option it comes from, for the message.
+        own (Iterable[str]): Lock files of this process.
+
+    Raises:
+        RunLockedError: A live run holds a lock under ``folder`` (the message names the lock file and its holder).
+    """
+    held = held_locks_under(folder, own) if osp.isdir(folder) else []
+    if held:
+        path, holder = held[0]
+        raise RunLockedError(f'Output folder {folder} ({what}) exists and would be archived (renamed), but a live run '
+                             f'writes inside it: {holder} (lock file {path}). Wait for it to end or give this run '
+                             'another name (option name, or --force_yml name=<other>). Nothing was moved.')
 
 
 def _within(path, folder):
@@ -375,6 +430,7 @@ class RunGuard:
             archived = f'{self.exp}_archived_{get_time_str()}'
             print(f'Path already exists. Rename it to {archived}', flush=True)
             inside = [lk for lk in self.locks if _within(lk.folder, self.exp)]
+            check_not_in_use(self.exp, self.folders[0]['what'], own=[lk.path for lk in self.locks])
             os.rename(self.exp, archived)
             self.archived = archived
             for lock in inside:
@@ -463,6 +519,35 @@ class RunGuard:
         return None
 
 
+def _parse_checking_name(parse, root, is_train):
+    """BasicSR's ``parse_options`` (``parse``), then :func:`check_experiment_name` on the option ``name``.
+
+    A name that is not a string (``name: 5``, ``--force_yml name=5``) makes BasicSR fail with a bare ``TypeError``
+    while it joins the name into a path: the name is then read from the command line and checked, so the error says
+    which option is wrong.
+    """
+    try:
+        opt, args = parse(root, is_train=is_train)
+    except TypeError:
+        import argparse
+
+        from basicsr.utils.options import _postprocess_yml_value
+        from basicsr_distill.utils.options import read_option_file
+        parser = argparse.ArgumentParser(add_help=False)
+        parser.add_argument('-opt')
+        parser.add_argument('--force_yml', nargs='+', default=None)
+        known, _ = parser.parse_known_args()
+        name = read_option_file(known.opt).get('name') if known.opt else None
+        for entry in known.force_yml or []:
+            key, _, value = entry.partition('=')
+            if key.strip() == 'name':
+                name = _postprocess_yml_value(value.strip())
+        check_experiment_name(name)
+        raise
+    check_experiment_name(opt.get('name'))
+    return opt, args
+
+
 def guarded_train_pipeline(root_path):
     """BasicSR's ``train_pipeline(root_path)`` with the locks, checks and clean-up of the module docstring.
 
@@ -477,7 +562,8 @@ def guarded_train_pipeline(root_path):
     guards = []
 
     def parse_options(root, is_train=True):
-        opt, args = saved['parse_options'](root, is_train=is_train)
+        opt, args = _parse_checking_name(saved['parse_options'], root, is_train)
+        check_path_keys(opt)  # any model: a misspelt path.pretrain_network_<net> would be ignored, nothing created
         apply_forced_seed(opt, args.force_yml)  # BasicSR seeds before --force_yml: a forced manual_seed is missed
         guards.append(RunGuard(opt, args.opt, root))
         guards[0].start()
@@ -511,7 +597,36 @@ def guarded_train_pipeline(root_path):
             guards[0].release()
 
 
+def guarded_test_pipeline(root_path):
+    """BasicSR's ``test_pipeline(root_path)`` with the experiment name checked (:func:`check_experiment_name`) and
+    ``results/<name>`` archived only when no live run holds a lock inside it.
+
+    Raises:
+        ValueError: The option ``name`` is not one plain folder name (nothing is created or moved).
+        RunLockedError: ``results/<name>`` exists and a live run writes inside it (nothing is moved).
+        Exception: Whatever BasicSR or the model raises.
+    """
+    import basicsr.test as bt
+    saved = {name: getattr(bt, name) for name in ('parse_options', 'make_exp_dirs')}
+
+    def parse_options(root, is_train=False):
+        return _parse_checking_name(saved['parse_options'], root, is_train)
+
+    def make_exp_dirs(opt):
+        if opt.get('rank', 0) == 0:
+            check_not_in_use(opt['path']['results_root'], f'the results folder of option name={opt["name"]!r}')
+        saved['make_exp_dirs'](opt)
+
+    bt.parse_options, bt.make_exp_dirs = parse_options, make_exp_dirs
+    try:
+        bt.test_pipeline(root_path)
+    finally:
+        for name, value in saved.items():
+            setattr(bt, name, value)
+
+
 __all__ = [
-    'LOCK_NAME', 'FolderLock', 'RunGuard', 'RunLockedError', 'check_output_folder', 'guarded_train_pipeline',
-    'is_writable', 'output_folders', 'removable_tree', 'startup_leftover'
+    'LOCK_NAME', 'FolderLock', 'RunGuard', 'RunLockedError', 'check_not_in_use', 'check_output_folder',
+    'guarded_test_pipeline', 'guarded_train_pipeline', 'held_locks_under', 'is_writable', 'output_folders',
+    'removable_tree', 'startup_leftover'
 ]

@@ -160,6 +160,7 @@ def test_lmdb_of_a_tiny_noisy_set(tmp_path):
         'lq': rng.random((4, 5, 3)),
         'gt': rng.random((12, 15, 3))
     } for i in range(3)])
+    writer.finalize()
     make_distilled_lmdb(root)
     item = build_dataset(make_opt(root, scale=3, io_backend={'type': 'lmdb'}))[2]
     assert np.array_equal(to_hwc(item['gt']), load_pair(root, 'n2')[1])

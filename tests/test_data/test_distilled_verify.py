@@ -353,3 +353,48 @@ def test_unknown_verify_value_is_refused(clean_root):
         DistilledPairedDataset(_opt(clean_root, verify='fast'))
     assert DistilledPairedDataset(_opt(clean_root, verify=None)).verify == 'quick'
     assert 'verify=full' in repr(DistilledPairedDataset(_opt(clean_root, verify='full')))
+
+
+def test_incomplete_set_is_refused_unless_allowed_and_reported(root, capsys):
+    _writer(root).write_unit('c', _pairs('c', 5, 1))  # a run that goes on and is interrupted before it finishes
+    manifest_path = osp.join(root, 'distill.json')
+    assert read_manifest(root)['complete'] is False
+    for verify in ('quick', 'full'):
+        with pytest.raises(ValueError) as err:
+            DistilledPairedDataset(_opt(root, verify=verify))
+        assert f'{manifest_path} is not complete' in str(err.value) and 'allow_incomplete: true' in str(err.value)
+        assert '3 unit(s) finished, 5 pair(s)' in str(err.value)
+    with pytest.raises(ValueError, match='allow_incomplete must be true or false'):
+        DistilledPairedDataset(_opt(root, allow_incomplete='yes'))
+    with basicsr_log(logging.WARNING) as log:
+        assert len(DistilledPairedDataset(_opt(root, allow_incomplete=True))) == 5
+    assert f'{manifest_path} is not complete' in log.getvalue()
+
+    script = _script()
+    assert script.main([root]) == 3
+    out = capsys.readouterr().out
+    assert f'INCOMPLETE {manifest_path} is not complete' in out and 'intact, INCOMPLETE' in out and 'BAD' not in out
+    _flip_middle(pair_paths(root, 'c0')['hr'])  # damage and incomplete: damage wins the exit status
+    assert script.main([root]) == 1
+    assert 'INCOMPLETE' in capsys.readouterr().out
+
+    writer = _writer(root)
+    writer.write_unit('c', _pairs('c', 5, 1))  # the rerun rewrites the damaged unit and finishes
+    writer.finalize()
+    assert script.main([root]) == 0
+    assert 'INCOMPLETE' not in capsys.readouterr().out
+    assert len(DistilledPairedDataset(_opt(root))) == 5
+
+
+def test_manifest_scale_that_disagrees_with_the_files(root, capsys):
+    manifest = read_manifest(root)
+    manifest['scale'] = 4  # the pairs are x2: HR 40x48, LR 20x24
+    ds._write_json_atomic(osp.join(root, 'distill.json'), manifest)
+    assert _script().main([root]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD {osp.join(root, 'distill.json')}: pair 'a0': its HR (40, 48) is not scale (4) x its LR (20, 24) " \
+           '(x2)' in out
+    assert 'NOT intact' in out
+    for scale in (2, 4):  # the training start names the disagreement, not a scale mismatch with the option
+        with pytest.raises(ValueError, match=r'is not scale \(4\) x its LR'):
+            DistilledPairedDataset(_opt(root, scale=scale))

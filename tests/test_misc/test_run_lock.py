@@ -65,6 +65,16 @@ def wait_for(proc, condition, what):
         time.sleep(0.002)
 
 
+def hold_lock(folder):
+    """A child process holding :class:`FolderLock` on ``folder`` until killed."""
+    code = ('import sys; from basicsr_distill.utils.run_lock import FolderLock; '
+            f'FolderLock({folder!r}, "x").acquire(); print("locked", flush=True); sys.stdin.read()')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    holder = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert holder.stdout.readline().strip() == b'locked'
+    return holder
+
+
 def lock_files(folder):
     return [f for f in listing(folder) if osp.basename(f) == LOCK_NAME]
 
@@ -83,12 +93,8 @@ def idc(tmp_path, **changes):
 # ------------------------------------------------------------------------------------------------ the lock
 def test_folder_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     folder = str(tmp_path / 'out')
-    code = ('import sys; from basicsr_distill.utils.run_lock import FolderLock; '
-            f'FolderLock({folder!r}, "x").acquire(); print("locked", flush=True); sys.stdin.read()')
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    holder = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    holder = hold_lock(folder)
     try:
-        assert holder.stdout.readline().strip() == b'locked'
         with pytest.raises(RunLockedError) as err:
             FolderLock(folder, 'option path.distilled_root', 'Pick another one.').acquire()
         text = str(err.value)
@@ -257,3 +263,95 @@ def test_an_output_folder_that_fails_mid_run_is_named_and_nothing_written_is_los
     finally:
         stop(proc)
     assert_complete(cwd)
+
+
+# ------------------------------------------------------------------------------------------------ experiment name
+@pytest.mark.parametrize('name', ['..', '.', 'a/b', '/tmp/elsewhere', '', 'a\tb', 5])
+@pytest.mark.parametrize('forced', [False, True])
+def test_an_experiment_name_that_is_not_one_plain_folder_is_refused_before_anything_moves(
+        tmp_path, monkeypatch, name, forced):
+    cwd = str(tmp_path / 'repo')
+    os.makedirs(osp.join(cwd, 'experiments', 'kept'))
+    pathlib.Path(cwd, 'mine.txt').write_text('the user\'s')
+    opt = idc(tmp_path)
+    extra = []
+    if forced:  # --force_yml name=<value>, as the issue found it (BasicSR applies it after reading the file)
+        extra = ['--force_yml', f'name={name}']
+    else:
+        opt['name'] = name
+    path = write_option_file(opt, pathlib.Path(cwd, 'opt.yml'))
+    before = listing(str(tmp_path))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, 'argv', ['basicsr_distill/train.py', '-opt', path, *extra])
+    with pytest.raises(ValueError, match=r'option name=.* the experiment name must be one plain folder name'):
+        run_lock.guarded_train_pipeline(cwd)
+    assert listing(str(tmp_path)) == before  # the repository, experiments/ and the files in them stay where they were
+    assert sorted(os.listdir(tmp_path)) == ['data', 'repo']
+
+
+def test_a_test_run_name_is_checked_and_a_live_runs_folder_is_never_archived(tmp_path, monkeypatch):
+    cwd = str(tmp_path / 'repo')
+    opt = {
+        'name': '..',
+        'model_type': 'SRModel',
+        'scale': 4,
+        'num_gpu': 0,
+        'datasets': {
+            'test_1': {
+                'name': 'x',
+                'type': 'PairedImageDataset',
+                'dataroot_gt': 'gt',
+                'dataroot_lq': 'lq',
+                'io_backend': {
+                    'type': 'disk'
+                }
+            }
+        },
+        'network_g': {
+            'type': 'MSRResNet',
+            'num_feat': 8,
+            'num_block': 1,
+            'upscale': 4
+        },
+        'path': {
+            'pretrain_network_g': None
+        },
+        'val': {
+            'save_img': False
+        }
+    }
+    os.makedirs(cwd)
+    path = write_option_file(opt, pathlib.Path(cwd, 'test.yml'))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, 'argv', ['basicsr_distill/test.py', '-opt', path])
+    with pytest.raises(ValueError, match=r"option name='\.\.' names the current or the parent folder"):
+        run_lock.guarded_test_pipeline(cwd)
+    assert os.listdir(tmp_path) == ['repo'] and os.listdir(cwd) == ['test.yml']
+    # results/<name> holding the distilled_root of a live run: BasicSR would archive it under the run's feet
+    live = osp.join(cwd, 'results', 'bench', 'distilled')
+    holder = hold_lock(live)
+    try:
+        monkeypatch.setattr(sys, 'argv', ['basicsr_distill/test.py', '-opt', path, '--force_yml', 'name=bench'])
+        with pytest.raises(RunLockedError, match=f'a live run writes inside it: process {holder.pid} on host'):
+            run_lock.guarded_test_pipeline(cwd)
+        assert os.listdir(osp.join(cwd, 'results')) == ['bench'] and os.listdir(live) == [LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_experiment_folder_holding_a_live_runs_folder_is_never_archived(tmp_path, monkeypatch):
+    cwd = str(tmp_path / 'run')
+    live = osp.join(cwd, 'experiments', 'idc_kill', 'other_distilled')  # another run's path.distilled_root
+    holder = hold_lock(live)
+    try:
+        with pytest.raises(RunLockedError, match=f'a live run writes inside it: process {holder.pid} on host'):
+            run_in_process(idc(tmp_path), cwd, monkeypatch)
+        assert os.listdir(osp.join(cwd, 'experiments')) == ['idc_kill']  # not archived
+        assert os.listdir(osp.join(cwd, 'experiments', 'idc_kill')) == ['other_distilled']  # our lock file removed
+        assert os.listdir(live) == [LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its stale lock file no longer stops the archive
+    assert run_lock.held_locks_under(osp.join(cwd, 'experiments')) == []
