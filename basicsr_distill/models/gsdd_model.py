@@ -30,6 +30,7 @@ from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
 from basicsr_distill.ops.latent_dm import backprop_in_chunks, embed_in_chunks, objective_and_feature_grad
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.utils.feature_tap import FeatureTap
+from basicsr_distill.utils.amp import MixedPrecision
 from basicsr_distill.utils.options import merge_options
 
 #: Defaults of the ``distill`` section (paper: lambda = 0.1, Adam (0.9, 0.999), lr 1e-3, IPC 100, 500k iterations).
@@ -41,6 +42,7 @@ GSDD_DEFAULTS = {
     'chunk_size': 8,  # latents per forward / backward pass (memory bound)
     'clamp_latents': True,  # keep z in [0, 1] (G's input is an LR image for SR generators)
     'pair_crop_candidates': 1,  # M: x_k = the lowest-PSNR_bic of M uniform crops of its image (1: the paper's crop)
+    'amp': 'off',  # G's passes in the steps under autocast: 'off', 'bf16' or 'fp16' (CUDA; grad scaler), utils/amp.py
     'optim': {
         'type': 'Adam',
         'lr': 1e-3,
@@ -114,6 +116,7 @@ class GSDDModel(DistillBaseModel):
         if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
             raise ValueError(
                 f'distill.pair_crop_candidates must be an integer >= 1, got {cfg["pair_crop_candidates"]!r}')
+        self.amp = MixedPrecision(cfg['amp'], self.device)  # ValueError naming distill.amp (fp16 on a CPU)
         self.net_g = self.build_frozen_network('g')
         self.check_network_scale(self.net_g, 'g')
         self.tap_f = None
@@ -238,7 +241,7 @@ class GSDDModel(DistillBaseModel):
         feat_pair = embed_in_chunks(lambda x: self._embed(x, params), unit.x_pair, chunk)
 
         def render_embed(z):
-            return self._embed(self.generate(z), params)
+            return self._embed(self.amp.forward(self.generate, z), params)  # G under distill.amp, float32 out
 
         feat_syn = embed_in_chunks(render_embed, unit.z, chunk)
 
@@ -250,8 +253,9 @@ class GSDDModel(DistillBaseModel):
         where = where or f'GSDD class {unit.index + 1} of {self.source.num_classes} ({unit.name})'
         self.check_finite(losses, where)  # before the chunked backward: z keeps its last finite values
         if accumulate:
-            backprop_in_chunks(render_embed, unit.z, feat_grad, chunk)
-            self.check_finite(losses, where, [unit.z])
+            backprop_in_chunks(render_embed, unit.z, self.amp.scale(feat_grad), chunk)  # fp16: scaled
+            if self.amp.unscale([unit.optimizer]):  # fp16 overflow: the scaler skips the step
+                self.check_finite(losses, where, [unit.z])
         return losses
 
     # ------------------------------------------------------------------------------------------ units
@@ -332,7 +336,8 @@ class GSDDModel(DistillBaseModel):
         where = (f'GSDD class {unit.index + 1} of {self.source.num_classes} ({unit.name}), iteration {current_iter} '
                  f'(step {step} of {self.T})')
         self.log_dict = self.gsdd_step_losses(unit, real, params, where=where)
-        unit.optimizer.step()
+        self.amp.step(unit.optimizer)
+        self.amp.update()
         if cfg['clamp_latents']:
             with torch.no_grad():
                 unit.z.clamp_(0, 1)

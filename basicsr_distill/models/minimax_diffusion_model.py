@@ -58,6 +58,7 @@ from basicsr_distill.models.minimax_parts import (SAMPLERS, MinimaxClassUnit, Mi
 from basicsr_distill.utils.checkpoint import read_checkpoint
 from basicsr_distill.utils.ema import EMA
 from basicsr_distill.utils.file_io import torch_save_atomic
+from basicsr_distill.utils.amp import MixedPrecision
 from basicsr_distill.utils.options import merge_options
 
 #: Defaults of the ``distill`` section (paper / Minimax Diffusion: lambdas 0.002 / 0.008 / 1, AdamW lr 1e-3,
@@ -79,6 +80,7 @@ MINIMAX_DEFAULTS = {
         'subfolder': 'auto'
     },
     'label_offset': 0,
+    'amp': 'off',  # the DiT / VAE passes under autocast: 'off', 'bf16' or 'fp16' (CUDA; grad scaler), utils/amp.py
     'finetune': {
         'iters': 1000,
         'batch_size': 8,
@@ -155,6 +157,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
                              f'distill.finetune.iters={self.F} + {classes} = {needed}')
         self.log_idle_iterations(needed)
         tiny_dit = dict(TINY_DIT_CONFIG, num_embeds_ada_norm=self.k + int(cfg['label_offset']))
+        self.amp = MixedPrecision(cfg['amp'], self.device)  # ValueError naming distill.amp (fp16 on a CPU)
         self.dit = _build(cfg['dit'], build_dit, tiny_dit, 'distill.dit', self.seed).to(self.device)
         self.vae = _build(cfg['vae'], build_vae, TINY_VAE_CONFIG, 'distill.vae', self.seed + 1).to(self.device).eval()
         self.vae.requires_grad_(False)
@@ -313,8 +316,9 @@ class MinimaxDiffusionModel(DistillBaseModel):
         patches = torch.from_numpy(self.store.read(indices)).to(self.device)
         img = patches.permute(0, 3, 1, 2).float() / 255.
         img = torch.where(flips.to(self.device).view(-1, 1, 1, 1), img.flip(-1), img)
-        dist = self.vae.encode(img * 2 - 1).latent_dist
-        z = dist.mean + dist.std * posterior_noise.to(device=self.device, dtype=dist.mean.dtype)
+        with self.amp.autocast():
+            dist = self.vae.encode(img * 2 - 1).latent_dist
+        z = dist.mean.float() + dist.std.float() * posterior_noise.to(device=self.device, dtype=torch.float32)
         return z * self.vae.config.scaling_factor
 
     def _start_stage2(self, resumed=None):
@@ -385,7 +389,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
         per = z0.shape[0] // self.world_size
         part = slice(self.rank * per, (self.rank + 1) * per)
         dit = self.dit if self.dit_ddp is None else self.dit_ddp
-        out = dit(z_t[part], timestep=t[part], class_labels=dit_labels[part].to(self.device)).sample
+        out = self.amp.forward(dit, z_t[part], timestep=t[part], class_labels=dit_labels[part].to(self.device)).sample
         eps = out[:, :z0.shape[1]]  # learned-sigma DiTs return 2C channels: the first C are epsilon
         l_simple = F.mse_loss(eps, noise[part])
         own_x0 = predict_x0_from_eps(z_t[part], eps, self.train_scheduler.alphas_cumprod, t[part])
@@ -399,7 +403,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
         lo, hi = ft['sr_timesteps']
         chosen = ((t_cpu[part] >= lo) & (t_cpu[part] < hi)).nonzero().flatten()
         if ft['lambda_sr'] > 0 and len(chosen):
-            decoded = vae_decode(self.vae, own_x0[chosen.to(self.device)])  # the paper's gradient path (Eq. 5)
+            decoded = self.amp.forward(vae_decode, self.vae, own_x0[chosen.to(self.device)])  # gradient path, Eq. 5
             l_sr = sr_loss(decoded, self.scale) * (len(chosen) / per)
         else:
             l_sr = l_simple.new_zeros(())
@@ -449,9 +453,11 @@ class MinimaxDiffusionModel(DistillBaseModel):
         losses, pred_x0, objective = self.finetune_losses(z0, labels, st.generator)
         where = f'Minimax-SR stage 2 (fine-tuning), iteration {step + 1} (step {step} of {self.F})'
         self.check_finite(losses, where)  # before backward / step: the DiffFit tensors and EMA keep their values
-        objective.backward()
-        self.check_finite(losses, where, st.optimizer.param_groups[0]['params'])
-        st.optimizer.step()
+        self.amp.scale(objective).backward()  # distill.amp fp16: scaled, unscaled below
+        if self.amp.unscale([st.optimizer]):  # fp16 overflow: the scaler skips the step
+            self.check_finite(losses, where, st.optimizer.param_groups[0]['params'])
+        self.amp.step(st.optimizer)
+        self.amp.update()
         st.ema.update()
         st.real_mem.push(labels, z0.flatten(1))  # after the loss, as the reference
         st.syn_mem.push(labels, pred_x0.flatten(1))
@@ -500,11 +506,12 @@ class MinimaxDiffusionModel(DistillBaseModel):
             scheduler.set_timesteps(int(smp['steps']))
             for t in scheduler.timesteps:
                 z_in = scheduler.scale_model_input(torch.cat([z, z]), t)
-                out = self.dit(z_in, timestep=t.expand(2).to(self.device), class_labels=labels).sample[:, :channels]
+                out = self.amp.forward(
+                    self.dit, z_in, timestep=t.expand(2).to(self.device), class_labels=labels).sample[:, :channels]
                 eps_c, eps_u = out.chunk(2)
                 eps = eps_u + smp['guidance_scale'] * (eps_c - eps_u)
                 z = scheduler.step(eps, t, z, generator=gen).prev_sample
-            images.append(vae_decode(self.vae, z).clamp(0, 1))
+            images.append(self.amp.forward(vae_decode, self.vae, z).clamp(0, 1))
             seeds.append(seed)
         return torch.cat(images), seeds
 
