@@ -10,8 +10,8 @@ from collections import OrderedDict
 from conftest import REPO, data_path, write_option_file
 
 from basicsr_distill.models.idc_model import IDCModel
-from basicsr_distill.utils.options import (apply_forced_seed, build_model_from_options, check_option_type, forced_seed,
-                                           merge_options, read_option_file)
+from basicsr_distill.utils.options import (apply_forced_seed, build_model_from_options, check_experiment_name,
+                                           check_option_type, forced_seed, merge_options, read_option_file)
 
 
 class Recorder:
@@ -241,3 +241,27 @@ def test_apply_forced_seed_leaves_the_rng_alone_without_a_forced_seed():
     assert apply_forced_seed({'manual_seed': 9, 'rank': 0}, ['name=x']) is None
     assert apply_forced_seed({'manual_seed': 9, 'rank': 0}, None) is None
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize('name', ['idc_div2k', 'debug_idc', 'IDC x4 (r=0.1)', 'a..b', '.hidden', 'é'])
+def test_check_experiment_name_accepts_one_plain_folder_name(name):
+    assert check_experiment_name(name) == name
+
+
+@pytest.mark.parametrize('name, problem', [
+    ('..', 'names the current or the parent folder'),
+    ('.', 'names the current or the parent folder'),
+    ('experiments/x', 'holds a path separator'),
+    ('/home/me', 'holds a path separator'),
+    ('', 'is empty'),
+    ('  ', 'is empty'),
+    (' idc', 'starts or ends with white space'),
+    ('a\nb', 'holds a control character'),
+    (None, 'is of type NoneType, not a string'),
+    (3, 'is of type int, not a string'),
+])
+def test_check_experiment_name_refuses_anything_else_naming_the_option(name, problem):
+    with pytest.raises(ValueError) as err:
+        check_experiment_name(name)
+    assert str(err.value).startswith(f'option name={name!r} {problem}: the experiment name must be one plain folder')
+    assert str(err.value).endswith('Nothing was created or moved.')
