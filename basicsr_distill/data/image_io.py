@@ -117,14 +117,31 @@ def verify_image(path):
         tuple[int, int]: (H, W) from the header.
 
     Raises:
-        ValueError: naming the file if it is not an image, or a truncated or corrupt PNG. (A file PIL cannot parse
-            or verify is decoded with :func:`read_rgb` instead, which decides.)
+        ValueError: naming the file if it is not an image, a truncated or corrupt PNG, or a TIFF of float, signed
+            or 32-bit samples (refused by :func:`read_rgb`; found from the header). (A file PIL cannot parse or
+            verify is decoded with :func:`read_rgb` instead, which decides.)
     """
     try:
         with Image.open(path) as img:
             w, h = img.size
             if img.format == 'PNG':
                 img.verify()
-        return h, w
+            sample_type = _tiff_sample_type(img) if img.format == 'TIFF' else None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return read_rgb(path).shape[:2]  # PIL cannot parse or verify it: OpenCV decides (raises naming the file)
+    if sample_type is not None:  # as read_rgb refuses it, from the header
+        raise ValueError(f'image {path} has {sample_type} samples; only 8-bit and 16-bit images are supported')
+    return h, w
+
+
+def _tiff_sample_type(img):
+    """The sample type of a TIFF that :func:`read_rgb` refuses (e.g. ``'float32'``, ``'int16'``), from its header
+    (tags SampleFormat and BitsPerSample), or None for unsigned samples of at most 16 bits."""
+    tags = img.tag_v2
+    formats, bits = tags.get(339, (1, )), tags.get(258, (8, ))
+    formats = formats if isinstance(formats, tuple) else (formats, )
+    bits = bits if isinstance(bits, tuple) else (bits, )
+    kind = {1: 'uint', 2: 'int', 3: 'float'}.get(max(formats), 'unknown')
+    if kind != 'uint' or max(bits) > 16:
+        return f'{kind}{max(bits)}'
+    return None

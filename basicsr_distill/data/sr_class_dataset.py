@@ -22,6 +22,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
 from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
 from basicsr_distill.ops.clustering import seeded_kmeans, standardize
+from basicsr_distill.utils.options import check_dataset_keys
 
 PSEUDO_LABEL_FEATURES = ('color_gradient', )
 PSEUDO_LABEL_KEYS = ('num_classes', 'seed', 'feature', 'crop')
@@ -150,14 +151,19 @@ class SRClassFolderDataset(data.Dataset):
     Raises:
         FileNotFoundError: ``dataroot_gt`` missing, or a class folder (or the flat folder) without images; the
             message names the folder.
-        ValueError: Invalid option (gt_size, classes naming an unknown or repeated class, pseudo_labels), a class
+        ValueError: Invalid option (gt_size, classes naming an unknown or repeated class, pseudo_labels, a key
+            other than those above and BasicSR's own, named ``datasets.<phase>.<key>``), a class
             with fewer than ``min_images_per_class`` images of at least gt_size x gt_size (names the folder), or
             an image that cannot be decoded (names the file).
     """
 
+    #: The keys this dataset reads (besides BasicSR's own, ``utils.options.BASICSR_DATASET_KEYS``); others are refused.
+    OPTION_KEYS = ('dataroot_gt', 'gt_size', 'classes', 'min_images_per_class', 'pseudo_labels', 'cache_mb', 'seed')
+
     def __init__(self, opt):
         super().__init__()
         self.opt = opt
+        check_dataset_keys(opt, self.OPTION_KEYS, type(self).__name__)
         logger = get_root_logger()
         self.scale = int(opt.get('scale') or 1)
         gt_size = opt.get('gt_size')

@@ -1,11 +1,14 @@
 """Training images as instances: every HR image is one unit of work of instance-level distillation (IDC)."""
+import numpy as np
 import os.path as osp
 import torch
 from torch.utils import data as data
 
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
 from basicsr_distill.data.image_io import list_images, read_rgb, verify_image
 from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, lr_patch_grid, modcrop
+from basicsr_distill.utils.options import check_dataset_keys
 
 
 @DATASET_REGISTRY.register()
@@ -23,20 +26,30 @@ class SRInstanceDataset(data.Dataset):
         scale (int): injected by BasicSR from the top-level ``scale``.
         gt_size (int): HR patch size; the LR patch is gt_size / scale. Must be a multiple of scale.
         stride (int): HR stride between patches (multiple of scale). Default: gt_size // 2.
-        min_patches (int): images giving fewer patches are skipped (logged). Default: 1.
+
+    Other keys than these and BasicSR's own (``name``, ``io_backend``, ``batch_size_per_gpu``, ...) are refused
+    (a misspelt ``dataroot_gtt`` would otherwise be ignored).
 
     Every image is checked when the dataset is built (:func:`~basicsr_distill.data.sr_patches.verify_image`: the
     header, and PNGs walked to their end without decoding), so a file that is not an image or a truncated PNG stops
-    the run before any instance is computed; a truncated JPEG is found when its instance is decoded.
+    the run before any instance is computed; a truncated JPEG is found when its instance is decoded. Images smaller
+    than one ``gt_size`` patch (after the crop to a multiple of the scale, e.g. 1x1, 4x4 or 7x300) are listed in one
+    warning when the dataset is built; :meth:`load_instance` gives them no patch (never resized), and IDC records
+    them as empty units.
 
     Raises:
         FileNotFoundError: empty or missing folder (named).
-        ValueError: gt_size / stride not multiples of scale, an image that cannot be read (named).
+        ValueError: gt_size / stride not multiples of scale, an image that cannot be read (named), an unknown key
+            (named, ``datasets.<phase>.<key>``).
     """
+
+    #: The keys this dataset reads (besides BasicSR's own, ``utils.options.BASICSR_DATASET_KEYS``).
+    OPTION_KEYS = ('dataroot_gt', 'meta_info_file', 'gt_size', 'stride')
 
     def __init__(self, opt):
         super().__init__()
         self.opt = opt
+        check_dataset_keys(opt, self.OPTION_KEYS, type(self).__name__)
         self.scale = int(opt['scale'])
         self.gt_size = int(opt['gt_size'])
         self.stride = int(opt.get('stride', self.gt_size // 2))
@@ -49,6 +62,12 @@ class SRInstanceDataset(data.Dataset):
         self.names = [osp.splitext(osp.basename(p))[0] for p in self.paths]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f'image names in {opt["dataroot_gt"]} are not unique without extension')
+        small = [(p, hw) for i, (p, hw) in enumerate(zip(self.paths, self.hr_shapes)) if not self.num_patches(i)]
+        if small:
+            shown = ', '.join(f'{osp.basename(p)} {hw}' for p, hw in small[:10]) + (', ...' if len(small) > 10 else '')
+            get_root_logger().warning(f'SRInstanceDataset: {len(small)} image(s) of {opt["dataroot_gt"]} smaller than '
+                                      f'one {self.gt_size}x{self.gt_size} patch give no pair (recorded as empty '
+                                      f'units): {shown}')
 
     @property
     def num_instances(self):
@@ -81,7 +100,11 @@ class SRInstanceDataset(data.Dataset):
         path = self.paths[index]
         img = read_rgb(path)
         hr = modcrop(img, self.scale)
-        lr = bicubic_lr(hr, self.scale)
+        ys, xs = lr_patch_grid(hr.shape[0] // self.scale, hr.shape[1] // self.scale, self.scale, self.gt_size,
+                               self.stride)
+        # no patch: never resized (BasicSR's imresize fails on sides under a few pixels, e.g. 1x1, 4x4, 7x300)
+        lr = bicubic_lr(hr, self.scale) if ys and xs else np.zeros(
+            (hr.shape[0] // self.scale, hr.shape[1] // self.scale, 3), np.float32)
         gt, lq, coords = cut_patch_pairs(hr, lr, self.scale, self.gt_size, self.stride)
         return {
             'lq': torch.from_numpy(lq).permute(0, 3, 1, 2).contiguous(),

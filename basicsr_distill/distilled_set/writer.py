@@ -70,7 +70,9 @@ class DistilledSetWriter():
 
     Raises:
         ValueError: Invalid arguments, or (resume) the existing manifest belongs to another run (method, scale,
-            size_control or options_hash differ); the message names distill.json (or the shard of another run).
+            size_control or options_hash differ) and holds a finished unit, a pair, a shard or a pair file; the
+            message names distill.json (or the shard of another run). A record of another run that holds nothing
+            (it stopped before its first unit) is replaced, with a warning.
         FileExistsError: ``resume=False`` and the folder already holds a manifest, or the folder holds images or
             shards but no manifest. Nothing is ever deleted.
         FileNotFoundError: (``shard=k``) rank 0 has not created ``distill.json`` yet.
@@ -137,7 +139,7 @@ class DistilledSetWriter():
 
         if shard is not None:
             self._open_shard(new, int(shard))
-        elif osp.exists(self.manifest_path):
+        elif osp.exists(self.manifest_path) and not (resume and self._replaces_empty_record(new, logger)):
             if not resume:
                 raise FileExistsError(f'{self.manifest_path} already exists (resume=False): pick another output '
                                       'folder, or resume the run. Nothing was changed.')
@@ -200,7 +202,29 @@ class DistilledSetWriter():
         }
 
     # ------------------------------------------------------------------------------------------------------------
-    def _check_same_run(self, old, new, path=None):
+    def _replaces_empty_record(self, new, logger):
+        """Whether ``distill.json`` records another run but holds nothing: no finished unit, no pair, no shard and no
+        file in ``hr/``, ``lr/``, ``lr_float/`` (a run that stopped before its first unit, e.g. on an option that
+        torch refused). Such a record protects nothing: it is replaced by this run's (logged), so that the rerun
+        with the option fixed is not refused as another run's. A record that cannot be read is left to the usual
+        checks."""
+        try:
+            old = read_manifest(self.root)
+        except (OSError, ValueError):
+            return False
+        diffs = self._run_diffs(old, new)
+        if not diffs or old.get('units_finished') or old.get('pairs') or pending_shards(self.root):
+            return False
+        for sub in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
+            folder = osp.join(self.root, sub)
+            if osp.isdir(folder) and any(not v.startswith('.') for v in os.listdir(folder)):
+                return False
+        logger.warning(f'{self.manifest_path} records another run ({"; ".join(diffs)}) but holds no finished unit '
+                       'and no pair (that run stopped before its first unit): replaced by this run\'s record.')
+        return True
+
+    def _run_diffs(self, old, new):
+        """What makes the record ``old`` another run than ``new`` (method, scale, size_control, options), as text."""
         diffs = []
         for key in ('method', 'scale', 'size_control'):
             if old.get(key) != new[key]:
@@ -208,6 +232,10 @@ class DistilledSetWriter():
         if old.get('options_hash') != new['options_hash']:
             changed = _diff_paths(to_jsonable(old.get('options', {})), new['options']) if 'options' in old else []
             diffs.append(f'options_hash differs (changed options: {", ".join(changed) or "unknown"})')
+        return diffs
+
+    def _check_same_run(self, old, new, path=None):
+        diffs = self._run_diffs(old, new)
         if diffs:
             raise ValueError(f'{path or self.manifest_path} belongs to another run: ' + '; '.join(diffs) +
                              '. Pick another output folder for this run (or restore the original options to resume).')

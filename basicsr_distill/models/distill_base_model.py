@@ -29,7 +29,7 @@ from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.models.distill_units import check_finite, locate, locate_group, to_cpu, unit_generator
 from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.file_io import torch_save_atomic
-from basicsr_distill.utils.options import merge_options  # noqa: F401  (re-exported: moved there)
+from basicsr_distill.utils.options import check_path_keys, merge_options  # noqa: F401  (merge_options: re-exported)
 
 
 class DistillBaseModel(BaseModel):
@@ -50,12 +50,15 @@ class DistillBaseModel(BaseModel):
             ``--launcher pytorch``).
 
     Raises:
-        ValueError: (several processes) ``num_gpu`` does not fit the process group: CUDA asked for
+        ValueError: A ``path`` key that looks like BasicSR's but that nothing reads (``pretrain_network_<net>``
+            without ``network_<net>``, see ``utils.options.check_path_keys``); (several processes) ``num_gpu`` does
+            not fit the process group: CUDA asked for
             (``num_gpu`` != 0) where it is unavailable, ``num_gpu: 0`` (CPU) under the ``nccl`` backend, or more
             processes on a node than GPUs.
     """
 
     def __init__(self, opt):
+        check_path_keys(opt)  # a misspelt path.pretrain_network_<net> would be ignored by BasicSR
         super().__init__(opt)
         self.logger = get_root_logger()
         self.log_dict = OrderedDict()

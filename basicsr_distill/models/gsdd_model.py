@@ -31,7 +31,7 @@ from basicsr_distill.ops.latent_dm import backprop_in_chunks, embed_in_chunks, o
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
 from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.amp import MixedPrecision
-from basicsr_distill.utils.options import merge_options
+from basicsr_distill.utils.options import check_optimizer, check_ranges, merge_options
 
 #: Defaults of the ``distill`` section (paper: lambda = 0.1, Adam (0.9, 0.999), lr 1e-3, IPC 100, 500k iterations).
 GSDD_DEFAULTS = {
@@ -60,6 +60,20 @@ GSDD_DEFAULTS = {
         'w_pix': 1.0,
         'feature_layer': None
     },
+}
+
+#: Ranges of the counts and weights of :data:`GSDD_DEFAULTS` (``utils.options.check_ranges``; ``ipc`` and ``lam``
+#: have messages of their own), checked when the model is built.
+GSDD_RANGES = {
+    'iters_per_class': '>= 1',
+    'batch_real': '>= 1',
+    'chunk_size': '>= 1',
+    'pair_crop_candidates': '>= 1',
+    'extractor.num_feat': '>= 1',
+    'inversion.iters': '>= 0',
+    'inversion.lr': '> 0',
+    'inversion.w_feat': '>= 0',
+    'inversion.w_pix': '>= 0',
 }
 
 
@@ -96,8 +110,9 @@ class GSDDModel(DistillBaseModel):
     ``train.total_iter >= num_classes * distill.iters_per_class``.
 
     Raises:
-        ValueError: unknown ``distill`` keys or values of the wrong type, IPC < 1, lambda outside [0, 1], a too
-            small ``train.total_iter``, D_f requested without ``network_f``.
+        ValueError: unknown ``distill`` keys or values of the wrong type, IPC < 1, lambda outside [0, 1], counts
+            and weights out of range (:data:`GSDD_RANGES`), ``optim`` options that torch would refuse, a too small
+            ``train.total_iter``, D_f requested without ``network_f``.
         FloatingPointError: (``optimize_parameters``) a NaN or infinite loss or gradient; raised before the
             optimiser step, naming the class, the iteration and the loss terms (see ``check_finite``).
     """
@@ -108,6 +123,8 @@ class GSDDModel(DistillBaseModel):
         cfg = self.cfg
         if int(cfg['ipc']) < 1:
             raise ValueError(f'distill.ipc must be >= 1, got {cfg["ipc"]}')
+        check_ranges(cfg, GSDD_RANGES)
+        check_optimizer(cfg['optim'], 'distill.optim')
         if not 0 <= float(cfg['lam']) <= 1:
             raise ValueError(f'distill.lam (lambda) must be in [0, 1], got {cfg["lam"]}')
         if int(cfg['chunk_size']) < 1:

@@ -33,7 +33,7 @@ from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
 from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
 from basicsr_distill.utils.amp import MixedPrecision
 from basicsr_distill.utils.feature_tap import FeatureTap
-from basicsr_distill.utils.options import merge_options
+from basicsr_distill.utils.options import check_optimizer, check_ranges, merge_options
 
 #: Defaults of the ``distill`` section; the paper gives r = 0.1 and 20k iterations per image, the rest is ours.
 IDC_DEFAULTS = {
@@ -74,6 +74,28 @@ IDC_DEFAULTS = {
     'update_lowpass': 0,  # s: each step's change of x_hat averaged over s x s LR cells, bilinear back (0: off)
     'real_side': 'all',  # real patches x_hat is matched to: 'all' of the image's, 'psnr_bic' its lower half by PSNR_bic
     'amp': 'off',  # the teacher's passes under autocast: 'off', 'bf16' or 'fp16' (CUDA; grad scaler), utils/amp.py
+}
+#: Ranges of the counts and weights of :data:`IDC_DEFAULTS` (``utils.options.check_ranges``), checked when the model
+#: is built.
+IDC_RANGES = {
+    'iters_per_instance': '>= 1',
+    'warmup_iters': '>= 0',
+    'assign_iters': '>= 0',
+    'assign_steps': '>= 1',
+    'num_groups': '>= 1',
+    'real_batch_size': '>= 1',
+    'rlff.kernel_size': '>= 1',
+    'rlff.num_channels': '>= 1',
+    'rlff.patch_size': '>= 1',
+    'ncfd.num_freqs': '>= 1',
+    'ncfd.alpha': '[0, 1]',
+    'ncfd.bank_size': '>= 1',
+    'weights.ins': '>= 0',
+    'weights.group': '>= 0',
+    'weights.pair': '>= 0',
+    'instances_per_step': '>= 1',
+    'redraw_every': '>= 0',
+    'update_lowpass': '>= 0',
 }
 REAL_SIDES = ('all', 'psnr_bic')
 PAIR_REMATCH = ('assignment', 'round', 'step')
@@ -210,8 +232,10 @@ class IDCModel(DistillBaseModel):
     ``train.total_iter >= num_images * distill.iters_per_instance``.
 
     Raises:
-        ValueError: unknown ``distill`` keys or values of the wrong type, r outside (0, 1], a too small
-            ``train.total_iter``, a bad schedule.
+        ValueError: unknown ``distill`` keys or values of the wrong type, r outside (0, 1], counts and weights out
+            of range (:data:`IDC_RANGES`, e.g. a negative ``warmup_iters``), ``optim`` options that torch would
+            refuse (a ``lr`` <= 0, ``betas`` not a pair in [0, 1)), a too small ``train.total_iter``, a bad
+            schedule.
         FloatingPointError: (``optimize_parameters``) a NaN or infinite loss or gradient; raised before the
             optimiser step, naming the instance, the iteration and the loss terms (see ``check_finite``).
     """
@@ -260,6 +284,8 @@ class IDCModel(DistillBaseModel):
 
     def _check_options(self):
         cfg = self.cfg
+        check_ranges(cfg, IDC_RANGES)
+        check_optimizer(cfg['optim'], 'distill.optim')
         if not 0 < float(cfg['ratio']) <= 1:
             raise ValueError(f'distill.ratio (r) must be in (0, 1], got {cfg["ratio"]}')
         if cfg['init'] not in INIT_MODES:

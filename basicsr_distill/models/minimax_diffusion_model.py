@@ -59,7 +59,7 @@ from basicsr_distill.utils.checkpoint import read_checkpoint
 from basicsr_distill.utils.ema import EMA
 from basicsr_distill.utils.file_io import torch_save_atomic
 from basicsr_distill.utils.amp import MixedPrecision
-from basicsr_distill.utils.options import merge_options
+from basicsr_distill.utils.options import check_optimizer, check_ranges, merge_options
 
 #: Defaults of the ``distill`` section (paper / Minimax Diffusion: lambdas 0.002 / 0.008 / 1, AdamW lr 1e-3,
 #: EMA 0.9999, memories of 64, random horizontal flips, guidance 4.0 with 50 steps). ``finetune.sr_timesteps``
@@ -104,6 +104,18 @@ MINIMAX_DEFAULTS = {
         'scheduler': 'DDIMScheduler',
         'seed': 0
     },
+}
+
+#: Ranges of the stage-2 values of ``distill.finetune`` (``utils.options.check_ranges``; the counts are checked in
+#: ``_check_options``), checked when the model is built.
+MINIMAX_FINETUNE_RANGES = {
+    'lr': '> 0',
+    'weight_decay': '>= 0',
+    'ema_decay': '[0, 1]',
+    'lambda_r': '>= 0',
+    'lambda_d': '>= 0',
+    'lambda_sr': '>= 0',
+    'label_dropout': '[0, 1]',
 }
 
 
@@ -212,6 +224,9 @@ class MinimaxDiffusionModel(DistillBaseModel):
                                   1), ('label_offset', cfg['label_offset'], 0)):
             if value < low:
                 raise ValueError(f'option distill.{name} must be >= {low}, got {value}')
+        check_ranges(cfg, {f'finetune.{k}': v for k, v in MINIMAX_FINETUNE_RANGES.items()})
+        ft = cfg['finetune']
+        check_optimizer({'type': 'AdamW', 'lr': ft['lr'], 'weight_decay': ft['weight_decay']}, 'distill.finetune')
         lo_hi = cfg['finetune']['sr_timesteps']
         steps = cfg['finetune']['num_train_timesteps']
         if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2
@@ -227,10 +242,26 @@ class MinimaxDiffusionModel(DistillBaseModel):
                              f'of the {self.world_size} processes (each computes an equal slice of the batch)')
 
     def _check_stage1_images(self):
-        """Stage-1 options and images checked before the DiT and VAE are built (cheap: headers, PNG chunks)."""
+        """Stage-1 options and images checked before the DiT and VAE are built (cheap: headers, PNG chunks).
+
+        Images smaller than one ``gt_size`` patch (after the crop to a multiple of the scale) are named in one
+        warning (stage 1 skips them); a folder without any image of one patch is an error naming the folder.
+        """
         opts = stage1_options(self.stage1_opt)
-        for path in list_images(opts['dataroot_gt'], opts['meta_info_file']):
-            verify_image(path)
+        size, scale, small = opts['gt_size'], opts['scale'], []
+        paths = list_images(opts['dataroot_gt'], opts['meta_info_file'])
+        for path in paths:
+            h, w = verify_image(path)
+            if min(h - h % scale, w - w % scale) < size:
+                small.append(f'{osp.basename(path)} {(h, w)}')
+        if len(small) == len(paths):
+            raise ValueError(f'datasets.train.dataroot_gt {opts["dataroot_gt"]}: no image is at least {size}x{size} '
+                             f'pixels (gt_size), so stage 1 has no patch: {", ".join(small[:10])}. Give larger '
+                             'images or a smaller gt_size.')
+        if small:
+            self.logger.warning(f'Minimax-SR stage 1 will skip {len(small)} image(s) of {opts["dataroot_gt"]} smaller '
+                                f'than one {size}x{size} patch: {", ".join(small[:10])}' +
+                                (', ...' if len(small) > 10 else ''))
 
     # ------------------------------------------------------------------------------------------ stage 1
     def stage1(self):

@@ -31,6 +31,8 @@ option file's ``network_up`` if it has one, else its teacher ``network_t``, clam
 The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
 chosen patches are read again to write them.
 """
+import math
+import numbers
 import numpy as np
 import os
 import os.path as osp
@@ -382,6 +384,33 @@ def run_method(method, descriptors, num_pool, num, seed=0, kcenter_start='mean',
     return select_lowest_psnr_bic(descriptors, num), ('psnr_bic', descriptors)
 
 
+def check_out_folder(out, image_folder):
+    """Refuse an output folder that is the training image folder, lies inside it or contains it (the set would be
+    written among the source images, or become part of the pool of a later run).
+
+    Args:
+        out (str): The output folder (``--out``).
+        image_folder (str | None): The pool's ``datasets.train.dataroot_gt``.
+
+    Raises:
+        ValueError: Naming both folders; nothing is written.
+    """
+    if not image_folder:
+        return
+    out_real, images = osp.realpath(out), osp.realpath(image_folder)
+    if out_real == images:
+        how = 'is'
+    elif out_real.startswith(images.rstrip(os.sep) + os.sep):
+        how = 'is inside'
+    elif images.startswith(out_real.rstrip(os.sep) + os.sep):
+        how = 'contains'
+    else:
+        return
+    raise ValueError(f'out (--out) {out} {how} the training image folder {image_folder} (datasets.train.dataroot_gt '
+                     'of the option file): the set would be written among the source images. Pick another output '
+                     'folder. Nothing was written.')
+
+
 def select_subset(opt,
                   out,
                   method='random',
@@ -431,7 +460,9 @@ def select_subset(opt,
         script prints as JSON).
 
     Raises:
-        ValueError: Not exactly one size given, an unknown method, n not an int in [1, P], the teacher missing for
+        ValueError: Not exactly one size given, an unknown method, ``ratio`` not in (0, 1], ``out`` equal to, inside
+            or containing the pool's image folder (:func:`check_out_folder`; before anything is written), n not an
+            int in [1, P], the teacher missing for
             ``features='teacher'`` or the HR network missing for a control, (idc_init) ``like`` not an IDC set or
             of another patch grid, or a size other than IDC's, (random_generator_hr) ``like`` not a GSDD set;
             whatever the dataset, the selection rules, the weights loading and the writer refuse (e.g. ``out``
@@ -450,6 +481,10 @@ def select_subset(opt,
                          f'ratio={ratio!r}, like={like!r}')
     if method not in METHODS:
         raise ValueError(f'method must be one of {list(METHODS)}, got {method!r}')
+    if ratio is not None and not (isinstance(ratio, numbers.Real) and not isinstance(ratio, bool)
+                                  and math.isfinite(ratio) and 0 < ratio <= 1):
+        raise ValueError(f'ratio (--ratio) must be a fraction of the pool in (0, 1], got {ratio!r}. Nothing was '
+                         'written.')
     source_options = opt if isinstance(opt, (str, os.PathLike)) else None
     if source_options is not None:
         opt = read_option_file(opt)
@@ -458,6 +493,7 @@ def select_subset(opt,
     elif method == 'random_generator_hr' and like:
         opt = gsdd_options_of(opt, like)
     dataset_opt = dict(opt['datasets']['train'], scale=opt['scale'], phase='train')
+    check_out_folder(out, dataset_opt.get('dataroot_gt'))
     source = SRInstanceDataset(dataset_opt)
     if device is None:
         device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')

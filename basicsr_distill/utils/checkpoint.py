@@ -86,6 +86,27 @@ def _select_state_dict(checkpoint, param_key, path):
     return checkpoint[param_key]
 
 
+def check_finite_weights(state_dict, path):
+    """Refuse weights holding a NaN or an infinite value: a frozen teacher or generator would turn every feature,
+    loss and distilled pair into NaN, which fails far from its cause (e.g. in scikit-learn's k-means).
+
+    Args:
+        state_dict (Mapping[str, object]): The weights (non-tensor and integer entries are skipped).
+        path (str): The file they were read from, for the message.
+
+    Raises:
+        ValueError: Naming the file and the first tensor key with a non-finite value (and how many values are).
+    """
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise ValueError(f'Pretrained weights "{path}": tensor "{key}" holds {bad} non-finite value(s) '
+                                 f'(NaN or Inf) of {value.numel()}: the file is damaged or was saved from a diverged '
+                                 'training. Refused, nothing was computed; use another checkpoint.')
+
+
 def load_pretrained(net, path, param_key='auto', strict=True):
     """Load pretrained weights from a file into ``net``.
 
@@ -108,7 +129,8 @@ def load_pretrained(net, path, param_key='auto', strict=True):
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is corrupt or truncated (not a valid PyTorch checkpoint, see
-            :func:`read_checkpoint`), is not a dict, or ``param_key`` is not in it.
+            :func:`read_checkpoint`), is not a dict, ``param_key`` is not in it, or a tensor holds a NaN or an
+            infinite value (:func:`check_finite_weights`: the file and the tensor key are named).
         RuntimeError: If the keys do not fit ``net`` (missing or unexpected keys with ``strict=True``, or shape
             mismatches). The message names the file and lists the missing and unexpected keys. Parameters whose
             keys did fit may already have been copied into ``net`` at that point.
@@ -119,6 +141,7 @@ def load_pretrained(net, path, param_key='auto', strict=True):
     checkpoint = read_checkpoint(path, 'pretrained weights')
     state_dict = _select_state_dict(checkpoint, param_key, path)
     state_dict = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state_dict.items())
+    check_finite_weights(state_dict, path)
 
     bare_net = net.module if isinstance(net, (DataParallel, DistributedDataParallel)) else net
     try:

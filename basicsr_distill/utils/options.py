@@ -317,8 +317,8 @@ def check_optimizer(section, prefix):
     check_ranges(options, {k: v for k, v in rules.items() if k in options}, prefix)
     if 'betas' in options:
         betas = options['betas']
-        if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(
-                isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                and all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
             raise ValueError(f'option {prefix}.betas must be a pair [beta1, beta2] of numbers in [0, 1), got '
                              f'{betas!r}')
         options['betas'] = tuple(float(b) for b in betas)

@@ -782,3 +782,202 @@ def test_gsdd_class_name_that_gives_an_invalid_pair_name_is_refused_at_start_up(
     with pytest.raises(ValueError, match=r"class 'my class' of .*rename the input"):
         build_distill_model(GSDDModel, opt)
     assert not osp.exists(opt['path']['distilled_root'])
+
+
+# ------------------------------------------------------------ late failures caught early (issue 26, items 5, 6)
+def _sized(path, h, w):
+    """A real image (T91 t1.png) resized to h x w, written to ``path``; returns the path as str."""
+    cv2.imwrite(str(path), cv2.resize(cv2.imread(data_path(*T91, 't1.png')), (w, h), interpolation=cv2.INTER_AREA))
+    return str(path)
+
+
+@pytest.mark.parametrize('h, w', [(1, 1), (3, 500), (4, 4), (7, 300), (300, 7)])
+def test_idc_image_of_a_few_pixels_is_named_at_start_up_and_recorded_empty(tmp_path, h, w):
+    """BasicSR's imresize failed on such images at their instance (a bare RuntimeError naming nothing)."""
+    folder = _copy_t91(tmp_path / 'hr', ['t20.png'])
+    tiny = _sized(osp.join(folder, 'tiny.png'), h, w)
+    opt = _idc_opt(tmp_path, folder)
+    with basicsr_log() as stream:
+        model = build_distill_model(IDCModel, opt)
+    assert f'smaller than one 32x32 patch give no pair (recorded as empty units): tiny.png ({h}, {w})' in \
+        stream.getvalue()
+    with basicsr_log() as stream:
+        for it in range(1, 2 * model.T + 1):
+            model.optimize_parameters(it)
+    assert f'{tiny} ({h}, {w}) is smaller than one 32x32 patch: skipped, no pair written' in stream.getvalue()
+    manifest = validate_distilled_set(opt['path']['distilled_root'], scale=4, check_contents=True)
+    assert manifest['units_finished'] == ['t20', 'tiny'] and {p['unit'] for p in manifest['pairs']} == {'t20'}
+
+
+def test_minimax_images_of_a_few_pixels_are_named_at_start_up(tmp_path):
+    folder = tmp_path / 'hr'
+    folder.mkdir()
+    for name, (h, w) in {'a.png': (1, 1), 'b.png': (3, 500), 'c.png': (7, 300)}.items():
+        _sized(folder / name, h, w)
+    opt = _minimax_opt(tmp_path, str(folder))
+    with pytest.raises(ValueError, match=rf'{folder}: no image is at least 64x64 pixels .*a.png \(1, 1\)'):
+        build_distill_model(MinimaxDiffusionModel, opt)  # before the DiT and VAE are built, nothing written
+    assert not osp.exists(opt['path']['distilled_root'])
+    _copy_t91(folder, ['tt1.png'])
+    with basicsr_log() as stream:
+        model = build_distill_model(MinimaxDiffusionModel, opt)
+    assert 'stage 1 will skip 3 image(s)' in stream.getvalue() and 'b.png (3, 500)' in stream.getvalue()
+    model.optimize_parameters(1)  # stage 1 skips them
+    assert [osp.basename(p) for p in {r['path'] for r in model.selection['records']}] == ['tt1.png']
+
+
+def test_gsdd_class_of_images_of_a_few_pixels_is_an_error_naming_the_class_folder(tmp_path):
+    root = _gsdd_classes(tmp_path)
+    os.makedirs(osp.join(root, 'c'))
+    for name, (h, w) in {'a.png': (1, 1), 'b.png': (4, 4), 'c.png': (7, 300)}.items():
+        _sized(osp.join(root, 'c', name), h, w)
+    opt = _gsdd_opt(tmp_path, root)
+    with pytest.raises(ValueError, match=rf"class 'c' \({osp.join(root, 'c')}\) has 0 image\(s\) of at least 32x32"):
+        build_distill_model(GSDDModel, opt)
+    assert not osp.exists(opt['path']['distilled_root'])
+
+
+@pytest.mark.parametrize('kind', ['float32', 'int32'])
+def test_tiff_of_float_or_int32_samples_is_refused_when_the_model_is_built(tmp_path, kind):
+    """PIL reads a one-channel float32 (or int32) TIFF's header, so it used to pass and stop the run at its unit."""
+    from PIL import Image
+    gray = cv2.imread(data_path(*T91, 't20.png'), cv2.IMREAD_GRAYSCALE)
+    folder = _copy_t91(tmp_path / 'hr', ['t20.png'])
+    path = osp.join(folder, 'z.tiff')
+    if kind == 'float32':
+        cv2.imwrite(path, gray.astype(np.float32) / 255.)
+    else:
+        Image.fromarray(gray.astype(np.int32)).save(path)
+    with pytest.raises(ValueError, match=f'image {path} has {kind} samples; only 8-bit and 16-bit'):
+        verify_image(path)
+    opt = _idc_opt(tmp_path, folder)
+    with pytest.raises(ValueError, match=f'image {path} has {kind} samples'):
+        build_distill_model(IDCModel, opt)
+    assert not osp.exists(opt['path']['distilled_root'])
+    cv2.imwrite(path, cv2.imread(data_path(*T91, 't20.png')).astype(np.uint16) * 257)  # 16-bit: accepted
+    assert verify_image(path) == read_rgb(path).shape[:2]
+
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf')])
+def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_tensor(tmp_path, value):
+    """They used to end in scikit-learn's 'Input X contains NaN' (IDC's k-means) after the first unit started."""
+    state = torch.load(IMDN_WEIGHTS, map_location='cpu', weights_only=True)
+    params = state['params'] if 'params' in state else state
+    key = sorted(k for k, v in params.items() if v.is_floating_point())[3]
+    params[key].view(-1)[0] = value
+    bad = str(tmp_path / 'bad_teacher.pth')
+    torch.save(state, bad)
+    opt = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']))
+    opt['path']['pretrain_network_t'] = bad
+    with pytest.raises(ValueError) as err:
+        build_distill_model(IDCModel, opt)
+    assert f'"{bad}": tensor "{key}" holds 1 non-finite value(s)' in str(err.value)
+    assert not osp.exists(opt['path']['distilled_root'])
+    gen = torch.load(_generator_weights(tmp_path / 'g.pth'), weights_only=True)
+    gen['params']['body.0.weight'][0, 0, 0, 0] = value
+    torch.save(gen, str(tmp_path / 'bad_g.pth'))
+    opt = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path))
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'bad_g.pth')
+    with pytest.raises(ValueError, match=re.escape(f'"{tmp_path / "bad_g.pth"}": tensor "body.0.weight"')):
+        build_distill_model(GSDDModel, opt)
+
+
+@pytest.mark.parametrize('model, change, match', [
+    ('idc', {
+        'optim': {
+            'lr': -0.01
+        }
+    }, r'option distill.optim.lr must be > 0, got -0.01'),
+    ('idc', {
+        'optim': {
+            'lr': 0
+        }
+    }, r'option distill.optim.lr must be > 0, got 0'),
+    ('idc', {
+        'optim': {
+            'betas': [0.9]
+        }
+    }, r'option distill.optim.betas must be a pair \[beta1, beta2\] of numbers in \[0, 1\), got \[0.9\]'),
+    ('idc', {
+        'optim': {
+            'betas': [0.9, 1.5]
+        }
+    }, r'option distill.optim.betas must be a pair'),
+    ('idc', {
+        'optim': {
+            'type': 'Adamm'
+        }
+    }, r"option distill.optim.type must name a torch.optim optimiser .* 'Adamm'"),
+    ('gsdd', {
+        'optim': {
+            'lr': -1.0
+        }
+    }, r'option distill.optim.lr must be > 0'),
+    ('gsdd', {
+        'inversion': {
+            'lr': 0.0
+        }
+    }, r'option distill.inversion.lr must be > 0'),
+    ('minimax', {
+        'finetune': {
+            'lr': -1.0e-3
+        }
+    }, r'option distill.finetune.lr must be > 0'),
+    ('minimax', {
+        'finetune': {
+            'weight_decay': -0.1
+        }
+    }, r'option distill.finetune.weight_decay must be >= 0'),
+    ('minimax', {
+        'finetune': {
+            'ema_decay': 1.5
+        }
+    }, r'option distill.finetune.ema_decay must be in \[0, 1\]'),
+])
+def test_nonsense_optimiser_options_are_refused_when_the_model_is_built(tmp_path, model, change, match):
+    """They used to fail in torch at the first unit, after the set had been created recording them."""
+    if model == 'idc':
+        opt, cls = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png'])), IDCModel
+    elif model == 'gsdd':
+        opt, cls = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path)), GSDDModel
+    else:
+        opt, cls = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png'])), MinimaxDiffusionModel
+    for section, values in change.items():
+        opt['distill'][section] = dict(opt['distill'].get(section) or {}, **values)
+    with pytest.raises(ValueError, match=match):
+        build_distill_model(cls, opt)
+    assert not osp.exists(opt['path']['distilled_root'])
+
+
+def test_an_empty_set_of_a_run_that_stopped_before_its_first_unit_does_not_block_the_fixed_rerun(tmp_path):
+    """A run that stopped at its first unit (e.g. on an option that torch refused) left an empty set recording its
+    options; the rerun with the option fixed was refused ('belongs to another run') until the folder was deleted."""
+    opt = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']))
+    build_distill_model(IDCModel, opt)  # the set is created; the run stops before any unit
+    root = opt['path']['distilled_root']
+    opt['distill']['optim'] = {'lr': 0.005}
+    with basicsr_log() as stream:
+        model = build_distill_model(IDCModel, opt)
+    assert 'records another run (options_hash differs (changed options: distill.optim))' in stream.getvalue()
+    assert read_manifest(root)['options']['distill']['optim'] == {'lr': 0.005}
+    for it in range(1, model.T + 1):
+        model.optimize_parameters(it)
+    opt['distill']['optim'] = {'lr': 0.02}  # a set holding a unit is still another run's
+    with pytest.raises(ValueError, match='distill.json belongs to another run'):
+        build_distill_model(IDCModel, opt)
+    assert validate_distilled_set(root, scale=4)['units_finished'] == ['t20']
+
+
+def test_a_start_refused_on_an_option_leaves_nothing_and_the_fixed_rerun_works(tmp_path, monkeypatch):
+    """Through basicsr_distill/train.py: distill.optim.lr -0.01 stops the start before any unit, what it created
+    is removed, and the rerun with the option fixed (same name, same folders) runs to the end."""
+    from test_run_lock import assert_complete, idc, run_in_process
+    cwd = str(tmp_path / 'run')
+    opt = idc(tmp_path)
+    opt['distill']['optim'] = {'type': 'Adam', 'lr': -0.01, 'betas': [0.9, 0.999]}
+    with pytest.raises(ValueError, match=r'option distill.optim.lr must be > 0, got -0.01'):
+        run_in_process(opt, cwd, monkeypatch)
+    assert sorted(os.listdir(cwd)) == ['idc_kill.yml']  # no experiments/, no distilled/
+    opt['distill']['optim']['lr'] = 0.01
+    run_in_process(opt, cwd, monkeypatch)
+    assert_complete(cwd)

@@ -396,3 +396,30 @@ def test_cli_writes_a_valid_set(method, extra, three_image_options, tmp_path, ca
             assert options['psnr_bic_threshold'] == 'median' and max(written) < np.median(scores)
             np.testing.assert_allclose(written, np.sort(scores[select_psnr_bic_threshold(scores, num, seed=0)]))
             assert not np.allclose(written, np.sort(scores)[:num])  # not simply the lowest
+
+
+@pytest.mark.parametrize('ratio', ['0', '-0.1', '1.5', 'nan'])
+def test_cli_ratio_outside_0_1_is_refused_before_anything_is_written(ratio, three_image_options, tmp_path):
+    """--ratio 0 and --ratio -0.1 used to write one pair (max(1, round(r P)))."""
+    opt_path, _ = three_image_options
+    out = tmp_path / 'out'
+    with pytest.raises(
+            ValueError,
+            match=rf'ratio \(--ratio\) must be a fraction of the pool in \(0, 1\], got '
+            rf'{float(ratio)}\. Nothing was written'):
+        _load_cli().main(['-opt', opt_path, '--out', str(out), '--ratio', ratio])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('where, how', [('hr', 'is'), ('hr/subset', 'is inside'), ('.', 'contains')])
+def test_cli_out_in_the_training_image_folder_is_refused_before_anything_is_written(where, how, three_image_options):
+    """--out equal to the training image folder used to write the set among the source images."""
+    opt_path, root = three_image_options
+    before = sorted(os.listdir(root)), sorted(os.listdir(root / 'hr'))
+    out = osp.normpath(str(root / where))
+    with pytest.raises(
+            ValueError,
+            match=rf'out \(--out\) {out} {how} the training image folder {root / "hr"} '
+            r'\(datasets.train.dataroot_gt of the option file\)'):
+        _load_cli().main(['-opt', opt_path, '--out', out, '--num_pairs', '2'])
+    assert (sorted(os.listdir(root)), sorted(os.listdir(root / 'hr'))) == before

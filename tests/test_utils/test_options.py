@@ -1,6 +1,7 @@
 """utils.options: reading option files (real ones, named errors), building a model outside the train loop (options
 prepared as BasicSR's parse_options does, a real IDCModel through MODEL_REGISTRY), the checked merge of a section."""
 import copy
+import os
 import os.path as osp
 import pytest
 import shutil
@@ -95,7 +96,8 @@ def test_build_model_from_options_prepares_as_parse_options(tmp_path):
         build_model_from_options(opt)  # 'X' is no registered model
 
 
-def test_build_model_from_options_builds_a_real_distillation_model(tmp_path):
+def _idc_options(tmp_path):
+    """Tiny IDC options on one bundled T91 image (tt27), output under tmp_path/set."""
     hr = tmp_path / 'hr'
     hr.mkdir()
     shutil.copy(data_path('data', 'train', 't91', 'tt27.png'), hr / 'tt27.png')
@@ -121,6 +123,7 @@ def test_build_model_from_options_builds_a_real_distillation_model(tmp_path):
         },
         'path': {
             'pretrain_network_t': osp.join(REPO, 'weights', 'imdn_baseline.pth'),
+            'distilled_root': str(tmp_path / 'set'),
             'resume_state': None
         },
         'distill': {
@@ -150,6 +153,11 @@ def test_build_model_from_options_builds_a_real_distillation_model(tmp_path):
             'use_tb_logger': False
         },
     }
+    return opt
+
+
+def test_build_model_from_options_builds_a_real_distillation_model(tmp_path):
+    opt = _idc_options(tmp_path)
     path = write_option_file(opt, tmp_path / 'idc.yml')
     model = build_model_from_options(path, root=str(tmp_path / 'exp'), distilled_root=str(tmp_path / 'set'))
     assert type(model) is IDCModel  # MODEL_REGISTRY[model_type], from the file
@@ -265,3 +273,219 @@ def test_check_experiment_name_refuses_anything_else_naming_the_option(name, pro
         check_experiment_name(name)
     assert str(err.value).startswith(f'option name={name!r} {problem}: the experiment name must be one plain folder')
     assert str(err.value).endswith('Nothing was created or moved.')
+
+
+# ------------------------------------------------------------------ ranges, optimisers and keys outside distill
+def test_check_ranges_names_the_first_option_out_of_range():
+    from basicsr_distill.utils.options import check_ranges
+    section = {'warmup_iters': -6, 'sub': {'alpha': 1.0, 'p': 0.5}, 'lr': float('nan')}
+    check_ranges(section, {'sub.alpha': '[0, 1]', 'sub.p': '(0, 1)'})
+    with pytest.raises(ValueError, match=r'^option distill.warmup_iters must be >= 0, got -6$'):
+        check_ranges(section, {'sub.alpha': '[0, 1]', 'warmup_iters': '>= 0'})
+    with pytest.raises(ValueError, match=r'^option distill.sub.alpha must be in \[0, 1\), got 1.0$'):
+        check_ranges(section, {'sub.alpha': '[0, 1)'})
+    with pytest.raises(ValueError, match=r'^option x.lr must be > 0, got nan$'):
+        check_ranges(section, {'lr': '> 0'}, prefix='x')
+
+
+@pytest.mark.parametrize('section, match', [
+    ({
+        'type': 'Adam',
+        'lr': -0.01
+    }, r'distill.optim.lr must be > 0, got -0.01'),
+    ({
+        'type': 'Adam',
+        'lr': 0.01,
+        'betas': [0.9]
+    }, r'distill.optim.betas must be a pair \[beta1, beta2\]'),
+    ({
+        'type': 'Adam',
+        'lr': 0.01,
+        'betas': [0.9, 1.0]
+    }, r'distill.optim.betas must be a pair'),
+    ({
+        'type': 'Adam',
+        'lr': 0.01,
+        'betas': [True, 0.9]
+    }, r'distill.optim.betas must be a pair'),
+    ({
+        'type': 'SGD',
+        'lr': 0.01,
+        'momentum': -1
+    }, r'distill.optim.momentum must be >= 0'),
+    ({
+        'type': 'Adam',
+        'lr': 0.01,
+        'eps': 0
+    }, r'distill.optim.eps must be > 0'),
+    ({
+        'type': 'Optimizer',
+        'lr': 0.01
+    }, r'distill.optim is refused by torch.optim.Optimizer'),
+    ({
+        'type': 'Adam',
+        'lr': 0.01,
+        'amsgrad': 'yes',
+        'foo': 1
+    }, r'distill.optim is refused by torch.optim.Adam: .*foo'),
+    ({
+        'type': 'nn',
+        'lr': 0.01
+    }, r"distill.optim.type must name a torch.optim optimiser \(e.g. Adam\), got 'nn'"),
+])
+def test_check_optimizer_refuses_nonsense_naming_the_option(section, match):
+    from basicsr_distill.utils.options import check_optimizer
+    with pytest.raises(ValueError, match=match):
+        check_optimizer(section, 'distill.optim')
+
+
+def test_check_optimizer_accepts_sensible_options():
+    from basicsr_distill.utils.options import check_optimizer
+    check_optimizer({'type': 'Adam', 'lr': 0.01, 'betas': [0.9, 0.999]}, 'distill.optim')
+    check_optimizer({'type': 'SGD', 'lr': 1, 'momentum': 0.9, 'weight_decay': 0}, 'distill.optim')
+    check_optimizer({'lr': 1.0e-3, 'weight_decay': 0.0, 'type': 'AdamW'}, 'distill.finetune')
+
+
+@pytest.mark.parametrize('change, match', [
+    ({
+        'warmup_iters': -6
+    }, r'option distill.warmup_iters must be >= 0, got -6'),
+    ({
+        'iters_per_instance': -2
+    }, r'option distill.iters_per_instance must be >= 1, got -2'),
+    ({
+        'assign_iters': -1
+    }, r'option distill.assign_iters must be >= 0, got -1'),
+    ({
+        'real_batch_size': 0
+    }, r'option distill.real_batch_size must be >= 1, got 0'),
+    ({
+        'ncfd': {
+            'alpha': 1.5
+        }
+    }, r'option distill.ncfd.alpha must be in \[0, 1\], got 1.5'),
+    ({
+        'weights': {
+            'pair': -0.1
+        }
+    }, r'option distill.weights.pair must be >= 0, got -0.1'),
+])
+def test_idc_counts_out_of_range_are_refused_when_the_model_is_built(tmp_path, change, match):
+    """A negative warmup_iters used to shift the schedule (exit 0); a negative iters_per_instance was reported as a
+    too small train.total_iter sum."""
+    opt = _idc_options(tmp_path)
+    for key, value in change.items():
+        opt['distill'][key] = dict(opt['distill'].get(key) or {}, **value) if isinstance(value, dict) else value
+    with pytest.raises(ValueError, match=match):
+        build_model_from_options(opt, root=str(tmp_path / 'exp'))
+    assert not osp.exists(opt['path']['distilled_root'])
+
+
+@pytest.mark.parametrize('kind, key, match', [
+    ('idc', 'meta_info_fle', r"unknown option datasets.train.meta_info_fle of SRInstanceDataset \(dataset 'demo'\) "
+     r'\(did you mean meta_info_file\?\)'),
+    ('idc', 'dataroot_gtt', r'unknown option datasets.train.dataroot_gtt of SRInstanceDataset .*did you mean '
+     r'dataroot_gt\?'),
+    ('gsdd', 'class', r'unknown option datasets.train.class of SRClassFolderDataset .*did you mean classes\?'),
+    ('stage', 'lenght', r'unknown option datasets.train.lenght of DistillStageDataset .*did you mean length\?'),
+    ('paired', 'dataroot_gt', r'unknown option datasets.train.dataroot_gt of DistilledPairedDataset .*did you mean '
+     r'dataroot\?'),
+    ('paired', 'use_flip', r'unknown option datasets.train.use_flip of DistilledPairedDataset .*did you mean '
+     r'use_hflip\?'),
+])
+def test_unknown_dataset_keys_of_this_package_are_refused(tmp_path, kind, key, match):
+    """BasicSR ignores a misspelt key of a dataset section silently: this package's datasets refuse them."""
+    from basicsr.data import build_dataset
+    folder = str(tmp_path / 'hr')
+    shutil.copytree(data_path('data', 'train', 't91'), folder)
+    dataset = {
+        'idc': {
+            'type': 'SRInstanceDataset',
+            'dataroot_gt': folder,
+            'gt_size': 32
+        },
+        'gsdd': {
+            'type': 'SRClassFolderDataset',
+            'dataroot_gt': folder,
+            'gt_size': 32
+        },
+        'stage': {
+            'type': 'DistillStageDataset',
+            'dataroot_gt': folder,
+            'length': 3
+        },
+        'paired': {
+            'type': 'DistilledPairedDataset',
+            'dataroot': folder
+        },
+    }[kind]
+    dataset.update({
+        'name': 'demo',
+        'phase': 'train',
+        'scale': 4,
+        'io_backend': {
+            'type': 'disk'
+        },
+        'use_shuffle': True,
+        'num_worker_per_gpu': 0,
+        'batch_size_per_gpu': 2,
+        'dataset_enlarge_ratio': 1,
+        'prefetch_mode': None,
+        key: 'x'
+    })
+    with pytest.raises(ValueError, match=match):
+        build_dataset(dataset)
+
+
+@pytest.mark.parametrize('key, match', [
+    ('pretrain_network_tt', r'unknown option path.pretrain_network_tt: there is no network_tt section for it \(did '
+     r"you mean pretrain_network_t\?\); the networks are \['t'\]"),
+    ('strict_load_g', r'unknown option path.strict_load_g: there is no network_g section'),
+    ('param_key_up', r'unknown option path.param_key_up: there is no network_up section'),
+    ('distiled_root', r'unknown option path.distiled_root \(did you mean distilled_root\?\)'),
+    ('resume_sate', r'unknown option path.resume_sate \(did you mean resume_state\?\)'),
+    ('pretrained_network_t', r'unknown option path.pretrained_network_t \(did you mean pretrain_network_t\?\)'),
+])
+def test_path_keys_that_look_like_basicsr_keys_but_are_unknown_are_refused(tmp_path, key, match):
+    from basicsr_distill.utils.options import check_path_keys
+    opt = _idc_options(tmp_path)
+    opt['path'][key] = 'x'
+    with pytest.raises(ValueError, match=match):
+        check_path_keys(opt)
+    with pytest.raises(ValueError, match=match):  # a distillation model checks them when it is built
+        build_model_from_options(opt, root=str(tmp_path / 'exp'))
+    assert not osp.exists(opt['path']['distilled_root'])
+
+
+def test_basicsr_standard_path_keys_are_accepted():
+    from basicsr.utils.options import parse_options  # noqa: F401  (the keys below are the ones it sets)
+    from basicsr_distill.utils.options import check_path_keys
+    opt = {
+        'network_g': {},
+        'network_d': {},
+        'path': {
+            k: 'x'
+            for k in ('experiments_root', 'models', 'training_states', 'log', 'visualization', 'results_root',
+                      'resume_state', 'root', 'ignore_resume_networks', 'distilled_root', 'pretrain_network_g',
+                      'strict_load_g', 'param_key_g', 'pretrain_network_d', 'strict_load_d', 'param_key_d',
+                      'my_own_folder')
+        }
+    }
+    check_path_keys(opt)
+
+
+def test_a_misspelt_path_key_of_any_model_stops_train_py_before_anything_is_created(tmp_path, monkeypatch):
+    """Through basicsr_distill/train.py, for BasicSR's own SRModel too (downstream training)."""
+    from conftest import tiny_edsr_options
+
+    from basicsr_distill.utils import run_lock
+    opt = tiny_edsr_options('edsr_typo', {'type': 'DistilledPairedDataset', 'dataroot': str(tmp_path / 'set')})
+    opt['path']['pretrain_network_gg'] = 'weights/x.pth'
+    cwd = tmp_path / 'run'
+    cwd.mkdir()
+    path = write_option_file(opt, cwd / 'edsr.yml')
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, 'argv', ['basicsr_distill/train.py', '-opt', path])
+    with pytest.raises(ValueError, match=r'unknown option path.pretrain_network_gg: there is no network_gg section'):
+        run_lock.guarded_train_pipeline(str(cwd))
+    assert sorted(os.listdir(cwd)) == ['edsr.yml']
