@@ -12,6 +12,13 @@ cells:
 
 Each finished cell leaves ``<work_dir>/cells/<cell id>.json`` (written atomically) holding its spec hash and results;
 a rerun skips it. A cell whose spec changed is refused (name the file to delete), so a table never mixes settings.
+The evaluation (test / validation sets, metrics) is not part of a train cell's spec: adding a set or a metric to a
+preset keeps its finished cells, and the runner evaluates their saved weights on what is missing.
+
+With ``set_seeds`` (several draws of each training set), the draw of seed ``s`` other than ``set_seed`` is the cell
+``set/<method>/<size>/set<s>`` (folder ``<method>_<size>_set<s>``) and its downstream runs
+``train/<arch>/<method>/<size>/set<s>/seed<k>``; the draw of ``set_seed`` keeps the ids (and spec hashes) of a preset
+without ``set_seeds``. The reference method (the full pool) has one draw.
 Distillation and training run with ``--auto_resume``, so a cell interrupted half-way also continues where it stopped.
 """
 import copy
@@ -33,8 +40,12 @@ GRID_DEFAULTS = {
     'pool': None,  # {gt_size, stride}: the patch pool of the select methods and of r
     'selection_opt': None,  # an option file whose network_t / distill.feature_layer the select methods may use
     'set_seed': 0,  # seed of every distillation / selection
+    'set_seeds': None,  # seeds of the set draws (default [set_seed]); mean +- std over set draws x seeds
     'seeds': [0],  # seeds of the downstream training runs (mean +- std over them)
-    'test_sets': None,  # {name: {hr: dir, lr: dir | null}}
+    'val_sets': {},  # {name: {hr, lr}}: validation sets (settings are chosen on them), evaluated like test_sets
+    'test_sets': None,  # {name: {hr: dir, lr: dir | null}}: the sets a chosen setting is reported on
+    'val_freq': 0,  # > 0: the student is validated on val_sets every val_freq iterations (the time-to-quality curve)
+    'rgb_psnr': True,  # a PSNR on RGB column beside each PSNR on Y
     'metrics': ['psnr', 'ssim'],
     'device': 'auto',  # evaluation device: auto (cuda when present), cpu, cuda
     'bicubic_reference': True,  # a 'bicubic' row (BasicSR's MATLAB imresize) in the table
@@ -44,6 +55,10 @@ GRID_DEFAULTS = {
 METHOD_KEYS = {'type', 'opt', 'args', 'sizes', 'size_name', 'like', 'options', 'reference'}
 ARCH_KEYS = {'opt', 'options'}
 PLACEHOLDERS = ('train_hr', 'size', 'gt_size', 'stride', 'scale')
+#: keys of a train cell's spec that only say how it is evaluated (not part of what makes the cell reusable)
+EVAL_KEYS = ('test_sets', 'val_sets', 'metrics', 'rgb_psnr', 'val_freq')
+#: the time-to-quality target: the reference's final validation PSNR (Y) minus this many dB
+TARGET_DB = 0.1
 
 
 class GridError(ValueError):
@@ -82,7 +97,7 @@ def load_grid(path, repo, check_paths=True):
     grid = copy.deepcopy(GRID_DEFAULTS)
     grid.update(given)
     for key, value in grid.items():
-        _require(value is not None or key == 'selection_opt', path, f'key "{key}" is required')
+        _require(value is not None or key in ('selection_opt', 'set_seeds'), path, f'key "{key}" is required')
 
     def absolute(value):
         return value if osp.isabs(value) else osp.normpath(osp.join(repo, value))
@@ -98,11 +113,25 @@ def load_grid(path, repo, check_paths=True):
         isinstance(grid['pool'], dict) and {'gt_size', 'stride'} <= set(grid['pool']), path,
         'pool must give gt_size and stride (HR pixels)')
     _require(isinstance(grid['seeds'], list) and grid['seeds'], path, 'seeds must be a non-empty list')
+    if grid['set_seeds'] is None:
+        grid['set_seeds'] = [grid['set_seed']]
+    _require(
+        isinstance(grid['set_seeds'], list) and grid['set_seeds'] and grid['set_seed'] in grid['set_seeds'], path,
+        f'set_seeds must be a non-empty list that holds set_seed ({grid["set_seed"]})')
     _require(isinstance(grid['test_sets'], dict) and grid['test_sets'], path, 'test_sets must be a non-empty mapping')
-    for name, spec in grid['test_sets'].items():
-        _require(isinstance(spec, dict) and 'hr' in spec, path, f'test_sets.{name} needs hr (and optionally lr)')
-        spec['hr'] = absolute(spec['hr'])
-        spec['lr'] = absolute(spec['lr']) if spec.get('lr') else None
+    _require(isinstance(grid['val_sets'], dict), path, 'val_sets must be a mapping {name: {hr, lr}}')
+    both = sorted(set(grid['val_sets']) & set(grid['test_sets']))
+    _require(not both, path, f'{both} are in both val_sets and test_sets: a set is for choosing or for reporting')
+    for key in ('val_sets', 'test_sets'):
+        for name, spec in grid[key].items():
+            _require(isinstance(spec, dict) and 'hr' in spec, path, f'{key}.{name} needs hr (and optionally lr)')
+            spec['hr'] = absolute(spec['hr'])
+            spec['lr'] = absolute(spec['lr']) if spec.get('lr') else None
+    _require(isinstance(grid['val_freq'], int) and grid['val_freq'] >= 0, path, 'val_freq must be an integer >= 0')
+    _require(not grid['val_freq'] or grid['val_sets'], path, 'val_freq needs val_sets (the sets of the curve)')
+    for name, spec in grid['val_sets'].items():
+        _require(not grid['val_freq'] or spec['lr'], path,
+                 f'val_sets.{name}.lr is required with val_freq (BasicSR\'s validation reads LR files)')
     if grid['selection_opt']:
         grid['selection_opt'] = absolute(grid['selection_opt'])
 
@@ -162,6 +191,27 @@ def random_baselines(grid):
                  if selection_rule(method) == 'random' and not method.get('reference'))
 
 
+def eval_sets(grid):
+    """``{name: spec}`` of every evaluated set: the validation sets first, then the test sets."""
+    return {**grid['val_sets'], **grid['test_sets']}
+
+
+def metric_columns(grid):
+    """The metric names of the result columns: the preset's ``metrics`` with ``psnr_rgb`` after ``psnr`` when
+    ``rgb_psnr`` is on (``psnr`` / ``ssim`` are on Y)."""
+    columns = []
+    for metric in grid['metrics']:
+        columns.append(metric)
+        if metric == 'psnr' and grid['rgb_psnr']:
+            columns.append('psnr_rgb')
+    return columns
+
+
+def cell_key(spec):
+    """A cell spec without its evaluation keys (:data:`EVAL_KEYS`): what its spec hash is made of."""
+    return {k: v for k, v in spec.items() if k not in EVAL_KEYS}
+
+
 def size_label(method, size):
     """``'r0.05'``, ``'ipc8'``: the method's size name and the value."""
     return f'{method["size_name"]}{size:g}'
@@ -172,33 +222,54 @@ def spec_hash(spec):
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def set_draws(grid, method):
+    """The set seeds of a method: ``[set_seed]`` for the reference (the full pool has one draw), else ``set_seeds``.
+    """
+    return [grid['set_seed']] if method.get('reference') else list(grid['set_seeds'])
+
+
 def set_cells(grid):
-    """The set cells in preset order: ``[{'id', 'method', 'size', 'label', 'root', 'spec'}]``."""
+    """The set cells in preset order (draws of one size together): ``[{'id', 'method', 'size', 'label',
+    'set_seed', 'draw', 'root', 'spec'}]``; ``draw`` is ``''`` for ``set_seed`` and ``'set<s>'`` for another seed."""
     cells = []
     for name, method in grid['methods'].items():
         for index, size in enumerate(method['sizes']):
             label = size_label(method, size)
-            spec = {
-                'method': name,
-                'size': size,
-                'definition': method,
-                'pool': grid['pool'],
-                'scale': grid['scale'],
-                'train_hr': grid['train_hr'],
-                'set_seed': grid['set_seed']
-            }
-            if method['type'] == 'select':
-                spec['selection_opt'] = grid['selection_opt']
-            cells.append({
-                'id': f'set/{name}/{label}',
-                'kind': 'set',
-                'method': name,
-                'size': size,
-                'label': label,
-                'size_index': index,
-                'root': osp.join(grid['work_dir'], 'sets', f'{name}_{label}'),
-                'spec': spec
-            })
+            for seed in set_draws(grid, method):
+                draw = '' if seed == grid['set_seed'] else f'set{seed}'
+                spec = {
+                    'method': name,
+                    'size': size,
+                    'definition': method,
+                    'pool': grid['pool'],
+                    'scale': grid['scale'],
+                    'train_hr': grid['train_hr'],
+                    'set_seed': seed
+                }
+                if method['type'] == 'select':
+                    spec['selection_opt'] = grid['selection_opt']
+                cells.append({
+                    'id':
+                    f'set/{name}/{label}' + (f'/{draw}' if draw else ''),
+                    'kind':
+                    'set',
+                    'method':
+                    name,
+                    'size':
+                    size,
+                    'label':
+                    label,
+                    'set_seed':
+                    seed,
+                    'draw':
+                    draw,
+                    'size_index':
+                    index,
+                    'root':
+                    osp.join(grid['work_dir'], 'sets', f'{name}_{label}' + (f'_{draw}' if draw else '')),
+                    'spec':
+                    spec
+                })
     return cells
 
 
@@ -213,18 +284,26 @@ def train_cells(grid, sets):
                     'definition': arch,
                     'set': set_cell['id'],
                     'set_hash': spec_hash(set_cell['spec']),
-                    'seed': seed,
-                    'test_sets': grid['test_sets'],
-                    'metrics': grid['metrics']
+                    'seed': seed
                 }
+                draw = set_cell['draw']
                 cells.append({
-                    'id': f'train/{arch_name}/{set_cell["method"]}/{set_cell["label"]}/seed{seed}',
-                    'kind': 'train',
-                    'arch': arch_name,
-                    'set': set_cell,
-                    'seed': seed,
-                    'spec': spec,
-                    'name': f'{grid["name"]}_{arch_name}_{set_cell["method"]}_{set_cell["label"]}_s{seed}'
+                    'id':
+                    f'train/{arch_name}/{set_cell["method"]}/{set_cell["label"]}/' + (f'{draw}/' if draw else '') +
+                    f'seed{seed}',
+                    'kind':
+                    'train',
+                    'arch':
+                    arch_name,
+                    'set':
+                    set_cell,
+                    'seed':
+                    seed,
+                    'spec':
+                    spec,
+                    'name':
+                    f'{grid["name"]}_{arch_name}_{set_cell["method"]}_{set_cell["label"]}' +
+                    (f'_{draw}' if draw else '') + f'_s{seed}'
                 })
     return cells
 
@@ -319,7 +398,7 @@ class CellStore():
             return None
         with open(path, encoding='utf-8') as f:
             record = json.load(f)
-        if record.get('spec_hash') != spec_hash(cell['spec']):
+        if spec_hash(cell_key(record.get('spec') or {})) != spec_hash(cell_key(cell['spec'])):
             raise GridError(f'{path} holds cell {cell["id"]} made with other settings than the preset gives now. '
                             'Use another work_dir, or delete that file (and the set / experiment it describes) to '
                             'recompute it.')
@@ -327,7 +406,7 @@ class CellStore():
 
     def save(self, cell, result):
         """Record a finished cell (id, spec, spec hash and the JSON-able ``result``) atomically; returns it."""
-        record = {'id': cell['id'], 'spec_hash': spec_hash(cell['spec']), 'spec': cell['spec'], **result}
+        record = {'id': cell['id'], 'spec_hash': spec_hash(cell_key(cell['spec'])), 'spec': cell['spec'], **result}
         write_text_atomic(self.path(cell), json.dumps(record, indent=1, default=str) + '\n')
         return record
 
@@ -345,12 +424,13 @@ def summarize(rows, test_sets, metrics):
 
     Args:
         rows (list[dict]): One per train cell: ``arch, method, label, size, pairs, ratio, set_bytes, set_time_s,
-            seed, train_time_s`` and ``<test set>/<metric>`` values.
+            set_seed, seed, train_time_s`` and ``<test set>/<metric>`` values.
         test_sets (list[str]): Test set names (column order).
         metrics (list[str]): Metric names (column order).
 
     Returns:
-        list[dict]: One per group, in the order of ``rows``: the group keys, ``seeds`` (count) and
+        list[dict]: One per group (the set draws and student seeds of one arch, method and size), in the order of
+        ``rows``: the group keys, ``seeds`` (the number of runs), ``draws`` (distinct ``set_seed`` values) and
         ``<col>_mean`` / ``<col>_std`` for every metric column and ``train_time_s``.
     """
     groups = {}
@@ -361,8 +441,61 @@ def summarize(rows, test_sets, metrics):
         first = members[0]
         keys = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'reference')
         out = {k: first.get(k) for k in keys}
-        out['seeds'] = len(members)
+        out['seeds'] = len(members)  # runs: set draws x student seeds
+        out['draws'] = len({m.get('set_seed') for m in members})
         for col in [f'{t}/{m}' for t in test_sets for m in metrics] + ['train_time_s']:
             out[f'{col}_mean'], out[f'{col}_std'] = mean_std([m.get(col) for m in members])
         summary.append(out)
     return summary
+
+
+def time_to_quality(curves, val_set, target_db=TARGET_DB):
+    """Iterations each (arch, method, size) needs to reach the reference's final validation PSNR minus ``target_db``.
+
+    Per arch, the target is the final point (last iteration) of the reference method's mean curve (``reference``
+    rows, e.g. the full pool) minus ``target_db``; every group's curve is the mean over its runs (set draws x
+    seeds) at each iteration that all its runs reached.
+
+    Args:
+        curves (list[dict]): One per (run, iteration): ``arch, method, label, set_seed, seed, reference, dataset,
+            iter, psnr`` (PSNR on Y in dB; other keys are ignored).
+        val_set (str): The validation set of the curves (``dataset``).
+        target_db (float): How far below the reference's final PSNR the target is. Default: 0.1.
+
+    Returns:
+        list[dict]: One per group with a curve, in the order of ``curves``: ``arch, method, label, runs, final``
+        (mean PSNR at the last iteration), ``last_iter``, ``target`` (None without a reference of that arch) and
+        ``iters`` (the first iteration whose mean PSNR is >= target; None if never reached or no target).
+    """
+    groups = {}
+    for row in curves:
+        if row.get('dataset') == val_set and row.get('psnr') is not None:
+            key = (row['arch'], row['method'], row['label'])
+            groups.setdefault(key, {'reference': bool(row.get('reference')), 'runs': {}})
+            run = (row.get('set_seed'), row.get('seed'))
+            groups[key]['runs'].setdefault(run, {})[int(row['iter'])] = float(row['psnr'])
+    means = {}
+    for key, group in groups.items():
+        runs = list(group['runs'].values())
+        iters = sorted(set.intersection(*(set(r) for r in runs)))
+        means[key] = [(it, statistics.fmean(r[it] for r in runs)) for it in iters]
+    targets = {}
+    for key, group in groups.items():
+        if group['reference'] and means[key] and key[0] not in targets:
+            targets[key[0]] = means[key][-1][1] - target_db
+    out = []
+    for key, group in groups.items():
+        curve, target = means[key], targets.get(key[0])
+        reached = [it for it, value in curve if target is not None and value >= target]
+        out.append({
+            'arch': key[0],
+            'method': key[1],
+            'label': key[2],
+            'reference': group['reference'],
+            'runs': len(group['runs']),
+            'final': curve[-1][1] if curve else None,
+            'last_iter': curve[-1][0] if curve else None,
+            'target': target,
+            'iters': reached[0] if reached else None
+        })
+    return out

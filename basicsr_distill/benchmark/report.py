@@ -12,14 +12,19 @@ import os.path as osp
 from basicsr_distill.benchmark.grid import write_text_atomic
 from basicsr_distill.data.image_io import read_rgb
 
-CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'seed', 'train_time_s',
-              'train_wall_s', 'reference')
+CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'set_seed', 'seed',
+              'train_time_s', 'train_wall_s', 'reference')
+CURVE_FIELDS = ('arch', 'method', 'label', 'pairs', 'set_seed', 'seed', 'reference', 'dataset', 'iter', 'psnr',
+                'psnr_rgb')
+#: column headings of the metrics: what each is computed on
+METRIC_HEADINGS = {'psnr': 'PSNR (Y)', 'psnr_rgb': 'PSNR (RGB)', 'ssim': 'SSIM (Y)', 'niqe': 'NIQE', 'lpips': 'LPIPS'}
 
 
-def write_csv(rows, path, test_sets, metrics):
-    """One line per (arch, method, size, seed) run, plus the bicubic reference rows; written atomically."""
+def write_csv(rows, path, test_sets, metrics, fields=None):
+    """One line per (arch, method, size, set draw, seed) run, plus the bicubic reference rows; written atomically.
+    ``<set>/psnr`` is PSNR on Y, ``<set>/psnr_rgb`` on RGB. ``fields``: other leading columns than the runs'."""
     import io
-    fields = list(CSV_FIELDS) + [f'{t}/{m}' for t in test_sets for m in metrics]
+    fields = list(fields or CSV_FIELDS) + [f'{t}/{m}' for t in test_sets for m in metrics]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction='ignore', lineterminator='\n')
     writer.writeheader()
@@ -58,7 +63,7 @@ def read_csv(path, methods):
                 parsed[key] = value
             elif key == 'reference':
                 parsed[key] = value == 'True'
-            elif key in ('pairs', 'seed'):
+            elif key in ('pairs', 'seed', 'set_seed'):
                 parsed[key] = int(value)
             else:
                 parsed[key] = float(value)
@@ -72,8 +77,9 @@ def _pm(mean, std, digits):
     return f'{mean:.{digits}f} ± {std:.{digits}f}' if std is not None and math.isfinite(std) else f'{mean:.{digits}f}'
 
 
-def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baselines=('random', )):
-    """The comparison table: one row per (arch, method, size), metric columns as mean ± std over the seeds.
+def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baselines=('random', ), val_sets=()):
+    """The comparison table: one row per (arch, method, size), metric columns as mean ± std over its runs (set draws
+    x seeds); column headings say what each metric is on (``PSNR (Y)``, ``PSNR (RGB)``) and mark validation sets.
 
     Args:
         summary (list[dict]): From :func:`basicsr_distill.benchmark.grid.summarize`.
@@ -81,14 +87,16 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baseli
         bicubic (dict | None): ``{'<test set>/<metric>': value}`` for a bicubic row.
         title (str | None): A line written above the table.
         baselines (tuple[str]): Methods of the "full minus random" lines (see :func:`reference_gaps`).
+        val_sets (Sequence[str]): The validation sets among ``test_sets`` (headed ``<name> (val)``).
 
     Returns:
         str: Markdown text.
     """
-    digits = {'psnr': 2, 'ssim': 4, 'niqe': 2, 'lpips': 4}
+    digits = {'psnr': 2, 'psnr_rgb': 2, 'ssim': 4, 'niqe': 2, 'lpips': 4}
     cols = [f'{t}/{m}' for t in test_sets for m in metrics]
-    head = ['arch', 'method', 'size', 'pairs', 'ratio of pool', 'set (MB)', 'set time (s)', 'seeds'] + \
-        [f'{t} {m.upper()}' for t in test_sets for m in metrics] + ['train time (s)']
+    head = ['arch', 'method', 'size', 'pairs', 'ratio of pool', 'set (MB)', 'set time (s)', 'runs (draws)'] + \
+        [f'{t}{" (val)" if t in val_sets else ""} {METRIC_HEADINGS.get(m, m.upper())}' for t in test_sets
+         for m in metrics] + ['train time (s)']
     lines = ([title, ''] if title else []) + ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in summary:
         cells = [
@@ -96,7 +104,7 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baseli
             str(row['pairs']), f'{100 * row["ratio"]:.1f} %' if row.get('ratio') is not None else '-',
             f'{row["set_bytes"] / 2**20:.1f}' if row.get('set_bytes') is not None else '-',
             f'{row["set_time_s"]:.0f}' if row.get('set_time_s') is not None else '-',
-            str(row['seeds'])
+            f'{row["seeds"]} ({row.get("draws") or 1})'
         ]
         cells += [_pm(row[f'{c}_mean'], row[f'{c}_std'], digits.get(c.split('/')[-1], 3)) for c in cols]
         cells.append(_pm(row['train_time_s_mean'], row['train_time_s_std'], 0))
@@ -135,8 +143,55 @@ def reference_gaps(summary, test_sets, baselines=('random', )):
             if diffs:
                 lines.append(f'{ref["arch"]}: {ref["method"]} minus {row["method"]} {row["label"]} '
                              f'({row["pairs"]} pairs), PSNR: {", ".join(diffs)} ({ref["seeds"]} / {row["seeds"]} '
-                             'seeds).')
+                             'runs).')
     return lines
+
+
+def write_curves_csv(rows, path):
+    """``curves.csv``: one line per (run, validation) of the time-to-quality curves (``psnr`` on Y, ``psnr_rgb``
+    on RGB, dB); written atomically."""
+    return write_csv(rows, path, [], [], fields=CURVE_FIELDS)
+
+
+def read_curves_csv(path):
+    """The rows of a ``curves.csv`` (:func:`write_curves_csv`): numbers as int / float, '' as None.
+
+    Raises:
+        FileNotFoundError: ``path`` missing. ValueError: a file without the curve columns, naming it.
+    """
+    with open(path, newline='', encoding='utf-8') as f:
+        rows = list(csv.DictReader(f))
+    if rows and not set(CURVE_FIELDS) <= set(rows[0]):
+        raise ValueError(f'{path} is not a benchmark curves.csv (needs the columns {list(CURVE_FIELDS)})')
+    out = []
+    for row in rows:
+        parsed = {k: (None if v == '' else v) for k, v in row.items()}
+        for key in ('pairs', 'set_seed', 'seed', 'iter'):
+            parsed[key] = None if parsed[key] is None else int(parsed[key])
+        for key in ('psnr', 'psnr_rgb'):
+            parsed[key] = None if parsed[key] is None else float(parsed[key])
+        parsed['reference'] = parsed['reference'] == 'True'
+        out.append(parsed)
+    return out
+
+
+def time_to_quality_table(ttq, val_set):
+    """Markdown of :func:`basicsr_distill.benchmark.grid.time_to_quality`: per (arch, method, size) the iterations
+    to reach the reference's final validation PSNR (Y) minus 0.1 dB."""
+    if not ttq:
+        return ''
+    lines = [
+        f'Time to quality on {val_set} (PSNR on Y, mean curve over the runs of a row): the first validated iteration '
+        'whose mean PSNR is at least the reference\'s final PSNR - 0.1 dB ("-": not reached).', '',
+        '| arch | method | size | runs | final PSNR (Y) | at iteration | target | iterations to target |',
+        '|---|---|---|---|---|---|---|---|'
+    ]
+    for row in ttq:
+        target = f'{row["target"]:.2f}' if row['target'] is not None else '- (no reference)'
+        lines.append(f'| {row["arch"]} | {row["method"]}{" (reference)" if row["reference"] else ""} | '
+                     f'{row["label"]} | {row["runs"]} | {row["final"]:.2f} | {row["last_iter"]} | {target} | '
+                     f'{row["iters"] if row["iters"] is not None else "-"} |')
+    return '\n'.join(lines) + '\n'
 
 
 def write_markdown(text, path):
@@ -179,7 +234,7 @@ def plot_psnr(summary, test_sets, x_key, path, xlabel, logx=True, bicubic=None):
             if logx:
                 ax.set_xscale('log')
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(f'{test} PSNR (dB, Y)')
+            ax.set_ylabel(f'{test} PSNR (dB, Y channel)')
             ax.set_title(f'{arch} on {test}')
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()

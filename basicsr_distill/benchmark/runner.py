@@ -4,10 +4,14 @@ For a preset (``options/benchmark/*.yml``; keys in docs/Benchmark.md, section "P
 
 1. every method writes one training set per size in the distilled-set format (distillation methods through
    ``basicsr_distill/train.py --auto_resume``, selection baselines through ``scripts/select_subset.py``);
-2. every arch is trained on every set with every seed (BasicSR's ``SRModel`` loop, ``--auto_resume``) and evaluated
-   on the test sets (PSNR / SSIM on Y with a ``scale``-pixel border, as BasicSR; NIQE / LPIPS if listed);
-3. results go to ``<work_dir>/results.csv`` (one row per run), ``table.md`` (mean ± std over seeds),
-   ``psnr_vs_ratio.png``, ``psnr_vs_train_time.png`` and ``samples/<method>.png`` (distilled samples).
+2. every arch is trained on every set (every set draw of ``set_seeds``) with every seed (BasicSR's ``SRModel``
+   loop, ``--auto_resume``) and evaluated on the validation sets (``val_sets``: where settings are chosen) and the
+   test sets (PSNR / SSIM on Y with a ``scale``-pixel border, as BasicSR, and PSNR on RGB; NIQE / LPIPS if listed);
+   with ``val_freq`` BasicSR's validation loop also records the student's validation PSNR every ``val_freq``
+   iterations (``CurveSRModel``: the time-to-quality curve);
+3. results go to ``<work_dir>/results.csv`` (one row per run), ``curves.csv`` (one row per run and validation),
+   ``table.md`` (mean ± std over set draws x seeds, and the time-to-quality table), ``psnr_vs_ratio.png``,
+   ``psnr_vs_train_time.png`` and ``samples/<method>.png`` (distilled samples).
 
 Finished cells are skipped (``<work_dir>/cells/*.json``), and an interrupted cell continues from its last
 checkpoint, so rerunning the same command after a crash or Ctrl-C only does what is left. Logs of every subprocess
@@ -16,6 +20,7 @@ are in ``<work_dir>/logs/``. Usage::
     python scripts/benchmark.py -opt options/benchmark/cpu_291.yml            # run / resume the grid
     python scripts/benchmark.py -opt options/benchmark/cpu_291.yml --dry_run  # list the cells and their state
     python scripts/benchmark.py -opt options/benchmark/cpu_291.yml --report   # rebuild outputs from finished cells
+    python scripts/benchmark.py -opt ... --methods full,idc --seeds 0 --archs EDSR_f32b4  # one piece of the grid
 
 Option files are code (BasicSR's YAML loader runs tags): the preset itself is read with ``yaml.safe_load``, but the
 option files it names are run by BasicSR. Use trusted files only.
@@ -180,11 +185,12 @@ def run_set_cell(cell, grid, ctx):
         opt = grid_lib.deep_merge(opt, grid_lib.fill_placeholders(method['options'], values))
         opt = grid_lib.absolutize(opt, REPO)
         opt['name'] = f'{grid["name"]}_{cell["method"]}_{cell["label"]}'
-        opt['manual_seed'] = grid['set_seed']
+        opt['name'] += f'_{cell["draw"]}' if cell['draw'] else ''
+        opt['manual_seed'] = cell['set_seed']
         opt.setdefault('path', {})['distilled_root'] = root
         opt.setdefault('logger', {})['use_tb_logger'] = False
-        path = grid_lib.write_option_file(
-            opt, osp.join(grid['work_dir'], 'options', 'sets', f'{cell["method"]}_{cell["label"]}.yml'))
+        path = grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'sets',
+                                                        f'{osp.basename(root)}.yml'))
         run_logged([sys.executable,
                     osp.join(REPO, 'basicsr_distill', 'train.py'), '-opt', path, '--auto_resume'], grid['work_dir'],
                    log)
@@ -192,11 +198,11 @@ def run_set_cell(cell, grid, ctx):
         cmd = [
             sys.executable,
             osp.join(REPO, 'scripts', 'select_subset.py'), '-opt', ctx['pool_opt'], '--out', root, '--seed',
-            str(grid['set_seed'])
+            str(cell['set_seed'])
         ]
-        if method.get('like'):
-            like = next(c for c in ctx['sets']
-                        if c['method'] == method['like'] and c['size_index'] == cell['size_index'])
+        if method.get('like'):  # the same draw of the like method (its one draw if it has one: the reference)
+            likes = [c for c in ctx['sets'] if c['method'] == method['like'] and c['size_index'] == cell['size_index']]
+            like = next((c for c in likes if c['set_seed'] == cell['set_seed']), likes[0])
             cmd += ['--like', like['root']]
         else:
             cmd += ['--ratio', str(cell['size'])]
@@ -229,9 +235,12 @@ def run_train_cell(cell, grid, ctx):
     opt = grid_lib.read_option_file(arch['opt'])
     opt = grid_lib.absolutize(grid_lib.deep_merge(opt, grid_lib.fill_placeholders(arch['options'], values)), REPO)
     opt['name'], opt['manual_seed'] = cell['name'], cell['seed']
-    opt['datasets']['train'].update(dataroot=set_cell['root'], name=f'{set_cell["method"]}_{set_cell["label"]}')
-    opt['datasets'].pop('val', None)  # evaluation is done below, on every test set
+    opt['datasets']['train'].update(dataroot=set_cell['root'], name=osp.basename(set_cell['root']))
+    for key in [k for k in opt['datasets'] if k.split('_')[0] == 'val']:
+        opt['datasets'].pop(key)  # evaluation is done below, on every test set
     opt.pop('val', None)
+    if grid['val_freq']:
+        add_validation(opt, grid)
     opt.setdefault('logger', {})['use_tb_logger'] = False
     opt['logger']['save_checkpoint_freq'] = opt['train']['total_iter']
     path = grid_lib.write_option_file(opt, osp.join(grid['work_dir'], 'options', 'train', f'{cell["name"]}.yml'))
@@ -248,22 +257,127 @@ def run_train_cell(cell, grid, ctx):
     train_time = parse_train_time(logs[-1])['seconds'] if logs else None
     net = load_network(opt['network_g'], osp.join(exp, 'models', 'net_g_latest.pth'), scale=grid['scale'])
     row = {'train_time_s': train_time, 'train_wall_s': round(wall, 1), 'weights': osp.join(exp, 'models')}
+    if grid['val_freq']:
+        from basicsr_distill.models.curve_sr_model import CURVE_FILE, read_curve
+        row['curve'] = read_curve(osp.join(exp, CURVE_FILE))
     row.update(evaluate_sets(net, grid, ctx))
     return row
 
 
-def evaluate_sets(net, grid, ctx):
-    """``{'<test set>/<metric>': value}`` of a network on the preset's test sets."""
+def add_validation(opt, grid):
+    """Make a train option file validate on every validation set every ``val_freq`` iterations (BasicSR's loop),
+    with PSNR on Y (``psnr``) and on RGB (``psnr_rgb``), and record the curve (``model_type: CurveSRModel``).
+
+    Raises:
+        ValueError: If the option file's ``model_type`` is not ``SRModel`` (naming it): the curve needs its loop.
+    """
+    if opt.get('model_type') not in ('SRModel', 'CurveSRModel'):
+        raise ValueError(f'val_freq: the curve needs model_type SRModel, the option file has {opt.get("model_type")}; '
+                         'set val_freq: 0 in the preset or use an SRModel option file')
+    opt['model_type'] = 'CurveSRModel'
+    scale = grid['scale']
+    for index, (name, spec) in enumerate(grid['val_sets'].items()):
+        opt['datasets'][f'val_{index}'] = {
+            'name': name,
+            'type': 'PairedImageDataset',
+            'dataroot_gt': spec['hr'],
+            'dataroot_lq': spec['lr'],
+            'filename_tmpl': spec.get('filename_tmpl', f'{{}}x{scale}'),
+            'io_backend': {
+                'type': 'disk'
+            }
+        }
+    psnr = {'type': 'calculate_psnr', 'crop_border': scale}
+    opt['val'] = {
+        'val_freq': grid['val_freq'],
+        'save_img': False,
+        'pbar': False,
+        'metrics': {
+            'psnr': dict(psnr, test_y_channel=True),
+            'psnr_rgb': dict(psnr, test_y_channel=False)
+        }
+    }
+    return opt
+
+
+def evaluate_sets(net, grid, ctx, names=None):
+    """``{'<set>/<metric>': value}`` of a network on the preset's validation and test sets (or those of ``names``):
+    the metrics on Y, and ``psnr_rgb`` (BasicSR's ``calculate_psnr`` on RGB) when ``rgb_psnr`` is on."""
     from basicsr_distill.utils.sr_metrics import evaluate_network
-    tests = {name: (spec['hr'], spec['lr']) for name, spec in grid['test_sets'].items()}
+    tests = {
+        name: (spec['hr'], spec['lr'])
+        for name, spec in grid_lib.eval_sets(grid).items() if names is None or name in names
+    }
+    if not tests:
+        return {}
     result = evaluate_network(net, tests, scale=grid['scale'], metrics=grid['metrics'], device=ctx['device'])
-    return {f'{name}/{m}': res.get(m) for name, res in result['test_sets'].items() for m in grid['metrics']}
+    out = {f'{name}/{m}': res.get(m) for name, res in result['test_sets'].items() for m in grid['metrics']}
+    if 'psnr_rgb' in grid_lib.metric_columns(grid):
+        rgb = evaluate_network(
+            net, tests, scale=grid['scale'], metrics=['psnr'], device=ctx['device'], test_y_channel=False)
+        out.update({f'{name}/psnr_rgb': res['psnr'] for name, res in rgb['test_sets'].items()})
+    return out
+
+
+def missing_columns(grid, record):
+    """The evaluated sets whose columns a finished train cell lacks (a set or a metric added to the preset later)."""
+    columns = grid_lib.metric_columns(grid)
+    return [name for name in grid_lib.eval_sets(grid) if any(f'{name}/{m}' not in record for m in columns)]
+
+
+def complete_evaluation(cell, grid, ctx, store, record):
+    """Evaluate the saved weights of a finished train cell on the sets it lacks; returns the updated record (the
+    record as it is, with a warning, when its weights are gone)."""
+    names = missing_columns(grid, record)
+    weights = osp.join(record.get('weights') or '', 'net_g_latest.pth')
+    if not names:
+        return record
+    if not osp.isfile(weights):
+        print(
+            f'warning: {cell["id"]} has no {names} columns and its weights {weights} are gone: delete '
+            f'{store.path(cell)} to retrain it',
+            flush=True)
+        return record
+    from basicsr_distill.utils.sr_metrics import load_network
+    opt = grid_lib.read_option_file(osp.join(grid['work_dir'], 'options', 'train', f'{cell["name"]}.yml'))
+    net = load_network(opt['network_g'], weights, scale=grid['scale'])
+    result = {k: v for k, v in record.items() if k not in ('id', 'spec_hash', 'spec')}
+    result.update(evaluate_sets(net, grid, ctx, names))
+    print(f'{cell["id"]}: evaluated on {names} (added to the preset after it finished)', flush=True)
+    return store.save(cell, result)
 
 
 def bicubic_reference(grid, ctx):
     """The bicubic row: BasicSR's MATLAB-style ``imresize`` evaluated like the trained networks."""
     from basicsr_distill.utils.sr_eval import BicubicSR
     return evaluate_sets(BicubicSR(grid['scale']), grid, dict(ctx, device='cpu'))
+
+
+def curve_rows(grid, store, trains, rows):
+    """One row per (run, validation) of the finished train cells with a curve: the columns of ``curves.csv``."""
+    by_id = {(r['arch'], r['method'], r['label'], r.get('set_seed'), r['seed']): r for r in rows}
+    out = []
+    for cell in trains:
+        record = store.load(cell)
+        set_cell = cell['set']
+        row = by_id.get((cell['arch'], set_cell['method'], set_cell['label'], set_cell['set_seed'], cell['seed']))
+        if record is None or row is None:
+            continue
+        for point in record.get('curve') or []:
+            out.append({
+                'arch': cell['arch'],
+                'method': set_cell['method'],
+                'label': set_cell['label'],
+                'pairs': row.get('pairs'),
+                'set_seed': set_cell['set_seed'],
+                'seed': cell['seed'],
+                'reference': row.get('reference'),
+                'dataset': point['dataset'],
+                'iter': point['iter'],
+                'psnr': point.get('psnr'),
+                'psnr_rgb': point.get('psnr_rgb')
+            })
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -280,6 +394,7 @@ def build_rows(grid, store, sets, trains):
             method=cell['set']['method'],
             label=cell['set']['label'],
             size=cell['set']['size'],
+            set_seed=cell['set']['set_seed'],
             seed=cell['seed'])
         row.update({k: v for k, v in record.items() if '/' in k or k in ('train_time_s', 'train_wall_s')})
         rows.append(row)
@@ -290,28 +405,42 @@ def write_outputs(grid, store, sets, trains, final, included=None):
     """CSV + Markdown from the finished cells (after every train cell); plots and sample grids when ``final``.
     ``included``: per-run rows of an earlier results.csv (``--include_csv``), kept where the work dir has no run of
     the same arch, method, size and seed."""
-    tests, metrics, work = list(grid['test_sets']), grid['metrics'], grid['work_dir']
+    tests, metrics, work = list(grid_lib.eval_sets(grid)), grid_lib.metric_columns(grid), grid['work_dir']
     rows = build_rows(grid, store, sets, trains)
-    have = {(r['arch'], r['method'], r['label'], r['seed']) for r in rows}
+    have = {(r['arch'], r['method'], r['label'], r['set_seed'], r['seed']) for r in rows}
     included = included or []
+    for row in included:  # an earlier file without set draws: its runs are of the preset's set_seed
+        row['set_seed'] = grid['set_seed'] if row.get('set_seed') is None else int(row['set_seed'])
     extra = [
-        r for r in included if r['method'] != 'bicubic' and (r['arch'], r['method'], r['label'], r['seed']) not in have
+        r for r in included
+        if r['method'] != 'bicubic' and (r['arch'], r['method'], r['label'], r['set_seed'], r['seed']) not in have
     ]
     order = list(grid['methods'])
     rows = sorted(extra + rows, key=lambda r: order.index(r['method']))  # stable: the preset's method order
-    bicubic = store.load(bicubic_cell(grid)) if grid['bicubic_reference'] else None
+    bicubic = load_bicubic(store, grid) if grid['bicubic_reference'] else None
     if grid['bicubic_reference'] and bicubic is None:  # not computed here: the earlier file's, if it has one
         bicubic = next((r for r in included if r['method'] == 'bicubic'), None)
     bicubic = {k: v for k, v in bicubic.items() if '/' in k and v is not None} if bicubic else None
     csv_rows = rows + ([dict(bicubic, arch='-', method='bicubic')] if bicubic else [])
     report.write_csv(csv_rows, osp.join(work, 'results.csv'), tests, metrics)
     summary = grid_lib.summarize(rows, tests, metrics)
-    title = (f'Preset `{osp.relpath(grid["preset"], REPO)}`: {len(rows)} runs, mean ± std over seeds '
-             f'{grid["seeds"]}; PSNR / SSIM on Y, {grid["scale"]}-pixel border (BasicSR). Set time: the set\'s '
+    val = list(grid['val_sets'])
+    title = (f'Preset `{osp.relpath(grid["preset"], REPO)}`: {len(rows)} runs, mean ± std over the runs of a row '
+             f'(set draws x student seeds: set seeds {grid["set_seeds"]}, the reference has one draw; seeds '
+             f'{grid["seeds"]}; "runs" counts them, "draws" the set draws); PSNR (Y) / SSIM (Y) on the Y channel '
+             f'(BT.601), PSNR (RGB) on RGB, {grid["scale"]}-pixel border (BasicSR\'s calculate_psnr / ssim). ' +
+             (f'{", ".join(val)} (val) is the validation set: settings are chosen on it; '
+              f'{", ".join(grid["test_sets"])} are reported for the chosen ones. ' if val else '') +
+             'Set time: the set\'s '
              '`wall_time_s` (distill.json: distillation, or scoring the pool + selecting + writing; no process '
              'start-up). Train time: BasicSR\'s "Time consumed" of the downstream run.' +
              (f' {len(extra)} of the runs are read from an earlier results.csv (--include_csv).' if extra else ''))
-    table = report.markdown_table(summary, tests, metrics, bicubic, title, grid_lib.random_baselines(grid))
+    table = report.markdown_table(summary, tests, metrics, bicubic, title, grid_lib.random_baselines(grid), val)
+    curves = curve_rows(grid, store, trains, rows)
+    if grid['val_freq'] or curves:
+        report.write_curves_csv(curves, osp.join(work, 'curves.csv'))
+        for name in val:
+            table += '\n' + report.time_to_quality_table(grid_lib.time_to_quality(curves, name), name)
     report.write_markdown(table, osp.join(work, 'table.md'))
     if final and summary and 'psnr' in metrics:
         report.plot_psnr(
@@ -340,14 +469,29 @@ def write_outputs(grid, store, sets, trains, final, included=None):
     return summary
 
 
+def load_bicubic(store, grid):
+    """The bicubic record, or None when it is missing or was evaluated on other sets."""
+    try:
+        return store.load(bicubic_cell(grid))
+    except grid_lib.GridError:
+        return None
+
+
+def load_cell(store, grid, cell):
+    """A finished cell's record or None; a stale bicubic record counts as missing (it is recomputed), any other cell
+    made with other settings is refused (:meth:`CellStore.load`)."""
+    return load_bicubic(store, grid) if cell['id'] == 'ref/bicubic' else store.load(cell)
+
+
 def bicubic_cell(grid):
+    """The bicubic reference: recomputed (it is cheap) whenever the evaluated sets or metrics change."""
     return {
         'id': 'ref/bicubic',
         'kind': 'set',
         'spec': {
-            'test_sets': grid['test_sets'],
+            'sets': grid_lib.eval_sets(grid),
             'scale': grid['scale'],
-            'metrics': grid['metrics']
+            'columns': grid_lib.metric_columns(grid)
         }
     }
 
@@ -364,6 +508,13 @@ def main(argv=None):
         default=None,
         help='comma-separated method names: compute (with --dry_run: list) only their cells; the report still '
         'covers every finished cell')
+    parser.add_argument(
+        '--seeds', default=None, help='comma-separated student seeds: compute (list) only their downstream runs')
+    parser.add_argument(
+        '--set_seeds',
+        default=None,
+        help='comma-separated set seeds: compute (list) only those set draws and their runs')
+    parser.add_argument('--archs', default=None, help='comma-separated arch names: compute (list) only their runs')
     parser.add_argument(
         '--include_csv',
         default=None,
@@ -383,18 +534,42 @@ def main(argv=None):
         if unknown:
             raise ValueError(f'--methods: {unknown} not in the preset {args.opt} (methods: {list(grid["methods"])})')
 
+    def chosen(option, known, cast=str):
+        if option is None:
+            return None
+        names = {cast(v) for v in getattr(args, option).split(',')}
+        unknown = sorted(names - set(known))
+        if unknown:
+            raise ValueError(f'--{option}: {unknown} not in the preset {args.opt} (known: {sorted(known)})')
+        return names
+
+    seeds = chosen('seeds' if args.seeds else None, grid['seeds'], int)
+    set_seeds = chosen('set_seeds' if args.set_seeds else None, grid['set_seeds'], int)
+    archs = chosen('archs' if args.archs else None, grid['archs'])
+
     def selected(cell):
-        return wanted is None or (cell.get('method') or (cell.get('set') or {}).get('method')) in wanted
+        set_cell = cell if cell['kind'] == 'set' else cell['set']
+        if cell['id'] == 'ref/bicubic':  # computed with the whole grid only (not a method's piece)
+            return wanted is None
+        return ((wanted is None or set_cell['method'] in wanted)
+                and (set_seeds is None or set_cell['set_seed'] in set_seeds)
+                and (cell['kind'] == 'set' or ((seeds is None or cell['seed'] in seeds) and
+                                               (archs is None or cell['arch'] in archs))))
 
     store = grid_lib.CellStore(grid['work_dir'])
     sets = grid_lib.set_cells(grid)
     trains = grid_lib.train_cells(grid, sets)
     extra = [bicubic_cell(grid)] if grid['bicubic_reference'] else []
     cells = sets + extra + trains
-    done = {c['id'] for c in cells if store.load(c) is not None}  # also refuses cells made with other settings
+    if extra and load_bicubic(store, grid) is None and osp.isfile(store.path(extra[0])):
+        if not args.dry_run and not args.report:  # evaluated on other sets or metrics: recomputed
+            os.remove(store.path(extra[0]))
+    # every other finished cell (refusing cells made with other settings)
+    done = {c['id'] for c in cells if load_cell(store, grid, c) is not None}
     print(
         f'benchmark {grid["name"]}: {len(sets)} training sets, {len(trains)} downstream runs '
-        f'({len(grid["archs"])} archs x {len(grid["seeds"])} seeds), test sets {list(grid["test_sets"])}; '
+        f'({len(grid["archs"])} archs x {len(grid["set_seeds"])} set draws x {len(grid["seeds"])} seeds), validation '
+        f'sets {list(grid["val_sets"])}, test sets {list(grid["test_sets"])}; '
         f'{len(done)} of {len(cells)} cells finished; work dir {grid["work_dir"]}',
         flush=True)
     if args.dry_run:
@@ -418,6 +593,8 @@ def main(argv=None):
         if args.max_cells is not None:
             todo = todo[:args.max_cells]
         lock = threading.Lock()
+        for cell in [c for c in trains if c['id'] in done and selected(c)]:  # sets / metrics added since
+            complete_evaluation(cell, grid, ctx, store, store.load(cell))
 
         def compute(cell):
             start = time.time()
@@ -452,7 +629,7 @@ def main(argv=None):
         computed += len(train_todo)
         if args.max_cells is not None and len(todo) < len(cells) - len(done):
             print(f'stopped after {computed} cells (--max_cells); rerun to continue', flush=True)
-    complete = all(store.load(c) is not None for c in cells)
+    complete = all(load_cell(store, grid, c) is not None for c in cells)
     write_outputs(grid, store, sets, trains, final=True, included=included)
     print(
         f'{"finished" if complete else "partial"}: {osp.join(grid["work_dir"], "table.md")}, results.csv, '

@@ -97,15 +97,15 @@ def test_table_says_full_minus_random_by_hand():
 
     summary = [row('full', 30.50, 27.55, 2, True), row('random', 30.33, 27.41, 3), row('idc', 30.6, 27.6, 3)]
     assert report.reference_gaps(summary, ['Set5', 'Set14']) == [
-        'A: full minus random r0.01 (3 pairs), PSNR: Set5 +0.17 dB, Set14 +0.14 dB (2 / 3 seeds).'
+        'A: full minus random r0.01 (3 pairs), PSNR: Set5 +0.17 dB, Set14 +0.14 dB (2 / 3 runs).'
     ]
     assert 'full minus random r0.01' in report.markdown_table(summary, ['Set5', 'Set14'], ['psnr'])
     assert report.reference_gaps(summary[1:], ['Set5']) == []  # no reference row: no line
     # two random baselines (two sizes under two names): one line each, in summary order; others are not baselines
     summary.append(dict(row('random_1pct', 30.10, 27.20, 3), label='r0.01', pairs=1))
     assert report.reference_gaps(summary, ['Set5'], ('random', 'random_1pct')) == [
-        'A: full minus random r0.01 (3 pairs), PSNR: Set5 +0.17 dB (2 / 3 seeds).',
-        'A: full minus random_1pct r0.01 (1 pairs), PSNR: Set5 +0.40 dB (2 / 3 seeds).'
+        'A: full minus random r0.01 (3 pairs), PSNR: Set5 +0.17 dB (2 / 3 runs).',
+        'A: full minus random_1pct r0.01 (1 pairs), PSNR: Set5 +0.40 dB (2 / 3 runs).'
     ]
     assert 'full minus random_1pct' in report.markdown_table(summary, ['Set5'], ['psnr'], baselines=('random_1pct', ))
 
@@ -396,7 +396,7 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
     table = (work / 'table.md').read_text()
     assert '1 of the runs are read from an earlier results.csv' in table and '| bicubic |' in table
     idc_row = next(line for line in table.splitlines() if f"| idc | {first['label']} |" in line)
-    assert '| 3 |' in idc_row  # seeds 0, 1 and 7
+    assert '| 3 (1) |' in idc_row  # seeds 0, 1 and 7 of one set draw
     bicubic_value = next(r for r in rows if r['method'] == 'bicubic')['Set5/psnr']
     os.remove(work / 'cells' / 'ref__bicubic.json')  # not computed in this work dir: the earlier file's row is used
     assert script.main(['-opt', preset, '--report', '--include_csv', str(earlier)]) == 0
@@ -425,3 +425,176 @@ def test_runner_methods_computes_only_the_named_methods(tmp_path, hr_dirs, capsy
     # the two IDC sets and one IDC downstream run: nothing of `random`
     assert sorted(os.listdir(
         work / 'cells')) == ['set__idc__r0.05.json', 'set__idc__r0.2.json', 'train__EDSR_tiny__idc__r0.05__seed0.json']
+
+
+# ------------------------------------------------------------------------------------------------ validation, draws
+def test_time_to_quality_by_hand():
+
+    def points(method, values, set_seed=0, seed=0, reference=False, dataset='Val'):
+        return [{
+            'arch': 'A',
+            'method': method,
+            'label': 'r1',
+            'set_seed': set_seed,
+            'seed': seed,
+            'reference': reference,
+            'dataset': dataset,
+            'iter': 500 * (k + 1),
+            'psnr': v
+        } for k, v in enumerate(values)]
+
+    curves = (
+        points('full', [27.0, 28.0, 28.5, 28.6], reference=True) + points('full', [27.2, 28.2, 28.6, 28.8], seed=1) +
+        points('small', [27.9, 28.6, 28.7, 28.7]) + points('small', [28.0, 28.5, 28.7, 28.7], set_seed=1) +
+        points('slow', [20.0, 21.0, 22.0, 22.0]) + points('full', [99.0] * 4, dataset='Other', reference=True))
+    rows = {row['method']: row for row in grid_lib.time_to_quality(curves, 'Val')}
+    assert rows['full']['final'] == pytest.approx(28.7) and rows['full']['target'] == pytest.approx(28.6)
+    assert rows['full']['iters'] == 2000 and rows['full']['runs'] == 2 and rows['full']['last_iter'] == 2000
+    assert rows['small']['iters'] == 1500  # mean over its two draws: 27.95, 28.55, 28.70 (>= 28.6 at 1500)
+    assert rows['slow']['iters'] is None and rows['slow']['target'] == pytest.approx(28.6)
+    text = report.time_to_quality_table(list(rows.values()), 'Val')
+    assert '| A | small | r1 | 2 | 28.70 | 2000 | 28.60 | 1500 |' in text and '| A | slow | r1 | 1 |' in text
+    assert text.splitlines()[-1].endswith('| - |')  # slow never reaches it
+
+
+def _tiny_val_set(root):
+    """Two bundled Set5 images (HR and x4 LR) as a stand-in validation set (``<root>/HR``, ``<root>/LR``)."""
+    for sub, names in (('HR', ('baby.png', 'bird.png')), ('LR', ('babyx4.png', 'birdx4.png'))):
+        os.makedirs(root / sub, exist_ok=True)
+        src = data_path('data', 'val', 'Set5', 'HR' if sub == 'HR' else osp.join('LR_bicubic', 'X4'))
+        for name in names:
+            shutil.copy(osp.join(src, name), root / sub)
+    return {'hr': str(root / 'HR'), 'lr': str(root / 'LR')}
+
+
+def test_runner_validation_curve_rgb_psnr_and_set_draws(tmp_path, hr_dirs, monkeypatch):
+    """Set draws (set_seeds), a validation set with BasicSR's validation loop every 2 iterations (the curve), RGB
+    PSNR beside Y, and a test set added later evaluated from the saved weights without retraining."""
+    work = tmp_path / 'work'
+    val = _tiny_val_set(tmp_path / 'val')
+    methods = {
+        'full': {
+            'type': 'select',
+            'args': ['--method', 'random'],
+            'sizes': [1.0],
+            'reference': True
+        },
+        'random': {
+            'type': 'select',
+            'args': ['--method', 'random'],
+            'sizes': [0.2]
+        },
+        'random_teacher_hr': {
+            'type': 'select',
+            'args': ['--method', 'random_teacher_hr'],
+            'like': 'random'
+        }
+    }
+    preset = _write_preset(
+        tmp_path / 'tiny.yml',
+        work,
+        hr_dirs,
+        methods=methods,
+        seeds=[0],
+        set_seeds=[0, 1],
+        val_sets={'Val': val},
+        val_freq=2)
+    script = _load_script()
+    calls = []
+    real_run = script.run_logged
+
+    def recording_run(cmd, cwd, log_path, threads=None):
+        calls.append(' '.join(cmd))
+        return real_run(cmd, cwd, log_path, threads)
+
+    monkeypatch.setattr(script, 'run_logged', recording_run)
+    assert script.main(['-opt', preset, '--set_seeds', '0', '--methods', 'full,random']) == 0
+    assert sorted(os.listdir(work / 'cells')) == [
+        'ref__bicubic.json', 'set__full__r1.json', 'set__random__r0.2.json', 'train__EDSR_tiny__full__r1__seed0.json',
+        'train__EDSR_tiny__random__r0.2__seed0.json'
+    ]
+    assert script.main(['-opt', preset]) == 0  # the second draw, and random_teacher_hr (like random, draw by draw)
+    cells = sorted(os.listdir(work / 'cells'))
+    assert 'set__random__r0.2__set1.json' in cells and 'train__EDSR_tiny__random__r0.2__set1__seed0.json' in cells
+    assert not any('full' in c and 'set1' in c for c in cells)  # the reference has one draw
+    drawn = [json.load(open(work / 'sets' / name / 'distill.json')) for name in ('random_r0.2', 'random_r0.2_set1')]
+    assert [p['name'] for p in drawn[0]['pairs']] != [p['name'] for p in drawn[1]['pairs']]
+    like = next(c for c in calls if 'random_teacher_hr_r0.2_set1' in c and 'select_subset.py' in c)
+    assert like.split('--like ')[1].split()[0].endswith('random_r0.2_set1') and '--seed 1' in like
+
+    with open(work / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    runs = [r for r in rows if r['method'] != 'bicubic']
+    assert len(runs) == 5 and {(r['method'], r['set_seed']) for r in runs} >= {('random', '0'), ('random', '1')}
+    for row in rows:
+        for col in ('Val/psnr', 'Val/psnr_rgb', 'Set5/psnr', 'Set5/psnr_rgb'):
+            assert 5 < float(row[col]) < 40, col
+        assert float(row['Set5/psnr_rgb']) != float(row['Set5/psnr'])  # RGB and Y are different measurements
+    with open(work / 'curves.csv') as f:
+        curve = [r for r in csv.DictReader(f) if r['method'] == 'random' and r['set_seed'] == '1']
+    assert [(r['dataset'], r['iter']) for r in curve] == [('Val', '2'), ('Val', '4')]
+    final = next(r for r in runs if r['method'] == 'random' and r['set_seed'] == '1')
+    # BasicSR's validation loop at the last iteration and the runner's own evaluation agree (the same weights)
+    assert float(curve[-1]['psnr']) == pytest.approx(float(final['Val/psnr']), abs=1e-3)
+    assert float(curve[-1]['psnr_rgb']) == pytest.approx(float(final['Val/psnr_rgb']), abs=1e-3)
+    table = (work / 'table.md').read_text()
+    assert 'Val (val) PSNR (Y)' in table and 'Set5 PSNR (RGB)' in table and 'Time to quality on Val' in table
+    random_line = next(line for line in table.splitlines() if line.startswith('| EDSR_tiny | random | r0.2 |'))
+    assert '| 2 (2) |' in random_line  # 2 runs over 2 set draws
+
+    # adding a test set keeps every finished cell: the saved weights are evaluated on it, nothing is retrained
+    cells = [name for name in cells if name != 'ref__bicubic.json']  # the bicubic row is recomputed (cheap)
+    stamps = {name: json.load(open(work / 'cells' / name))['spec_hash'] for name in cells}
+    calls.clear()
+    test_sets = {
+        'Set5': {
+            'hr': data_path('data', 'val', 'Set5', 'HR'),
+            'lr': data_path('data', 'val', 'Set5', 'LR_bicubic', 'X4')
+        },
+        'Set5b': {
+            'hr': data_path('data', 'val', 'Set5', 'HR')
+        }
+    }
+    preset = _write_preset(
+        tmp_path / 'tiny.yml',
+        work,
+        hr_dirs,
+        methods=methods,
+        seeds=[0],
+        set_seeds=[0, 1],
+        val_sets={'Val': val},
+        val_freq=2,
+        test_sets=test_sets)
+    assert script.main(['-opt', preset]) == 0
+    assert calls == []
+    assert {name: json.load(open(work / 'cells' / name))['spec_hash'] for name in cells} == stamps
+    with open(work / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert all(5 < float(r['Set5b/psnr_rgb']) < 40 for r in rows)
+
+
+def test_runner_seed_and_arch_filters(tmp_path, hr_dirs, capsys):
+    work = tmp_path / 'work'
+    archs = yaml.safe_load(open(_write_preset(tmp_path / 'a.yml', work, hr_dirs)))['archs']
+    archs['RCAN_tiny'] = {
+        'opt': archs['EDSR_tiny']['opt'],
+        'options': dict(archs['EDSR_tiny']['options'], network_g={
+            'type': 'RCAN',
+            'num_group': 1
+        })
+    }
+    preset = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs, archs=archs, set_seeds=[0, 3])
+    script = _load_script()
+    capsys.readouterr()
+    assert script.main(['-opt', preset, '--dry_run', '--seeds', '1', '--archs', 'RCAN_tiny', '--set_seeds', '3']) == 0
+    listed = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith('  todo')]
+    trains = [c for c in listed if c.startswith('train/')]
+    assert trains and all(c.startswith('train/RCAN_tiny/') and c.endswith('/set3/seed1') for c in trains)
+    assert {c
+            for c in listed if c.startswith('set/')
+            } == {'set/idc/r0.05/set3', 'set/idc/r0.2/set3', 'set/random/r0.05/set3', 'set/random/r0.2/set3'}
+    with pytest.raises(ValueError, match=r"--seeds: \[7\] not in the preset"):
+        script.main(['-opt', preset, '--dry_run', '--seeds', '7'])
+    bad = _write_preset(tmp_path / 'bad.yml', work, hr_dirs, set_seeds=[1, 2])
+    with pytest.raises(grid_lib.GridError, match='set_seeds must be a non-empty list that holds set_seed'):
+        grid_lib.load_grid(bad, REPO)

@@ -1,0 +1,54 @@
+"""BasicSR's ``SRModel`` that also records every validation as a curve file (time-to-quality measurements).
+
+The benchmark runner (:mod:`basicsr_distill.benchmark.runner`) trains its students with ``model_type: CurveSRModel``
+and ``val.val_freq`` set, so that BasicSR's own validation loop evaluates the student on the validation sets every
+``val_freq`` iterations; this model writes each result to ``<experiments_root>/val_curve.json``.
+"""
+import json
+import os.path as osp
+
+from basicsr.models.sr_model import SRModel
+from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr_distill.utils.file_io import write_text_atomic
+
+#: file name of the curve, in the experiment folder
+CURVE_FILE = 'val_curve.json'
+
+
+def read_curve(path):
+    """The records of a curve file: ``[{'iter': int, 'dataset': str, '<metric>': float, ...}]`` sorted by dataset
+    then iteration; ``[]`` when the file does not exist.
+
+    Raises:
+        ValueError: If the file is not a curve file (naming it).
+    """
+    if not osp.isfile(path):
+        return []
+    with open(path, encoding='utf-8') as f:
+        records = json.load(f)
+    if not isinstance(records, list) or not all(isinstance(r, dict) and 'iter' in r for r in records):
+        raise ValueError(f'{path} is not a validation curve file (a JSON list of records with "iter"); delete it')
+    return sorted(records, key=lambda r: (r['dataset'], r['iter']))
+
+
+@MODEL_REGISTRY.register()
+class CurveSRModel(SRModel):
+    """``SRModel`` whose validations are also written to ``<experiments_root>/val_curve.json``.
+
+    One record per (dataset, iteration): ``{'iter', 'dataset', <metric>: value}`` with BasicSR's metric values (e.g.
+    PSNR in dB). A later validation at the same iteration (BasicSR validates again after the last iteration, recorded
+    as ``total_iter``; a restarted run repeats iterations) replaces the earlier record. The file is rewritten
+    atomically each time.
+    """
+
+    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
+        super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        path = osp.join(self.opt['path']['experiments_root'], CURVE_FILE)
+        # BasicSR validates once more after the loop, with current_iter past total_iter (its epoch loop adds one per
+        # remaining epoch): those are the weights of the last iteration
+        iteration = min(int(current_iter), int(self.opt['train']['total_iter']))
+        records = [r for r in read_curve(path) if (r['dataset'], r['iter']) != (dataset_name, iteration)]
+        record = {'iter': iteration, 'dataset': dataset_name}
+        record.update({metric: float(value) for metric, value in self.metric_results.items()})
+        records = sorted(records + [record], key=lambda r: (r['dataset'], r['iter']))
+        write_text_atomic(path, json.dumps(records, indent=1) + '\n')
