@@ -29,6 +29,16 @@ Each fix checks whether its problem occurs and does nothing otherwise:
    ``~`` / ``none`` (any case), ``true`` / ``false`` (any case), ``!!float x``, digit strings (``010`` is 10, not
    YAML 1.1's octal 8) and lists (Python literals). A quoted value (``'"1e-3"'`` through the shell) stays a string.
 
+6. ``basicsr.models.base_model.BaseModel.load_network`` (BasicSR's own models: ``path.pretrain_network_g`` of an
+   ``SRModel`` training on a distilled set) reads the file with ``torch.load`` and torch's default ``weights_only``
+   (True from torch 2.6, False before, which runs whatever a pickle holds), and a refused or corrupt file gets
+   torch's error, which names no file and advises ``weights_only=False``. It is replaced everywhere by
+   :func:`load_network_checked`: the same loading (``param_key`` falling back to ``params``, ``module.`` stripped,
+   BasicSR's key report, ``strict``), with the file read by
+   :func:`basicsr_distill.utils.checkpoint.read_checkpoint` (``weights_only=True`` whatever torch's default): a file
+   that pickles Python objects is refused and never loaded, a corrupt or truncated one is named as such, with the
+   option it came from.
+
 ``apply()`` is idempotent and is called by ``import basicsr_distill`` before anything imports torchvision.
 """
 import ast
@@ -120,9 +130,34 @@ def _load_resume_state_cpu(opt):
     if not osp.isfile(resume_state_path):
         raise FileNotFoundError(f'Training state not found: "{resume_state_path}" (path.resume_state).')
     from basicsr_distill.utils.checkpoint import read_checkpoint
-    resume_state = read_checkpoint(resume_state_path, 'training state (path.resume_state)')
+    try:
+        resume_state = read_checkpoint(resume_state_path, 'training state (path.resume_state)')
+    except ValueError as err:  # an empty, truncated or foreign state: say how to go on without it
+        raise ValueError(f'{err} {_resume_advice(resume_state_path, opt["auto_resume"])}') from err.__cause__
     check_resume(opt, resume_state['iter'])
     return resume_state
+
+
+def _resume_advice(path, auto_resume):
+    """What to do with an unreadable training state ``path`` (it is never skipped silently)."""
+    folder, name = osp.split(path)
+    iters = []
+    for other in os.listdir(folder or '.') if osp.isdir(folder or '.') else []:
+        stem = other[:-len('.state')]
+        if other.endswith('.state') and other != name and stem.isdigit():
+            iters.append(int(stem))
+    try:
+        current = int(name[:-len('.state')])
+    except ValueError:
+        current = None
+    older = max((i for i in iters if current is None or i < current), default=None)
+    if not auto_resume:
+        return 'Point path.resume_state at another state, or start without one.'
+    if older is None:
+        return (f'It is the only training state in {folder}: move it away and rerun with --auto_resume (finished units '
+                'are kept, the unfinished one starts again).')
+    return (f'Move it away and rerun with --auto_resume to resume from the previous state, '
+            f'{osp.join(folder, f"{older}.state")} (finished units are kept).')
 
 
 def fix_cpu_resume():
@@ -132,6 +167,54 @@ def fix_cpu_resume():
     import basicsr.train
     if basicsr.train.load_resume_state is not _load_resume_state_cpu:
         basicsr.train.load_resume_state = _load_resume_state_cpu
+    return True
+
+
+def load_network_checked(self, net, load_path, strict=True, param_key='params'):
+    """BasicSR 1.4.2's ``BaseModel.load_network`` with the file read by
+    :func:`~basicsr_distill.utils.checkpoint.read_checkpoint` (fix 6 of the module docstring).
+
+    Args:
+        net (nn.Module): The network (may be wrapped in DataParallel / DistributedDataParallel).
+        load_path (str): The weights file.
+        strict (bool): As ``nn.Module.load_state_dict``. Default: True.
+        param_key (str | None): The entry holding the weights (``params`` is used when it is missing); None: the
+            whole file. Default: ``'params'``.
+
+    Raises:
+        FileNotFoundError: ``load_path`` does not exist (named).
+        ValueError: The file is not a plain weights file (it pickles Python objects: refused, never loaded) or is
+            corrupt or truncated; the message names the file and the option it came from.
+        RuntimeError: As ``load_state_dict`` (keys that do not fit, with ``strict``).
+    """
+    from copy import deepcopy
+
+    from basicsr.utils import get_root_logger
+    from basicsr_distill.utils.checkpoint import read_checkpoint
+    logger = get_root_logger()
+    net = self.get_bare_model(net)
+    path_opt = (getattr(self, 'opt', None) or {}).get('path') or {}
+    keys = [k for k, v in path_opt.items() if k.startswith('pretrain_network') and v == load_path]
+    load_net = read_checkpoint(load_path, f'pretrained weights (path.{keys[0]})' if keys else 'pretrained weights')
+    if param_key is not None:
+        if param_key not in load_net and 'params' in load_net:
+            param_key = 'params'
+            logger.info('Loading: params_ema does not exist, use params.')
+        load_net = load_net[param_key]
+    logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    for k, v in deepcopy(load_net).items():  # remove unnecessary 'module.'
+        if k.startswith('module.'):
+            load_net[k[7:]] = v
+            load_net.pop(k)
+    self._print_different_keys_loading(net, load_net, strict)
+    net.load_state_dict(load_net, strict=strict)
+
+
+def fix_basicsr_load_network():
+    """Make BasicSR's models read weights with :func:`load_network_checked` (fix 6). Returns True."""
+    from basicsr.models.base_model import BaseModel
+    if BaseModel.load_network is not load_network_checked:
+        BaseModel.load_network = load_network_checked
     return True
 
 
@@ -231,6 +314,7 @@ def apply():
     fix_torchvision_ops()
     fix_functional_tensor()
     fix_cpu_resume()
+    fix_basicsr_load_network()
     fix_cpu_dist_init()
     fix_force_yml_values()
     _APPLIED = True

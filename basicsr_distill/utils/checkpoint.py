@@ -2,10 +2,14 @@
 of the package that does either (:func:`build_network`, :func:`load_pretrained`, :func:`load_network`), and the one
 reader of ``.pth`` files (:func:`read_checkpoint`)."""
 import copy
+import errno
 import inspect
+import io
 import os.path as osp
+import pickletools
 import re
 import torch
+import zipfile
 from collections import OrderedDict
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
@@ -23,7 +27,9 @@ def _load_error_detail(err):
     """
     text = _ANSI.sub('', str(err))
     if 'weights_only' in text:
+        blocked = re.search(r'unsupported GLOBAL [^\n]*', text)  # 'Trying to load unsupported GLOBAL posix.system ...'
         _, _, text = text.partition('WeightsUnpickler error:')
+        text = text or (blocked.group(0) if blocked else '')
         text = re.split(r'\. Please use|Check the documentation', text)[0]  # drop torch's advice
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = lines[0] if lines and 'weights_only' not in lines[0] else ''
@@ -32,14 +38,112 @@ def _load_error_detail(err):
     return f'{type(err).__name__}: {text}' if text else type(err).__name__
 
 
+_STRING_OPS = ('STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8')
+_SCAN_LIMIT = 256 << 20  # bytes of a non-zip file scanned for its pickles
+
+
+def _allowed_globals():
+    """``'module.name'`` of what torch's weights-only reader accepts (its default list and the safe globals added)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # another torch: judge by module below
+        allowed = set()
+    for obj in torch.serialization.get_safe_globals():
+        obj = obj[0] if isinstance(obj, tuple) else obj
+        allowed.add(f'{getattr(obj, "__module__", "")}.{getattr(obj, "__qualname__", "")}')
+    return allowed
+
+
+def pickled_globals(path):
+    """What a pickle-based ``.pth`` file would import when unpickled, besides what a plain weights file holds.
+
+    The pickle opcodes are read with :mod:`pickletools` (nothing is imported or run): the ``data.pkl`` of a zip
+    checkpoint, or the pickles at the start of any other file (a legacy ``torch.save`` file, a ``pickle.dump``).
+
+    Args:
+        path (str): The file.
+
+    Returns:
+        list[str] | None: ``'module.name'`` of every class or function it references that torch's weights-only
+        reader does not accept (``'posix.system'``, ``'argparse.Namespace'``), in order, without duplicates (empty:
+        none); None when the file holds no complete pickle (corrupt, truncated, not a pickle at all).
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n == 'data.pkl' or n.endswith('/data.pkl')]
+                data, count = (archive.read(names[0]), 1) if names else (b'', 0)
+        else:
+            with open(path, 'rb') as f:
+                data, count = f.read(_SCAN_LIMIT), 4  # a legacy file: magic number, protocol, sys info, objects
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError):
+        return None
+    stream, found = io.BytesIO(data), []
+    for index in range(count):
+        recent, memo = [], {}  # strings pushed (None: another object), and those memoised, for STACK_GLOBAL
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ('GLOBAL', 'INST'):
+                    found.append(arg.replace(' ', '.'))
+                elif op.name == 'STACK_GLOBAL':
+                    module, name = ([None, None] + recent)[-2:]
+                    found.append(f'{module}.{name}' if module and name else '<unknown>')
+                elif op.name == 'MEMOIZE':
+                    memo[len(memo)] = recent[-1] if recent else None
+                elif op.name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+                    memo[arg] = recent[-1] if recent else None
+                else:
+                    recent.append(arg if op.name in _STRING_OPS else memo.get(arg) if 'GET' in op.name else None)
+                    del recent[:-2]
+        except Exception:  # not a pickle, or cut short: a corrupt file, or the raw bytes after a legacy file's pickles
+            if index == 0:
+                return None
+            break
+        if stream.tell() >= len(data):
+            break
+    allowed = _allowed_globals()
+    odd = []
+    for name in found:
+        plain = name in allowed if allowed else name.split('.')[0] in ('torch', 'collections')
+        if not plain and name not in odd:
+            odd.append(name)
+    return odd
+
+
+def unreadable_checkpoint_error(path, what, err):
+    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err``.
+
+    Args:
+        path (str): The file.
+        what (str): What it is, for the message (``'pretrained weights (path.pretrain_network_g)'``).
+        err (BaseException): Torch's error (the new error is meant to be chained to it).
+
+    Returns:
+        ValueError: Naming the file and saying what it is: not a plain weights file (it pickles Python objects whose
+        loading can run code: refused, never loaded), or corrupt or truncated. Torch's advice to retry with
+        ``weights_only`` turned off is not repeated: it does not help a corrupt file and runs arbitrary code from a
+        foreign one.
+    """
+    detail = _load_error_detail(err)
+    odd = pickled_globals(path)
+    if odd or 'Unsupported global' in detail or 'unsupported GLOBAL' in detail:
+        names = ', '.join(odd[:5]) + (f' and {len(odd) - 5} more' if len(odd) > 5 else '') if odd else 'see below'
+        return ValueError(f'Refused {what} "{path}": it is not a plain weights file: it holds pickled Python objects '
+                          f'({names}) that would be imported and called when it is loaded, which can run any code. '
+                          f'It was not loaded and nothing in it was run ({detail}). Use a file that holds only tensors '
+                          '(torch.save(net.state_dict(), path)), from a source you trust.')
+    return ValueError(f'Cannot read {what} "{path}": the file is corrupt or truncated (not a valid PyTorch '
+                      f'checkpoint; {detail}). Download or save it again.')
+
+
 def read_checkpoint(path, what='checkpoint', map_location='cpu'):
     """Read a ``.pth`` file with ``torch.load(path, map_location=map_location, weights_only=True)``.
 
     Any failure of ``torch.load`` to parse the file (``UnpicklingError``, ``RuntimeError``, ``EOFError``,
-    ``zipfile`` errors, ...) is re-raised as a ``ValueError`` that names the file and says that it is corrupt or
-    truncated (or, when it pickles objects other than tensors and plain containers, says that), chained to torch's
-    error. Torch's advice to retry with ``weights_only`` turned off is not repeated: it does not help a corrupt file
-    and runs arbitrary code from a foreign one.
+    ``zipfile`` errors, the ``OSError: [Errno 22]`` of a truncated zip archive, ...) is re-raised as a ``ValueError``
+    that names the file and says what it is (:func:`unreadable_checkpoint_error`): not a plain weights file (it
+    pickles Python objects, refused and never loaded), or corrupt or truncated; chained to torch's error.
 
     Args:
         path (str): The file (its existence is checked by the caller, which knows the option it came from).
@@ -51,23 +155,22 @@ def read_checkpoint(path, what='checkpoint', map_location='cpu'):
         object: What the file holds (tensors in plain containers).
 
     Raises:
-        FileNotFoundError, PermissionError, IsADirectoryError (OSError): As ``open`` raises them (they name the file).
+        FileNotFoundError, PermissionError, IsADirectoryError (OSError): As ``open`` raises them (they name the file);
+            a read error (``EIO``) is raised naming the file too.
         ValueError: If the file is not a valid PyTorch checkpoint (corrupt, truncated, empty, not a checkpoint at
             all, or pickling objects that ``weights_only=True`` refuses).
     """
     path = str(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise
+    except OSError as err:
+        if err.filename is not None or err.errno != errno.EINVAL:  # EINVAL: torch's reader of a cut zip archive
+            if err.filename is None:
+                err.filename = path
+            raise
+        raise unreadable_checkpoint_error(path, what, err) from err
     except Exception as err:
-        detail = _load_error_detail(err)
-        if 'Unsupported global' in detail:  # a whole pickled object (a model, an argparse.Namespace ...)
-            raise ValueError(f'Cannot read {what} "{path}": it is not a valid PyTorch checkpoint of tensors: it '
-                             f'pickles other objects, which are not loaded since unpickling them can run code '
-                             f'({detail}). Save a state dict (torch.save(net.state_dict(), path)).') from err
-        raise ValueError(f'Cannot read {what} "{path}": the file is corrupt or truncated (not a valid PyTorch '
-                         f'checkpoint; {detail}). Download or save it again.') from err
+        raise unreadable_checkpoint_error(path, what, err) from err
 
 
 def _select_state_dict(checkpoint, param_key, path):

@@ -11,6 +11,7 @@ Two writers keep another temporary name through ``tmp=``: BasicSR training state
 selection (``.<name>.<random>.tmp``, which its writer cleans itself).
 """
 import contextlib
+import errno
 import json
 import os
 import os.path as osp
@@ -18,6 +19,7 @@ import shutil
 import uuid
 
 TMP_PREFIX = '.distill-tmp-'
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)  # raised naming no file
 
 
 def tmp_path(final_path):
@@ -78,8 +80,12 @@ def atomic_path(path, make_parents=False, tmp=None):
         str: The temporary path.
 
     Raises:
-        OSError: Writing or replacing failed; ``path`` is untouched and the temporary removed. Any exception
-            raised inside the block propagates the same way.
+        OSError: Writing or replacing failed; ``path`` is untouched and the temporary removed. An error of a write,
+            flush or fsync (a full disk: ``ENOSPC``; ``EDQUOT``, ``EFBIG``, ``EIO``, ``EROFS``), which Python raises
+            naming no file, gets ``path`` as its ``filename`` (so does an error naming the temporary alone), so
+            that its message names the file and the callers (e.g.
+            :meth:`basicsr_distill.utils.run_lock.RunGuard.explain_write_error`) know which folder failed. Any
+            exception raised inside the block propagates the same way.
     """
     if make_parents:
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
@@ -90,11 +96,15 @@ def atomic_path(path, make_parents=False, tmp=None):
             with open(tmp, 'rb+') as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if osp.isdir(tmp) and not osp.islink(tmp):
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
         elif osp.lexists(tmp):
-            os.remove(tmp)
+            with contextlib.suppress(OSError):  # keep the original error (a removal fails on a read-only folder)
+                os.remove(tmp)
+        named = isinstance(err, OSError) and err.filename2 is None and err.filename == tmp
+        if named or isinstance(err, OSError) and err.filename is None and err.errno in _WRITE_ERRNOS:
+            err.filename = path
         raise
 
 
@@ -130,10 +140,24 @@ def write_json_atomic(path, obj, make_parents=False, **dump_kwargs):
 def torch_save_atomic(path, obj, tmp=None):
     """``torch.save(obj)`` to ``path`` atomically (training states, stage files); ``tmp`` as in :func:`atomic_path`.
 
+    The temporary is opened by Python and ``torch.save`` writes to the open file: given a path, torch writes with its
+    own C++ writer, whose failures (a full disk, a folder that became unwritable) are a ``RuntimeError`` such as
+    ``[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598``, naming neither the file nor the cause;
+    Python's are an ``OSError`` with its ``errno``, named by :func:`atomic_path`.
+
     Returns:
         str: ``path``.
+
+    Raises:
+        OSError: Writing failed (named; ``path`` is untouched).
     """
     import torch
     with atomic_path(path, tmp=tmp) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, 'wb') as f:
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:  # torch ends the archive after a failed write, which hides the OSError
+                if isinstance(err.__context__, OSError):
+                    raise err.__context__ from None
+                raise
     return path

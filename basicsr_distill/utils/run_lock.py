@@ -509,9 +509,15 @@ class RunGuard:
             states = self.opt['path'].get('training_states', osp.join(self.exp, 'training_states'))
             message = (f'Writing to {folder} ({entry["what"]}) failed: {err}. The run stopped. Nothing already '
                        'written there is lost or corrupted (every file is written under a temporary name and moved '
-                       'into place; a distilled set lists whole units only). The unit being written was computed but '
-                       'not saved: make the folder writable (or free space), then rerun with --auto_resume: finished '
-                       f'units are skipped and that unit is recomputed from the last training state in {states}.')
+                       'into place; a distilled set lists whole units only). ')
+            if _within(hit, osp.abspath(states)):
+                message += ('This training state was not written; the earlier ones are intact: make the folder '
+                            'writable (or free space), then rerun with --auto_resume: finished units are skipped and '
+                            f'the unit in progress resumes from the last training state in {states}.')
+            else:
+                message += ('The unit being written was computed but not saved: make the folder writable (or free '
+                            'space), then rerun with --auto_resume: finished units are skipped and that unit is '
+                            f'recomputed from the last training state in {states}.')
             try:
                 return type(err)(message)
             except TypeError:
