@@ -22,7 +22,8 @@ METRIC_HEADINGS = {'psnr': 'PSNR (Y)', 'psnr_rgb': 'PSNR (RGB)', 'ssim': 'SSIM (
 
 def write_csv(rows, path, test_sets, metrics, fields=None):
     """One line per (arch, method, size, set draw, seed) run, plus the bicubic reference rows; written atomically.
-    ``<set>/psnr`` is PSNR on Y, ``<set>/psnr_rgb`` on RGB. ``fields``: other leading columns than the runs'."""
+    ``<set>/psnr`` is PSNR on Y, ``<set>/psnr_rgb`` on RGB. ``fields``: other leading columns than the runs'.
+    Returns ``path``."""
     import io
     fields = list(fields or CSV_FIELDS) + [f'{t}/{m}' for t in test_sets for m in metrics]
     buf = io.StringIO()
@@ -30,7 +31,7 @@ def write_csv(rows, path, test_sets, metrics, fields=None):
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in fields})
-    write_text_atomic(path, buf.getvalue())
+    return write_text_atomic(path, buf.getvalue())
 
 
 def read_csv(path, methods):
