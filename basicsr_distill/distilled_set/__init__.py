@@ -66,10 +66,11 @@ from basicsr_distill.distilled_set.layout import (_FORBIDDEN_NAME_SUFFIXES, _NAM
                                                   lmdb_paths, meta_info_text, pair_paths, pending_shards, shard_path)
 from basicsr_distill.distilled_set.lmdb import make_distilled_lmdb
 from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, _REQUIRED_FIELDS,
-                                                    HASH_IGNORED_KEYS, PAIR_HASH_KEY, _check_manifest_consistency,
-                                                    _diff_paths, _load_json, _now, _write_bytes_atomic,
-                                                    _write_json_atomic, collect_versions, options_hash, read_manifest,
-                                                    read_shard, sha256_hex, to_jsonable, write_meta_info)
+                                                    HASH_IGNORED_KEYS, PAIR_HASH_KEY, UNIT_SOURCES_KEY,
+                                                    _check_manifest_consistency, _diff_paths, _load_json, _now,
+                                                    _write_bytes_atomic, _write_json_atomic, collect_versions,
+                                                    file_sha256, options_hash, read_manifest, read_shard, sha256_hex,
+                                                    to_jsonable, write_meta_info)
 from basicsr_distill.distilled_set.reader import (check_pixel_values, decode_npy, decode_png, load_pair, read_npy_rgb,
                                                   read_png_rgb)
 from basicsr_distill.distilled_set.validate import (_PNG_IEND, _PNG_SIGNATURE, _pair_file_problem, incomplete_problem,
@@ -86,6 +87,7 @@ __all__ = [
     'meta_info_text', 'write_meta_info', 'read_manifest', 'shard_path', 'pending_shards', 'read_shard',
     'validate_distilled_set', 'validate_distilled_lmdb', 'incomplete_problem', 'load_pair', 'check_pixel_values',
     'decode_png', 'decode_npy', 'read_png_rgb', 'read_npy_rgb', 'DistilledSetWriter', 'make_distilled_lmdb',
-    'PAIR_KINDS', 'PAIR_HASH_KEY', 'sha256_hex', 'VERIFY_MODES', 'NotADistilledSetError', 'check_sha256',
-    'content_problems', 'lmdb_hashes', 'verification_message', 'verify_distilled_set', 'verify_distilled_lmdb'
+    'PAIR_KINDS', 'PAIR_HASH_KEY', 'UNIT_SOURCES_KEY', 'file_sha256', 'sha256_hex', 'VERIFY_MODES',
+    'NotADistilledSetError', 'check_sha256', 'content_problems', 'lmdb_hashes', 'verification_message',
+    'verify_distilled_set', 'verify_distilled_lmdb'
 ]

@@ -15,10 +15,10 @@ from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, H
                                                   LR_FOR_TRAINING, MANIFEST_NAME, META_INFO_NAME, SHARD_FORMAT_NAME,
                                                   _check_name, _unit_id, meta_info_text, pair_paths, pending_shards,
                                                   shard_path)
-from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, PAIR_HASH_KEY,
+from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, PAIR_HASH_KEY, UNIT_SOURCES_KEY,
                                                     _check_manifest_consistency, _diff_paths, _now, _write_json_atomic,
-                                                    collect_versions, options_hash, read_manifest, read_shard,
-                                                    sha256_hex, to_jsonable)
+                                                    collect_versions, file_sha256, options_hash, read_manifest,
+                                                    read_shard, sha256_hex, to_jsonable)
 from basicsr_distill.utils.file_io import remove_stale_tmps, write_bytes_atomic
 
 
@@ -67,6 +67,18 @@ class DistilledSetWriter():
             ``distill.rank<k>.json`` only. Default: None.
         start_time (float | None): ``time.monotonic()`` when the run's work began, for ``wall_time_s`` (e.g. a
             selection that scores the whole pool before it opens the writer). Default: None (now).
+        unit_sources (Mapping[str | int, Sequence[str]] | None): The source images each unit is computed from. They
+            are hashed (SHA-256) once when the writer opens, and :meth:`write_unit` records a unit's hashes in the
+            manifest's ``unit_sources``. On resume (``shard=None``), a finished unit whose recorded images differ from
+            these (an image changed, added or removed) was computed from other data: see ``recompute_changed``. A
+            finished unit that records none (a set written before they were recorded) is kept, with one warning.
+            None: nothing is hashed or checked. Default: None.
+        recompute_changed (bool | Collection[str | int]): What to do with finished units whose source images
+            changed: True drops them from the manifest (their pair files are deleted, a warning names every image)
+            so that the run computes them again; False refuses (``ValueError`` naming every image); a collection of
+            unit ids drops those and refuses the others. Default: True.
+        changed_hint (str | None): What to do, ending the refusal's message. Default: None (delete or rename the
+            folder to write the set again from the current images, or restore the images).
 
     Raises:
         ValueError: Invalid arguments, or (resume) the existing manifest belongs to another run (method, scale,
@@ -90,7 +102,10 @@ class DistilledSetWriter():
                  unit_order=None,
                  world_size=1,
                  shard=None,
-                 start_time=None):
+                 start_time=None,
+                 unit_sources=None,
+                 recompute_changed=True,
+                 changed_hint=None):
         if not isinstance(method, str) or not method:
             raise ValueError(f'method must be a non-empty str, got {method!r}.')
         if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
@@ -115,6 +130,8 @@ class DistilledSetWriter():
         self._shard = None
         self._start = time.monotonic() if start_time is None else float(start_time)
         logger = get_root_logger()
+        self._source_hashes = self._hash_sources(unit_sources)
+        self.recomputed_units = []  # finished units dropped at open because their source images changed
 
         new = {
             'format': FORMAT_NAME,
@@ -134,6 +151,7 @@ class DistilledSetWriter():
             'options_hash': options_hash(options),
             'options': to_jsonable(dict(options or {})),
             'world_size': int(world_size),
+            UNIT_SOURCES_KEY: {},
             'pairs': [],
         }
 
@@ -156,6 +174,7 @@ class DistilledSetWriter():
             self._wall_base = float(old.get('wall_time_s', 0.0))
             self._cleanup_tmp()
             merged = self.merge_shards()  # an interrupted multi-process run: its ranks' finished units count
+            self._check_sources(recompute_changed, changed_hint, logger)
             self._warn_orphans(logger)
             # meta_info.txt may lag behind the manifest after a crash between the two writes
             write_bytes_atomic(self.meta_info_path, meta_info_text(self._manifest['pairs']).encode('utf-8'))
@@ -198,6 +217,7 @@ class DistilledSetWriter():
             'size_control': new['size_control'],
             'options_hash': new['options_hash'],
             'units_finished': [],
+            UNIT_SOURCES_KEY: {},
             'pairs': []
         }
 
@@ -240,6 +260,74 @@ class DistilledSetWriter():
             raise ValueError(f'{path or self.manifest_path} belongs to another run: ' + '; '.join(diffs) +
                              '. Pick another output folder for this run (or restore the original options to resume).')
 
+    @staticmethod
+    def _hash_sources(unit_sources):
+        """``{unit id: {image path: SHA-256}}`` of ``unit_sources`` (each file hashed once), or {} for None."""
+        if unit_sources is None:
+            return {}
+        if not isinstance(unit_sources, Mapping):
+            raise ValueError(
+                f'unit_sources must map unit ids to lists of image paths, got {type(unit_sources).__name__}.')
+        cache, hashes = {}, {}
+        for unit, paths in unit_sources.items():
+            if isinstance(paths, (str, bytes)) or not hasattr(paths, '__iter__'):
+                raise ValueError(f'unit_sources[{unit!r}] must be a list of image paths, got {paths!r}.')
+            for path in map(str, paths):
+                if path not in cache:
+                    cache[path] = file_sha256(path)
+            hashes[_unit_id(unit)] = {str(p): cache[str(p)] for p in paths}
+        return hashes
+
+    def _check_sources(self, recompute_changed, changed_hint, logger):
+        """Drop (or refuse) the finished units whose source images changed since they were written (see Args)."""
+        recorded = self._manifest.get(UNIT_SOURCES_KEY) or {}
+        changed, unknown = {}, []
+        for uid in self._manifest['units_finished']:
+            if uid not in self._source_hashes:
+                continue
+            if uid not in recorded:
+                unknown.append(uid)
+                continue
+            old, new = recorded[uid], self._source_hashes[uid]
+            if sorted(old.values()) == sorted(new.values()):
+                continue
+            reasons = []
+            for path, digest in new.items():
+                if digest in old.values():
+                    continue
+                reasons.append(
+                    f'{path} changed (SHA-256 {old[path][:12]}... when the unit was written, {digest[:12]}... '
+                    'now)' if path in old else f'{path} is new to it')
+            reasons.extend(f'{path} is no longer among its images' for path, digest in old.items()
+                           if path not in new and digest not in new.values())
+            changed[uid] = reasons
+        if unknown:
+            logger.warning(f'{self.manifest_path}: {len(unknown)} finished unit(s) (e.g. {unknown[0]!r}) record no '
+                           'SHA-256 of their source images (written before they were recorded): they are kept, but a '
+                           'source image changed since cannot be detected for them; delete or rename '
+                           f'{self.root} to compute them again from the current images.')
+        if not changed:
+            return
+        lines = '\n'.join(f'  unit {uid!r}: {"; ".join(reasons)}' for uid, reasons in changed.items())
+        allowed = set(changed) if recompute_changed is True else (
+            set() if recompute_changed is False else {_unit_id(u)
+                                                      for u in recompute_changed})
+        refused = [uid for uid in changed if uid not in allowed]
+        if refused:
+            hint = changed_hint or (f'Delete or rename {self.root} to write the set again from the current images, '
+                                    'or restore the images.')
+            raise ValueError(
+                f'{self.manifest_path}: the source images of {len(changed)} finished unit(s) changed since '
+                f'they were written, so their pairs are stale:\n{lines}\nNothing was changed. {hint}')
+        names = [p['name'] for p in self._manifest['pairs'] if p['unit'] in changed]
+        self._store([p for p in self._manifest['pairs'] if p['unit'] not in changed],
+                    [u for u in self._manifest['units_finished'] if u not in changed])
+        self._remove_pair_files(names)
+        self.recomputed_units = list(changed)
+        logger.warning(f'{self.manifest_path}: the source images of {len(changed)} finished unit(s) changed since they '
+                       f'were written; their {len(names)} stale pair(s) are removed and the units computed again:\n'
+                       f'{lines}')
+
     def _cleanup_tmp(self):
         """Remove temporary files left by an interrupted writer (only ``.distill-tmp-*`` files)."""
         for sub in ('', HR_DIR, LR_DIR, LR_FLOAT_DIR):
@@ -265,10 +353,16 @@ class DistilledSetWriter():
         def key(uid):
             return position.get(uid, len(position))
 
-        return dict(
+        ordered = dict(
             record,
             units_finished=sorted(record['units_finished'], key=key),
             pairs=sorted(record['pairs'], key=lambda p: key(p['unit'])))
+        if UNIT_SOURCES_KEY in record:
+            ordered[UNIT_SOURCES_KEY] = {
+                u: record[UNIT_SOURCES_KEY][u]
+                for u in sorted(record[UNIT_SOURCES_KEY], key=key)
+            }
+        return ordered
 
     def _commit(self, manifest):
         """Write ``manifest`` (then meta_info.txt) atomically; the in-memory state changes only on success."""
@@ -280,12 +374,20 @@ class DistilledSetWriter():
         self._manifest = manifest
         write_bytes_atomic(self.meta_info_path, meta_info_text(manifest['pairs']).encode('utf-8'))
 
-    def _store(self, pairs, units):
-        """Commit this writer's record: ``distill.json`` (shard None) or its shard, atomically."""
+    def _store(self, pairs, units, sources=None):
+        """Commit this writer's record: ``distill.json`` (shard None) or its shard, atomically.
+
+        The source hashes of units no longer in ``units`` are dropped; ``sources`` ({unit id: {path: hex}}) are added.
+        """
+        record = self._manifest if self._shard is None else self._shard
+        kept = {u: v for u, v in (record.get(UNIT_SOURCES_KEY) or {}).items() if u in set(units)}
+        kept.update(sources or {})
         if self._shard is None:
-            self._commit(dict(self._manifest, pairs=pairs, units_finished=units, complete=False))
+            self._commit(
+                dict(self._manifest, pairs=pairs, units_finished=units, complete=False, **{UNIT_SOURCES_KEY: kept}))
         else:
-            shard = self._in_unit_order(dict(self._shard, pairs=pairs, units_finished=units))
+            shard = self._in_unit_order(
+                dict(self._shard, pairs=pairs, units_finished=units, **{UNIT_SOURCES_KEY: kept}))
             _write_json_atomic(self.shard_path, shard)
             self._shard = shard
 
@@ -408,7 +510,8 @@ class DistilledSetWriter():
             # the hashes of the very bytes written; committed with the entry (a shard keeps them through the merge)
             entry[PAIR_HASH_KEY] = {kind: sha256_hex(content) for kind, content in contents.items()}
 
-        self._store(kept_pairs + [entry for entry, _, _ in prepared], kept_units + [uid])
+        sources = {uid: self._source_hashes[uid]} if uid in self._source_hashes else None
+        self._store(kept_pairs + [entry for entry, _, _ in prepared], kept_units + [uid], sources)
         self._remove_pair_files(n for n in old_names if n not in names)
 
     def _remove_pair_files(self, names):
@@ -442,6 +545,7 @@ class DistilledSetWriter():
         if not shards:
             return []
         pairs, units = list(self._manifest['pairs']), list(self._manifest['units_finished'])
+        sources = dict(self._manifest.get(UNIT_SOURCES_KEY) or {})
         replaced, merged = [], []
         for _, path in shards:
             shard = read_shard(path)
@@ -451,13 +555,17 @@ class DistilledSetWriter():
                 replaced.extend(p['name'] for p in pairs if p['unit'] == uid)
                 pairs = [p for p in pairs if p['unit'] != uid] + entries
                 units = [u for u in units if u != uid] + [uid]
+                sources.pop(uid, None)
+                if uid in (shard.get(UNIT_SOURCES_KEY) or {}):
+                    sources[uid] = shard[UNIT_SOURCES_KEY][uid]
                 merged.append(uid)
             seen = {}
             for pair in pairs:
                 if seen.setdefault(pair['name'], pair['unit']) != pair['unit']:
                     raise ValueError(f'{path}: pair name {pair["name"]!r} of unit {pair["unit"]!r} is already used by '
                                      f'unit {seen[pair["name"]]!r}; names must be unique in the set.')
-        self._commit(dict(self._manifest, pairs=pairs, units_finished=units, complete=False))
+        self._commit(
+            dict(self._manifest, pairs=pairs, units_finished=units, complete=False, **{UNIT_SOURCES_KEY: sources}))
         kept = {p['name'] for p in pairs}
         self._remove_pair_files(n for n in replaced if n not in kept)
         for _, path in shards:

@@ -240,21 +240,65 @@ class DistillBaseModel(BaseModel):
                 ``size_control``, ``options``, ...); ``unit_order`` and ``world_size`` are set here (from
                 ``unit_names`` and the process group), replacing any given.
 
+        With ``unit_sources`` (``{unit: [source image paths]}``) every unit records the SHA-256 of its images, and a
+        finished unit whose images changed since is computed again (:class:`DistilledSetWriter`): on a fresh start
+        every such unit; under ``--auto_resume`` (``path.resume_state``) only those whose iterations are still ahead
+        of the resumed one, the others are refused (the message says to rerun without ``--auto_resume``). Rank
+        k >= 1 hashes the images of its own units only.
+
         Returns:
             DistilledSetWriter: The writer of ``distill.json`` (rank 0) or of this rank's shard.
 
         Raises:
             ValueError, FileExistsError, FileNotFoundError, RuntimeError: As :class:`DistilledSetWriter` (invalid
                 arguments, a folder of another run or not a distilled set, a shard opened before rank 0, a shard of
-                an earlier run left unmerged).
+                an earlier run left unmerged, changed source images of units that cannot be computed again).
+            OSError: A source image cannot be read to hash it (named).
         """
         kwargs.update(unit_order=self.unit_names, world_size=self.world_size)
+        sources = kwargs.get('unit_sources')
+        if sources is not None and self.rank != 0:
+            mine = set(self.unit_names[self.rank::self.world_size])
+            kwargs['unit_sources'] = {u: v for u, v in sources.items() if u in mine}
+        resume = self.opt['path'].get('resume_state')
+        if sources is not None and resume and self.rank == 0:
+            done = self._resumed_iteration(resume)
+            kwargs['recompute_changed'] = [u for i, u in enumerate(self.unit_names) if self.first_iteration(i) > done]
+            kwargs['changed_hint'] = (
+                f'Resuming from {resume} (iteration {done}) cannot compute them again: their iterations are past. '
+                'Rerun without --auto_resume (the units whose images did not change are kept, these are computed '
+                f'again), or delete or rename {root}, or restore the images.')
         writer = DistilledSetWriter(root, **kwargs) if self.rank == 0 else None
         if self.world_size > 1:
             mmdist.barrier()
         if writer is None:
             writer = DistilledSetWriter(root, shard=self.rank, **kwargs)
         return writer
+
+    def first_iteration(self, unit_index):
+        """The first (1-based) iteration of unit ``unit_index`` in the loop of the process that owns it.
+
+        Follows :meth:`locate_units` (rank ``i % W``, groups of K units, T iterations each); a method that overrides
+        :meth:`locate_unit` overrides this too.
+
+        Args:
+            unit_index (int): The unit (0-based, in ``unit_names`` order).
+
+        Returns:
+            int: ``(i // W // K) * T + 1``.
+        """
+        return (unit_index // self.world_size // self.units_per_step) * self.steps_per_unit + 1
+
+    @staticmethod
+    def _resumed_iteration(path):
+        """The iteration of the training state ``path`` (BasicSR names them ``<iter>.state``; else read from it)."""
+        stem = osp.splitext(osp.basename(path))[0]
+        if stem.isdigit():
+            return int(stem)
+        try:
+            return int(torch.load(path, map_location='cpu', weights_only=True)['iter'])
+        except Exception:  # unreadable here: BasicSR's own load names it; assume every unit is past
+            return float('inf')
 
     def unit_generator(self, unit_index, salt=0):
         """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is never touched.

@@ -174,7 +174,8 @@ class GSDDModel(DistillBaseModel):
                 'gt_size': opt['datasets']['train']['gt_size']
             },
             size_control={'ipc': int(cfg['ipc'])},
-            options=opt)
+            options=opt,
+            unit_sources=dict(zip(self.unit_names, map(self.source.images_of, range(self.source.num_classes)))))
         self.logger.info(f'GSDD: {self.source.num_classes} classes x {self.T} iterations, IPC {cfg["ipc"]} -> {root} '
                          f'({len(self.writer.finished_units)} classes already written)')
 

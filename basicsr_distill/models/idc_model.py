@@ -278,7 +278,8 @@ class IDCModel(DistillBaseModel):
                 'stride': self.source.stride
             },
             size_control={'r': self.cfg['ratio']},
-            options=opt)
+            options=opt,
+            unit_sources=dict(zip(self.unit_names, ([path] for path in self.source.paths))))
         self.logger.info(f'IDC: {self.source.num_instances} instances x {self.T} iterations -> {root} '
                          f'({len(self.writer.finished_units)} already written)')
 

@@ -557,7 +557,8 @@ def select_subset(opt,
             'r': num / len(pool)
         },
         options=options,
-        start_time=start)
+        start_time=start,
+        unit_sources=dict(zip(source.names, ([path] for path in source.paths))))
     tag = {'random': 'rand', 'random_teacher_hr': 'rand', 'random_generator_hr': 'rand'}.get(method, method)
     tag = 'idcinit' if method == 'idc_init' else tag
     offsets = np.cumsum([0] + counts)

@@ -340,3 +340,79 @@ def test_wall_time_counts_from_start_time(tmp_path):
     fresh = new_writer(str(tmp_path / 'set2'))
     fresh.write_unit(0, real_pairs('u0_', 1))
     assert fresh.finalize()['wall_time_s'] < 60.0
+
+
+def test_source_image_hashes_recompute_or_refuse_changed_units(tmp_path, caplog):
+    """Each finished unit records the SHA-256 of its source images; on resume a unit whose image changed is dropped
+    (to be computed again) or refused, naming the image; a manifest without the record still loads, with a warning."""
+    import shutil
+    images = tmp_path / 'images'
+    images.mkdir()
+    for i in (1, 2, 3):
+        shutil.copy(osp.join(T91, f't{i}.png'), images / f't{i}.png')
+    sources = {f'u{i}': [str(images / f't{i}.png')] for i in (1, 2, 3)}
+    root = str(tmp_path / 'set')
+    writer = new_writer(root, unit_sources=sources, unit_order=list(sources))
+    for i in (1, 2, 3):
+        writer.write_unit(f'u{i}', real_pairs(f'u{i}_', 1, first=i))
+    writer.finalize()
+    recorded = read_manifest(root)['unit_sources']
+    assert list(recorded) == ['u1', 'u2', 'u3']
+    assert recorded['u2'] == {sources['u2'][0]: ds.file_sha256(sources['u2'][0])}
+    assert ds.file_sha256(sources['u2'][0]) == ds.sha256_hex(open(sources['u2'][0], 'rb').read())
+
+    # unchanged images: nothing happens
+    assert new_writer(root, unit_sources=sources, unit_order=list(sources)).recomputed_units == []
+    assert read_manifest(root)['complete'] is True
+
+    # t2 replaced by another image: refused without recompute, nothing changed
+    shutil.copy(osp.join(T91, 't5.png'), images / 't2.png')
+    before = open(osp.join(root, 'distill.json'), 'rb').read()
+    with pytest.raises(ValueError) as err:
+        new_writer(root, unit_sources=sources, recompute_changed=False, changed_hint='Rename the folder.')
+    text = str(err.value)
+    assert f"unit 'u2': {sources['u2'][0]} changed (SHA-256" in text and 'Rename the folder.' in text
+    assert 'u1' not in text and 'u3' not in text and 'Nothing was changed' in text
+    with pytest.raises(ValueError, match=sources['u2'][0]):  # a collection without u2: refused too
+        new_writer(root, unit_sources=sources, recompute_changed=['u3'])
+    assert open(osp.join(root, 'distill.json'), 'rb').read() == before
+
+    # recompute: u2 dropped (its pair files removed), the others kept; rewriting it finishes the set again
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        writer = new_writer(root, unit_sources=sources, unit_order=list(sources))
+    assert writer.recomputed_units == ['u2'] and not writer.is_finished('u2') and writer.is_finished('u1')
+    assert f"{sources['u2'][0]} changed" in caplog.text and 'computed again' in caplog.text
+    manifest = read_manifest(root)
+    assert manifest['complete'] is False and list(manifest['unit_sources']) == ['u1', 'u3']
+    assert not osp.exists(osp.join(root, 'hr', 'u2_0.png'))
+    writer.write_unit('u2', real_pairs('u2_', 1, first=5))
+    writer.finalize()
+    assert read_manifest(root)['unit_sources']['u2'] == {sources['u2'][0]: ds.file_sha256(sources['u2'][0])}
+    assert new_writer(root, unit_sources=sources, unit_order=list(sources)).recomputed_units == []
+
+    # a manifest written before hashes were recorded: loads, the units are kept, one warning
+    manifest = read_manifest(root)
+    del manifest['unit_sources']
+    ds._write_json_atomic(osp.join(root, 'distill.json'), manifest)
+    shutil.copy(osp.join(T91, 't6.png'), images / 't3.png')
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        writer = new_writer(root, unit_sources=sources, unit_order=list(sources))
+    assert writer.recomputed_units == [] and writer.finished_units == ['u1', 'u2', 'u3']
+    assert caplog.text.count('record no SHA-256 of their source images') == 1
+    assert validate_distilled_set(root)['num_pairs'] == 3
+
+
+def test_shard_merge_keeps_the_source_hashes(tmp_path):
+    sources = {'a': [osp.join(T91, 't1.png')], 'b': [osp.join(T91, 't2.png')]}
+    root = str(tmp_path / 'set')
+    rank0 = new_writer(root, unit_sources=sources, unit_order=['a', 'b'], world_size=2)
+    rank1 = new_writer(root, unit_sources={'b': sources['b']}, unit_order=['a', 'b'], world_size=2, shard=1)
+    rank1.write_unit('b', real_pairs('b', 1, first=2))
+    rank0.write_unit('a', real_pairs('a', 1))
+    assert json.load(open(osp.join(root, 'distill.rank1.json')))['unit_sources'] == {
+        'b': {sources['b'][0]: ds.file_sha256(sources['b'][0])}
+    }
+    rank0.merge_shards()
+    recorded = rank0.finalize()['unit_sources']
+    assert recorded == {u: {p[0]: ds.file_sha256(p[0])} for u, p in sources.items()} and list(recorded) == ['a', 'b']

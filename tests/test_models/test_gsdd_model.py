@@ -12,7 +12,7 @@ from conftest import (REPO, build_distill_model, data_path, run_basicsr_train, s
                       tiny_edsr_options, write_option_file)
 
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
-from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
+from basicsr_distill.distilled_set import file_sha256, read_manifest, validate_distilled_set
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
@@ -217,6 +217,10 @@ def test_gsdd_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mo
     assert sorted(manifest['units_finished']) == ['bsd', 'tt'] and manifest['num_pairs'] == 6
     assert sorted({p['class'] for p in manifest['pairs']}) == ['bsd', 'tt']
     assert all(p['hr_shape'][:2] == [32, 32] and p['lr_shape'][:2] == [8, 8] for p in manifest['pairs'])
+    classes = {p['class']: osp.dirname(p['paired_image']) for p in manifest['pairs']}
+    for cls, folder in classes.items():  # each class records the SHA-256 of every image of its folder
+        images = sorted(osp.join(folder, v) for v in os.listdir(folder))
+        assert manifest['unit_sources'][cls] == {v: file_sha256(v) for v in images}
 
     train_opt = tiny_edsr_options('edsr_on_gsdd', {'type': 'DistilledPairedDataset', 'dataroot': root})
     run_basicsr_train(write_option_file(train_opt, tmp_path / 'edsr.yml'), tmp_path, monkeypatch)

@@ -438,3 +438,39 @@ def test_x_hat_moves_and_l_ins_falls(tmp_path, init):
     name = read_manifest(opt['path']['distilled_root'])['pairs'][0]['name']
     lq = np.load(osp.join(opt['path']['distilled_root'], 'lr_float', f'{name}.npy'))
     assert np.array_equal(lq, x_hat[0].permute(1, 2, 0).numpy())
+
+
+def test_changed_source_image_recomputes_its_instance_or_is_refused_under_resume(tmp_path):
+    """distill.json records each instance's source-image SHA-256: an image replaced after its instance was written is
+    computed again on a rerun (the others kept); under --auto_resume, past its iterations, it is refused, naming it."""
+    from basicsr_distill.distilled_set import file_sha256
+    hr_folder = _images(tmp_path)
+    opt = _distill_opt(tmp_path, hr_folder)
+    root = opt['path']['distilled_root']
+    model = _model(opt)
+    for it in range(1, 3 * T + 1):
+        model.optimize_parameters(it)
+    manifest = read_manifest(root)
+    assert manifest['complete'] and manifest['units_finished'] == ['t20', 'tiny', 'tt27']
+    t20, tt27 = osp.join(hr_folder, 't20.png'), osp.join(hr_folder, 'tt27.png')
+    assert manifest['unit_sources']['t20'] == {t20: file_sha256(t20)}
+    kept = {f: os.stat(osp.join(root, 'hr', f)).st_mtime_ns for f in os.listdir(osp.join(root, 'hr')) if 'tt27' in f}
+
+    shutil.copy(data_path('data', 'train', 't91', 't5.png'), t20)  # the user replaces an input image
+    resumed = dict(opt, path=dict(opt['path'], resume_state=str(tmp_path / 'training_states' / f'{3 * T}.state')))
+    with pytest.raises(ValueError) as err:
+        _model(resumed)
+    assert f"unit 't20': {t20} changed (SHA-256" in str(err.value) and 'Rerun without --auto_resume' in str(err.value)
+    assert read_manifest(root) == manifest  # nothing changed
+
+    with basicsr_log() as log:
+        model = _model(opt)
+    assert f'{t20} changed' in log.getvalue() and 'computed again' in log.getvalue()
+    assert model.writer.recomputed_units == ['t20'] and read_manifest(root)['complete'] is False
+    for it in range(1, T + 1):
+        model.optimize_parameters(it)
+    manifest = read_manifest(root)
+    assert manifest['complete'] and manifest['unit_sources']['t20'] == {t20: file_sha256(t20)}
+    assert all(p['source_image'] == t20 for p in manifest['pairs'] if p['unit'] == 't20')
+    assert kept == {f: os.stat(osp.join(root, 'hr', f)).st_mtime_ns for f in kept}  # tt27 untouched
+    assert tt27 in manifest['unit_sources']['tt27']
