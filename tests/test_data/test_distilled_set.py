@@ -411,7 +411,9 @@ def test_shard_merge_keeps_the_source_hashes(tmp_path):
     rank1.write_unit('b', real_pairs('b', 1, first=2))
     rank0.write_unit('a', real_pairs('a', 1))
     assert json.load(open(osp.join(root, 'distill.rank1.json')))['unit_sources'] == {
-        'b': {sources['b'][0]: ds.file_sha256(sources['b'][0])}
+        'b': {
+            sources['b'][0]: ds.file_sha256(sources['b'][0])
+        }
     }
     rank0.merge_shards()
     recorded = rank0.finalize()['unit_sources']
