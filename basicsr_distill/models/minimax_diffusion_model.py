@@ -109,7 +109,7 @@ MINIMAX_DEFAULTS = {
 #: Ranges of the stage-2 values of ``distill.finetune`` (``utils.options.check_ranges``; the counts are checked in
 #: ``_check_options``), checked when the model is built.
 MINIMAX_FINETUNE_RANGES = {
-    'lr': '> 0',
+    'lr': '>= 0',
     'weight_decay': '>= 0',
     'ema_decay': '[0, 1]',
     'lambda_r': '>= 0',

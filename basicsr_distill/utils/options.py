@@ -296,8 +296,9 @@ def check_ranges(section, rules, prefix='distill'):
 def check_optimizer(section, prefix):
     """Check an optimiser section (``{'type': <torch.optim class>, 'lr': ..., ...}``) before any unit uses it.
 
-    ``lr`` must be a finite number > 0, ``betas`` a pair of numbers in [0, 1), ``weight_decay`` / ``momentum`` >= 0
-    and ``eps`` > 0 (where given); then the optimiser is built once on a dummy parameter, so that anything else torch
+    ``lr`` must be a finite number >= 0 (0 keeps the parameters at their start: the benchmark's ``*_init`` controls
+    use it; a warning is logged), ``betas`` a pair of numbers in [0, 1), ``weight_decay`` / ``momentum`` >= 0 and
+    ``eps`` > 0 (where given); then the optimiser is built once on a dummy parameter, so that anything else torch
     refuses is found now, named, instead of at the first unit.
 
     Args:
@@ -313,8 +314,12 @@ def check_optimizer(section, prefix):
     cls = getattr(torch.optim, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ValueError(f'option {prefix}.type must name a torch.optim optimiser (e.g. Adam), got {name!r}')
-    rules = {'lr': '> 0', 'weight_decay': '>= 0', 'momentum': '>= 0', 'eps': '> 0'}
+    rules = {'lr': '>= 0', 'weight_decay': '>= 0', 'momentum': '>= 0', 'eps': '> 0'}
     check_ranges(options, {k: v for k, v in rules.items() if k in options}, prefix)
+    if options.get('lr') == 0:
+        from basicsr.utils import get_root_logger
+        get_root_logger().warning(f'option {prefix}.lr is 0: the optimised parameters keep their initial values (a '
+                                  'control run)')
     if 'betas' in options:
         betas = options['betas']
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2

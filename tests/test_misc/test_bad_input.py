@@ -887,12 +887,12 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_tensor(t
         'optim': {
             'lr': -0.01
         }
-    }, r'option distill.optim.lr must be > 0, got -0.01'),
+    }, r'option distill.optim.lr must be >= 0, got -0.01'),
     ('idc', {
         'optim': {
-            'lr': 0
+            'lr': float('nan')
         }
-    }, r'option distill.optim.lr must be > 0, got 0'),
+    }, r'option distill.optim.lr must be >= 0, got nan'),
     ('idc', {
         'optim': {
             'betas': [0.9]
@@ -912,7 +912,7 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_tensor(t
         'optim': {
             'lr': -1.0
         }
-    }, r'option distill.optim.lr must be > 0'),
+    }, r'option distill.optim.lr must be >= 0'),
     ('gsdd', {
         'inversion': {
             'lr': 0.0
@@ -922,7 +922,7 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_tensor(t
         'finetune': {
             'lr': -1.0e-3
         }
-    }, r'option distill.finetune.lr must be > 0'),
+    }, r'option distill.finetune.lr must be >= 0'),
     ('minimax', {
         'finetune': {
             'weight_decay': -0.1
@@ -975,7 +975,7 @@ def test_a_start_refused_on_an_option_leaves_nothing_and_the_fixed_rerun_works(t
     cwd = str(tmp_path / 'run')
     opt = idc(tmp_path)
     opt['distill']['optim'] = {'type': 'Adam', 'lr': -0.01, 'betas': [0.9, 0.999]}
-    with pytest.raises(ValueError, match=r'option distill.optim.lr must be > 0, got -0.01'):
+    with pytest.raises(ValueError, match=r'option distill.optim.lr must be >= 0, got -0.01'):
         run_in_process(opt, cwd, monkeypatch)
     assert sorted(os.listdir(cwd)) == ['idc_kill.yml']  # no experiments/, no distilled/
     opt['distill']['optim']['lr'] = 0.01
