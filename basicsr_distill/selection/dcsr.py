@@ -23,7 +23,10 @@ Decisions where the paper is silent (or that a baseline must fix):
   (``torch.Generator().manual_seed(seed)``), then round ``r`` takes the ``r``-th member of every cluster that still
   has one, cluster after cluster, until ``num_select`` patches are taken. Every cluster therefore gets the same
   quota, small clusters give all they have and the remainder of the last round goes to the clusters first in the
-  random order (water-filling: per-cluster counts differ by at most 1 except for exhausted clusters).
+  random order (water-filling: per-cluster counts differ by at most 1 except for exhausted clusters). A departure
+  from the released code (QingtangDing/DCSR), which takes a uniform 20 % of each cluster (in proportion to its
+  size); equal counts meet any budget exactly (the benchmark compares sets of equal pair counts). Its complexity
+  is ``0.5 |gx| + 0.5 |gy|`` on grayscale and its texture features come from an unreleased DeepTen network.
 * Budget larger than the kept half: all kept patches are taken, then the others by decreasing complexity (ties:
   lowest index); a warning says how many were filled that way.
 """
