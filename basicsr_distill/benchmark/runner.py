@@ -588,7 +588,7 @@ def main(argv=None):
             raise ValueError(f'--jobs must be >= 1, got {args.jobs}')
         if args.jobs > 1:
             ctx['threads'] = max(1, (os.cpu_count() or 1) // args.jobs)
-        progress, computed = Progress(cells, done), 0
+        progress, computed = Progress([c for c in cells if selected(c)], done), 0  # ETA of this piece
         todo = [c for c in cells if c['id'] not in done and selected(c)]
         if args.max_cells is not None:
             todo = todo[:args.max_cells]
