@@ -1,71 +1,29 @@
 """DiT and VAE of Minimax-SR's Stage 2 (diffusers models) and DiffFit fine-tuning as Minimax Diffusion does it.
 
-Minimax-SR (Stage 2, Eq. 2-6) fine-tunes a class-conditioned latent DiT (Peebles & Xie, 2023) on the selected HR
-patches with DiffFit (Xie et al., 2023), exactly as Minimax Diffusion (Gu et al., CVPR 2024) does. The networks are
-diffusers' :class:`~diffusers.DiTTransformer2DModel` and :class:`~diffusers.AutoencoderKL`, built by
-:func:`build_dit` / :func:`build_vae` from a local diffusers folder (never downloaded) or from a config dict
-(:data:`TINY_DIT_CONFIG`, :data:`TINY_VAE_CONFIG`: tiny random models for CPU demos and tests).
+Minimax-SR (Stage 2, Eq. 2-6) fine-tunes a class-conditioned latent DiT (Peebles & Xie, 2023) with DiffFit (Xie et
+al., 2023) as Minimax Diffusion (Gu et al., CVPR 2024; ``mark_difffit_trainable`` in ``train_dit.py``) does: train the
+parameters named ``bias``, ``norm``, ``gamma`` or ``y_embed``, and add scale factors gamma (vectors initialised to 1)
+to the first half of the blocks. Models come from a local diffusers folder (never downloaded) or a config dict
+(:data:`TINY_DIT_CONFIG`, :data:`TINY_VAE_CONFIG`).
 
-DiffFit (:func:`apply_difffit`)
--------------------------------
-Minimax Diffusion (``mark_difffit_trainable`` in its ``train_dit.py``, on the original DiT code) trains exactly the
-parameters whose names contain ``bias``, ``norm``, ``gamma`` or ``y_embed``, and adds learnable scale factors gamma
-(vectors, initialised to 1) to the first half of the blocks (``use_gamma = [True] * 14 + [False] * 14`` for
-DiT-XL's 28 blocks, DiffFit's best placement):
+Each gamma is a forward hook multiplying one diffusers submodule's output by a (d,) parameter ``difffit_gamma`` held
+by that submodule (diffusers' code untouched, deepcopy-safe); with every gamma at 1 the output equals the plain DiT's
+bit for bit. Sites (``gamma_sites``) and the reference parameter each reproduces: ``'qkv'``: ``attn1.to_q/k/v``
+(``attn.gamma1``, 3d); ``'attn_proj'``: ``attn1.to_out[0]`` (``attn.gamma2``); ``'attn'``: ``attn1``, the attention
+residual branch (``block.gamma1``); ``'ff'``: ``ff``, the MLP residual branch (``block.gamma2``).
 
-* ``block.gamma1`` / ``block.gamma2`` (hidden size d) scale the attention / MLP residual branches:
-  ``x + gamma1 * gate_msa * attn(...)`` and ``x + gamma2 * gate_mlp * mlp(...)``;
-* ``attn.gamma1`` (3d) scales the qkv projection output and ``attn.gamma2`` (d) the attention output projection.
+Translations from the original DiT to diffusers (departures in names only, same trainable set):
 
-Here every gamma is a forward hook that multiplies the output of one diffusers submodule by a (d,) parameter
-``difffit_gamma`` registered on that submodule, so diffusers' code is untouched and a ``deepcopy`` of the model scales
-with its own gammas (the hook reads the gamma from the module it is called on). The sites (``gamma_sites``) are
-
-==============  ==============================================  ===========================================
-site            hooked module (output scaled)                   reference parameter
-==============  ==============================================  ===========================================
-``'qkv'``       ``attn1.to_q``, ``attn1.to_k``, ``attn1.to_v``  ``attn.gamma1`` (3d, split in q / k / v)
-``'attn_proj'`` ``attn1.to_out[0]``                             ``attn.gamma2``
-``'attn'``      ``attn1`` (the attention residual branch)       ``block.gamma1``
-``'ff'``        ``ff`` (the feed-forward residual branch)       ``block.gamma2``
-==============  ==============================================  ===========================================
-
-Multiplying a tensor by gates and scales commutes, so the hooks reproduce the reference exactly; with every gamma at 1
-the output equals the un-patched DiT's bit for bit. ``gamma_blocks`` picks the blocks (``'first_half'`` as the
-reference, ``'all'``, or indices).
-
-Two translations from the original DiT's names to diffusers' are needed:
-
-* ``norm``: in the original DiT every LayerNorm is affine-free, so ``'norm'`` selects nothing there; in diffusers
-  the adaLN modulation Linear and the timestep / label embedders live *inside* ``norm1`` (``AdaLayerNormZero``), so a
-  literal name match would train their full weights (about a third of DiT-XL). By default (``norm_match='module'``)
-  the rule takes the direct parameters of normalisation modules only (class name containing ``Norm``: LayerNorm,
-  GroupNorm, ...), which keeps the reference's trainable set; ``norm_match='name'`` is the literal substring rule.
-* the class embedding: the original DiT has one timestep embedder and one label table; diffusers' conversion copies
-  them into every block (``transformer_blocks.i.norm1.emb``). With ``tie_embeddings=True`` (default) every block
-  shares block 0's ``norm1.emb`` (the copies must be equal; they are for converted checkpoints and for
-  :func:`build_dit` from a config), so the label table and the timestep-embedder biases are trained once, as in the
-  reference (1.2 M label parameters for DiT-XL instead of 28 x 1.2 M). The trainable class embedding is
-  ``transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight``.
-
-Shared tensors: with tied embeddings ``state_dict()`` still holds every block's keys (the same tensor), so it loads
-into an untied DiT; save with ``torch.save`` or ``save_pretrained(..., safe_serialization=False)``. To load a
-fine-tuned state dict, build the DiT and call :func:`apply_difffit` with the same options first (the gammas are extra
-keys). Build an EMA (:class:`basicsr_distill.utils.ema.EMA`) after :func:`apply_difffit`.
-
-Label mapping (the paper is silent)
------------------------------------
-DiT is conditioned on ImageNet's 1000 labels, row 1000 of the label table (``num_embeds_ada_norm``) being the null
-label of classifier-free guidance. Pseudo-class ``c`` (Stage 1's k-means cluster, 0..k-1) is fed as DiT label
-``label_offset + c`` (:func:`pseudo_to_dit_labels`; default offset 0, or an explicit ``label_map``), and the null
-label stays ``num_embeds_ada_norm``. Minimax Diffusion feeds the subsets' true ImageNet labels; pseudo-classes have
-none, and since the label table is trained by DiffFit the chosen rows are re-learned, so any fixed injective mapping
-works; the offset lets a user start from other rows. The tiny demo DiT has ``num_embeds_ada_norm = k`` (7), so its
-labels are 0..6 and its null label 7.
-
-Classifier-free-guidance label dropout: diffusers' ``LabelEmbedding`` drops labels (p = 0.1) *inside every call* in
-train mode, i.e. independently in every block, while DiT drops once per sample. For the reference behaviour call
-:func:`set_label_dropout` ``(dit, 0)`` and drop once per batch with :func:`drop_labels`.
+* ``norm``: diffusers keeps the adaLN Linear and the embedders inside ``norm1``, so a literal name match would train
+  their full weights; ``norm_match='module'`` (default) takes only parameters of ``*Norm*`` modules (none in DiT).
+* class embedding: diffusers copies the timestep / label embedders into every block; ``tie_embeddings=True`` shares
+  block 0's, so the label table is trained once as in the reference. ``state_dict()`` then repeats the shared tensor
+  under every block's keys: save with ``torch.save`` or ``safe_serialization=False``; to load, call
+  :func:`apply_difffit` with the same options first. Build an EMA after :func:`apply_difffit`.
+* labels (the paper is silent): pseudo-class c is DiT label ``label_offset + c`` (:func:`pseudo_to_dit_labels`); the
+  null label stays ``num_embeds_ada_norm``. Any injective map works, DiffFit re-learns the used rows.
+* label dropout: diffusers drops labels in every block call, DiT once per sample; for DiT's behaviour call
+  ``set_label_dropout(dit, 0)`` and :func:`drop_labels`.
 """
 import os
 import os.path as osp
@@ -134,14 +92,7 @@ def _resolve_dir(config_or_dir, subfolder, default_subfolder, option_name, what)
 
 
 def _from_pretrained_strict(cls, path, sub, option_name, what, torch_dtype):
-    """``cls.from_pretrained`` from a local folder, refusing weights that do not fit the config.
-
-    diffusers only warns about missing (then randomly initialised) or unexpected keys; here they are an error.
-
-    Raises:
-        FileNotFoundError: no weights file in the folder (naming ``option_name``).
-        RuntimeError: missing, unexpected or mismatched keys (listed, naming the folder and ``option_name``).
-    """
+    """``cls.from_pretrained`` from a local folder; bad keys raise (diffusers only warns)."""
     where = osp.join(path, sub) if sub else path
     try:
         model, info = cls.from_pretrained(
@@ -160,21 +111,18 @@ def _from_pretrained_strict(cls, path, sub, option_name, what, torch_dtype):
 def build_dit(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pretrained_dit'):
     """Build diffusers' :class:`~diffusers.DiTTransformer2DModel` from a local folder or a config dict.
 
-    A folder is loaded with ``from_pretrained(dir, subfolder=..., local_files_only=True)`` (e.g. a DiT pipeline
-    folder such as DiT-XL-2-256 with ``subfolder='transformer'``). A dict (e.g. :data:`TINY_DIT_CONFIG`) gives a
-    randomly initialised model (global RNG) whose per-block timestep / label embedders are then made equal to block
-    0's, as diffusers' conversion of the original DiT makes them, so :func:`apply_difffit` can tie them.
+    A dict gives random weights (global RNG) with every block's embedders equal to block 0's, as in converted
+    checkpoints, so :func:`apply_difffit` can tie them.
 
     Args:
-        config_or_dir (dict | str | os.PathLike): Config dict, or local folder.
+        config_or_dir (dict | str | os.PathLike): Config dict, or local folder (e.g. DiT-XL-2-256).
         subfolder (str | None): Subfolder holding ``config.json`` and the weights; ``'auto'`` (default) uses the
             folder itself if it has a ``config.json``, else ``transformer/``. Ignored for a dict.
-        torch_dtype (torch.dtype | None): Dtype to load the weights in. Default: None (as saved).
-        option_name (str): Name of the option the folder came from, used in error messages.
+        torch_dtype (torch.dtype | None): Dtype of the weights. Default: None (as saved).
+        option_name (str): Option the folder came from, for error messages.
 
     Returns:
-        DiTTransformer2DModel: The model, in train mode for a dict and eval mode from a folder (diffusers'
-        defaults); all parameters trainable.
+        DiTTransformer2DModel: Train mode for a dict, eval mode from a folder; all parameters trainable.
 
     Raises:
         FileNotFoundError: If the folder, its ``config.json`` or its weights are missing (naming ``option_name``).
@@ -193,17 +141,16 @@ def build_dit(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pr
 
 
 def build_vae(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pretrained_vae'):
-    """Build diffusers' :class:`~diffusers.AutoencoderKL` (the SD VAE in the paper) from a local folder or a dict.
+    """Build diffusers' :class:`~diffusers.AutoencoderKL` (the paper's SD VAE) from a local folder or a config dict.
 
     Args:
-        config_or_dir (dict | str | os.PathLike): Config dict (e.g. :data:`TINY_VAE_CONFIG`, random weights), or a
-            local folder (e.g. sd-vae-ft-ema, or a pipeline folder with ``vae/``).
-        subfolder (str | None): As in :func:`build_dit`; ``'auto'`` tries the folder, then ``vae/``.
-        torch_dtype (torch.dtype | None): Dtype to load the weights in. Default: None.
-        option_name (str): Name of the option the folder came from, used in error messages.
+        config_or_dir (dict | str | os.PathLike): Config dict (random weights), or local folder (e.g. sd-vae-ft-ema).
+        subfolder (str | None): As in :func:`build_dit`, trying ``vae/``.
+        torch_dtype (torch.dtype | None): Dtype of the weights. Default: None.
+        option_name (str): Option the folder came from, for error messages.
 
     Returns:
-        AutoencoderKL: The VAE. Freeze it and put it in eval mode for Stage 2 (Minimax Diffusion does).
+        AutoencoderKL: The VAE (freeze it and use eval mode for Stage 2, as Minimax Diffusion does).
 
     Raises:
         FileNotFoundError: If the folder, its ``config.json`` or its weights are missing (naming ``option_name``).
@@ -223,14 +170,13 @@ def vae_downsample_factor(vae):
 
 
 def vae_encode(vae, img, sample=True, generator=None):
-    """Scaled latents of images, as Minimax Diffusion: ``vae.encode(2 img - 1).latent_dist.sample() * s``.
+    """Scaled latents, as Minimax Diffusion: ``vae.encode(2 img - 1).latent_dist.sample() * scaling_factor``.
 
     Args:
-        vae (AutoencoderKL): The VAE; ``s = vae.config.scaling_factor`` (0.18215 for the SD VAE).
-        img (Tensor): (B, 3, H, W) images in [0, 1] (BasicSR's range), H and W multiples of
-            :func:`vae_downsample_factor`.
+        vae (AutoencoderKL): The VAE.
+        img (Tensor): (B, 3, H, W) in [0, 1], H and W multiples of f = :func:`vae_downsample_factor`.
         sample (bool): Sample the posterior (reference) or take its mode. Default: True.
-        generator (torch.Generator | None): Generator for the posterior sample. Default: None.
+        generator (torch.Generator | None): For the posterior sample. Default: None.
 
     Returns:
         Tensor: (B, C_latent, H / f, W / f) scaled latents.
@@ -241,20 +187,20 @@ def vae_encode(vae, img, sample=True, generator=None):
 
 
 def vae_decode(vae, latents):
-    """Images from scaled latents: ``(vae.decode(latents / s).sample + 1) / 2``, differentiable and not clamped.
+    """Images from scaled latents: ``(vae.decode(latents / scaling_factor).sample + 1) / 2``, differentiable.
 
     Args:
         vae (AutoencoderKL): The VAE.
-        latents (Tensor): (B, C_latent, h, w) scaled latents (as from :func:`vae_encode` or the DiT's x0).
+        latents (Tensor): (B, C_latent, h, w) scaled latents.
 
     Returns:
-        Tensor: (B, 3, h f, w f) images, about [0, 1] (clamp before saving).
+        Tensor: (B, 3, h f, w f) images, about [0, 1], not clamped.
     """
     return (vae.decode(latents / vae.config.scaling_factor).sample + 1) / 2
 
 
 def _scale_output_hook(module, args, output):
-    """Forward hook: DiffFit's scale factor on a module's output, read from the module itself (deepcopy-safe)."""
+    """Forward hook: output times the module's own ``difffit_gamma``."""
     return output * getattr(module, _GAMMA)
 
 
@@ -297,14 +243,11 @@ def _is_norm_module(module):
 
 
 def difffit_parameter_names(dit, norm_match='module'):
-    """Names of the parameters DiffFit trains, by Minimax Diffusion's rule translated to diffusers' names.
+    """Names of the parameters DiffFit trains: Minimax Diffusion's rule on diffusers' names (see the module docstring).
 
-    A parameter is selected when its name contains ``bias`` or ``gamma``, when it is the class-label table
-    (``class_embedder.embedding_table``, the reference's ``y_embed``), or when it is a normalisation parameter:
-    with ``norm_match='module'`` a direct parameter of a module whose class name contains ``Norm`` (none in DiT),
-    with ``norm_match='name'`` any parameter whose name contains ``norm`` (this also selects diffusers' adaLN
-    modulation weights and embedder weights, which live under ``norm1``). The gammas exist only after
-    :func:`apply_difffit`. Shared (tied) parameters are listed once, under their first name.
+    Selected: names containing ``bias`` or ``gamma``, the label table (``class_embedder.embedding_table``, the
+    reference's ``y_embed``), and norm parameters (``norm_match='module'``: direct parameters of ``*Norm*`` modules;
+    ``'name'``: any name containing ``norm``). Tied parameters are listed once.
 
     Args:
         dit (nn.Module): The DiT.
@@ -358,29 +301,24 @@ def _tie_embeddings(dit):
 
 
 def apply_difffit(dit, gamma_blocks='first_half', gamma_sites=GAMMA_SITES, tie_embeddings=True, norm_match='module'):
-    """Turn a diffusers DiT into DiffFit's parameter-efficient form, in place (Minimax Diffusion's recipe).
+    """Turn a diffusers DiT into DiffFit's form in place: tie embedders, add gammas (at 1), train only DiffFit's set.
 
-    Steps: (1) optionally tie every block's timestep / label embedder to block 0's; (2) add the gamma scale factors
-    (one (d,) parameter ``difffit_gamma``, initialised to 1, per hooked module, see the module docstring) to the
-    blocks ``gamma_blocks`` at ``gamma_sites``; (3) freeze every parameter, then make trainable exactly
-    :func:`difffit_parameter_names`. The forward pass is unchanged while every gamma is 1.
+    The forward pass is unchanged while every gamma is 1.
 
     Args:
-        dit (DiTTransformer2DModel): The DiT (blocks ``transformer_blocks``, each a ``BasicTransformerBlock`` with
-            ``attn1`` and ``ff``); modified in place.
-        gamma_blocks (str | Sequence[int]): ``'first_half'`` (default, the reference's blocks 0..n/2-1), ``'all'``,
-            or block indices.
+        dit (DiTTransformer2DModel): The DiT (``transformer_blocks`` with ``attn1`` and ``ff``); modified in place.
+        gamma_blocks (str | Sequence[int]): ``'first_half'`` (default, the reference's), ``'all'``, or block indices.
         gamma_sites (Sequence[str]): Subset of :data:`GAMMA_SITES`. Default: all four.
         tie_embeddings (bool): Share block 0's ``norm1.emb`` in every block. Default: True.
-        norm_match (str): Normalisation rule of :func:`difffit_parameter_names`. Default: ``'module'``.
+        norm_match (str): Rule of :func:`difffit_parameter_names`. Default: ``'module'``.
 
     Returns:
-        list[str]: Names of the trainable parameters (as ``named_parameters()`` lists them).
+        list[str]: Names of the trainable parameters.
 
     Raises:
         RuntimeError: If DiffFit was already applied to ``dit``.
-        ValueError: On an unknown site / ``norm_match``, block indices out of range, or embedders that cannot be
-            tied.
+        ValueError: On an unknown site or ``norm_match``, block indices out of range, or embedders that differ (cannot
+            be tied).
     """
     if hasattr(dit, _DIFFFIT_ATTR):
         raise RuntimeError('apply_difffit was already applied to this DiT.')
@@ -410,25 +348,24 @@ def apply_difffit(dit, gamma_blocks='first_half', gamma_sites=GAMMA_SITES, tie_e
 
 
 def null_label(dit):
-    """The classifier-free-guidance null label of a DiT: ``num_embeds_ada_norm`` (1000 for ImageNet DiTs)."""
+    """The classifier-free-guidance null label: ``num_embeds_ada_norm`` (1000 for ImageNet DiTs)."""
     return int(dit.config.num_embeds_ada_norm)
 
 
 def pseudo_to_dit_labels(c, offset=0, num_labels=None, label_map=None):
-    """Map pseudo-class indices to DiT labels: ``label_offset + c`` (or ``label_map[c]``); see the module docstring.
+    """DiT labels of pseudo-classes: ``offset + c``, or ``label_map[c]``.
 
     Args:
         c (int | Sequence[int] | Tensor): Pseudo-class indices, >= 0.
         offset (int): Label of pseudo-class 0. Default: 0.
-        num_labels (int | None): The DiT's number of real labels (``num_embeds_ada_norm``, see :func:`null_label`);
-            when given, every label must be < it, so the null label is never produced. Default: None (no check).
-        label_map (Sequence[int] | None): Explicit label per pseudo-class; replaces ``offset``. Default: None.
+        num_labels (int | None): If given, every label must be below it (never the null label). Default: None.
+        label_map (Sequence[int] | None): Label per pseudo-class; replaces ``offset``. Default: None.
 
     Returns:
-        Tensor: int64 labels, shape of ``c`` (0-d for an int), on ``c``'s device.
+        Tensor: int64 labels, shape and device of ``c``.
 
     Raises:
-        ValueError: On a negative index, an index beyond ``label_map``, or a label that is not below ``num_labels``.
+        ValueError: On a negative index, an index beyond ``label_map``, or a label not below ``num_labels``.
     """
     c = torch.as_tensor(c).long()
     if c.numel() and int(c.min()) < 0:
@@ -447,14 +384,14 @@ def pseudo_to_dit_labels(c, offset=0, num_labels=None, label_map=None):
 
 
 def set_label_dropout(dit, prob):
-    """Set the label-dropout probability of every ``LabelEmbedding`` of a DiT (0 disables diffusers' dropout).
+    """Set the label-dropout probability of every ``LabelEmbedding`` of a DiT (0 disables it).
 
     Args:
         dit (nn.Module): The DiT.
-        prob (float): Probability in [0, 1]; > 0 needs the null row in the table (pretrained DiTs have it).
+        prob (float): Probability in [0, 1].
 
     Raises:
-        ValueError: If ``prob`` is outside [0, 1], or > 0 for a table without a null row.
+        ValueError: If ``prob`` is outside [0, 1], or > 0 for a label table without a null row.
     """
     if not 0 <= prob <= 1:
         raise ValueError(f'prob must be in [0, 1], got {prob}.')
@@ -466,13 +403,13 @@ def set_label_dropout(dit, prob):
 
 
 def drop_labels(labels, null, prob=0.1, generator=None):
-    """Replace each label by the null label with probability ``prob``, once per sample (DiT's training dropout).
+    """Replace each label by ``null`` with probability ``prob``, once per sample (DiT's training dropout).
 
     Args:
         labels (Tensor): (B,) int64 DiT labels.
         null (int): The null label (:func:`null_label`).
         prob (float): Drop probability in [0, 1]. Default: 0.1 (DiT's).
-        generator (torch.Generator | None): Generator on ``labels``' device. Default: None (global RNG).
+        generator (torch.Generator | None): Generator on ``labels``' device. Default: None.
 
     Returns:
         Tensor: (B,) labels, a new tensor.

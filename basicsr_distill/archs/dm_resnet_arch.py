@@ -1,26 +1,12 @@
 """Randomly initialised ResNet18 feature extractor of Distribution Matching (Zhao & Bilen, WACV 2023), as GSDD uses it.
 
-DM (and GSDD, Eq. 7-8) matches mean embeddings psi_theta(x) of real and synthetic images under networks psi_theta
-that are *sampled afresh every iteration* (theta ~ P_theta, PyTorch's default initialisation) and never trained.
-The ResNet18 of the DM reference code differs from torchvision's:
+DM (and GSDD, Eq. 7-8) matches mean embeddings psi_theta(x) under networks re-drawn every iteration (theta ~ P_theta,
+PyTorch's default initialisation) and never trained. As in the DM reference code (unlike torchvision): 3x3 stride-1
+first conv, no max-pool, instance norm (``GroupNorm(C, C)``), bias-free convs, no classifier, and the embedding is
+``avg_pool2d(out, 4)`` flattened, so its size grows with the input (:meth:`DMResNet18.embed_dim`).
 
-* a 3x3 stride-1 first conv and no max-pool (made for 32x32 images);
-* instance norm, written as ``GroupNorm(C, C, affine=True)`` (one group per channel);
-* BasicBlocks [2, 2, 2, 2] with widths ``num_feat`` x (1, 2, 4, 8), stages 2-4 starting with stride 2 and a
-  1x1-conv + norm shortcut;
-* the embedding is ``avg_pool2d(out, 4)`` flattened, so its size grows with the input resolution:
-  ``D = 8 num_feat * floor(ceil(H / 8) / 4) * floor(ceil(W / 8) / 4)`` (512 for 32x32 inputs and the default
-  width, 2048 for 64x64). The pooling drops the remainder rows / columns when ``ceil(H / 8)`` is not a multiple of
-  4, as ``avg_pool2d`` does.
-
-All convs are bias-free, as in the reference. No classifier is built: ``forward`` and ``embed`` both return the
-embedding.
-
-Randomness: :meth:`DMResNet18.reset_parameters` re-draws every weight from a given ``torch.Generator`` only, so a
-seeded generator replaces the reference code's wall-clock seeding (``time.time()``) and the global RNG is never
-touched. Weights are drawn on the generator's device and copied, so the same generator state gives the same network
-on any device. :func:`sample_dm_network` builds such a network (without touching the global RNG even while
-constructing it) frozen and in eval mode.
+Departure: weights are drawn from a given ``torch.Generator`` only (:meth:`DMResNet18.reset_parameters`), replacing
+the reference's wall-clock seeding, so runs are reproducible and the global RNG is untouched.
 """
 import math
 import torch
@@ -70,24 +56,18 @@ class DMBasicBlock(nn.Module):
 
 @ARCH_REGISTRY.register()
 class DMResNet18(nn.Module):
-    """ResNet18 embedding network of DM / GSDD (see the module docstring for the layout and the embedding size).
+    """ResNet18 embedding network of DM / GSDD.
 
     Args:
         num_in_ch (int): Input channels. Default: 3.
-        num_feat (int): Width of the first stage; stages have ``num_feat`` x (1, 2, 4, 8) channels. Default: 64 (the
-            reference; smaller widths make CPU runs cheap).
-        norm (str): ``'instance'`` (the reference for DM: GroupNorm with one group per channel, no batch
-            statistics), ``'batch'`` (BatchNorm2d: in eval mode it uses its running statistics, in train mode the
-            batch's, so embeddings then depend on the batch) or ``'none'``. Default: ``'instance'``.
-        num_block (Sequence[int]): BasicBlocks per stage. Default: (2, 2, 2, 2) (ResNet18).
+        num_feat (int): Width of the first stage; stages have ``num_feat`` x (1, 2, 4, 8) channels. Default: 64.
+        norm (str): ``'instance'`` (DM's), ``'batch'`` (embeddings then depend on the batch in train mode) or
+            ``'none'``. Default: ``'instance'``.
+        num_block (Sequence[int]): BasicBlocks per stage. Default: (2, 2, 2, 2).
         pool_size (int): Kernel and stride of the final ``avg_pool2d``. Default: 4.
 
     Raises:
         ValueError: If ``norm`` is unknown or ``num_block`` does not have 4 entries.
-
-    Input: images, shape (n, num_in_ch, H, W), any value range (DM feeds normalised images; GSDD the [0, 1] images
-    after DSA), ``ceil(H / 8)`` and ``ceil(W / 8)`` at least ``pool_size`` (H, W >= 25 by default).
-    Output: embeddings, shape (n, D) with ``D = self.embed_dim(H, W)``.
     """
 
     def __init__(self, num_in_ch=3, num_feat=64, norm='instance', num_block=(2, 2, 2, 2), pool_size=4):
@@ -121,11 +101,12 @@ class DMResNet18(nn.Module):
         """Embed a batch of images.
 
         Args:
-            x (Tensor): Shape (n, num_in_ch, H, W).
+            x (Tensor): (n, num_in_ch, H, W), any range (GSDD feeds [0, 1] images after DSA); H and W at least
+                ``8 (pool_size - 1) + 1``.
 
         Returns:
-            Tensor: Shape (n, D), ``D = self.embed_dim(H, W)``. With ``norm='instance'`` or ``'none'`` (or
-            ``'batch'`` in eval mode) each row depends on its own image only.
+            Tensor: (n, D), ``D = self.embed_dim(H, W)``; each row depends on its own image only (except with
+            ``'batch'`` norm in train mode).
 
         Raises:
             ValueError: If ``x`` is not 4-D with ``num_in_ch`` channels, or too small to give a non-empty embedding.
@@ -142,28 +123,26 @@ class DMResNet18(nn.Module):
         return out.flatten(1)
 
     def embed(self, x):
-        """Same as :meth:`forward` (the reference's ``embed``: the network has no classifier to skip)."""
+        """Same as :meth:`forward` (the reference's name)."""
         return self.forward(x)
 
     @torch.no_grad()
     def reset_parameters(self, generator):
-        """Re-draw every parameter from ``generator`` only, as PyTorch's default initialisation would.
+        """Re-draw every parameter from ``generator`` only, as PyTorch's default initialisation.
 
-        Convs: ``kaiming_uniform_(w, a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``nn.Conv2d``'s
-        default; the convs have no bias). Norm layers: weight 1, bias 0; BatchNorm running statistics reset to
-        mean 0, var 1. Values are drawn on ``generator.device`` and copied into the parameters, so the result does
-        not depend on the network's device, and the global RNG is never used. Also works on a network made with
-        ``to_empty`` (uninitialised memory): every parameter and buffer is overwritten.
+        Convs: ``kaiming_uniform_(w, a=sqrt(5))``; norms: weight 1, bias 0, BatchNorm statistics reset. Values are
+        drawn on ``generator.device`` and copied, so the network's device does not change them; works after
+        ``to_empty``.
 
         Args:
-            generator (torch.Generator): Source of the random weights; advanced by the draw.
+            generator (torch.Generator): Source of the weights; advanced by the draw.
 
         Returns:
             DMResNet18: ``self``.
 
         Raises:
-            TypeError: If ``generator`` is not a ``torch.Generator``, or the network holds a module type with
-                parameters that this method does not know how to initialise.
+            TypeError: If ``generator`` is not a ``torch.Generator``, or a module with parameters has no known
+                initialisation (a conv with bias included).
         """
         if not isinstance(generator, torch.Generator):
             raise TypeError(f'reset_parameters needs a torch.Generator, got {type(generator).__name__}.')
@@ -186,25 +165,19 @@ class DMResNet18(nn.Module):
 
 
 def sample_dm_network(generator, device=None, **opts):
-    """A fresh random :class:`DMResNet18` drawn from ``generator``: frozen (no parameter requires grad), eval mode.
+    """A fresh random :class:`DMResNet18` drawn from ``generator`` only, frozen and in eval mode.
 
-    The network is constructed on the ``meta`` device (no memory, no random draws), allocated on ``device`` and
-    filled by :meth:`DMResNet18.reset_parameters`, so the global RNG is never touched and the same generator state
-    gives the same network on every device. To draw a new network every iteration without re-allocating, call
-    ``net.reset_parameters(generator)`` on the returned one instead.
-
-    Note:
-        With ``norm='batch'`` the DM reference embeds in train mode (batch statistics); in the eval mode returned
-        here BatchNorm uses its fresh running statistics (mean 0, var 1), i.e. it is the identity. Call
-        ``net.train()`` for the reference behaviour.
+    Built on the ``meta`` device, so the global RNG is never touched; the same generator state gives the same network
+    on any device. With ``norm='batch'`` eval mode makes BatchNorm the identity; DM embeds in train mode
+    (``net.train()``).
 
     Args:
         generator (torch.Generator): Source of the weights (advanced by the draw).
         device (str | torch.device | None): Device of the network; None: the generator's device.
-        **opts: Options of :class:`DMResNet18` (``num_in_ch``, ``num_feat``, ``norm``, ``num_block``, ``pool_size``).
+        **opts: Options of :class:`DMResNet18`.
 
     Returns:
-        DMResNet18: The network, in eval mode, with ``requires_grad=False`` on every parameter.
+        DMResNet18: The network, eval mode, ``requires_grad=False`` on every parameter.
     """
     device = generator.device if device is None else torch.device(device)
     with torch.device('meta'):

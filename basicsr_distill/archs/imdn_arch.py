@@ -1,20 +1,8 @@
 """IMDN: Information Multi-distillation Network (Hui et al., ACM MM 2019), in the two layouts with public weights.
 
-Two layouts are supported by one class, selected with ``block_type``:
-
-* ``'imdb'``: the original IMDN of the paper (released as ``IMDN_x4.pth`` by the authors). Each block (IMDB) ends
-  with contrast-aware channel attention (CCA) before its 1x1 fusion conv; the outputs of all blocks are concatenated
-  and fused by a 1x1 conv + LeakyReLU, followed by a 3x3 conv and a global residual from the shallow features.
-* ``'imdb_ntire22'``: the IMDN used as the baseline of the NTIRE 2022 efficient SR challenge (``imdn_baseline.pth``,
-  written with KAIR's building blocks). Its blocks have no CCA; blocks are simply chained, followed by a 3x3 conv and
-  a global residual from the shallow features.
-
-Both share: a 3x3 head conv, progressive channel splits in each block (1/4 distilled, 3/4 refined), LeakyReLU with
-negative slope 0.05, a 1x1 fusion conv with a local residual in every block, and a pixel-shuffle upsampler made of
-a single 3x3 conv. Inputs and outputs are RGB in [0, 1].
-
-Checkpoints in either original layout load directly with ``net.load_state_dict(raw, strict=True)``: a
-load_state_dict pre-hook renames their keys with :func:`imdn_key_map`.
+Both layouts share a 3x3 head conv, blocks with progressive channel splits (1/4 distilled, 3/4 refined), LeakyReLU
+(slope 0.05), a 1x1 fusion conv with a local residual, and a single-conv pixel-shuffle upsampler. Original
+checkpoints load with ``load_state_dict(raw, strict=True)``: a pre-hook renames their keys (:func:`imdn_key_map`).
 """
 import re
 import torch
@@ -56,12 +44,10 @@ _KEY_RULES = (
 
 
 def imdn_key_map(key):
-    """Map one state-dict key of an original IMDN checkpoint to the parameter name used by :class:`IMDN`.
+    """Map one key of an original IMDN checkpoint to :class:`IMDN`'s name; other keys are returned as they are.
 
-    A leading ``module.`` (nn.DataParallel) is stripped first. Keys that match no rule (including keys that are
-    already in our layout) are returned unchanged, so mapping is idempotent.
-
-    Key map (``i`` is the 0-based block index, ``p`` is ``weight`` or ``bias``, ``N`` is ``num_block``)::
+    A leading ``module.`` (nn.DataParallel) is stripped. Key map (``i``: 0-based block, ``p``: ``weight`` or ``bias``,
+    ``N``: ``num_block``)::
 
         ours                       Zheng222/IMDN (IMDN_x4.pth)    NTIRE 2022 baseline (imdn_baseline.pth)
         conv_first.p               fea_conv.p                     model.0.p
@@ -76,11 +62,8 @@ def imdn_key_map(key):
         conv_after_body.p          LR_conv.p                      model.1.sub.{N}.p
         upsample.0.p               upsampler.0.p                  model.2.p
 
-    Checkpoint keys may carry a ``module.`` prefix (``IMDN_x4.pth`` does). Parameter-free layers (activations, the
-    pixel shuffle) have no keys.
-
     Args:
-        key (str): A key relative to the IMDN module (no parent prefix), e.g. ``'module.IMDB1.c5.weight'``.
+        key (str): Key relative to the IMDN module, e.g. ``'module.IMDB1.c5.weight'``.
 
     Returns:
         str: The key in our layout, e.g. ``'body.0.conv_fuse.weight'``.
@@ -95,10 +78,7 @@ def imdn_key_map(key):
 
 def _imdn_load_state_dict_pre_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                    error_msgs):
-    """Rename the keys under ``prefix`` of ``state_dict`` in place with :func:`imdn_key_map`.
-
-    ``nn.Module.load_state_dict`` works on a shallow copy of the dict it is given, so the caller's dict is untouched.
-    """
+    """Rename the keys under ``prefix`` with :func:`imdn_key_map` (on load_state_dict's copy of the dict)."""
     for key in [k for k in state_dict.keys() if k.startswith(prefix)]:
         new_key = prefix + imdn_key_map(key[len(prefix):])
         if new_key != key:
@@ -109,23 +89,13 @@ def _imdn_load_state_dict_pre_hook(module, state_dict, prefix, local_metadata, s
 
 
 def stdv_channels(x):
-    """Per-channel standard deviation over the spatial dimensions (population, i.e. divided by h * w).
-
-    Args:
-        x (Tensor): Shape (n, c, h, w).
-
-    Returns:
-        Tensor: Shape (n, c, 1, 1).
-    """
+    """Per-channel population standard deviation over (h, w): (n, c, h, w) -> (n, c, 1, 1)."""
     mean = x.mean(dim=(2, 3), keepdim=True)
     return (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).pow(0.5)
 
 
 class ContrastChannelAttention(nn.Module):
-    """Contrast-aware channel attention (CCA) of IMDN.
-
-    The channel statistic is ``std + mean`` over the spatial dimensions; it is squeezed to ``num_feat // reduction``
-    channels by a 1x1 conv + ReLU, expanded back by a 1x1 conv + sigmoid, and rescales the input channels.
+    """Contrast-aware channel attention (CCA): ``x * sigmoid(up(relu(down(std + mean))))`` with 1x1 convs.
 
     Args:
         num_feat (int): Channel number of the input.
@@ -146,17 +116,13 @@ class ContrastChannelAttention(nn.Module):
 
 
 class IMDBlock(nn.Module):
-    """Information multi-distillation block.
-
-    Three 3x3 conv + LeakyReLU steps each keep ``distilled`` channels and refine the other ``num_feat - distilled``
-    channels; a fourth 3x3 conv (no activation) maps the last remainder to ``distilled`` channels. The four distilled
-    parts are concatenated, optionally reweighted by CCA, fused by a 1x1 conv and added to the input.
+    """Information multi-distillation block: three split steps and a last conv, concatenated, CCA, 1x1 fusion, residual.
 
     Args:
         num_feat (int): Channel number. Default: 64.
         distill_rate (float): Fraction of channels distilled at each step. Default: 0.25.
         negative_slope (float): LeakyReLU negative slope. Default: 0.05.
-        use_cca (bool): Apply contrast-aware channel attention before the fusion conv. Default: True.
+        use_cca (bool): Apply CCA before the fusion conv. Default: True.
         cca_reduction (int): Channel reduction of the CCA. Default: 16.
     """
 
@@ -189,26 +155,18 @@ class IMDN(nn.Module):
 
     Layouts (``block_type``):
 
-    * ``'imdb'``: original IMDN. Blocks with CCA; ``conv_aggregate`` (1x1 conv + LeakyReLU) fuses the concatenated
-      outputs of all blocks, then ``conv_after_body`` (3x3) and a global residual. Pretrained: ``IMDN_x4.pth``
-      (``num_block=6``).
-    * ``'imdb_ntire22'``: NTIRE 2022 efficient SR baseline. Blocks without CCA, chained; ``conv_after_body`` (3x3)
-      on the last block's output, then a global residual. No ``conv_aggregate``. Pretrained: ``imdn_baseline.pth``
-      (``num_block=8``).
-
-    Named submodules: ``conv_first``, ``body`` (``nn.ModuleList`` of :class:`IMDBlock`: ``body.{i}.conv1..conv4``,
-    ``body.{i}.cca``, ``body.{i}.conv_fuse``), ``conv_aggregate`` (``'imdb'`` only), ``conv_after_body``,
-    ``upsample`` (``upsample.0`` conv, ``upsample.1`` pixel shuffle). Original checkpoint keys are mapped onto these
-    names by :func:`imdn_key_map` in a load_state_dict pre-hook.
+    * ``'imdb'``: the paper's. Blocks with CCA; ``conv_aggregate`` (1x1 + LeakyReLU) fuses all blocks' outputs, then
+      ``conv_after_body`` (3x3) and a global residual. Weights: ``IMDN_x4.pth`` (6 blocks).
+    * ``'imdb_ntire22'``: the NTIRE 2022 efficient SR baseline (KAIR layout). Blocks without CCA, chained, then
+      ``conv_after_body`` and a global residual. Weights: ``imdn_baseline.pth`` (8 blocks).
 
     Args:
         num_in_ch (int): Channel number of inputs. Default: 3.
         num_out_ch (int): Channel number of outputs. Default: 3.
         num_feat (int): Channel number of intermediate features. Default: 64.
-        num_block (int | None): Number of blocks. None picks the pretrained default: 6 for ``'imdb'``, 8 for
-            ``'imdb_ntire22'``. Default: None.
-        upscale (int): Upsampling factor (pixel shuffle). Default: 4.
-        block_type (str): ``'imdb'`` or ``'imdb_ntire22'`` (see above). Default: ``'imdb'``.
+        num_block (int | None): Number of blocks; None: 6 for ``'imdb'``, 8 for ``'imdb_ntire22'``. Default: None.
+        upscale (int): Upsampling factor. Default: 4.
+        block_type (str): ``'imdb'`` or ``'imdb_ntire22'``. Default: ``'imdb'``.
         distill_rate (float): Fraction of channels distilled at each step of a block. Default: 0.25.
         negative_slope (float): LeakyReLU negative slope. Default: 0.05.
         cca_reduction (int): Channel reduction of the CCA (``'imdb'`` only). Default: 16.
@@ -251,14 +209,7 @@ class IMDN(nn.Module):
         self._register_load_state_dict_pre_hook(_imdn_load_state_dict_pre_hook, with_module=True)
 
     def forward_features(self, x):
-        """Deep features at LR resolution, right before the upsampler (after the global residual).
-
-        Args:
-            x (Tensor): LR input of shape (n, num_in_ch, h, w), RGB in [0, 1].
-
-        Returns:
-            Tensor: Shape (n, num_feat, h, w).
-        """
+        """Deep features before the upsampler: (n, num_in_ch, h, w) RGB in [0, 1] -> (n, num_feat, h, w)."""
         feat = self.conv_first(x)
         out = feat
         if self.block_type == 'imdb':
@@ -273,12 +224,5 @@ class IMDN(nn.Module):
         return self.conv_after_body(out) + feat
 
     def forward(self, x):
-        """Super-resolve ``x``.
-
-        Args:
-            x (Tensor): LR input of shape (n, num_in_ch, h, w), RGB in [0, 1].
-
-        Returns:
-            Tensor: Shape (n, num_out_ch, h * upscale, w * upscale), roughly in [0, 1] (not clamped).
-        """
+        """Super-resolve: (n, num_in_ch, h, w) RGB in [0, 1] -> (n, num_out_ch, h upscale, w upscale), not clamped."""
         return self.upsample(self.forward_features(x))

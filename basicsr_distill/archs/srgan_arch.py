@@ -1,21 +1,13 @@
-"""SRGAN generator (Ledig et al., CVPR 2017) in the layout of leftthomas/SRGAN, whose MIT-licensed checkpoint
-``srgan_netG_epoch_4_100.pth`` (trained with the SRGAN losses on VOC2012) loads into it with ``strict=True``.
+"""SRGAN generator (Ledig et al., CVPR 2017) in the layout of leftthomas/SRGAN (``srgan_netG_epoch_4_100.pth``, MIT).
 
-This file is also the worked example of adding an arch to the plugin: a module ``*_arch.py`` in
-``basicsr_distill/archs`` whose class is decorated with ``@ARCH_REGISTRY.register()`` is imported (and so registered)
-by ``basicsr_distill/archs/__init__.py``; option files then name it with ``network_g: {type: SRGANGenerator, ...}``.
-Parameter names equal the checkpoint's keys, so no key map is needed.
+Parameter names equal the checkpoint's keys (``F`` = ``num_feat``, ``B`` = ``num_block``; ``block1..block8`` for
+the default B = 5; PReLUs have one shared slope)::
 
-Layout, read from the checkpoint's keys and shapes (``F`` = ``num_feat``, ``B`` = ``num_block``)::
-
-    block1                 conv 9x9 (3 -> F) + PReLU                       block1.0, block1.1
-    block2 .. block{B+1}   residual blocks: x + BN(conv(PReLU(BN(conv(x)))))  block2.conv1, .bn1, .prelu, .conv2, .bn2
-    block{B+2}             conv 3x3 + PReLU (not BatchNorm: its key has shape (1,) and no running stats)
+    block1                 conv 9x9 (3 -> F) + PReLU
+    block2 .. block{B+1}   residual blocks: x + BN(conv(PReLU(BN(conv(x)))))
+    block{B+2}             conv 3x3 + PReLU
     block{B+3}             log2(upscale) x [conv 3x3 (F -> 4F), pixel shuffle x2, PReLU], then conv 9x9 (F -> 3)
     output                 (tanh(block{B+3}(block1 + block{B+2})) + 1) / 2
-
-With the default ``num_block=5`` these are ``block1`` .. ``block8`` as in the checkpoint. PReLUs have one shared
-slope (``num_parameters=1``).
 """
 import math
 import torch
@@ -25,11 +17,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 
 class ResidualBlock(nn.Module):
-    """SRGAN residual block: ``x + bn2(conv2(prelu(bn1(conv1(x)))))`` with 3x3 convs (with bias) and BatchNorm.
-
-    Args:
-        num_feat (int): Channels in and out.
-    """
+    """SRGAN residual block ``x + bn2(conv2(prelu(bn1(conv1(x)))))``, 3x3 convs; ``num_feat`` channels in and out."""
 
     def __init__(self, num_feat):
         super().__init__()
@@ -58,7 +46,7 @@ class UpsampleBlock(nn.Module):
 
 @ARCH_REGISTRY.register()
 class SRGANGenerator(nn.Module):
-    """SRGAN generator as in leftthomas/SRGAN (see the module docstring for the layout).
+    """SRGAN generator: (n, num_in_ch, h, w) RGB in [0, 1] -> (n, num_out_ch, upscale h, upscale w) in [0, 1].
 
     Args:
         num_in_ch (int): Input channels. Default: 3.
@@ -69,9 +57,6 @@ class SRGANGenerator(nn.Module):
 
     Raises:
         ValueError: If ``upscale`` is not a power of 2 (>= 2) or ``num_block`` < 1.
-
-    Input: RGB in [0, 1], shape (n, num_in_ch, h, w). Output: RGB in [0, 1] (the generator's ``(tanh + 1) / 2``
-    ends it), shape (n, num_out_ch, upscale * h, upscale * w).
     """
 
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=5, upscale=4):
