@@ -6,15 +6,7 @@ RENUMBER_MODES = ('none', 'first_seen')
 
 
 def standardize(x):
-    """Columns of ``x`` (N, D) to zero mean and unit standard deviation (population std); constant columns are only
-    centred. Colour and texture statistics then weigh alike in k-means.
-
-    Args:
-        x (ndarray): (N, D) features.
-
-    Returns:
-        ndarray: (N, D) float64.
-    """
+    """Columns of ``x`` (N, D) to zero mean and unit population std (constant columns only centred); float64."""
     x = np.asarray(x, dtype=np.float64)
     std = x.std(0)
     return (x - x.mean(0)) / np.where(std > 0, std, 1.)
@@ -23,27 +15,20 @@ def standardize(x):
 def seeded_kmeans(x, k, seed=0, n_init=10, renumber='first_seen', return_centers=False):
     """K-means of the rows of ``x``: ``KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)``.
 
-    Renumbering (``renumber``):
-
-    * ``'none'``: k-means' own cluster ids (they depend on its initialisation);
-    * ``'first_seen'``: clusters renumbered in the order of their first member in the row order of ``x`` (row 0 is
-      in cluster 0, the first row not in cluster 0 is in cluster 1, ...), so the labels depend on the partition
-      only. If k-means leaves clusters empty (fewer than k distinct rows), the labels are in
-      ``[0, number of non-empty clusters)``: callers that need k clusters check ``len(np.unique(labels))``.
+    ``renumber='first_seen'`` numbers clusters in the order of their first row, so labels depend on the partition only;
+    with fewer than k distinct rows labels lie in ``[0, non-empty clusters)``. ``'none'`` keeps k-means' ids.
 
     Args:
-        x (ndarray): (N, D) features, read as float64 (every caller already passes float64, so nothing is
-            rounded).
+        x (ndarray): (N, D) features, read as float64.
         k (int): Number of clusters, 1 <= k <= N.
         seed (int): ``random_state`` of k-means. Default: 0.
-        n_init (int): Number of k-means restarts (the best inertia is kept). Default: 10.
+        n_init (int): K-means restarts (best inertia kept). Default: 10.
         renumber (str): ``'none'`` or ``'first_seen'``. Default: ``'first_seen'``.
-        return_centers (bool): Also return the cluster centres. Default: False.
+        return_centers (bool): Also return the centres. Default: False.
 
     Returns:
-        ndarray | tuple[ndarray, ndarray]: (N,) int64 labels; with ``return_centers``, also the (k, D) float64
-        centres, row j the centre of label j (with ``'first_seen'``, centres of empty clusters come last, in
-        k-means' order).
+        ndarray | tuple[ndarray, ndarray]: (N,) int64 labels; with ``return_centers`` also the (k, D) float64
+        centres, row j for label j (empty clusters last).
 
     Raises:
         ValueError: If ``x`` is not 2-D, ``k`` is not an int in [1, N], or ``renumber`` is unknown.

@@ -1,45 +1,26 @@
 """Differentiable Siamese Augmentation (DSA; Zhao & Bilen, ICML 2021) for distribution matching.
 
-One *draw* of augmentation parameters is sampled with :func:`sample_dsa_params` and applied with :func:`apply_dsa`
-to any number of batches (the real and the synthetic batch of one iteration, or chunks of either): every image of
-every batch gets exactly the same transform ("siamese"). Sampling and applying are separate so that a caller can
-apply one draw chunk by chunk; :func:`dsa_pair` is the one-call version for a (real, synthetic) pair. Every
-transform is differentiable w.r.t. the images (the parameters are constants).
+One draw (:func:`sample_dsa_params`) is applied with :func:`apply_dsa` to any number of batches or chunks: every image
+gets the same transform (siamese); :func:`dsa_pair` does both for a (real, synthetic) pair. Differentiable w.r.t. the
+images. Families (``strategy`` joins them with ``_``):
 
-Families (the ``strategy`` string joins them with ``_``; default ``color_crop_cutout_flip_scale_rotate``):
+* ``color``: ``x + (u - 0.5) brightness``; then ``m + (x - m) u saturation`` (m: per-pixel channel mean); then
+  ``m + (x - m) (u + contrast)`` (m: per-image mean), each with its own u ~ U(0, 1).
+* ``crop``: integer translation by (dy, dx), each uniform in [-round(ratio H), round(ratio H)] (W for dx), zero fill.
+* ``cutout``: zero a round(ratio H) x round(ratio W) rectangle around a random centre, clipped at the border (centre
+  range as the reference's).
+* ``flip``: horizontal flip with probability ``prob_flip``.
+* ``scale``: ``grid_sample`` with theta = [[sx, 0, 0], [0, sy, 0]], sx, sy uniform in [1 / ratio, ratio].
+* ``rotate``: ``grid_sample`` with theta = [[cos a, -sin a, 0], [sin a, cos a, 0]], a uniform in [-deg, deg].
 
-* ``color``: brightness, then saturation, then contrast, each with its own u ~ U(0, 1):
-  ``x + (u - 0.5) * brightness``; ``m + (x - m) * (u * saturation)`` with m the per-pixel mean over channels;
-  ``m + (x - m) * (u + contrast)`` with m the per-image mean over (C, H, W).
-* ``crop``: integer translation ``out[..., i, j] = x[..., i + dy, j + dx]`` (zero where that falls outside),
-  dy in [-round(ratio * H), round(ratio * H)], dx likewise with W, drawn independently and uniformly.
-* ``cutout``: zeroes a rectangle of round(ratio * H) x round(ratio * W) pixels (a square for square images) around
-  a random centre; the rectangle is clipped at the border.
-* ``flip``: horizontal flip (``torch.flip(x, [3])``) with probability ``prob_flip``.
-* ``scale``: ``affine_grid`` + ``grid_sample`` with theta = [[sx, 0, 0], [0, sy, 0]], sx and sy drawn
-  independently and uniformly in [1 / ratio, ratio] (sampling coordinates are multiplied, so s > 1 shrinks the
-  content).
-* ``rotate``: ``affine_grid`` + ``grid_sample`` with theta = [[cos a, -sin a, 0], [sin a, cos a, 0]], a uniform in
-  [-deg, deg]; a = +90 degrees on a square image equals ``torch.rot90(x, 1, dims=(2, 3))``.
+Mode ``'S'`` applies one family drawn uniformly; ``'M'`` all, in order, as the reference's ``aug_mode``.
 
-Modes, as the reference's ``aug_mode``: ``'S'`` ("single") draws ONE family per call, uniformly among the families
-of the string (the default); ``'M'`` ("multiple") applies every family of the string, in the string's order, each
-with its own parameters.
+Departures from the reference (docs/Methods_GSDD.md):
 
-Decisions where the paper and the reference code differ or are silent (each one a :class:`DSAConfig` field or
-documented here):
-
-* Images are RGB in [0, 1]. The reference works on mean/std-normalised images, so the same ``brightness`` offset
-  is about four times weaker there (std ~0.23; ``brightness=0.23`` here matches it), and its zero padding (crop,
-  cutout, rotate/scale borders) is the dataset mean colour, whereas here it is black. Saturation and contrast
-  scale deviations from a mean, so they act alike in both. Outputs are not clamped (clamping would cut gradients).
-* One draw is shared by every image of every batch (the reference's siamese mode with a given seed). The reference
-  reseeds the global RNG before each draw, which makes sx == sy and dx == dy; here they are independent, as the
-  paper describes, and only the given ``torch.Generator`` is used (never the global RNG).
-* ``grid_sample`` uses bilinear interpolation, ``align_corners=True`` and zero padding, as the reference.
-* The cutout centre c is uniform in {0, ..., H - 1} for an odd side s and {0, ..., H} for an even one, covering
-  rows c - s // 2 ... c - s // 2 + s - 1 (so the square overhangs both borders by up to s // 2 alike), as the
-  reference; columns likewise.
+* RGB in [0, 1], not normalised images: ``brightness=0.23`` matches the reference's strength, and padding is black,
+  not the mean colour. Outputs are not clamped (clamping would cut gradients).
+* sx, sy and dx, dy are drawn independently, as the paper says (the reference's reseeding makes them equal), from the
+  given ``torch.Generator`` only, never the global RNG.
 """
 import math
 import torch
@@ -55,23 +36,22 @@ class DSAConfig:
     """Hyper-parameters of DSA (defaults: the reference's).
 
     Args:
-        strategy (str): families joined by ``_``, from ``color, crop, cutout, flip, scale, rotate``; ``''`` or
-            ``'none'`` for no augmentation. Default: ``'color_crop_cutout_flip_scale_rotate'``.
-        mode (str): ``'S'``: one family per call, uniformly among those of ``strategy``; ``'M'``: every family of
-            ``strategy`` in order (the reference's letters). Default: ``'S'``.
-        prob_flip (float): probability of the horizontal flip, in [0, 1]. Default: 0.5.
-        ratio_scale (float): scale factors are drawn in [1 / ratio_scale, ratio_scale]; >= 1. Default: 1.2.
-        ratio_rotate (float): rotation angles are drawn in [-ratio_rotate, ratio_rotate] degrees. Default: 15.
-        ratio_crop_pad (float): maximum translation as a fraction of the size, in [0, 1). Default: 0.125.
-        ratio_cutout (float): cutout side as a fraction of the size, in [0, 1]. Default: 0.5.
-        brightness (float): brightness offset range (offset = (u - 0.5) * brightness). Default: 1.0.
-        saturation (float): saturation factor range (factor = u * saturation). Default: 2.0.
-        contrast (float): contrast factor offset (factor = u + contrast). Default: 0.5.
-        align_corners (bool): ``align_corners`` of ``affine_grid``/``grid_sample`` (scale, rotate). Default: True.
-        padding_mode (str): ``padding_mode`` of ``grid_sample`` (scale, rotate). Default: ``'zeros'``.
+        strategy (str): Families joined by ``_``; ``''`` or ``'none'``: no augmentation.
+            Default: ``'color_crop_cutout_flip_scale_rotate'``.
+        mode (str): ``'S'`` (one family per call) or ``'M'`` (every family). Default: ``'S'``.
+        prob_flip (float): Probability of the flip, in [0, 1]. Default: 0.5.
+        ratio_scale (float): Scale factors in [1 / ratio_scale, ratio_scale]; >= 1. Default: 1.2.
+        ratio_rotate (float): Angles in [-ratio_rotate, ratio_rotate] degrees. Default: 15.
+        ratio_crop_pad (float): Maximum translation as a fraction of the size, in [0, 1). Default: 0.125.
+        ratio_cutout (float): Cutout side as a fraction of the size, in [0, 1]. Default: 0.5.
+        brightness (float): Brightness offset range. Default: 1.0.
+        saturation (float): Saturation factor range. Default: 2.0.
+        contrast (float): Contrast factor offset. Default: 0.5.
+        align_corners (bool): Of ``affine_grid`` / ``grid_sample``. Default: True.
+        padding_mode (str): Of ``grid_sample``. Default: ``'zeros'``.
 
     Raises:
-        ValueError: on an unknown family or mode, or a ratio outside its range.
+        ValueError: On an unknown family or mode, or a ratio outside its range.
     """
     strategy: str = 'color_crop_cutout_flip_scale_rotate'
     mode: str = 'S'
@@ -103,7 +83,7 @@ class DSAConfig:
 
     @property
     def families(self):
-        """tuple[str]: the families of ``strategy`` in order (empty for no augmentation)."""
+        """tuple[str]: The families of ``strategy`` in order (empty for no augmentation)."""
         if self.strategy in _NO_AUGMENTATION:
             return ()
         return tuple(self.strategy.split('_'))
@@ -164,25 +144,21 @@ def _sample_family(family, cfg, height, width, generator):
 
 
 def sample_dsa_params(cfg, height, width, generator=None):
-    """Draw one siamese set of DSA parameters for images of size (height, width).
-
-    In mode ``'S'`` the family is drawn first (``torch.randint`` over the families of the strategy), then its
-    parameters; in mode ``'M'`` the parameters of every family are drawn in the strategy's order.
+    """Draw one siamese set of DSA parameters for (height, width) images.
 
     Args:
-        cfg (DSAConfig | dict | None): configuration; a dict is passed to ``DSAConfig(**cfg)``, None means defaults.
-        height (int): H of the images the draw will be applied to.
+        cfg (DSAConfig | dict | None): Configuration; a dict goes to ``DSAConfig(**cfg)``; None: defaults.
+        height (int): H of the images.
         width (int): W of the images.
-        generator (torch.Generator | None): the only source of randomness (any device; the draws are moved to
-            python numbers). None: a fresh generator with a non-deterministic seed. The global RNG is never used.
+        generator (torch.Generator | None): The only source of randomness, any device; None: a fresh one with a
+            non-deterministic seed.
 
     Returns:
-        dict: ``{'family': str, 'height': int, 'width': int, 'ops': list[tuple[str, dict]]}``, where ``ops`` lists
-        (family, parameters) in the order they are applied and ``family`` is their names joined by ``_`` (the
-        chosen family in mode ``'S'``; ``''`` for no augmentation). Only python numbers, strings and bools.
+        dict: ``{'family': str, 'height': int, 'width': int, 'ops': list[tuple[str, dict]]}``; ``ops`` in the order
+        applied, ``family`` their names joined by ``_``. Python numbers, strings and bools only.
 
     Raises:
-        ValueError: if height or width is not positive, or the configuration is invalid.
+        ValueError: If height or width is not positive, or the configuration is invalid.
     """
     if cfg is None:
         cfg = DSAConfig()
@@ -250,23 +226,18 @@ _APPLY = {
 
 
 def apply_dsa(x, params):
-    """Apply one draw of :func:`sample_dsa_params` to a batch; every image gets the same transform.
-
-    Differentiable w.r.t. ``x``; the result depends on each image alone, so applying a draw to chunks of a batch
-    equals applying it to the whole batch.
+    """Apply one draw of :func:`sample_dsa_params` to a batch; each image's result depends on itself alone.
 
     Args:
-        x (Tensor): (N, C, H, W) float images, RGB in [0, 1] (C = 3 for ``color``'s saturation to mean what it says;
-            any C works), any N (N = 0 included), on any device; H, W as sampled.
-        params (dict): the output of :func:`sample_dsa_params`.
+        x (Tensor): (N, C, H, W) float RGB in [0, 1], any N (0 included); H, W as sampled.
+        params (dict): The output of :func:`sample_dsa_params`.
 
     Returns:
-        Tensor: (N, C, H, W) augmented images, same dtype and device as ``x``; not clamped, so ``color`` can leave
-        [0, 1].
+        Tensor: (N, C, H, W), dtype and device of ``x``; not clamped.
 
     Raises:
-        ValueError: if ``x`` is not 4-D or its (H, W) differs from the sampled size.
-        TypeError: if ``x`` is not floating point.
+        ValueError: If ``x`` is not 4-D or its (H, W) differs from the sampled size.
+        TypeError: If ``x`` is not floating point.
     """
     if x.dim() != 4:
         raise ValueError(f'DSA expects (N, C, H, W) images, got shape {tuple(x.shape)}')
@@ -283,19 +254,19 @@ def apply_dsa(x, params):
 
 
 def dsa_pair(x_real, x_syn, cfg=None, generator=None):
-    """Augment a real and a synthetic batch with one shared draw (siamese).
+    """Augment a real and a synthetic batch with one shared draw.
 
     Args:
         x_real (Tensor): (N_r, C, H, W) float images in [0, 1].
-        x_syn (Tensor): (N_s, C, H, W) float images in [0, 1] (N_s may differ from N_r; same H, W).
-        cfg (DSAConfig | dict | None): configuration; None means the defaults.
-        generator (torch.Generator | None): see :func:`sample_dsa_params`.
+        x_syn (Tensor): (N_s, C, H, W) float images in [0, 1].
+        cfg (DSAConfig | dict | None): Configuration; None: defaults.
+        generator (torch.Generator | None): As in :func:`sample_dsa_params`.
 
     Returns:
-        tuple[Tensor, Tensor]: the augmented real and synthetic batches, shapes as the inputs.
+        tuple[Tensor, Tensor]: The augmented real and synthetic batches.
 
     Raises:
-        ValueError: if the two batches differ in (H, W), or as :func:`apply_dsa`.
+        ValueError: If the two batches differ in (H, W), or as :func:`apply_dsa`.
     """
     if x_real.dim() != 4 or x_syn.dim() != 4 or x_real.shape[-2:] != x_syn.shape[-2:]:
         raise ValueError(f'real and synthetic batches must be (N, C, H, W) with the same H, W, got '

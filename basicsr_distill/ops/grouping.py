@@ -1,10 +1,8 @@
 """Group-level structure of IDC's multi-level matching (Sec. 3.4): K-means groups of real local feature patches,
-quota-bounded progressive assignment of synthetic local patches, and nearest-real pairing inside a group.
+quota-bounded progressive assignment of synthetic local patches, nearest-real pairing inside a group.
 
-A local patch is the unit everywhere: all p * p samples unfolded from one local feature patch stay in one group.
-Grouping and assignment use a patch descriptor, the mean of its p * p samples (C_out values); pairing uses the
-whole patch (p * p * C_out values). K-means is scikit-learn's, seeded
-(:func:`~basicsr_distill.ops.clustering.seeded_kmeans`, k-means' own cluster ids).
+A local patch (its p * p samples) is the unit; grouping and assignment use its descriptor (the mean of its samples),
+pairing the whole patch (docs/Methods_IDC.md).
 """
 import numpy as np
 import torch
@@ -18,7 +16,7 @@ def patch_descriptors(local):
 
 
 def kmeans_groups(desc_real, num_groups, seed=0, n_init=3):
-    """Partition real local patches into M groups with K-means.
+    """Partition real local patches into M groups with seeded K-means.
 
     Args:
         desc_real (Tensor): (P_r, C) real patch descriptors.
@@ -27,7 +25,7 @@ def kmeans_groups(desc_real, num_groups, seed=0, n_init=3):
         n_init (int): K-means restarts.
 
     Returns:
-        tuple[Tensor, Tensor]: labels (P_r,) int64 in [0, M') and centroids (M', C) float on desc_real's device.
+        tuple[Tensor, Tensor]: labels (P_r,) int64 in [0, M') and centroids (M', C) on desc_real's device.
     """
     data = desc_real.detach().double().cpu().numpy()
     m = int(min(num_groups, len(np.unique(data.round(8), axis=0))))
@@ -46,10 +44,10 @@ def group_quotas(labels_real, num_groups, num_syn):
     Args:
         labels_real (Tensor): (P_r,) real group labels in [0, M).
         num_groups (int): M.
-        num_syn (int): total synthetic local patches P_s.
+        num_syn (int): Total synthetic local patches P_s.
 
     Returns:
-        Tensor: (M,) int64 quotas q_m with sum q_m = P_s and |q_m - P_s |G_m| / P_r| < 1.
+        Tensor: (M,) int64 quotas q_m, sum P_s, each within 1 of P_s |G_m| / P_r.
     """
     sizes = torch.bincount(labels_real.cpu(), minlength=num_groups).double()
     exact = sizes / sizes.sum() * num_syn
@@ -67,21 +65,17 @@ def assignment_target(step, num_steps, num_syn):
 
 
 def assign_progressive(desc_syn, centroids, quotas, assigned, target):
-    """Assign more synthetic patches to their nearest centroid, nearest first, within the group quotas.
-
-    Already assigned patches keep their group. Unassigned (patch, group) pairs are taken in increasing centroid
-    distance; a pair is accepted while the patch is free and the group is below its quota, until ``target``
-    patches are assigned in total.
+    """Assign free synthetic patches to their nearest centroid, nearest first, within the quotas, up to ``target``.
 
     Args:
         desc_syn (Tensor): (P_s, C) synthetic patch descriptors.
         centroids (Tensor): (M, C).
         quotas (Tensor): (M,) int64, sum = P_s.
-        assigned (Tensor): (P_s,) int64 group of each synthetic patch, -1 when unassigned.
-        target (int): number of assigned patches wanted after this call (<= P_s).
+        assigned (Tensor): (P_s,) int64 group of each synthetic patch, -1 when unassigned (kept when assigned).
+        target (int): Number of assigned patches wanted after this call (<= P_s).
 
     Returns:
-        Tensor: the new (P_s,) assignment (a copy).
+        Tensor: The new (P_s,) assignment (a copy).
     """
     assigned = assigned.clone().cpu()
     counts = torch.bincount(assigned[assigned >= 0], minlength=len(quotas)).cpu()
@@ -107,7 +101,7 @@ def assign_progressive(desc_syn, centroids, quotas, assigned, target):
 
 
 def nearest_real_in_group(local_syn, local_real, labels_real, assigned, patch_ids, exclude=None, real_owner=None):
-    """Index of the most similar real local patch (Euclidean over p*p*C) in the same group, for given syn patches.
+    """Index of the nearest real local patch (Euclidean over p*p*C) in the same group, for given synthetic patches.
 
     Args:
         local_syn (Tensor): (P_s, p*p, C) synthetic local patches.
@@ -115,9 +109,8 @@ def nearest_real_in_group(local_syn, local_real, labels_real, assigned, patch_id
         labels_real (Tensor): (P_r,) real groups.
         assigned (Tensor): (P_s,) synthetic groups (>= 0 for ``patch_ids``).
         patch_ids (Tensor): (K,) synthetic patches to pair.
-        exclude (Tensor | None): (P_s,) int64: for each synthetic local patch, a real LR patch whose local patches it
-            may not be paired with (its own source with ``init: real``), -1 for none. Where every real local patch
-            of the group is excluded the exclusion is dropped for that patch. Default: None (no exclusion).
+        exclude (Tensor | None): (P_s,) int64 real LR patch each synthetic patch may not be paired with (its source
+            with ``init: real``), -1 for none; dropped where it would exclude the whole group. Default: None.
         real_owner (Tensor | None): (P_r,) int64 real LR patch of each real local patch; needed with ``exclude``.
 
     Returns:

@@ -4,24 +4,11 @@
 
     \\mathcal{PSNR}_{bic} = PSNR(X, (X \\downarrow_{bic4}) \\uparrow_{bic4})
 
-A low PSNR_bic means that the patch loses much high-frequency content when downsampled: an informative patch for
-SR. Both resizes are BasicSR's MATLAB-compatible bicubic ``imresize`` (antialiased when downsampling, symmetric
-border padding), applied to the patch alone (the patch border is padded, not the source image).
-
-Decisions (the paper does not state them):
-
-* Float arithmetic, no 8-bit rounding and no clipping of the LR or the reconstruction: the measure is the
-  information lost by the linear bicubic round trip, not by saving the LR as an 8-bit image.
-* PSNR over all RGB values (no Y channel, no border crop) with peak value 1 (images in [0, 1]), so
-  ``PSNR = 10 log10(1 / MSE)``; an exact reconstruction gives ``inf``. A constant patch reconstructs exactly up to
-  the float32 round-off of ``imresize`` (a few 1e-8): ``inf`` for values such as 0, 0.5 and 1, 140-150 dB
-  otherwise, far above any useful threshold.
-
-:func:`psnr_bic` calls ``imresize`` itself (the reference). :func:`psnr_bic_batch` computes the same round trip
-for a batch as two matrix products per axis with the resize matrices of :func:`bicubic_resize_matrix`, built from
-BasicSR's own ``calculate_weights_indices`` (float64 products, about 20x faster on 64x64 patches). The two agree
-to about 1e-6 dB on textured patches; on (near-)constant patches, where only round-off is left, both give values
-far above any threshold but not the same ones (e.g. 149 dB and 321 dB for a constant 0.3).
+Both resizes are BasicSR's MATLAB-compatible ``imresize`` applied to the patch alone. Decisions the paper leaves open:
+float arithmetic without 8-bit rounding or clipping (the measure is the loss of the linear round trip); PSNR over all
+RGB values with peak 1, no border crop; ``inf`` for an exact reconstruction (constant patches give ``inf`` or a value
+far above any threshold). :func:`psnr_bic_batch` computes the same with :func:`bicubic_resize_matrix` products
+(docs/Profiling.md).
 """
 import math
 import numpy as np
@@ -46,12 +33,11 @@ def psnr_bic(hr, scale=4):
     """PSNR_bic of one HR patch (Eq. 1) with BasicSR's ``imresize`` in both directions.
 
     Args:
-        hr (ndarray): (H, W, 3) float RGB patch in [0, 1]; H and W multiples of ``scale`` and at least
-            ``2 * scale`` (``imresize`` cannot shrink a side to a single pixel).
+        hr (ndarray): (H, W, 3) float RGB in [0, 1]; H and W multiples of ``scale`` and at least ``2 * scale``.
         scale (int): Resize factor (>= 2). Default: 4 (the paper's).
 
     Returns:
-        float: PSNR in dB (peak 1, all RGB values, no rounding); ``inf`` if the round trip is exact.
+        float: PSNR in dB; ``inf`` if the round trip is exact.
 
     Raises:
         ValueError: If ``hr`` is not (H, W, 3), or the sides or ``scale`` are invalid.
@@ -87,11 +73,7 @@ def _resize_matrix(in_length, scale_factor):
 
 
 def bicubic_resize_matrix(in_length, scale_factor):
-    """Matrix of BasicSR's MATLAB bicubic ``imresize`` along one axis.
-
-    ``imresize`` is separable and linear: along an axis of length n it maps a signal x to ``A @ x`` with A of shape
-    (ceil(n * scale_factor), n), whose rows hold the cubic weights of ``calculate_weights_indices`` (antialiased
-    when downsampling) folded back at the borders as ``imresize``'s symmetric padding does.
+    """Matrix A of BasicSR's MATLAB bicubic ``imresize`` along one axis: ``imresize(x) == A @ x``.
 
     Args:
         in_length (int): n, the input length.
@@ -133,15 +115,10 @@ def bicubic_round_trip(patches, scale=4):
 
 
 def psnr_bic_batch(patches, scale=4, chunk=64):
-    """PSNR_bic of a batch of same-size patches (Eq. 1), vectorised.
-
-    Same definition as :func:`psnr_bic` (peak 1, all RGB values, no rounding), through
-    :func:`bicubic_round_trip` in float64; the two agree to about 1e-6 dB on textured patches (``imresize`` runs in
-    float32; see the module docstring for constant patches).
+    """PSNR_bic (Eq. 1) of same-size patches, vectorised; equals :func:`psnr_bic` to about 1e-6 dB on textured patches.
 
     Args:
-        patches (ndarray): (N, H, W, 3) float RGB patches in [0, 1]; H and W multiples of ``scale``, at least
-            ``2 * scale``.
+        patches (ndarray): (N, H, W, 3) float RGB in [0, 1]; H and W multiples of ``scale``, at least ``2 * scale``.
         scale (int): Resize factor (>= 2). Default: 4.
         chunk (int): Patches per matrix product (bounds the float64 temporaries). Default: 64.
 

@@ -1,19 +1,10 @@
 """Random Local Fourier Features (IDC Sec. 3.3, Eq. 4-5).
 
-Real and synthetic teacher feature maps f(x) (N, c, h, w) are batch-normalised, convolved with a random subset of
-the Fourier filter F = [Re(FFT(E)), -Im(FFT(E))] built from the identity kernel E, cut into p x p local patches
-and unfolded so that every spatial position of a local patch is one sample (Eq. 5 and the text after it).
-
-Decisions where the paper is silent (each one an argument):
-
-* The FFT is unitary (``norm='ortho'``), so F is an orthonormal change of basis of the k x k x c neighbourhood and
-  the features keep the scale of f(x).
-* Output channels whose filter is identically zero (the imaginary part of the DC and Nyquist rows) are never drawn.
-* Batch norm has no affine part and uses the statistics of the *real* features of the instance for both sets, so
-  that real and synthetic features go through the same map (batch statistics of the synthetic set would hide the
-  very mean/variance differences the matching must see).
-* The convolution is zero-padded ('same'); feature maps whose size is not a multiple of p are padded by
-  replication to the next multiple (the paper's N' = N ceil(h/p) ceil(w/p)).
+Teacher features f(x) (N, c, h, w) are batch-normalised, convolved with a random subset of the Fourier filter
+F = [Re(FFT(E)), -Im(FFT(E))] of the identity kernel E, cut into p x p local patches and unfolded (Eq. 5).
+Decisions where the paper is silent (docs/Methods_IDC.md): unitary FFT; zero filters never drawn; affine-free batch
+norm with the real features' statistics for both sets; 'same' zero padding; maps padded by replication to multiples
+of p.
 """
 import math
 import torch
@@ -21,19 +12,14 @@ from torch.nn import functional as F
 
 
 def fourier_filter(num_channels, kernel_size):
-    """Fourier filter F of Eq. 4.
-
-    E is the identity I_{C'} (C' = c k^2) reshaped to a conv filter (C', c, k, k); F applies the unitary DFT to E
-    along its output-channel axis and stacks the real part and the negated imaginary part:
-    ``F[m, j] = cos(2 pi m j / C') / sqrt(C')`` and ``F[C' + m, j] = sin(2 pi m j / C') / sqrt(C')`` with j the
-    flat (channel, row, column) index of the kernel.
+    """Fourier filter F of Eq. 4: ``F[m, j] = cos(2 pi m j / C') / sqrt(C')``, ``F[C' + m, j] = sin(...)``, C' = c k^2.
 
     Args:
         num_channels (int): c, channels of the feature map.
         kernel_size (int): k.
 
     Returns:
-        Tensor: (2 C', c, k, k) filter in the default dtype (float32 unless changed).
+        Tensor: (2 C', c, k, k) filter in the default dtype.
     """
     c_prime = num_channels * kernel_size**2
     identity = torch.eye(c_prime, dtype=torch.float64).reshape(c_prime, num_channels, kernel_size, kernel_size)
@@ -48,7 +34,7 @@ def sample_channels(filt, num_out, generator=None):
         Tensor: (num_out,) int64 channel indices, sorted.
 
     Raises:
-        ValueError: if fewer than ``num_out`` non-zero channels exist.
+        ValueError: If fewer than ``num_out`` non-zero channels exist.
     """
     nonzero = torch.nonzero(filt.flatten(1).abs().amax(1) > 1e-9).squeeze(1)
     if num_out > nonzero.numel():
@@ -59,17 +45,15 @@ def sample_channels(filt, num_out, generator=None):
 
 
 class RandomLocalFourierFeatures:
-    """Random Local Fourier Features for one instance (IDC Eq. 4-5).
+    """Random Local Fourier Features for one instance (IDC Eq. 4-5); call :meth:`fit_bn` before :meth:`__call__`.
 
     Args:
         num_channels (int): c, channels of the teacher feature map.
-        kernel_size (int): k, size of the local neighbourhood mixed by the Fourier filter. Default: 3.
-        num_out (int): C_out, output channels kept from the 2 c k^2 Fourier channels. Default: 64.
+        kernel_size (int): k, neighbourhood mixed by the Fourier filter. Default: 3.
+        num_out (int): C_out, output channels kept of the 2 c k^2. Default: 64.
         patch_size (int): p, size of the local feature patches. Default: 8.
-        generator (torch.Generator | None): draws the channel subset (once, at construction).
-        device (torch.device | str): where the filter lives.
-
-    Call :meth:`fit_bn` with the real features before :meth:`__call__`.
+        generator (torch.Generator | None): Draws the channel subset (once, at construction).
+        device (torch.device | str): Device of the filter.
     """
 
     def __init__(self, num_channels, kernel_size=3, num_out=64, patch_size=8, generator=None, device='cpu'):
@@ -87,18 +71,14 @@ class RandomLocalFourierFeatures:
         self.std = torch.sqrt(feat_real.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + eps)
 
     def local_fourier(self, feat):
-        """f'(x) = BN(f(x)) (*) F (Eq. 5): (N, c, h, w) -> (N, C_out, h, w)."""
+        """f'(x) = BN(f(x)) (*) F (Eq. 5): (N, c, h, w) -> (N, C_out, h, w); RuntimeError before :meth:`fit_bn`."""
         if self.mean is None:
             raise RuntimeError('RandomLocalFourierFeatures.fit_bn must be called with the real features first')
         normed = (feat - self.mean) / self.std
         return F.conv2d(normed, self.weight, padding=self.kernel_size // 2)
 
     def to_local_patches(self, feat):
-        """Cut (N, C, h, w) into p x p local patches and unfold: -> (N * ceil(h/p) * ceil(w/p), p * p, C).
-
-        Row i of the result is local patch i (patches of image n come before those of image n + 1, row-major);
-        its p * p rows are the unfolded samples of Sec. 3.3, so ``out.reshape(-1, C)`` is the (N' p p) x C_out set.
-        """
+        """(N, C, h, w) -> (N * ceil(h/p) * ceil(w/p), p * p, C): local patches, image by image, row-major."""
         p = self.patch_size
         n, c, h, w = feat.shape
         pad_h, pad_w = math.ceil(h / p) * p - h, math.ceil(w / p) * p - w
