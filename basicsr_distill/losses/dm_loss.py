@@ -1,15 +1,13 @@
 """GSDD's distillation losses (Zhang et al., GSDD, Eq. 7-9), on embeddings of a random extractor.
 
-With psi a randomly initialised extractor (e.g. :class:`basicsr_distill.archs.dm_resnet_arch.DMResNet18`, re-drawn
-every iteration) and A(., omega) one siamese DSA draw:
+With psi a randomly initialised extractor (re-drawn every iteration by the caller) and A(., omega) one DSA draw:
 
     L_dis   = || mean_i psi(A(x_i)) - mean_j psi(A(G(z_j))) ||^2                          (Eq. 7, DM)
     R       = mean_k || psi(A(x_k)) - psi(A(G(z_k))) ||^2                                  (Eq. 8)
     L_total = (1 - lambda) L_dis + lambda R,   lambda = 0.1 in the paper                   (Eq. 9)
 
-The expectations over extractors and augmentations in Eq. 7-8 are realised by the training loop (one draw per
-iteration); the functions here compute the inner terms for one draw. Over classes (Eq. 6) the per-class losses are
-summed by the caller; by linearity that equals applying Eq. 9 to the class sums.
+The caller sums the per-class losses (Eq. 6). Departure: R averages over the K pairs (Eq. 8 writes one pair inside
+an expectation), so its scale, and lambda's meaning, do not change with IPC.
 """
 from torch import nn
 
@@ -24,14 +22,11 @@ def _check_2d(name, feat):
 
 
 def dm_distance(feat_real, feat_syn):
-    """Distribution-matching distance, the inner term of GSDD Eq. 7 (DM's loss for one class).
-
-    ``sum_d (mean_i feat_real[i, d] - mean_j feat_syn[j, d])^2``: the squared L2 distance of the mean embeddings,
-    summed (not averaged) over the feature dimensions, as in the DM reference code.
+    """Inner term of Eq. 7: squared L2 distance of the mean embeddings, summed over D (as the DM reference code).
 
     Args:
-        feat_real (Tensor): (B1, D) real embeddings psi(A(x_i)); usually without gradient.
-        feat_syn (Tensor): (B2, D) synthetic embeddings psi(A(G(z_j))); gradients flow into them.
+        feat_real (Tensor): (B1, D) real embeddings psi(A(x_i)).
+        feat_syn (Tensor): (B2, D) synthetic embeddings psi(A(G(z_j))); differentiable.
 
     Returns:
         Tensor: Scalar >= 0.
@@ -47,18 +42,12 @@ def dm_distance(feat_real, feat_syn):
 
 
 def paired_distance(feat_x, feat_gz, reduction='mean'):
-    """Paired regulariser, the inner term of GSDD Eq. 8.
-
-    Row k of ``feat_x`` (the real image x_k) is paired with row k of ``feat_gz`` (G(z_k), z_k its latent):
-    ``(1 / K) sum_k sum_d (feat_x[k, d] - feat_gz[k, d])^2``. Eq. 8 writes ||C - D||^2 for one pair inside an
-    expectation; we average over the K pairs (``reduction='mean'``, the default) so that R does not grow with the
-    number of latents per class (IPC) and stays on the scale of :func:`dm_distance` (one squared L2 norm over D),
-    which keeps lambda of Eq. 9 meaningful across IPC settings. ``reduction='sum'`` gives the sum over pairs.
+    """Inner term of Eq. 8: squared L2 distance of rows k of ``feat_x`` and ``feat_gz``, reduced over the K pairs.
 
     Args:
-        feat_x (Tensor): (K, D) embeddings of the real images of the pairs.
-        feat_gz (Tensor): (K, D) embeddings of the generated images of the same pairs, in the same order.
-        reduction (str): ``'mean'`` or ``'sum'`` over the pairs. Default: ``'mean'``.
+        feat_x (Tensor): (K, D) embeddings of the real images x_k of the pairs.
+        feat_gz (Tensor): (K, D) embeddings of G(z_k), same order.
+        reduction (str): ``'mean'`` (default, see the module docstring) or ``'sum'`` over the pairs.
 
     Returns:
         Tensor: Scalar >= 0.
@@ -79,15 +68,7 @@ def paired_distance(feat_x, feat_gz, reduction='mean'):
 
 
 def gsdd_objective(l_dis, r, lam=0.1):
-    """GSDD's overall loss, Eq. 9: ``(1 - lam) * l_dis + lam * r``.
-
-    Args:
-        l_dis (Tensor | float): Distillation loss (Eq. 7, :func:`dm_distance`).
-        r (Tensor | float): Paired regulariser (Eq. 8, :func:`paired_distance`).
-        lam (float): Regularisation coefficient lambda in [0, 1]. Default: 0.1 (the paper's).
-
-    Returns:
-        Tensor | float: The weighted sum.
+    """GSDD's overall loss, Eq. 9: ``(1 - lam) * l_dis + lam * r``, lam in [0, 1] (0.1 in the paper).
 
     Raises:
         ValueError: If ``lam`` is outside [0, 1].
@@ -101,12 +82,10 @@ def gsdd_objective(l_dis, r, lam=0.1):
 class GSDDLoss(nn.Module):
     """GSDD's loss (Eq. 7-9) for one class and one (extractor, DSA) draw, as a BasicSR loss.
 
-    ``loss_weight * ((1 - lam) * dm_distance(feat_real, feat_syn) + lam * paired_distance(feat_x, feat_gz))``.
-
     Args:
         loss_weight (float): Multiplier of the whole loss. Default: 1.0.
         lam (float): lambda of Eq. 9, in [0, 1]. Default: 0.1.
-        reduction (str): Reduction of R over the pairs, see :func:`paired_distance`. Default: ``'mean'``.
+        reduction (str): Reduction of R over the pairs (:func:`paired_distance`). Default: ``'mean'``.
 
     Raises:
         ValueError: If ``lam`` is outside [0, 1] or ``reduction`` is unknown.
@@ -123,19 +102,19 @@ class GSDDLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, feat_real, feat_syn, feat_x=None, feat_gz=None):
-        """Weighted Eq. 9.
+        """``loss_weight * gsdd_objective(dm_distance(feat_real, feat_syn), paired_distance(feat_x, feat_gz), lam)``.
 
         Args:
             feat_real (Tensor): (B1, D) real embeddings of the class.
             feat_syn (Tensor): (B2, D) embeddings of all generated images of the class.
-            feat_x (Tensor | None): (K, D) embeddings of the paired real images; may be None only when lam = 0.
+            feat_x (Tensor | None): (K, D) embeddings of the paired real images; None only when lam = 0.
             feat_gz (Tensor | None): (K, D) embeddings of their generated counterparts, same order.
 
         Returns:
             Tensor: Scalar loss.
 
         Raises:
-            ValueError: If the pairs are missing while lam > 0, or the shapes are invalid (see the functions).
+            ValueError: If the pairs are missing while lam > 0, or as the functions above.
         """
         l_dis = dm_distance(feat_real, feat_syn)
         if feat_x is None or feat_gz is None:

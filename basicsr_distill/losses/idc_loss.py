@@ -1,17 +1,8 @@
-"""IDC's multi-level distribution matching losses (Sec. 3.4, Eq. 6-8) on unfolded local features.
+"""IDC's multi-level distribution matching losses (Sec. 3.4, Eq. 6-8) on unfolded local features (P, p*p, C_out).
 
-Local features are (P, p*p, C_out) tensors: P local patches, each of p*p samples (see ops/rlff.py).
-
-NCFD's frequencies (Eq. 2) come from a per-instance *bank*: B frequencies t ~ N(0, I) drawn once when the
-instance starts, on which the characteristic functions of the real samples (all of them, for the whole instance
-and for every K-means group) are computed once, since the real features of an instance never change. Every step
-draws F of the B frequencies afresh; the synthetic samples are projected once on them, and the same projection
-gives both L_ins (mean over all samples) and L_group (mean per group). With B -> infinity this is NCFM's fresh
-draw per call; the bank removes the real side from the per-step cost (the step then scales with the synthetic
-set only) and lets every real sample count instead of a subsample.
-
-Per step, the whole set and the groups are one batch: their characteristic functions are the rows of one
-(2, 1 + M', F) tensor ([Re, Im] x [whole set, group 1 .. M']) and Eq. 3 is evaluated once on all rows.
+NCFD's frequencies (Eq. 2) come from a per-instance bank of B frequencies on which the real characteristic functions
+are computed once; every step draws F of them (docs/Methods_IDC.md). The whole set and the groups are evaluated as
+rows of one (2, 1 + M', F) tensor ([Re, Im] x [whole set, groups]).
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -30,9 +21,8 @@ class RealCharacteristicBank:
         labels_real (Tensor): (P_r,) K-means group of each real local patch, in [0, M).
         num_groups (int): M.
         bank_size (int): B, number of frequencies in the bank.
-        generator (torch.Generator | None): draws the bank.
-        chunk_elements (int): bound on chunk x B elements of each cos / sin block while the characteristic
-            functions are accumulated (memory bound: 2**22 floats = 16 MiB per block).
+        generator (torch.Generator | None): Draws the bank.
+        chunk_elements (int): Bound on the elements of each cos / sin block (memory). Default: 2**22.
 
     Attributes:
         freqs (Tensor): (B, C) frequencies.
@@ -66,24 +56,11 @@ class RealCharacteristicBank:
 
 
 class _SegmentedCharacteristic(torch.autograd.Function):
-    """Empirical characteristic function of the L2-normalised samples, of the whole set and of each segment (group).
+    """Characteristic function of L2-normalised samples, whole set and per segment, with a hand-written backward.
 
-    Samples come in blocks (local patches) whose samples share one segment. Forward: u = x / max(||x||, eps)
-    (``F.normalize``), proj = u @ freqs^T, and the block sums of cos / sin(proj) times a (1 + G, P) averaging
-    matrix A (row 0: 1 / S for every block; row 1 + g: 1 / (samples of segment g) for the blocks of g, else 0)
-    give Re and Im of all S samples and of each segment in one matmul. Backward reuses the saved cos / sin and u:
-    with W = A^T @ grad ((2, P, F), the weight of every sample of a block), d proj = cos * W_im - sin * W_re,
-    d u = d proj @ freqs and d x = (d u - u <u, d u>) / ||x|| (d u / eps where ||x|| < eps, as F.normalize).
-    The frequencies get no gradient.
-
-    Args (of ``apply``):
-        samples (Tensor): (P, n, C) P blocks of n samples (or (S, C): blocks of one sample).
-        freqs (Tensor): (F, C) frequencies.
-        segment (Tensor): (P,) segment of each block in [0, G), -1 for blocks in no segment.
-        num_segments (int): G.
-
-    Returns:
-        Tensor: (2, 1 + G, F) [Re, Im] x [all samples, segment 0, ..., segment G - 1] (zero rows for empty segments).
+    ``apply(samples (P, n, C) or (S, C), freqs (F, C), segment (P,) in [0, G) or -1, G)`` -> (2, 1 + G, F) [Re, Im] x
+    [all samples, segment 0..G-1]; frequencies get no gradient. Backward: W = A^T grad, d proj = cos W_im - sin W_re,
+    d u = d proj freqs, d x = (d u - u <u, d u>) / ||x|| (as ``F.normalize``).
     """
 
     @staticmethod
@@ -119,23 +96,20 @@ class _SegmentedCharacteristic(torch.autograd.Function):
 
 
 def multi_level_ncfd(bank, local_syn, assigned, num_freqs, alpha=0.5, generator=None):
-    """L_ins (Eq. 6) and L_group (Eq. 7) for one step.
+    """L_ins (Eq. 6) and L_group (Eq. 7) for one step, on F frequencies drawn without replacement from the bank.
 
-    L_ins = NCFD(all real samples, all synthetic samples); L_group = sum over the groups m that hold at least one
-    assigned synthetic patch of NCFD(g_m(x), g_m(x_hat)) with id() as feature map. Both use the same F frequencies,
-    drawn without replacement from the bank, and one projection of the synthetic samples; Eq. 3 is evaluated once
-    on the stacked characteristic functions of the whole set and of those groups.
+    L_group sums NCFD(g_m(x), g_m(x_hat)) over the groups holding an assigned synthetic patch (id() as feature map).
 
     Args:
-        bank (RealCharacteristicBank): the instance's real side.
+        bank (RealCharacteristicBank): The instance's real side.
         local_syn (Tensor): (P_s, p*p, C) synthetic local features (with gradient).
-        assigned (Tensor): (P_s,) group of each synthetic local patch, -1 if not yet assigned.
+        assigned (Tensor): (P_s,) group of each synthetic local patch, -1 if unassigned.
         num_freqs (int): F per step (<= B).
-        alpha (float): amplitude weight of Eq. 3.
-        generator (torch.Generator | None): draws the F frequencies.
+        alpha (float): Amplitude weight of Eq. 3.
+        generator (torch.Generator | None): Draws the F frequencies.
 
     Returns:
-        tuple[Tensor, Tensor]: scalars l_ins and l_group (0 while nothing is assigned).
+        tuple[Tensor, Tensor]: Scalars l_ins and l_group (0 while nothing is assigned).
     """
     gen_device = generator.device if generator is not None else 'cpu'
     idx = torch.randperm(bank.bank_size, generator=generator, device=gen_device)[:num_freqs].to(local_syn.device)
@@ -151,18 +125,17 @@ def multi_level_ncfd(bank, local_syn, assigned, num_freqs, alpha=0.5, generator=
 def pair_loss(local_real, local_syn, assigned, pair_index):
     """L_pair (Eq. 8): sum_m (1/N_m) sum_i ||f''(x)^{g_m(i)} - f''(x_hat)^{g_m(i)}||_1.
 
-    The L1 norm of a pair is taken as the mean absolute difference over its p*p*C values (a normalisation
-    choice: it keeps w_pair independent of p and C_out). Computed as one weighted sum over all synthetic patches,
-    with weight 1 / (N_m p*p*C) for an assigned patch of group m and 0 for an unassigned one.
+    Departure: a pair's L1 norm is the mean absolute difference over its p*p*C values, so w_pair does not depend on p
+    and C_out.
 
     Args:
         local_real (Tensor): (P_r, p*p, C).
         local_syn (Tensor): (P_s, p*p, C).
-        assigned (Tensor): (P_s,) groups, -1 if unassigned (unassigned patches have no pair).
+        assigned (Tensor): (P_s,) groups, -1 if unassigned (no pair).
         pair_index (Tensor): (P_s,) index of the paired real patch (ignored where unassigned).
 
     Returns:
-        Tensor: scalar (0 if nothing is assigned).
+        Tensor: Scalar (0 if nothing is assigned).
     """
     valid = assigned >= 0
     if not bool(valid.any()):

@@ -1,41 +1,18 @@
 """Minimax-SR's Stage-2 losses (Eq. 3-6): Minimax Diffusion's memory losses and the SR high-frequency term.
 
-With z_hat the DiT's predicted clean latent x0 (Minimax Diffusion's ``training_losses(...)['output']``, i.e.
-``sqrt(1 / a_t) z_t - sqrt(1 / a_t - 1) eps_theta``, see :func:`predict_x0_from_eps`; the paper's
-``z_t - eps_theta`` is shorthand for it), flattened to vectors, and sigma the cosine similarity:
+With z_hat the DiT's predicted clean latent (:func:`predict_x0_from_eps`; the paper's ``z_t - eps_theta`` is shorthand
+for it) flattened, and sigma the cosine similarity:
 
     L_r    = 1 - min_{i in batch_c, m in real_mem_c} sigma(z_hat_i, z_m)     representativeness, Eq. 3
     L_d    =     max_{i in batch_c, d in syn_mem_c}  sigma(z_hat_i, z_d)     diversity, Eq. 4
     L_SR   = - mean (up(down(c(x_hat))) - c(x_hat))^2, c = clamp to [0, 1]   high frequency, Eq. 5
     L      = L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR          Eq. 6 (0.002, 0.008, 1)
 
-L_r and L_d are taken per pseudo-class c present in the batch, the min / max running over the whole similarity
-matrix (every prediction of class c x every memory entry of class c), and averaged over the classes present, as the
-reference code does: a class whose memory is still empty contributes 0 but still counts in the average (the
-reference divides by the number of classes in the batch). Eq. 3 writes ``argmax min sigma``; as a loss to minimise it
-is ``1 - min sigma``, as in the reference.
-
-Memories (:class:`FIFOMemory`, 64 entries per class): the real memory holds the scaled VAE latents of real patches,
-the synthetic one the predicted x0 of earlier steps, both detached. The reference pushes the current batch *after*
-computing the losses, so a step never compares a prediction with itself; :class:`MinimaxLoss` does the same.
-
-Eq. 5 writes ``argmax ||x_hat_bic - x_hat||^2``; as a term to *minimise* it enters Eq. 6 with a minus sign, and we
-average instead of summing over pixels so that lambda_sr = 1 keeps a pixel-MSE scale. Lowering L_SR raises the
-high-frequency energy of the predicted HR image x_hat (the VAE decoding of z_hat). Decisions (the paper is silent):
-
-* ``x_hat`` is clamped to [0, 1] (BasicSR's range, the range the sampled images are saved in) before the round
-  trip, so the term is bounded (``0 <= -L_SR < 1.6``; about 0.005 for a natural patch at the paper's 23 dB) and
-  pixels outside the range pass no gradient. Without the clamp, an x0-prediction at a noisy timestep (where z_hat
-  carries the noise error times ``sqrt(1 / a_t - 1)``) decodes to values far outside [0, 1] whose "high
-  frequencies" are unbounded, and L_SR at weight 1 would dominate Eq. 6.
-* ``down`` and ``up`` are the bicubic resizes of PSNR_bic (Eq. 1, :mod:`basicsr_distill.ops.psnr_bic`): BasicSR's
-  MATLAB-compatible ``imresize`` (Keys cubic with a = -0.5, antialiased when downsampling, symmetric borders),
-  applied as its per-axis resize matrices (:func:`~basicsr_distill.ops.psnr_bic.bicubic_resize_matrix`), a
-  differentiable linear map, so ``-L_SR = 10^(-PSNR_bic(x_hat) / 10)``: the term raises exactly what stage 1
-  selected patches for. (An earlier version used ``F.interpolate``: its antialiased bicubic, used to downsample,
-  is Keys with a = -0.5, its plain bicubic, used to upsample, a = -0.75, with other borders.)
-* Which timesteps L_SR is applied at, and that it has a gradient path into the DiT (the released code's has none),
-  are the model's decisions: see ``models/minimax_diffusion_model.py`` and docs/Methods_Minimax.md.
+As the reference: L_r and L_d are averaged over the classes in the batch (an empty memory adds 0 but counts), and the
+batch is pushed into the memories after the losses. Departures (docs/Methods_Minimax.md): Eq. 3's ``argmax min`` and
+Eq. 5's ``argmax`` become terms to minimise; L_SR averages over pixels (lambda_sr = 1 keeps a pixel-MSE scale);
+x_hat is clamped so L_SR stays bounded at noisy timesteps; ``down`` / ``up`` are Eq. 1's ``imresize`` as resize
+matrices, so ``-L_SR = 10^(-PSNR_bic(x_hat) / 10)``.
 """
 import torch
 from functools import lru_cache
@@ -55,8 +32,8 @@ class FIFOMemory:
 
     Args:
         num_classes (int): Number of classes k (labels 0..k-1).
-        size (int): Capacity per class; when full, the oldest entries are dropped. Default: 64 (the reference).
-        dim (int | None): Vector size; None takes it from the first :meth:`push`. Default: None.
+        size (int): Capacity per class; the oldest entries are dropped beyond it. Default: 64 (the reference).
+        dim (int | None): Vector size; None: from the first :meth:`push`. Default: None.
 
     Raises:
         ValueError: If ``num_classes`` or ``size`` is < 1.
@@ -75,7 +52,7 @@ class FIFOMemory:
 
         Args:
             labels (Tensor | Sequence[int]): (B,) class indices in [0, num_classes).
-            vectors (Tensor): (B, ...) vectors, flattened to (B, dim); stored detached (a copy).
+            vectors (Tensor): (B, ...) vectors, flattened to (B, dim); stored detached.
 
         Raises:
             ValueError: On a label out of range, a batch-size mismatch, or a vector size differing from ``dim``.
@@ -99,13 +76,7 @@ class FIFOMemory:
             self._banks[c] = bank[-self.size:].clone()
 
     def get(self, c):
-        """Entries of class ``c``, oldest first.
-
-        Args:
-            c (int): Class index.
-
-        Returns:
-            Tensor: (n_c, dim) detached entries, n_c <= size; (0, dim) (or (0, 0) before any push) when empty.
+        """Entries of class ``c``, oldest first: (n_c, dim) detached; (0, dim) or (0, 0) when empty.
 
         Raises:
             ValueError: If ``c`` is out of range.
@@ -129,14 +100,10 @@ class FIFOMemory:
             banks=[None if b is None else b.cpu().clone() for b in self._banks])
 
     def load_state_dict(self, state, device=None):
-        """Restore a :meth:`state_dict`.
-
-        Args:
-            state (dict): As from :meth:`state_dict`.
-            device (torch.device | str | None): Device of the restored entries. Default: None (CPU).
+        """Restore a :meth:`state_dict` onto ``device`` (default CPU); larger saved banks are cut to ``size``.
 
         Raises:
-            ValueError: If the number of classes differs; larger saved banks are cut to this memory's ``size``.
+            ValueError: If the number of classes or the vector size differs.
         """
         if int(state['num_classes']) != self.num_classes:
             raise ValueError(f'State has {state["num_classes"]} classes, this memory {self.num_classes}.')
@@ -148,16 +115,7 @@ class FIFOMemory:
 
 
 def cosine_matrix(a, b, eps=1e-8):
-    """Cosine similarities of every row of ``a`` with every row of ``b``.
-
-    Args:
-        a (Tensor): (N, D).
-        b (Tensor): (M, D).
-        eps (float): Lower bound of the norms. Default: 1e-8.
-
-    Returns:
-        Tensor: (N, M) similarities in [-1, 1].
-    """
+    """(N, M) cosine similarities in [-1, 1] of the rows of ``a`` (N, D) and ``b`` (M, D); norms >= ``eps``."""
     a = a / a.norm(dim=1, keepdim=True).clamp_min(eps)
     b = b / b.norm(dim=1, keepdim=True).clamp_min(eps)
     return a @ b.T
@@ -168,8 +126,8 @@ def predict_x0_from_eps(z_t, eps, alphas_cumprod, t):
 
     Args:
         z_t (Tensor): (B, C, h, w) noisy latents.
-        eps (Tensor): (B, C, h, w) predicted noise (the DiT's first C output channels).
-        alphas_cumprod (Tensor): (T,) cumulative products a_t of the schedule (``scheduler.alphas_cumprod``).
+        eps (Tensor): (B, C, h, w) predicted noise.
+        alphas_cumprod (Tensor): (T,) cumulative products a_t of the schedule.
         t (Tensor): (B,) int64 timesteps.
 
     Returns:
@@ -199,19 +157,15 @@ def _memory_term(pred_x0, labels, memory, reduce):
 
 
 def representativeness_loss(pred_x0, labels, real_memory):
-    """Representativeness loss L_r (Eq. 3): mean over classes c in the batch of ``1 - min cos(z_hat_c, real_mem_c)``.
-
-    The min runs over the whole (n_c x m_c) similarity matrix; a class with an empty memory adds 0 but counts in the
-    mean (the reference's normalisation); 0 if no class has memory.
+    """Representativeness loss L_r (Eq. 3): mean over the batch's classes c of ``1 - min cos(z_hat_c, real_mem_c)``.
 
     Args:
-        pred_x0 (Tensor): (B, ...) predicted clean latents, flattened to (B, D); gradients flow into them.
+        pred_x0 (Tensor): (B, ...) predicted clean latents, flattened to (B, D); differentiable.
         labels (Tensor | Sequence[int]): (B,) pseudo-class indices.
-        real_memory (FIFOMemory | Mapping): ``.get(c)`` gives the (m_c, D) real latents of class c (None or empty
-            when there are none).
+        real_memory (FIFOMemory | Mapping): ``.get(c)``: (m_c, D) real latents of class c (None or empty if none).
 
     Returns:
-        Tensor: Scalar in [0, 2].
+        Tensor: Scalar in [0, 2]; 0 if no class has memory.
 
     Raises:
         ValueError: On a label / prediction count mismatch or a memory of another vector size.
@@ -220,15 +174,12 @@ def representativeness_loss(pred_x0, labels, real_memory):
 
 
 def diversity_loss(pred_x0, labels, syn_memory):
-    """Diversity loss L_d (Eq. 4): mean over classes c in the batch of ``max cos(z_hat_c, syn_mem_c)``.
-
-    The max runs over the whole similarity matrix; classes with an empty memory add 0 (still counted), as in
-    :func:`representativeness_loss`.
+    """Diversity loss L_d (Eq. 4): mean over the batch's classes c of ``max cos(z_hat_c, syn_mem_c)``.
 
     Args:
-        pred_x0 (Tensor): (B, ...) predicted clean latents; gradients flow into them.
+        pred_x0 (Tensor): (B, ...) predicted clean latents; differentiable.
         labels (Tensor | Sequence[int]): (B,) pseudo-class indices.
-        syn_memory (FIFOMemory | Mapping): ``.get(c)`` gives the (m_c, D) earlier predictions of class c.
+        syn_memory (FIFOMemory | Mapping): ``.get(c)``: (m_c, D) earlier predictions of class c.
 
     Returns:
         Tensor: Scalar in [-1, 1].
@@ -241,7 +192,7 @@ def diversity_loss(pred_x0, labels, syn_memory):
 
 @lru_cache(maxsize=16)
 def _round_trip_matrix(length, scale, dtype, device):
-    """(length, length) matrix of imresize's x1/scale then x scale along one axis, as a tensor (cached)."""
+    """(length, length) tensor of imresize's x1/scale then x scale along one axis (cached)."""
     down = bicubic_resize_matrix(length, 1 / scale)
     up = bicubic_resize_matrix(length // scale, scale)
     return torch.from_numpy(up @ down).to(device=device, dtype=dtype)
@@ -261,19 +212,14 @@ def _bicubic_down_up(img, scale):
 
 
 def high_frequency_energy(img, scale=4):
-    """Energy of what the bicubic round trip of Eq. 1 loses: ``mean((up(down(img)) - img)^2)``.
-
-    ``down`` / ``up``: BasicSR's MATLAB bicubic ``imresize`` by 1/scale and scale (Keys a = -0.5, antialiased
-    down, symmetric borders), as resize matrices (differentiable); ``10 log10(1 / energy)`` is PSNR_bic (Eq. 1) of
-    an image in [0, 1] (:func:`~basicsr_distill.ops.psnr_bic.psnr_bic_batch`).
+    """``mean((up(down(img)) - img)^2)`` with Eq. 1's bicubic (differentiable); ``10 log10(1 / energy)`` is PSNR_bic.
 
     Args:
-        img (Tensor): (B, C, H, W) images (in [0, 1] for Minimax-SR), H and W multiples of ``scale``, at least
-            ``2 * scale``.
+        img (Tensor): (B, C, H, W) images, H and W multiples of ``scale``, at least ``2 * scale``.
         scale (int): Down-sampling factor. Default: 4.
 
     Returns:
-        Tensor: Scalar >= 0, differentiable.
+        Tensor: Scalar >= 0.
 
     Raises:
         ValueError: If ``img`` is not 4-D, or its size is not a multiple of ``scale`` or below ``2 * scale``.
@@ -282,17 +228,13 @@ def high_frequency_energy(img, scale=4):
 
 
 def sr_loss(pred_hr, scale=4, clamp=True):
-    """SR loss L_SR (Eq. 5) as a term to minimise: ``-mean((up(down(c(x_hat))) - c(x_hat))^2)``, c = clamp to [0, 1].
-
-    Minimising it maximises :func:`high_frequency_energy` of the predicted HR image x_hat, clamped (pixels outside
-    [0, 1] pass no gradient). Bounded with the clamp: ``-1.6 < L_SR <= 0`` (the x4 round trip's rows have an absolute
-    sum a <= 1.24, so a pixel's error is at most (1 + a^2) / 2 <= 1.26).
+    """SR loss L_SR (Eq. 5) to minimise: ``-high_frequency_energy(clamp(x_hat, 0, 1))``, in (-1.6, 0].
 
     Args:
-        pred_hr (Tensor): (B, 3, H, W) predicted HR images x_hat (VAE decoding of z_hat), about [0, 1]; H and W
-            multiples of ``scale``, at least ``2 * scale``.
-        scale (int): SR scale. Default: 4 (the paper's x4).
-        clamp (bool): Clamp x_hat to [0, 1] first. Default: True.
+        pred_hr (Tensor): (B, 3, H, W) predicted HR images x_hat, about [0, 1]; H and W multiples of ``scale``, at
+            least ``2 * scale``.
+        scale (int): SR scale. Default: 4.
+        clamp (bool): Clamp x_hat to [0, 1] first (pixels outside pass no gradient). Default: True.
 
     Returns:
         Tensor: Scalar <= 0, differentiable in ``pred_hr``.
@@ -306,14 +248,8 @@ def sr_loss(pred_hr, scale=4, clamp=True):
 def minimax_objective(l_simple, l_r, l_d, l_sr, lambda_r=0.002, lambda_d=0.008, lambda_sr=1.0):
     """Minimax-SR's overall loss, Eq. 6: ``l_simple + lambda_r l_r + lambda_d l_d + lambda_sr l_sr``.
 
-    Args:
-        l_simple (Tensor | float): Diffusion loss L_simple (Eq. 2).
-        l_r (Tensor | float): Representativeness loss (Eq. 3, :func:`representativeness_loss`).
-        l_d (Tensor | float): Diversity loss (Eq. 4, :func:`diversity_loss`).
-        l_sr (Tensor | float): SR loss (Eq. 5, :func:`sr_loss`, already signed to be minimised).
-        lambda_r (float): Default: 0.002 (both papers).
-        lambda_d (float): Default: 0.008 (both papers).
-        lambda_sr (float): Default: 1.0 (the paper).
+    Defaults: lambda_r 0.002 and lambda_d 0.008 (both papers), lambda_sr 1 (Minimax-SR). ``l_sr`` is :func:`sr_loss`,
+    already signed to be minimised.
 
     Returns:
         Tensor | float: The weighted sum.
@@ -330,10 +266,6 @@ def minimax_objective(l_simple, l_r, l_d, l_sr, lambda_r=0.002, lambda_d=0.008, 
 @LOSS_REGISTRY.register()
 class MinimaxLoss(nn.Module):
     """Minimax-SR's extra terms of Eq. 6 with their memories, as a BasicSR loss.
-
-    ``forward`` returns ``loss_weight * (lambda_r L_r + lambda_d L_d + lambda_sr L_SR)`` (add L_simple yourself, or
-    pass it) and then, like the reference, pushes the batch's real latents and detached predictions into the
-    memories.
 
     Args:
         num_classes (int): Number of pseudo-classes k.
@@ -365,20 +297,18 @@ class MinimaxLoss(nn.Module):
         self.syn_memory = FIFOMemory(num_classes, memory_size)
 
     def forward(self, pred_x0, labels, real_latents, pred_hr=None, l_simple=0., update_memory=True):
-        """Compute the weighted terms, then update the memories.
+        """``loss_weight * (l_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR)``, then update the memories.
 
         Args:
             pred_x0 (Tensor): (B, C, h, w) predicted clean latents z_hat.
             labels (Tensor): (B,) pseudo-class indices (not the DiT labels).
-            real_latents (Tensor): (B, C, h, w) scaled latents of the batch's real patches (pushed after the loss).
-            pred_hr (Tensor | None): (B, 3, H, W) decoded x_hat, about [0, 1] (clamped by :func:`sr_loss`); None
-                skips L_SR. Default: None.
-            l_simple (Tensor | float): L_simple, added unweighted by the lambdas. Default: 0.
-            update_memory (bool): Push the batch into the memories afterwards. Default: True.
+            real_latents (Tensor): (B, C, h, w) scaled latents of the batch's real patches.
+            pred_hr (Tensor | None): (B, 3, H, W) decoded x_hat, about [0, 1]; None skips L_SR. Default: None.
+            l_simple (Tensor | float): L_simple, added unweighted. Default: 0.
+            update_memory (bool): Push the batch afterwards. Default: True.
 
         Returns:
-            tuple[Tensor, dict]: The loss (times ``loss_weight``), and the unweighted terms ``l_r``, ``l_d``,
-            ``l_sr`` (detached).
+            tuple[Tensor, dict]: The loss, and the unweighted terms ``l_r``, ``l_d``, ``l_sr`` (detached).
         """
         l_r = representativeness_loss(pred_x0, labels, self.real_memory)
         l_d = diversity_loss(pred_x0, labels, self.syn_memory)

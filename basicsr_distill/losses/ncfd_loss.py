@@ -5,9 +5,8 @@ IDC (Peng et al.) Eq. 2-3 and Eq. 6, as NCFM (Wang et al., CVPR 2025) implements
     Chf(t) = alpha * (|Phi_X(t)| - |Phi_Y(t)|)^2 + (1 - alpha) * 2 |Phi_X(t)| |Phi_Y(t)| (1 - cos(a_X(t) - a_Y(t)))
     NCFD(X, Y) = mean_t sqrt(Chf(t)),     t ~ N(0, I_D),
 
-with Phi_X(t) = mean_i exp(j <t, x_i>) the empirical characteristic function of the L2-normalised feature rows.
-The phase term is computed as 2 (|Phi_X| |Phi_Y| - Re_X Re_Y - Im_X Im_Y), which equals the cosine form, and is
-clamped at 1e-12, so that with alpha = 0.5: amp + pha = |Phi_X(t) - Phi_Y(t)|^2.
+with Phi_X(t) = mean_i exp(j <t, x_i>) over the L2-normalised feature rows. The phase term is computed as
+2 (|Phi_X| |Phi_Y| - Re_X Re_Y - Im_X Im_Y) (equal to the cosine form), clamped at 1e-12.
 """
 import torch
 from torch import nn
@@ -20,15 +19,10 @@ _AMP_EPS = 1e-12
 
 
 def empirical_cf(feat, freqs, chunk_size=None):
-    """Empirical characteristic function of a set of feature rows.
-
-    Args:
-        feat (Tensor): (B, D) features (already normalised if wanted).
-        freqs (Tensor): (F, D) frequency arguments t.
-        chunk_size (int | None): process the B samples in chunks of this size to bound the (F, chunk) memory.
+    """Empirical characteristic function of (B, D) feature rows on (F, D) frequencies, B in chunks of ``chunk_size``.
 
     Returns:
-        tuple[Tensor, Tensor]: real and imaginary parts, each (F,): mean_i cos(<t, x_i>), mean_i sin(<t, x_i>).
+        tuple[Tensor, Tensor]: (F,) real and imaginary parts: mean_i cos(<t, x_i>), mean_i sin(<t, x_i>).
     """
     if chunk_size is None or chunk_size >= feat.shape[0]:
         proj = freqs @ feat.t()  # (F, B)
@@ -43,11 +37,7 @@ def empirical_cf(feat, freqs, chunk_size=None):
 
 
 def ncfd_terms(cf_x, cf_y):
-    """Amplitude and phase terms of Eq. 3 for each frequency.
-
-    Args:
-        cf_x (tuple[Tensor, Tensor]): (Re, Im) of Phi_X, each (F,).
-        cf_y (tuple[Tensor, Tensor]): (Re, Im) of Phi_Y, each (F,).
+    """Amplitude and phase terms of Eq. 3 from (Re, Im) pairs of (F,) tensors.
 
     Returns:
         tuple[Tensor, Tensor]: ``amp = (|Phi_X| - |Phi_Y|)^2`` and
@@ -63,15 +53,7 @@ def ncfd_terms(cf_x, cf_y):
 
 
 def ncfd_from_cf(cf_x, cf_y, alpha=0.5):
-    """NCFD from two characteristic functions on the same frequencies: mean_t sqrt(alpha amp + (1 - alpha) pha).
-
-    Args:
-        cf_x, cf_y (tuple[Tensor, Tensor]): (Re, Im), each (F,) (or (..., F): the mean is over the last axis).
-        alpha (float): amplitude weight (IDC Eq. 3).
-
-    Returns:
-        Tensor: mean over the last axis (scalar for (F,) inputs).
-    """
+    """NCFD of (Re, Im) pairs of (..., F) tensors on the same frequencies: mean_F sqrt(alpha amp + (1 - alpha) pha)."""
     amp, pha = ncfd_terms(cf_x, cf_y)
     return torch.sqrt(alpha * amp + (1 - alpha) * pha).mean(-1)
 
@@ -87,21 +69,20 @@ def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=N
     """NCFD between a real and a synthetic feature set (IDC Eq. 2, 3, 6).
 
     Args:
-        feat_real (Tensor): (B1, D) real features; usually without gradient.
-        feat_syn (Tensor): (B2, D) synthetic features; gradients flow into them.
-        num_freqs (int): number F of frequency arguments t drawn for this call (4096 in NCFM's configs).
-        alpha (float): amplitude weight; the phase term gets 1 - alpha (IDC Eq. 3). 0.5 in NCFM.
-        generator (torch.Generator | None): source of t; a fresh draw every call.
-        freqs (Tensor | None): (F, D) frequencies to use instead of drawing them (tests, shared draws).
+        feat_real (Tensor): (B1, D) real features.
+        feat_syn (Tensor): (B2, D) synthetic features; differentiable.
+        num_freqs (int): F frequencies drawn for this call (4096 in NCFM's configs).
+        alpha (float): Amplitude weight; the phase gets 1 - alpha (0.5 in NCFM).
+        generator (torch.Generator | None): Source of t, a fresh draw every call.
+        freqs (Tensor | None): (F, D) frequencies to use instead of drawing them.
         normalize (bool): L2-normalise every feature row first (as NCFM). Default: True.
-        chunk_size (int | None): sample chunk for the real side's characteristic function (memory bound).
+        chunk_size (int | None): Sample chunk for the real side (memory bound).
 
     Returns:
-        Tensor: scalar, mean_t sqrt(alpha * amp + (1 - alpha) * pha) >= 0; about 7e-7 (the phase clamp) when the
-        two sets are identical.
+        Tensor: Scalar >= 0; about 7e-7 (the phase clamp) for identical sets.
 
     Raises:
-        ValueError: if the sets are empty or their feature sizes differ.
+        ValueError: If the sets are empty or their feature sizes differ.
     """
     if feat_real.ndim != 2 or feat_syn.ndim != 2 or feat_real.shape[1] != feat_syn.shape[1]:
         raise ValueError(f'NCFD needs (B1, D) and (B2, D) features, got {tuple(feat_real.shape)} and '
@@ -118,13 +99,13 @@ def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=N
 
 @LOSS_REGISTRY.register()
 class NCFDLoss(nn.Module):
-    """NCFD as a BasicSR loss (see :func:`ncfd`).
+    """NCFD as a BasicSR loss (:func:`ncfd`), with its own seeded generator for t.
 
     Args:
-        loss_weight (float): multiplier (NCFM multiplies its matching loss by 300).
-        num_freqs (int): frequencies per call. Default: 4096.
-        alpha (float): amplitude weight, phase gets 1 - alpha. Default: 0.5.
-        seed (int): seed of the loss's own generator for t. Default: 0.
+        loss_weight (float): Multiplier (NCFM uses 300).
+        num_freqs (int): Frequencies per call. Default: 4096.
+        alpha (float): Amplitude weight. Default: 0.5.
+        seed (int): Seed of the generator. Default: 0.
     """
 
     def __init__(self, loss_weight=1.0, num_freqs=4096, alpha=0.5, seed=0):
