@@ -1,60 +1,20 @@
-"""The on-disk format of a distilled super-resolution dataset (the only package that knows it).
+"""The on-disk format of a distilled SR dataset, the only package that knows it (docs/DistilledSetFormat.md).
 
-Every method of the project (IDC, GSDD, Minimax diffusion, coreset baselines) writes its result through
-:class:`DistilledSetWriter`, and every reader (:class:`basicsr_distill.data.DistilledPairedDataset`, the lmdb
-converter, evaluation scripts) goes through the functions of this module.
-
-Layout of a distilled set ``root/``::
+Every method writes its result through :class:`DistilledSetWriter`, and every reader (``DistilledPairedDataset``, the
+lmdb converter, the evaluation scripts) goes through this package::
 
     root/
-    ├── hr/<name>.png          8-bit RGB PNG, shape (scale*h, scale*w, 3)
-    ├── lr/<name>.png          8-bit RGB PNG, shape (h, w, 3)
-    ├── lr_float/<name>.npy    float32 RGB [0, 1] copy of the LR, shape (h, w, 3) (lossless; PNG quantises)
-    ├── meta_info.txt          one line ``<name>.png (H,W,3)`` (HR shape) per pair, readable by BasicSR's
-    │                          PairedImageDataset (dataroot_gt=root/hr, dataroot_lq=root/lr, filename_tmpl='{}')
-    ├── distill.json           the manifest (see below)
-    ├── distill.rank<k>.json   only while a multi-process run is unfinished: rank k's shard (see below)
-    ├── hr.lmdb/, lr.lmdb/     optional, written by :func:`make_distilled_lmdb` (keys = pair names)
+    ├── hr/<name>.png          8-bit RGB PNG, (scale*h, scale*w, 3)
+    ├── lr/<name>.png          8-bit RGB PNG, (h, w, 3)
+    ├── lr_float/<name>.npy    float32 RGB [0, 1] copy of the LR, (h, w, 3) (lossless)
+    ├── meta_info.txt          ``<name>.png (H,W,3)`` per pair, for BasicSR's PairedImageDataset
+    ├── distill.json           the manifest, the commit record: a unit counts once it lists it
+    ├── distill.rank<k>.json   only while a multi-process run is unfinished: rank k's shard
+    ├── hr.lmdb/, lr.lmdb/     optional (:func:`make_distilled_lmdb`)
 
-Manifest fields (``distill.json``): ``format`` (``'basicsr_distill.distilled_set'``), ``format_version``,
-``method``, ``scale``, ``lr_for_training`` (``'lr_float'``: the LR copy DistilledPairedDataset reads by default;
-BasicSR's PairedImageDataset reads the PNGs), ``source`` (dict: folder, num_images, ...), ``size_control``
-(e.g. ``{'r': 0.1}`` or ``{'ipc': 10}``), ``complete``, ``num_pairs``, ``units_finished`` (unit ids as str),
-``wall_time_s`` (accumulated over restarts), ``created``, ``updated`` (local ISO 8601 timestamps), ``versions``,
-``options_hash``, ``options`` (JSON-safe copy of the full option dict), ``world_size`` (processes of the run that
-wrote it last; absent in sets written before multi-process runs existed), ``pairs`` (list of
-``{'name', 'unit', 'hr_shape', 'lr_shape', 'sha256', **info}``, where ``sha256`` is ``{'hr', 'lr', 'lr_float'}``:
-the SHA-256 (hex) of the bytes the writer wrote to each file; sets of format_version 1 have none, and reading them
-logs a note once), plus whatever :meth:`DistilledSetWriter.finalize` merges.
-With ``unit_order`` the writer lists ``units_finished`` and ``pairs`` in that order of units, whatever order the units
-were written in.
-
-Crash safety: every file is written under a temporary name (``.distill-tmp-*``) in its final folder, flushed,
-fsync'ed and moved into place with ``os.replace``, so a file with a final name is never half written. The manifest
-is the commit record: a unit counts only once ``distill.json`` lists it; ``meta_info.txt`` is derived from the
-manifest and rewritten right after it (and again whenever a writer opens the folder). Only one writer may work on a
-folder at a time (there is no inter-process lock), except for the shards below.
-
-Multi-process runs (``torchrun ... --launcher pytorch``): rank 0 opens the folder first with the ordinary writer
-(``shard=None``; it creates or resumes ``distill.json`` and merges the shards an interrupted run left), then every
-rank k >= 1 opens it with ``shard=k``: it reads ``distill.json`` (never writes it), writes its units' pair files as
-above and commits each unit to its own shard ``distill.rank<k>.json`` (same pair entries as the manifest, replaced
-atomically). A unit counts once ``distill.json`` *or* a shard lists it. At the end rank 0 calls
-:meth:`DistilledSetWriter.merge_shards` (after a barrier): the shards' units go into ``distill.json`` (in unit order
-with ``unit_order``), which is replaced atomically, and the shards are deleted; a crash between the two only makes the
-next merge repeat the same replacement. So no two processes ever write the same file.
-
-Integrity: :func:`validate_distilled_set` (what ``DistilledPairedDataset`` runs at start-up by default) reads the
-first and last bytes of each file; :func:`verify_distilled_set` (``verify: full``, ``scripts/verify_distilled.py``)
-checks every file against its recorded SHA-256 and decodes it, listing every bad file.
-
-Modules: :mod:`~basicsr_distill.distilled_set.layout` (names, constants, paths of the layout),
-:mod:`~basicsr_distill.distilled_set.manifest` (the manifest and shards, options hash, versions),
-:mod:`~basicsr_distill.distilled_set.validate`, :mod:`~basicsr_distill.distilled_set.verify`,
-:mod:`~basicsr_distill.distilled_set.reader`,
-:mod:`~basicsr_distill.distilled_set.writer` (:class:`DistilledSetWriter`, shard merge included) and
-:mod:`~basicsr_distill.distilled_set.lmdb`. Every name is importable from this package, as before the split; the
-atomic writes go through :mod:`basicsr_distill.utils.file_io`.
+Every file is written atomically (:mod:`basicsr_distill.utils.file_io`). Modules: ``layout`` (names and paths),
+``manifest`` (manifest, shards, options hash), ``validate`` (start-up check), ``verify`` (SHA-256 and decoding),
+``reader``, ``writer`` (:class:`DistilledSetWriter`, shard merge) and ``lmdb``; every name is importable from here.
 """
 
 # The private names of the former single module stay importable from here (tests and tools may use them).

@@ -1,6 +1,5 @@
-"""Folder layout of a distilled set: file and folder names, format constants, pair names and unit ids, shards.
-
-See :mod:`basicsr_distill.distilled_set` for the layout itself.
+"""Folder layout of a distilled set (:mod:`basicsr_distill.distilled_set`): names, format constants, pair names and unit
+ids, shards.
 """
 import numpy as np
 import os
@@ -34,15 +33,7 @@ _tmp_path = tmp_path
 
 
 def pair_paths(root, name):
-    """Paths of the files of one pair.
-
-    Args:
-        root (str): Distilled-set folder.
-        name (str): Pair name (no extension).
-
-    Returns:
-        dict: ``{'hr': root/hr/<name>.png, 'lr': root/lr/<name>.png, 'lr_float': root/lr_float/<name>.npy}``.
-    """
+    """Paths of one pair's files: ``{'hr': root/hr/<name>.png, 'lr': root/lr/<name>.png, 'lr_float': ...npy}``."""
     return {
         'hr': osp.join(root, HR_DIR, f'{name}.png'),
         'lr': osp.join(root, LR_DIR, f'{name}.png'),
@@ -74,14 +65,10 @@ def _check_name(name):
 
 
 def check_source_name(pair_name, source):
-    """Refuse, before any work, an input whose name would give an invalid pair name (see :func:`_check_name`).
-
-    Args:
-        pair_name (str): A pair name the input will give (e.g. ``'<image stem>_idc0000'``).
-        source (str): The input file or folder it comes from, for the message.
+    """Refuse, before any work, an input whose pair name (e.g. ``'<image stem>_idc0000'``) would be invalid.
 
     Raises:
-        ValueError: Naming ``source``, the pair name and the rule.
+        ValueError: Naming ``source`` (the input file or folder), the pair name and the rule.
     """
     try:
         _check_name(pair_name)
@@ -92,7 +79,7 @@ def check_source_name(pair_name, source):
 
 
 def _unit_id(unit):
-    """Unit ids are stored as str (JSON keeps them exactly); ints are accepted and converted."""
+    """Unit id as str (ints accepted)."""
     if isinstance(unit, bool) or not isinstance(unit, (str, int, np.integer)):
         raise TypeError(f'A unit id must be a str or an int, got {type(unit).__name__}: {unit!r}.')
     uid = str(int(unit)) if not isinstance(unit, str) else unit
@@ -107,14 +94,7 @@ def shard_path(root, rank):
 
 
 def pending_shards(root):
-    """Shards an unfinished multi-process run left in ``root`` (not merged into ``distill.json`` yet).
-
-    Args:
-        root (str): Distilled-set folder.
-
-    Returns:
-        list[tuple[int, str]]: ``(rank, path)`` by rank; empty when there is none (or no folder).
-    """
+    """Shards an unfinished multi-process run left in ``root``: ``[(rank, path)]`` by rank (empty if none)."""
     if not osp.isdir(root):
         return []
     found = []

@@ -11,13 +11,10 @@ from basicsr_distill.utils.file_io import atomic_path
 def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_thread=8):
     """Convert a distilled set's ``hr/`` and ``lr/`` PNGs to ``hr.lmdb`` / ``lr.lmdb`` (keys = pair names).
 
-    Uses BasicSR's ``make_lmdb_from_imgs``. Each database is built under a temporary name in ``root`` and renamed
-    when done, so an interrupted conversion leaves no half-built ``*.lmdb`` with a final name. A small
-    ``distill_source.json`` in each database records the manifest state it was made from and the SHA-256 of every
-    value it stores (``sha256``: ``{pair name: hex}``, read back from the database; BasicSR re-encodes the PNGs, so
-    these differ from the files' hashes). The PNGs are verified first (recorded SHA-256 and decoding, see
-    :func:`verify_distilled_set`), so a damaged file is not copied and certified. The float LR copy is not
-    converted: lmdb readers use the LR PNGs.
+    Uses BasicSR's ``make_lmdb_from_imgs``; each database is built under a temporary name and renamed when done. The
+    PNGs are verified first (:func:`verify_distilled_set`), so a damaged file is not copied. Each database's
+    ``distill_source.json`` records the manifest state and the SHA-256 of every stored value (BasicSR re-encodes the
+    PNGs, so these differ from the files'). The float LR copy is not converted.
 
     Args:
         root (str): Distilled-set folder.
@@ -30,8 +27,7 @@ def make_distilled_lmdb(root, compress_level=1, multiprocessing_read=False, n_th
 
     Raises:
         FileExistsError: When ``hr.lmdb`` or ``lr.lmdb`` already exists (remove it yourself to rebuild).
-        ValueError: When the set is invalid (see :func:`validate_distilled_set`) or empty, or a PNG is damaged (every
-            bad file named, see :func:`verify_distilled_set`).
+        ValueError: When the set is invalid or empty, or a PNG is damaged (every bad file named).
     """
     import lmdb
 

@@ -69,8 +69,6 @@ def sha256_hex(data):
 def file_sha256(path, chunk_size=1 << 20):
     """SHA-256 of the file ``path`` (64 lowercase hex digits), read in chunks of ``chunk_size`` bytes.
 
-    About 1-3 ms per MiB on one CPU core (a 3 MiB DIV2K PNG: 3.4-10 ms, see docs/DistilledSetFormat.md).
-
     Raises:
         OSError: The file cannot be read (the message names it).
     """
@@ -110,17 +108,8 @@ def _hash_field_problem(pair):
 
 
 def to_jsonable(obj):
-    """Return a JSON-safe copy of ``obj`` (used for options, info and manifest extras).
-
-    Mappings become dicts with str keys, tuples/lists/sets become lists, numpy/torch scalars and arrays become
-    Python numbers/lists, path-like objects become str, non-finite floats become the strings ``'nan'``, ``'inf'``,
-    ``'-inf'``; anything else becomes ``str(obj)``.
-
-    Args:
-        obj (object): Any object.
-
-    Returns:
-        object: Made of dict, list, str, int, float, bool and None only.
+    """JSON-safe copy of ``obj``: dicts with str keys, lists, Python numbers, str; non-finite floats as ``'nan'``,
+    ``'inf'``, ``'-inf'``; anything else ``str(obj)``.
     """
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -144,14 +133,7 @@ def to_jsonable(obj):
 
 
 def options_hash(options):
-    """SHA-256 of the JSON-safe options, top-level keys in :data:`HASH_IGNORED_KEYS` left out.
-
-    Args:
-        options (Mapping | None): Option dict.
-
-    Returns:
-        str: 64 hex digits.
-    """
+    """SHA-256 (64 hex digits) of the JSON-safe options, top-level keys in :data:`HASH_IGNORED_KEYS` left out."""
     safe = to_jsonable(dict(options or {}))
     safe = {k: v for k, v in safe.items() if k not in HASH_IGNORED_KEYS}
     text = json.dumps(safe, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
@@ -181,10 +163,7 @@ def _now():
 
 @lru_cache(maxsize=1)
 def collect_versions():
-    """Versions of the software that writes a distilled set (fast, offline, imports nothing new).
-
-    We do not use mmengine's ``collect_env``: it shells out to gcc/nvcc, initialises CUDA on GPU machines and
-    records a multi-kilobyte build string.
+    """Versions of the software that writes a set, offline and fast (mmengine's ``collect_env`` runs compilers).
 
     Returns:
         dict: python, platform, torch, cuda, torchvision, basicsr, basicsr_distill, numpy, cv2.
@@ -223,17 +202,7 @@ def _write_json_atomic(path, obj):
 
 
 def write_meta_info(root):
-    """Regenerate ``root/meta_info.txt`` from the manifest (atomically).
-
-    Use it after an interruption between the manifest and the meta-info update (``validate_distilled_set`` says
-    so); opening the folder with :class:`DistilledSetWriter` does it too.
-
-    Args:
-        root (str): Distilled-set folder.
-
-    Returns:
-        str: Path of ``meta_info.txt``.
-    """
+    """Regenerate ``root/meta_info.txt`` from the manifest, atomically; returns its path."""
     manifest = read_manifest(root)
     path = osp.join(root, META_INFO_NAME)
     write_bytes_atomic(path, meta_info_text(manifest['pairs']).encode('utf-8'))
@@ -252,16 +221,13 @@ def _load_json(path):
 def read_manifest(root):
     """Read and sanity-check ``root/distill.json``.
 
-    Args:
-        root (str): Distilled-set folder.
-
     Returns:
         dict: The manifest.
 
     Raises:
-        FileNotFoundError: When ``root/distill.json`` does not exist (message names it).
-        ValueError: When it is not valid JSON, not a distilled-set manifest, written by a newer format version, or
-            misses a required field (message names the file).
+        FileNotFoundError: When ``root/distill.json`` does not exist (named).
+        ValueError: When it is not valid JSON, not a distilled-set manifest, of a newer format version, or misses a
+            required field (named).
     """
     path = osp.join(root, MANIFEST_NAME)
     if not osp.isfile(path):
@@ -322,8 +288,7 @@ def _check_manifest_consistency(manifest, manifest_path):
 
 
 def _scale_problem(pair, scale):
-    """Why a pair entry's ``hr_shape`` is not ``scale`` x its ``lr_shape`` (the files are checked against these
-    shapes), or None."""
+    """Why a pair entry's ``hr_shape`` is not ``scale`` x its ``lr_shape``, or None."""
     hr, lr = pair['hr_shape'], pair['lr_shape']
     if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and x > 0 for x in v) for v in (hr, lr)):
         return f'hr_shape and lr_shape must be lists of 3 positive ints, got {hr!r} and {lr!r}'
@@ -338,18 +303,14 @@ def _scale_problem(pair, scale):
 
 
 def read_shard(path):
-    """Read and sanity-check one rank's shard (see the module docstring).
-
-    Args:
-        path (str): A ``distill.rank<k>.json`` file.
+    """Read and sanity-check one rank's shard ``distill.rank<k>.json``.
 
     Returns:
         dict: ``format``, ``rank``, ``method``, ``scale``, ``size_control``, ``options_hash``, ``units_finished``,
         ``pairs`` (manifest pair entries).
 
     Raises:
-        ValueError: When it is not valid JSON, not a shard, misses a field or lists a pair of an unlisted unit (the
-            message names the file).
+        ValueError: When it is not valid JSON, not a shard, misses a field or lists a pair of an unlisted unit (named).
     """
     shard = _load_json(path)
     if not isinstance(shard, dict) or shard.get('format') != SHARD_FORMAT_NAME:

@@ -15,7 +15,7 @@ def load_pair(root, name, lq_source='float'):
         lq_source (str): ``'float'`` (lr_float/*.npy, exact) or ``'png'`` (lr/*.png, quantised). Default: 'float'.
 
     Returns:
-        tuple[ndarray, ndarray]: ``(lq, gt)``, float32 RGB in [0, 1], shapes (h, w, 3) and (s*h, s*w, 3).
+        tuple[ndarray, ndarray]: ``(lq, gt)``, float32 RGB in [0, 1], (h, w, 3) and (s*h, s*w, 3).
 
     Raises:
         ValueError: Unknown ``lq_source`` or an unreadable image (named).
@@ -33,21 +33,10 @@ def load_pair(root, name, lq_source='float'):
 
 
 def check_pixel_values(img, where):
-    """Refuse an image of a pair that is not finite or not in [0, 1] (every read of a pair, whatever ``verify``).
-
-    The writer stores finite values clamped to [0, 1]; anything else is a damaged or foreign file (a NaN there
-    would train to ``l_pix: nan`` without an error). Two reductions (``min``, ``max``: a NaN propagates into both,
-    an infinity falls outside [0, 1]), a few microseconds for a training patch.
-
-    Args:
-        img (ndarray): The decoded image, float (H, W, C).
-        where (str): The file (or lmdb key) it was read from, for the message.
-
-    Returns:
-        ndarray: ``img`` itself.
+    """Return ``img`` (float (H, W, C)) if finite and in [0, 1], as the writer stores; done on every read of a pair.
 
     Raises:
-        ValueError: Naming ``where``, how many values are NaN / infinite, the range of the finite ones, and what to do.
+        ValueError: Naming ``where`` (the file or lmdb key), the NaN / infinite count, the finite range, what to do.
     """
     if img.size == 0:
         return img

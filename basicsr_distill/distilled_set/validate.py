@@ -15,19 +15,9 @@ _PNG_IEND = b'\x00\x00\x00\x00IEND\xaeB`\x82'
 def _pair_file_problem(path, kind, shape):
     """Why a pair file is broken, from its first and last bytes only (no decoding), or None.
 
-    PNG files (``hr``, ``lr``) must start with the PNG signature and an IHDR chunk of the expected size and end with
-    the IEND chunk (the writer's encoder always ends there); the npy file (``lr_float``) must hold a float (H, W, 3)
-    array of the expected shape whose data fills the file exactly. This finds truncated files, files of another
-    format and files replaced by images of another size; not bytes changed in the middle of a file, nor a file
-    replaced by another valid one of the same size (the SHA-256 checks of ``verify_distilled_set`` find those).
-
-    Args:
-        path (str): The file.
-        kind (str): ``'hr'``, ``'lr'`` or ``'lr_float'``.
-        shape (list[int]): The (H, W, 3) shape the manifest records.
-
-    Returns:
-        str | None: The problem, or None.
+    PNG: signature, IHDR of the expected size, IEND at the end; npy: a float (H, W, 3) array of the expected shape
+    filling the file. Finds truncated files, other formats and other sizes, not same-size changes (those need
+    ``verify_distilled_set``).
     """
     with open(path, 'rb') as f:
         return _content_problem(f, osp.getsize(path), kind, shape)
@@ -64,32 +54,26 @@ def _content_problem(f, size, kind, shape):
 
 
 def validate_distilled_set(root, scale=None, require_complete=False, check_files=True, check_contents=False):
-    """Check that ``root`` is a usable distilled set.
+    """Check that ``root`` is a usable distilled set: manifest, scale, completeness, pair files and meta_info.txt.
 
-    Checks the manifest (see :func:`read_manifest`), the scale, completeness (optional), that every listed pair has
-    its ``hr/`` and ``lr/`` PNG and its ``lr_float/`` npy file, and that ``meta_info.txt`` lists the same names.
-    Pixels are not decoded (the dataset checks a pair when it loads it); with ``check_contents`` the first and
-    last bytes of every file are read to find truncated files, files of another format and sizes other than the
-    manifest's (cheap: no decoding). Bytes changed in the middle of a file and a file replaced by another valid one
-    of the same size pass these checks: :func:`~basicsr_distill.distilled_set.verify.verify_distilled_set` checks
-    the recorded SHA-256 of every file and decodes it.
+    Pixels are not decoded; ``check_contents`` reads each file's first and last bytes (:func:`_pair_file_problem`).
+    :func:`~basicsr_distill.distilled_set.verify.verify_distilled_set` checks hashes and decodes.
 
     Args:
         root (str): Distilled-set folder.
         scale (int | None): Expected upscaling factor; None skips the check. Default: None.
-        require_complete (bool): Require ``complete: true`` (a finalized run). Default: False.
-        check_files (bool): Check the pair files and meta_info.txt (an lmdb-only reader sets False). Default: True.
-        check_contents (bool): Also check the headers, sizes and ends of the pair files (see above). Default: False.
+        require_complete (bool): Require ``complete: true``. Default: False.
+        check_files (bool): Check the pair files and meta_info.txt (False for an lmdb-only reader). Default: True.
+        check_contents (bool): Also check the headers, sizes and ends of the pair files. Default: False.
 
     Returns:
         dict: The manifest.
 
     Raises:
         FileNotFoundError: When the manifest is missing.
-        ValueError: Invalid manifest (also a ``scale`` that is not the ratio of a pair's ``hr_shape`` to its
-            ``lr_shape``), scale mismatch (names distill.json and both scales), incomplete set while
-            ``require_complete``, the first missing pair file (named), meta_info.txt out of sync (named), or with
-            ``check_contents`` the first broken pair file (named).
+        ValueError: Invalid manifest (a pair whose ``hr_shape`` is not ``scale`` x its ``lr_shape`` included), scale
+            mismatch (both scales named), incomplete set while ``require_complete``, or the first missing or broken
+            pair file or an out-of-sync meta_info.txt (named).
     """
     manifest = read_manifest(root)
     manifest_path = osp.join(root, MANIFEST_NAME)
@@ -117,15 +101,11 @@ def validate_distilled_set(root, scale=None, require_complete=False, check_files
 
 
 def incomplete_problem(root, manifest):
-    """What is unfinished about a set whose manifest says ``complete: false`` (a text naming distill.json), or None.
-
-    Args:
-        root (str): Distilled-set folder.
-        manifest (dict): Its manifest.
+    """What is unfinished about a set whose manifest says ``complete: false``, or None when complete.
 
     Returns:
         str | None: E.g. ``'<root>/distill.json is not complete (complete: false: ...): 3 unit(s) finished, 6
-        pair(s)'``, or None when the set is complete.
+        pair(s)'``.
     """
     if manifest['complete']:
         return None
@@ -157,11 +137,9 @@ def _meta_info_problem(root, manifest):
 
 
 def validate_distilled_lmdb(root, scale=None, require_complete=False):
-    """Check a distilled set's ``hr.lmdb``/``lr.lmdb`` copies against its manifest.
+    """Check a set's ``hr.lmdb`` / ``lr.lmdb`` against its manifest: every pair a key of both, with the recorded shapes.
 
-    Every pair name must be a key of both databases (checked through the ``meta_info.txt`` that BasicSR's
-    ``make_lmdb_from_imgs`` writes into each), with the shapes the manifest records. A warning is logged when the
-    lmdb copies were made from an older state of the manifest.
+    Logs a warning when the lmdb copies were made from an older state of the manifest.
 
     Args:
         root (str): Distilled-set folder.
@@ -172,9 +150,8 @@ def validate_distilled_lmdb(root, scale=None, require_complete=False):
         dict: The manifest.
 
     Raises:
-        FileNotFoundError: When the manifest or an lmdb folder (or its meta_info.txt) is missing.
-        ValueError: As :func:`validate_distilled_set`, or when a pair is missing from an lmdb or has another shape
-            there (names the lmdb).
+        FileNotFoundError: When the manifest, an lmdb folder or its meta_info.txt is missing.
+        ValueError: As :func:`validate_distilled_set`, or a pair missing from an lmdb or of another shape there (named).
     """
     manifest = validate_distilled_set(root, scale=scale, require_complete=require_complete, check_files=False)
     for kind, db_path in lmdb_paths(root).items():

@@ -1,15 +1,8 @@
 """Full verification of a distilled set: every file checked against the SHA-256 its manifest records, and decoded.
 
-The start-up check of :func:`~basicsr_distill.distilled_set.validate.validate_distilled_set` (``check_contents``)
-reads the first and last bytes of each file only: it finds missing and truncated files, files of another format and
-images of another size, but not bytes changed in the middle of a file, nor a file replaced by another valid one of
-the same size. :func:`verify_distilled_set` reads every byte: it compares the SHA-256 of each file with the one the
-writer recorded in the pair's manifest entry (``sha256``; sets of format_version 1 have none and can only be
-decoded), decodes it and checks its shape, and lists every bad file, not just the first. It only reads: nothing in
-the folder is created, changed or removed.
-
-The lmdb copies (``hr.lmdb`` / ``lr.lmdb``) record the SHA-256 of each value they store in their
-``distill_source.json`` (:func:`lmdb_hashes`); :func:`verify_distilled_lmdb` checks them the same way.
+Unlike the start-up check (:func:`~basicsr_distill.distilled_set.validate.validate_distilled_set`, first and last
+bytes only), this reads every byte, lists every bad file, and only reads (docs/DistilledSetFormat.md). The lmdb
+copies are checked against the hashes in their ``distill_source.json``.
 """
 import io
 import numpy as np
@@ -29,8 +22,7 @@ VERIFY_MODES = ('quick', 'full')
 
 
 class NotADistilledSetError(ValueError):
-    """The folder holds a ``distill.json`` that is not a distilled-set manifest this version reads (another format,
-    or a newer format_version): there is nothing to verify."""
+    """A ``distill.json`` of another format or a newer format_version: nothing to verify."""
 
 
 def lmdb_hashes(root):
@@ -40,8 +32,7 @@ def lmdb_hashes(root):
         root (str): Distilled-set folder.
 
     Returns:
-        dict: ``{'hr': {pair name: 64 hex digits}, 'lr': {...}}``; a database without the record (missing, or made
-        before hashes were recorded) maps to an empty dict.
+        dict: ``{'hr': {pair name: 64 hex digits}, 'lr': {...}}``; empty for a database without the record.
 
     Raises:
         ValueError: A ``distill_source.json`` that is not valid JSON or whose ``sha256`` is malformed (named).
@@ -57,13 +48,13 @@ def lmdb_hashes(root):
 
 
 def check_sha256(content, expected, where, record):
-    """Raise when ``content`` is not the bytes whose SHA-256 ``record`` holds (the training reads of ``verify: full``).
+    """Raise when ``content`` does not have the SHA-256 ``expected`` (the training reads of ``verify: full``).
 
     Args:
         content (bytes): The bytes read.
-        expected (str | None): The recorded SHA-256 (hex); None checks nothing (a set of format_version 1).
+        expected (str | None): The recorded SHA-256 (hex); None checks nothing (format_version 1).
         where (str): The file (or lmdb key) read, for the message.
-        record (str): The file that records the hash (``distill.json`` or an lmdb's ``distill_source.json``).
+        record (str): The file that records the hash, for the message.
 
     Raises:
         ValueError: On a mismatch, naming ``where`` and ``record``.
@@ -155,27 +146,24 @@ def _read_manifest_or_problem(root):
 def verify_distilled_set(root, kinds=PAIR_KINDS, lmdb=None):
     """Check every file of a distilled set against its recorded SHA-256 and decode it; list every bad file.
 
-    For each pair the manifest lists and each file kind: the file must exist, pass the cheap structural check,
-    match the SHA-256 its entry records (pairs of format_version 1 record none: decoded only, counted in
-    ``unhashed``), decode (PNG: BasicSR's ``imfrombytes``; npy: ``np.load``) to the recorded shape (npy: values in
-    [0, 1]). ``meta_info.txt`` must list the manifest's pairs. Only reads (nothing on disk changes).
+    Each pair file must exist, pass the structural check, match its recorded SHA-256 (format_version 1: decoded only,
+    counted in ``unhashed``) and decode to the recorded shape (npy: values in [0, 1]); ``meta_info.txt`` must list the
+    manifest's pairs. Nothing on disk changes.
 
     Args:
         root (str): Distilled-set folder.
         kinds (Sequence[str]): The files of each pair to check, of ``('hr', 'lr', 'lr_float')``. Default: all.
-        lmdb (bool | None): Also check the lmdb copies (:func:`verify_distilled_lmdb`): True always, False never,
-            None when ``hr.lmdb`` or ``lr.lmdb`` exists. Default: None.
+        lmdb (bool | None): Also check the lmdb copies: True, False, or None when ``hr.lmdb`` or ``lr.lmdb`` exists.
+            Default: None.
 
     Returns:
-        dict: ``root``; ``manifest`` (None when it is damaged); ``problems``: list of ``(path, line)``, one per bad
-        file, the line naming the file (and pair) and every problem found in it; ``files``, ``bytes``: what was
-        read; ``unhashed``: files checked without a recorded hash; ``lmdb``: the databases checked; ``seconds``.
-        The set is intact when ``problems`` is empty.
+        dict: ``root``; ``manifest`` (None when damaged); ``problems``: ``(path, line)`` per bad file, the line naming
+        the file, pair and every problem; ``files``, ``bytes`` read; ``unhashed``; ``lmdb``: databases checked;
+        ``seconds``. Intact when ``problems`` is empty.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder or holds no ``distill.json``.
-        NotADistilledSetError: (a ``ValueError``) its ``distill.json`` is of another format or of a newer
-            format_version.
+        NotADistilledSetError: (a ``ValueError``) its ``distill.json`` is of another format or a newer format_version.
         ValueError: An unknown kind.
     """
     start = time.perf_counter()
@@ -223,14 +211,12 @@ def verify_distilled_lmdb(root, manifest=None, read=None):
     Args:
         root (str): Distilled-set folder.
         manifest (dict | None): Its manifest (read when None).
-        read (Callable[[str, str], bytes | None] | None): ``read(kind, name)`` returns the value of key ``name`` in
-            the ``kind`` (``'hr'`` / ``'lr'``) database, or None when there is none. None opens each database
-            read-only for the check and closes it after (py-lmdb refuses to open one database twice in a process:
-            a reader that holds it open passes its own). Default: None.
+        read (Callable[[str, str], bytes | None] | None): ``read(kind, name)``: the value of key ``name`` in the
+            ``kind`` database, or None. None opens each database read-only (py-lmdb refuses to open one twice in a
+            process, so a reader holding it open passes its own). Default: None.
 
     Returns:
-        dict: As :func:`verify_distilled_set` (the lines name the lmdb key and database); ``unhashed`` counts the
-        values of databases made before hashes were recorded.
+        dict: As :func:`verify_distilled_set`, lines naming the lmdb key and database.
     """
     start = time.perf_counter()
     manifest = read_manifest(root) if manifest is None else manifest
@@ -278,14 +264,11 @@ def verify_distilled_lmdb(root, manifest=None, read=None):
 
 
 def verification_message(report, what='verify: full'):
-    """One error text naming every bad file of a :func:`verify_distilled_set` report (empty when it is intact).
+    """One error text naming every bad file of a verification report ('' when intact), and what to do.
 
     Args:
         report (dict): A report of :func:`verify_distilled_set` or :func:`verify_distilled_lmdb`.
         what (str): The check, for the first line. Default: 'verify: full'.
-
-    Returns:
-        str: A first line with the counts, one indented line per bad file, and what to do.
     """
     problems = report['problems']
     if not problems:

@@ -1,5 +1,5 @@
-"""Writing a distilled set: :class:`DistilledSetWriter`, unit by unit, resumable, with the shards of a
-multi-process run and their merge (see :mod:`basicsr_distill.distilled_set`).
+"""Writing a distilled set: :class:`DistilledSetWriter`, unit by unit, resumable, with a multi-process run's shards
+and their merge (docs/DistilledSetFormat.md, docs/MultiProcess.md).
 """
 import copy
 import cv2
@@ -42,51 +42,41 @@ def _to_uint8(img):
 class DistilledSetWriter():
     """Write a distilled set unit by unit, resumable after a crash.
 
-    A *unit* is the piece of work a method finishes at once (an IDC instance, a GSDD class, a coreset chunk...).
-    :meth:`write_unit` stores its pairs and marks it finished; a restarted run asks :meth:`is_finished` and skips
-    it. Unit ids are stored as str (``3`` and ``'3'`` are the same unit).
-
-    In a multi-process run (see the module docstring) rank 0 opens the folder first with ``shard=None`` and rank
-    k >= 1 afterwards with ``shard=k``; rank 0 merges the shards with :meth:`merge_shards` once every rank is done.
+    A unit is the work a method finishes at once (an IDC instance, a GSDD class, ...); unit ids are str (``3`` and
+    ``'3'`` are the same unit). In a multi-process run rank 0 opens the folder first with ``shard=None``, rank k >= 1
+    afterwards with ``shard=k``, and rank 0 calls :meth:`merge_shards` once every rank is done.
 
     Args:
         root (str): Output folder (created if needed).
         method (str): Method name, e.g. ``'idc'``.
         scale (int): Upscaling factor (HR size = scale x LR size).
-        source (Mapping): Description of the source data, e.g. ``{'folder': ..., 'num_images': 91}``.
+        source (Mapping): The source data, e.g. ``{'folder': ..., 'num_images': 91}``.
         size_control (Mapping): Budget, e.g. ``{'r': 0.1}`` or ``{'ipc': 10}``.
-        options (Mapping | None): The full option dict of the run (stored JSON-safe; hashed without
+        options (Mapping | None): The run's full option dict (stored JSON-safe; hashed without
             :data:`~basicsr_distill.distilled_set.manifest.HASH_IGNORED_KEYS`).
-        resume (bool): Continue a folder that already holds a manifest of the same run. Default: True.
-        unit_order (Sequence[str | int] | None): Every unit id in the method's order; the manifest then lists
-            ``units_finished`` and ``pairs`` in this order of units (others after them, in write order), whatever
-            order the units were written or merged in. None keeps the write order. Default: None.
-        world_size (int): Processes of the run (recorded as the manifest's ``world_size``). Default: 1.
-        shard (int | None): None for the writer of ``distill.json`` (a single process, or rank 0); k in
-            [1, world_size) for rank k's writer, which reads ``distill.json`` and commits its units to
-            ``distill.rank<k>.json`` only. Default: None.
-        start_time (float | None): ``time.monotonic()`` when the run's work began, for ``wall_time_s`` (e.g. a
-            selection that scores the whole pool before it opens the writer). Default: None (now).
-        unit_sources (Mapping[str | int, Sequence[str]] | None): The source images each unit is computed from. They
-            are hashed (SHA-256) once when the writer opens, and :meth:`write_unit` records a unit's hashes in the
-            manifest's ``unit_sources``. On resume (``shard=None``), a finished unit whose recorded images differ from
-            these (an image changed, added or removed) was computed from other data: see ``recompute_changed``. A
-            finished unit that records none (a set written before they were recorded) is kept, with one warning.
-            None: nothing is hashed or checked. Default: None.
-        recompute_changed (bool | Collection[str | int]): What to do with finished units whose source images
-            changed: True drops them from the manifest (their pair files are deleted, a warning names every image)
-            so that the run computes them again; False refuses (``ValueError`` naming every image); a collection of
-            unit ids drops those and refuses the others. Default: True.
+        resume (bool): Continue a folder holding a manifest of the same run. Default: True.
+        unit_order (Sequence[str | int] | None): Every unit id in the method's order; the manifest lists units and pairs
+            in it (others after, in write order). None: write order. Default: None.
+        world_size (int): Processes of the run (the manifest's ``world_size``). Default: 1.
+        shard (int | None): None for the writer of ``distill.json``; k in [1, world_size) for rank k's writer, which
+            commits to ``distill.rank<k>.json`` only. Default: None.
+        start_time (float | None): ``time.monotonic()`` when the run's work began, for ``wall_time_s``. Default: None
+            (now).
+        unit_sources (Mapping[str | int, Sequence[str]] | None): Source images of each unit, hashed (SHA-256) at open
+            and recorded by :meth:`write_unit`. On resume (``shard=None``) a finished unit whose images changed is
+            handled by ``recompute_changed``; one that records none is kept with a warning. None: no check.
+        recompute_changed (bool | Collection[str | int]): For finished units whose images changed: True drops them
+            (pair files deleted, a warning names every image) to compute them again; False refuses (``ValueError``
+            naming every image); a collection drops those units and refuses the others. Default: True.
         changed_hint (str | None): What to do, ending the refusal's message. Default: None (delete or rename the
-            folder to write the set again from the current images, or restore the images).
+            folder, or restore the images).
 
     Raises:
-        ValueError: Invalid arguments, or (resume) the existing manifest belongs to another run (method, scale,
-            size_control or options_hash differ) and holds a finished unit, a pair, a shard or a pair file; the
-            message names distill.json (or the shard of another run). A record of another run that holds nothing
-            (it stopped before its first unit) is replaced, with a warning.
-        FileExistsError: ``resume=False`` and the folder already holds a manifest, or the folder holds images or
-            shards but no manifest. Nothing is ever deleted.
+        ValueError: Invalid arguments, or (resume) the manifest belongs to another run (method, scale, size_control
+            or options_hash differ) and holds a finished unit, a pair, a shard or a pair file (named). A record of
+            another run that holds nothing is replaced, with a warning.
+        FileExistsError: ``resume=False`` and a manifest exists, or the folder holds images or shards but no
+            manifest. Nothing is deleted.
         FileNotFoundError: (``shard=k``) rank 0 has not created ``distill.json`` yet.
         RuntimeError: (``shard=k``) rank k's shard of an earlier run exists: rank 0 must open the folder first.
     """
@@ -198,7 +188,7 @@ class DistilledSetWriter():
             self._commit(new)
 
     def _open_shard(self, new, rank):
-        """Rank ``rank``'s writer: read ``distill.json`` (rank 0 made it), start an empty shard; writes nothing."""
+        """Rank ``rank``'s writer: read ``distill.json`` (rank 0 made it), start an empty shard."""
         if not osp.exists(self.manifest_path):
             raise FileNotFoundError(f'{self.manifest_path} does not exist: the writer of rank 0 (shard=None) must open '
                                     f'{self.root} before the writer of rank {rank}.')
@@ -223,11 +213,7 @@ class DistilledSetWriter():
 
     # ------------------------------------------------------------------------------------------------------------
     def _replaces_empty_record(self, new, logger):
-        """Whether ``distill.json`` records another run but holds nothing: no finished unit, no pair, no shard and no
-        file in ``hr/``, ``lr/``, ``lr_float/`` (a run that stopped before its first unit, e.g. on an option that
-        torch refused). Such a record protects nothing: it is replaced by this run's (logged), so that the rerun
-        with the option fixed is not refused as another run's. A record that cannot be read is left to the usual
-        checks."""
+        """Whether ``distill.json`` records another run holding no unit, pair, shard or file (then replaced, logged)."""
         try:
             old = read_manifest(self.root)
         except (OSError, ValueError):
@@ -279,7 +265,7 @@ class DistilledSetWriter():
         return hashes
 
     def _check_sources(self, recompute_changed, changed_hint, logger):
-        """Drop (or refuse) the finished units whose source images changed since they were written (see Args)."""
+        """Drop (or refuse) the finished units whose source images changed (see ``recompute_changed``)."""
         recorded = self._manifest.get(UNIT_SOURCES_KEY) or {}
         changed, unknown = {}, []
         for uid in self._manifest['units_finished']:
@@ -329,7 +315,7 @@ class DistilledSetWriter():
                        f'{lines}')
 
     def _cleanup_tmp(self):
-        """Remove temporary files left by an interrupted writer (only ``.distill-tmp-*`` files)."""
+        """Remove the ``.distill-tmp-*`` files an interrupted writer left."""
         for sub in ('', HR_DIR, LR_DIR, LR_FLOAT_DIR):
             remove_stale_tmps(osp.join(self.root, sub))
 
@@ -345,7 +331,7 @@ class DistilledSetWriter():
                            'readers and overwritten when their unit is written again.')
 
     def _in_unit_order(self, record):
-        """``record`` (manifest or shard) with its units and pairs in ``unit_order`` (stable; no order: unchanged)."""
+        """``record`` (manifest or shard) with its units and pairs in ``unit_order`` (stable)."""
         if self.unit_order is None:
             return dict(record)
         position = {u: i for i, u in enumerate(self.unit_order)}
@@ -375,10 +361,7 @@ class DistilledSetWriter():
         write_bytes_atomic(self.meta_info_path, meta_info_text(manifest['pairs']).encode('utf-8'))
 
     def _store(self, pairs, units, sources=None):
-        """Commit this writer's record: ``distill.json`` (shard None) or its shard, atomically.
-
-        The source hashes of units no longer in ``units`` are dropped; ``sources`` ({unit id: {path: hex}}) are added.
-        """
+        """Commit this writer's record (``distill.json`` or its shard): kept hashes of ``units``, plus ``sources``."""
         record = self._manifest if self._shard is None else self._shard
         kept = {u: v for u, v in (record.get(UNIT_SOURCES_KEY) or {}).items() if u in set(units)}
         kept.update(sources or {})
@@ -399,7 +382,7 @@ class DistilledSetWriter():
 
     @property
     def finished_units(self):
-        """list[str]: Ids of the finished units, in the order they are listed (a shard writer: its own last)."""
+        """list[str]: Ids of the finished units, in listed order (a shard writer's own last)."""
         return list(self._manifest['units_finished']) + (list(self._shard['units_finished']) if self._shard else [])
 
     @property
@@ -408,7 +391,7 @@ class DistilledSetWriter():
         return bool(self._manifest['complete'])
 
     def is_finished(self, unit):
-        """Whether ``unit`` (str or int id) is finished (its pairs are in the manifest, or in this writer's shard)."""
+        """Whether ``unit`` (str or int id) is finished (listed in the manifest, or in this writer's shard)."""
         uid = _unit_id(unit)
         in_shard = self._shard is not None and uid in self._shard['units_finished']
         return in_shard or uid in self._manifest['units_finished']
@@ -451,25 +434,22 @@ class DistilledSetWriter():
         return entry, lq, gt
 
     def write_unit(self, unit, pairs):
-        """Store the pairs of one unit and mark it finished (idempotent: a rewrite replaces the unit's pairs).
+        """Store the pairs of one unit and mark it finished (a rewrite replaces the unit's pairs).
 
-        Everything is validated before anything is written. Each file goes through a temporary name and
-        ``os.replace``, and its entry records the SHA-256 of the bytes written (``sha256``: ``{'hr', 'lr',
-        'lr_float'}``); the manifest (a shard writer: its shard), then meta_info.txt, are updated atomically
-        afterwards. When the unit was written before, it is first removed from the manifest (so that a crash during
-        the rewrite leaves a consistent set without it) and files of its old pairs that the new pairs do not reuse
-        are deleted at the end.
+        Everything is validated before anything is written; each pair entry records the SHA-256 of the bytes
+        written (``sha256``: ``{'hr', 'lr', 'lr_float'}``). A rewritten unit is first removed from the manifest, so a
+        crash leaves a consistent set without it.
 
         Args:
             unit (str | int): Unit id.
-            pairs (list[dict]): Each ``{'name': str (unique in the set, no extension), 'lq': float ndarray (h, w, 3)
-                RGB [0, 1], 'gt': float ndarray (scale*h, scale*w, 3) RGB [0, 1], 'info': dict (optional,
-                provenance, merged into the manifest entry)}``. Values are clamped to [0, 1]; stored as float32.
+            pairs (list[dict]): Each ``{'name': str (unique in the set, no extension), 'lq': float ndarray (h, w, 3) RGB
+                [0, 1], 'gt': float ndarray (scale*h, scale*w, 3) RGB [0, 1], 'info': dict (optional provenance, merged
+                into the entry)}``. Values are clamped to [0, 1], stored as float32.
 
         Raises:
             TypeError: Invalid unit id.
-            ValueError: Invalid pair (named): keys, dtype, shape (gt must be scale x lq), non-finite values, name
-                used twice or by another unit, reserved info keys; (shard writer) a unit ``distill.json`` lists.
+            ValueError: Invalid pair (named): keys, dtype, shape (gt must be scale x lq), non-finite values, name used
+                twice or by another unit, reserved info keys; (shard writer) a unit ``distill.json`` lists.
             OSError: When writing fails (the manifest keeps its previous state).
         """
         uid = _unit_id(unit)
@@ -521,23 +501,17 @@ class DistilledSetWriter():
                     os.remove(path)
 
     def merge_shards(self):
-        """Merge the shards of the other ranks into ``distill.json``, then delete them (rank 0's writer only).
+        """Merge the other ranks' shards into ``distill.json``, then delete them (rank 0's writer only).
 
-        Every unit a shard lists replaces that unit's entries in the manifest (files of its former pairs that the
-        shard's pairs do not reuse are deleted afterwards); the manifest is then replaced atomically (in
-        ``unit_order``, marked incomplete until :meth:`finalize`), and only then are the shards removed, so a crash
-        in between makes the next merge repeat the same replacement. Called when the folder is opened (shards left
-        by an interrupted run) and by the model after the last unit of every rank (behind a barrier).
+        A shard's units replace theirs in the manifest, which is replaced atomically (incomplete until :meth:`finalize`)
+        before the shards are removed, so a crash in between repeats the same merge.
 
         Returns:
-            list[str]: The units merged, by shard rank then shard order (empty, and nothing written, without
-            shards).
+            list[str]: The units merged, by shard rank then shard order (empty, nothing written, without shards).
 
         Raises:
             RuntimeError: Called on a shard writer.
-            ValueError: A shard that is not one (see :func:`read_shard`), belongs to another run (method, scale,
-                size_control or options_hash differ from the manifest's), or uses a pair name another unit uses;
-                the message names the shard.
+            ValueError: A shard that is not one, belongs to another run, or reuses another unit's pair name (named).
         """
         if self._shard is not None:
             raise RuntimeError(f'merge_shards is for the writer of rank 0 (shard=None), not of {self.shard_path}.')
@@ -577,16 +551,15 @@ class DistilledSetWriter():
         """Mark the set complete, merge ``extra`` into the manifest and write it atomically.
 
         Args:
-            extra (Mapping | None): Additional top-level manifest fields (stored JSON-safe), e.g. final metrics.
-                The format's own fields may not be overridden. Default: None.
+            extra (Mapping | None): More top-level manifest fields (stored JSON-safe), e.g. final metrics; the format's
+                own fields may not be overridden. Default: None.
 
         Returns:
-            dict: A copy of the final manifest. A set that is already complete is left untouched when ``extra`` is
-            empty (a rerun over a finished set writes nothing).
+            dict: A copy of the final manifest; a complete set is left untouched when ``extra`` is empty.
 
         Raises:
             ValueError: When ``extra`` is not a dict or uses a reserved field.
-            RuntimeError: Called on a shard writer (rank 0 merges the shards and finalises).
+            RuntimeError: Called on a shard writer.
         """
         if self._shard is not None:
             raise RuntimeError(f'finalize is for the writer of rank 0 (shard=None), which merges {self.shard_path}; '
