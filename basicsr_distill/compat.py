@@ -1,43 +1,14 @@
-"""Import-time fixes for the torchvision / BasicSR 1.4.2 combination this project supports.
+"""Import-time fixes for the torchvision / BasicSR 1.4.2 combination this project supports (docs/INSTALL.md).
 
 Each fix checks whether its problem occurs and does nothing otherwise:
 
-1. ``torchvision::nms`` / ``torchvision::qnms``: torchvision registers fake (meta) kernels for these operators
-   while it is imported. When its compiled ``_C`` library cannot be loaded (a CUDA build of torchvision next to
-   a CPU build of torch), the operators do not exist and ``import torchvision`` raises
-   ``RuntimeError: operator torchvision::nms does not exist``. We define the two schemas through
-   ``torch.library`` so that the import succeeds; calling the operators still fails, as it would anyway.
-2. ``torchvision.transforms.functional_tensor`` was renamed ``_functional_tensor``; BasicSR 1.4.2 imports the
-   old name. We alias the module.
-3. ``basicsr.train.load_resume_state`` maps the resume state onto ``torch.cuda.current_device()``, which fails on
-   a machine without CUDA. Where CUDA is unavailable we replace it by a version that loads onto the CPU (with
-   ``weights_only=True``; a missing, corrupt or truncated state file gets an error naming it, see
-   :func:`basicsr_distill.utils.checkpoint.read_checkpoint`); where CUDA is available BasicSR's function is kept.
-4. ``basicsr.utils.dist_util._init_dist_pytorch`` (``--launcher pytorch``) calls
-   ``torch.cuda.set_device(rank % torch.cuda.device_count())`` (``ZeroDivisionError`` without CUDA) and
-   ``basicsr.utils.options.parse_options`` asks it for BasicSR's default backend ``nccl``, which needs CUDA. Where
-   CUDA is unavailable we replace it by a version that initialises the process group with ``gloo`` and touches no
-   CUDA API; where CUDA is available BasicSR's function is kept (``nccl``, one GPU per process: device
-   ``rank % device_count``, which is the local rank when every node runs one process per GPU).
-5. ``basicsr.utils.options.parse_options`` converts each ``--force_yml key=value`` with ``_postprocess_yml_value``,
-   which reads only unsigned decimals as numbers: ``-0.1`` and ``1e-3`` stay strings, so ``--force_yml
-   distill:ratio=-0.1`` gets a type error instead of the range error the same value gets in the option file. Where
-   BasicSR's function reads ``-0.1`` as a string we replace it (a module global, looked up when ``--force_yml`` is
-   applied, which is after the option file is loaded and so after its ``plugin:`` tag imported this package) by
-   :func:`force_yml_value`: values are read as YAML scalars (``yaml.safe_load``), and plain scalars PyYAML leaves as
-   strings that ``float()`` reads as a finite number (``1e-3``) become floats. BasicSR's readings are kept for
-   ``~`` / ``none`` (any case), ``true`` / ``false`` (any case), ``!!float x``, digit strings (``010`` is 10, not
-   YAML 1.1's octal 8) and lists (Python literals). A quoted value (``'"1e-3"'`` through the shell) stays a string.
-
-6. ``basicsr.models.base_model.BaseModel.load_network`` (BasicSR's own models: ``path.pretrain_network_g`` of an
-   ``SRModel`` training on a distilled set) reads the file with ``torch.load`` and torch's default ``weights_only``
-   (True from torch 2.6, False before, which runs whatever a pickle holds), and a refused or corrupt file gets
-   torch's error, which names no file and advises ``weights_only=False``. It is replaced everywhere by
-   :func:`load_network_checked`: the same loading (``param_key`` falling back to ``params``, ``module.`` stripped,
-   BasicSR's key report, ``strict``), with the file read by
-   :func:`basicsr_distill.utils.checkpoint.read_checkpoint` (``weights_only=True`` whatever torch's default): a file
-   that pickles Python objects is refused and never loaded, a corrupt or truncated one is named as such, with the
-   option it came from.
+1. ``torchvision::nms`` / ``qnms`` schemas defined when torchvision's ``_C`` cannot load, so the import succeeds.
+2. ``torchvision.transforms.functional_tensor`` aliased to ``_functional_tensor`` (BasicSR imports the old name).
+3. Without CUDA, ``basicsr.train.load_resume_state`` loads onto the CPU, through
+   :func:`~basicsr_distill.utils.checkpoint.read_checkpoint`.
+4. Without CUDA, ``basicsr.utils.dist_util._init_dist_pytorch`` uses ``gloo`` and no CUDA call.
+5. ``--force_yml`` values read as YAML scalars (:func:`force_yml_value`) where BasicSR reads ``-0.1`` as a string.
+6. ``BaseModel.load_network`` replaced by :func:`load_network_checked` (``weights_only=True`` always, files named).
 
 ``apply()`` is idempotent and is called by ``import basicsr_distill`` before anything imports torchvision.
 """
@@ -55,7 +26,7 @@ _APPLIED = False
 
 
 def _torchvision_ops_loadable():
-    """Return True if torchvision's compiled ops load (or torchvision is absent), False otherwise."""
+    """True if torchvision's compiled ops load (or torchvision is absent)."""
     spec = importlib.util.find_spec('torchvision')
     if spec is None or not spec.submodule_search_locations:
         return True
@@ -79,7 +50,7 @@ def _has_op(name):
 
 
 def fix_torchvision_ops():
-    """Define the ``torchvision::nms`` and ``torchvision::qnms`` schemas when torchvision's ``_C`` cannot load.
+    """Define the ``torchvision::nms`` and ``torchvision::qnms`` schemas when torchvision's ``_C`` cannot load (fix 1).
 
     Returns:
         bool: True if schemas were defined here, False if nothing was needed.
@@ -171,20 +142,19 @@ def fix_cpu_resume():
 
 
 def load_network_checked(self, net, load_path, strict=True, param_key='params'):
-    """BasicSR 1.4.2's ``BaseModel.load_network`` with the file read by
-    :func:`~basicsr_distill.utils.checkpoint.read_checkpoint` (fix 6 of the module docstring).
+    """BasicSR 1.4.2's ``BaseModel.load_network``, the file read by ``utils.checkpoint.read_checkpoint`` (fix 6).
 
     Args:
         net (nn.Module): The network (may be wrapped in DataParallel / DistributedDataParallel).
         load_path (str): The weights file.
         strict (bool): As ``nn.Module.load_state_dict``. Default: True.
-        param_key (str | None): The entry holding the weights (``params`` is used when it is missing); None: the
-            whole file. Default: ``'params'``.
+        param_key (str | None): The entry holding the weights (``params`` if it is missing); None: the whole file.
+            Default: ``'params'``.
 
     Raises:
         FileNotFoundError: ``load_path`` does not exist (named).
-        ValueError: The file is not a plain weights file (it pickles Python objects: refused, never loaded) or is
-            corrupt or truncated; the message names the file and the option it came from.
+        ValueError: The file pickles Python objects (refused, never loaded) or is corrupt or truncated; the message
+            names the file and its option.
         RuntimeError: As ``load_state_dict`` (keys that do not fit, with ``strict``).
     """
     from copy import deepcopy
@@ -219,13 +189,8 @@ def fix_basicsr_load_network():
 
 
 def _init_dist_pytorch_cpu(backend, **kwargs):
-    """BasicSR's ``_init_dist_pytorch`` for machines without CUDA: no CUDA call, ``nccl`` replaced by ``gloo``.
-
-    Args:
-        backend (str): The backend BasicSR asks for (``'nccl'`` unless the caller passes another); ``'nccl'``
-            becomes ``'gloo'``, any other backend is kept.
-        **kwargs: Passed to ``torch.distributed.init_process_group`` (rank, world size and the rendezvous come from
-            torchrun's environment: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+    """BasicSR's ``_init_dist_pytorch`` without CUDA calls; ``'nccl'`` becomes ``'gloo'``, ``**kwargs`` go to
+    ``init_process_group`` (rank, world size and rendezvous from torchrun's environment).
     """
     import torch.distributed as dist
     if backend == 'nccl':
@@ -248,17 +213,13 @@ def fix_cpu_dist_init():
 
 
 def force_yml_value(value):
-    """Read the value of a ``--force_yml key=value`` entry as a YAML scalar (see fix 5 of the module docstring).
-
-    Args:
-        value (str): The text after ``=`` (BasicSR strips it).
+    """Read the value of a ``--force_yml key=value`` entry (the text after ``=``) as a YAML scalar (fix 5).
 
     Returns:
         None | bool | int | float | list | dict | str: ``-0.1`` -> -0.1, ``1e-3`` -> 0.001, ``~`` / ``null`` /
-        ``None`` -> None, ``true`` / ``False`` -> bool (and YAML 1.1's ``yes`` / ``no`` / ``on`` / ``off``, as in the
-        option file), ``7`` -> 7, ``[1, 2]`` -> [1, 2], ``{a: 1}`` -> {'a': 1}, ``'"1e-3"'`` -> '1e-3'; anything
-        else (``abc``, ``a#b``, ``inf``, ``2024-01-01``, an empty value, text YAML cannot parse) is returned
-        unchanged, as a string.
+        ``None`` -> None, ``true`` / ``False`` / ``yes`` / ``off`` -> bool, ``010`` -> 10, ``[1, 2]`` -> [1, 2],
+        ``{a: 1}`` -> {'a': 1}, ``'"1e-3"'`` -> '1e-3'; anything else (``abc``, ``inf``, ``2024-01-01``, empty,
+        unparsable) unchanged, as a string.
 
     Raises:
         ValueError: ``!!float x`` where ``x`` is not a number (as BasicSR).
