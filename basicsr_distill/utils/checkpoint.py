@@ -1,6 +1,6 @@
-"""Building networks from option dicts and loading pretrained weights into them, with clear errors: the one place
-of the package that does either (:func:`build_network`, :func:`load_pretrained`, :func:`load_network`), and the one
-reader of ``.pth`` files (:func:`read_checkpoint`)."""
+"""The one place that builds networks from option dicts and loads pretrained weights (:func:`build_network`,
+:func:`load_pretrained`, :func:`load_network`), and the one reader of ``.pth`` files (:func:`read_checkpoint`).
+"""
 import copy
 import errno
 import inspect
@@ -20,11 +20,7 @@ _ANSI = re.compile(r'\x1b\[[0-9;]*m')
 
 
 def _load_error_detail(err):
-    """A short, safe description of why ``torch.load`` failed: the exception type and the first line of its message.
-
-    Torch's weights-only message advises re-running with ``weights_only`` off, which is wrong for a corrupt file and
-    unsafe for a foreign one: only its ``WeightsUnpickler error:`` line is kept, or none of it.
-    """
+    """Exception type and first line of ``torch.load``'s error, without its advice to turn ``weights_only`` off."""
     text = _ANSI.sub('', str(err))
     if 'weights_only' in text:
         blocked = re.search(r'unsupported GLOBAL [^\n]*', text)  # 'Trying to load unsupported GLOBAL posix.system ...'
@@ -56,18 +52,14 @@ def _allowed_globals():
 
 
 def pickled_globals(path):
-    """What a pickle-based ``.pth`` file would import when unpickled, besides what a plain weights file holds.
-
-    The pickle opcodes are read with :mod:`pickletools` (nothing is imported or run): the ``data.pkl`` of a zip
-    checkpoint, or the pickles at the start of any other file (a legacy ``torch.save`` file, a ``pickle.dump``).
+    """What a ``.pth`` file's pickles would import beyond plain weights, read with :mod:`pickletools` (nothing run).
 
     Args:
-        path (str): The file.
+        path (str): The file (a zip checkpoint's ``data.pkl``, or pickles at the start of any other file).
 
     Returns:
-        list[str] | None: ``'module.name'`` of every class or function it references that torch's weights-only
-        reader does not accept (``'posix.system'``, ``'argparse.Namespace'``), in order, without duplicates (empty:
-        none); None when the file holds no complete pickle (corrupt, truncated, not a pickle at all).
+        list[str] | None: ``'module.name'`` of every referenced global torch's weights-only reader refuses, in order,
+        without duplicates (empty: none); None when the file holds no complete pickle.
     """
     try:
         if zipfile.is_zipfile(path):
@@ -112,18 +104,16 @@ def pickled_globals(path):
 
 
 def unreadable_checkpoint_error(path, what, err):
-    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err``.
+    """The ``ValueError`` for a failed ``torch.load(path, weights_only=True)`` (to chain to ``err``).
 
     Args:
         path (str): The file.
         what (str): What it is, for the message (``'pretrained weights (path.pretrain_network_g)'``).
-        err (BaseException): Torch's error (the new error is meant to be chained to it).
+        err (BaseException): Torch's error.
 
     Returns:
-        ValueError: Naming the file and saying what it is: not a plain weights file (it pickles Python objects whose
-        loading can run code: refused, never loaded), or corrupt or truncated. Torch's advice to retry with
-        ``weights_only`` turned off is not repeated: it does not help a corrupt file and runs arbitrary code from a
-        foreign one.
+        ValueError: Naming the file and saying whether it pickles Python objects (refused, never loaded) or is corrupt
+        or truncated.
     """
     detail = _load_error_detail(err)
     odd = pickled_globals(path)
@@ -140,25 +130,18 @@ def unreadable_checkpoint_error(path, what, err):
 def read_checkpoint(path, what='checkpoint', map_location='cpu'):
     """Read a ``.pth`` file with ``torch.load(path, map_location=map_location, weights_only=True)``.
 
-    Any failure of ``torch.load`` to parse the file (``UnpicklingError``, ``RuntimeError``, ``EOFError``,
-    ``zipfile`` errors, the ``OSError: [Errno 22]`` of a truncated zip archive, ...) is re-raised as a ``ValueError``
-    that names the file and says what it is (:func:`unreadable_checkpoint_error`): not a plain weights file (it
-    pickles Python objects, refused and never loaded), or corrupt or truncated; chained to torch's error.
-
     Args:
-        path (str): The file (its existence is checked by the caller, which knows the option it came from).
-        what (str): What the file is, for the message (``'pretrained weights'``, ``'training state'``).
-            Default: ``'checkpoint'``.
+        path (str): The file (the caller checks it exists, naming its option).
+        what (str): What the file is, for the message. Default: ``'checkpoint'``.
         map_location (str | torch.device | callable): As for ``torch.load``. Default: ``'cpu'``.
 
     Returns:
         object: What the file holds (tensors in plain containers).
 
     Raises:
-        FileNotFoundError, PermissionError, IsADirectoryError (OSError): As ``open`` raises them (they name the file);
-            a read error (``EIO``) is raised naming the file too.
-        ValueError: If the file is not a valid PyTorch checkpoint (corrupt, truncated, empty, not a checkpoint at
-            all, or pickling objects that ``weights_only=True`` refuses).
+        OSError: As ``open`` raises it, or a read error, naming the file.
+        ValueError: If the file is corrupt, truncated, empty, not a checkpoint, or pickles objects that
+            ``weights_only=True`` refuses (:func:`unreadable_checkpoint_error`, chained to torch's error).
     """
     path = str(path)
     try:
@@ -190,15 +173,14 @@ def _select_state_dict(checkpoint, param_key, path):
 
 
 def check_finite_weights(state_dict, path):
-    """Refuse weights holding a NaN or an infinite value: a frozen teacher or generator would turn every feature,
-    loss and distilled pair into NaN, which fails far from its cause (e.g. in scikit-learn's k-means).
+    """Refuse weights holding a NaN or an infinite value (a frozen network would make every later result NaN).
 
     Args:
         state_dict (Mapping[str, object]): The weights (non-tensor and integer entries are skipped).
         path (str): The file they were read from, for the message.
 
     Raises:
-        ValueError: Naming the file and the first tensor key with a non-finite value (and how many values are).
+        ValueError: Naming the file, the first tensor key with a non-finite value and how many values are.
     """
     for key, value in state_dict.items():
         if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
@@ -211,32 +193,24 @@ def check_finite_weights(state_dict, path):
 
 
 def load_pretrained(net, path, param_key='auto', strict=True):
-    """Load pretrained weights from a file into ``net``.
-
-    The file is read with :func:`read_checkpoint` (``torch.load(path, map_location='cpu', weights_only=True)``,
-    errors naming the file). A leading ``module.`` (saved
-    from nn.DataParallel / DistributedDataParallel) is stripped from every key; architectures may rename further
-    keys in their own load_state_dict pre-hooks (e.g. :class:`basicsr_distill.archs.imdn_arch.IMDN`).
+    """Load pretrained weights from a file (:func:`read_checkpoint`) into ``net``; a leading ``module.`` is stripped.
 
     Args:
         net (nn.Module): Network to load into (may be wrapped in DataParallel / DistributedDataParallel).
         path (str): Checkpoint file.
-        param_key (str | None): Which entry of the checkpoint holds the state dict. ``'auto'`` picks ``'params_ema'``,
-            then ``'params'`` (BasicSR checkpoints), then the whole dict (raw state dicts). None uses the whole dict.
-            Any other string must be a top-level key. Default: ``'auto'``.
-        strict (bool): Require the keys to match exactly, as in ``nn.Module.load_state_dict``. Default: True.
+        param_key (str | None): Entry holding the state dict: ``'auto'`` picks ``'params_ema'``, then ``'params'``,
+            then the whole dict; None: the whole dict; any other string: that top-level key. Default: ``'auto'``.
+        strict (bool): Require the keys to match exactly. Default: True.
 
     Returns:
         nn.Module: ``net``, with the weights loaded.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is corrupt or truncated (not a valid PyTorch checkpoint, see
-            :func:`read_checkpoint`), is not a dict, ``param_key`` is not in it, or a tensor holds a NaN or an
-            infinite value (:func:`check_finite_weights`: the file and the tensor key are named).
-        RuntimeError: If the keys do not fit ``net`` (missing or unexpected keys with ``strict=True``, or shape
-            mismatches). The message names the file and lists the missing and unexpected keys. Parameters whose
-            keys did fit may already have been copied into ``net`` at that point.
+        ValueError: If the file is unreadable (:func:`read_checkpoint`), not a dict, lacks ``param_key``, or holds a
+            non-finite value (:func:`check_finite_weights`); the file is named.
+        RuntimeError: If the keys do not fit ``net`` (named file, missing and unexpected keys listed); weights whose
+            keys fit may already be copied.
     """
     path = str(path)
     if not osp.isfile(path):
@@ -255,20 +229,18 @@ def load_pretrained(net, path, param_key='auto', strict=True):
 
 
 def build_network(network_opt, scale=None):
-    """Build an SR network from a BasicSR ``network_g``-style dict: ``{'type': name, **constructor options}``.
+    """Build an SR network from a BasicSR ``network_g``-style dict ``{'type': name, **constructor options}``.
 
     Args:
-        network_opt (dict): ``type`` is a name in BasicSR's ``ARCH_REGISTRY``; the rest goes to the constructor
-            (``network_opt`` itself is not modified).
-        scale (int | None): When given and the constructor takes ``upscale`` (BasicSR's name) without it being set,
-            it is set to ``scale``. Default: None.
+        network_opt (dict): ``type`` is a name in ``ARCH_REGISTRY``; the rest goes to the constructor (not modified).
+        scale (int | None): Sets ``upscale`` when the constructor takes it and it is not given. Default: None.
 
     Returns:
         nn.Module: The network (random weights).
 
     Raises:
         ValueError: If ``type`` is missing.
-        KeyError: If the type is not registered (BasicSR's message).
+        KeyError: If the type is not registered.
     """
     opt = copy.deepcopy(dict(network_opt))
     if 'type' not in opt:
@@ -280,34 +252,22 @@ def build_network(network_opt, scale=None):
 
 
 def load_network(network_opt, weights, scale=None, param_key='auto', strict=True):
-    """:func:`build_network` then :func:`load_pretrained` (strict by default).
-
-    Args:
-        network_opt (dict): See :func:`build_network`.
-        weights (str): Checkpoint file.
-        scale (int | None): See :func:`build_network`. Default: None.
-        param_key (str | None): See :func:`load_pretrained`. Default: ``'auto'``.
-        strict (bool): See :func:`load_pretrained`. Default: True.
-
-    Returns:
-        nn.Module: The network with the weights loaded (in training mode, on the CPU).
+    """:func:`build_network` then :func:`load_pretrained` of the checkpoint file ``weights``; train mode, on the CPU.
 
     Raises:
-        ValueError, KeyError: As :func:`build_network` (no or unknown ``type``).
-        FileNotFoundError, ValueError, RuntimeError: As :func:`load_pretrained` (missing, corrupt or truncated
-            file, wrong keys).
+        ValueError, KeyError: As :func:`build_network`.
+        FileNotFoundError, ValueError, RuntimeError: As :func:`load_pretrained`.
     """
     return load_pretrained(build_network(network_opt, scale), weights, param_key=param_key, strict=strict)
 
 
 def load_frozen_network(opt, key, device):
-    """``opt['network_<key>']`` with the weights of ``opt['path']['pretrain_network_<key>']`` (``param_key_<key>``,
-    ``strict_load_<key>`` as BasicSR names them), on ``device``, in eval mode, without gradients: the teachers,
-    up-samplers and generators of the distillation models and the selection baselines.
+    """``opt['network_<key>']`` with the weights of ``opt['path']['pretrain_network_<key>']``, frozen, in eval mode.
+
+    ``param_key_<key>`` and ``strict_load_<key>`` are read as BasicSR names them.
 
     Args:
-        opt (dict): Whole options; ``network_<key>`` and ``path.pretrain_network_<key>`` must be given (callers check
-            them first, with a message that fits their command).
+        opt (dict): Whole options; ``network_<key>`` and ``path.pretrain_network_<key>`` given (callers check).
         key (str): The option suffix (``'t'``, ``'up'``, ``'g'``, ``'f'``).
         device (torch.device | str): Where the network goes.
 
@@ -315,8 +275,7 @@ def load_frozen_network(opt, key, device):
         nn.Module: The frozen network.
 
     Raises:
-        KeyError, FileNotFoundError, ValueError, RuntimeError: As :func:`load_network` (unknown type; missing,
-            corrupt or truncated file; wrong keys).
+        KeyError, FileNotFoundError, ValueError, RuntimeError: As :func:`load_network`.
     """
     path_opt = opt['path']
     net = load_network(

@@ -1,13 +1,10 @@
 """Exponential moving average of the trainable parameters (DiT's EMA, decay 0.9999, used for sampling).
 
-``shadow <- decay * shadow + (1 - decay) * param`` after every optimiser step (:meth:`EMA.update`), shadows starting
-at the current values (the reference's ``update_ema(ema, model, decay=0)``). Minimax Diffusion keeps a full copy of
-the DiT and averages every parameter; frozen parameters never change, so averaging only the trainable ones (the
-DiffFit set) gives the same EMA model with a few MB instead of a second DiT. Build the EMA *after*
-:func:`basicsr_distill.archs.dit_difffit_arch.apply_difffit`, so that it sees the gammas and the right trainable set.
-
-Shadows are kept in at least float32 (so half-precision parameters do not stall the average) and are cast back by
-:meth:`EMA.copy_to`. Sampling with the EMA weights: ``ema.store(dit); ema.copy_to(dit); ...; ema.restore(dit)``.
+``shadow <- decay * shadow + (1 - decay) * param`` after every optimiser step, shadows starting at the current values
+(the reference's ``update_ema(ema, model, decay=0)``). Departure: Minimax Diffusion averages a full DiT copy; frozen
+parameters never change, so averaging only the trainable ones gives the same EMA model with a few MB. Build it after
+:func:`~basicsr_distill.archs.dit_difffit_arch.apply_difffit`. Shadows are at least float32. Sampling:
+``ema.store(dit); ema.copy_to(dit); ...; ema.restore(dit)``.
 """
 import torch
 from collections import OrderedDict
@@ -30,9 +27,9 @@ class EMA:
     """EMA of a model's trainable parameters.
 
     Args:
-        model_params (nn.Module | Iterable[Parameter] | Iterable[tuple[str, Parameter]]): A module (its parameters
-            with ``requires_grad``, by name), parameters (named ``'0'``, ``'1'``, ... by position), or
-            ``named_parameters()`` pairs; only those requiring gradients are tracked.
+        model_params (nn.Module | Iterable[Parameter] | Iterable[tuple[str, Parameter]]): A module (by name),
+            parameters (named ``'0'``, ``'1'``, ... by position), or ``named_parameters()`` pairs; only those
+            requiring gradients are tracked.
         decay (float): Decay in [0, 1]. Default: 0.9999 (DiT / Minimax Diffusion).
 
     Raises:
@@ -71,11 +68,11 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, module=None):
-        """Write the shadows into parameters of the same names.
+        """Write the shadows (cast to the target dtype) into parameters of the same names.
 
         Args:
-            module (nn.Module | Iterable | None): Target: a module (matched by name, frozen parameters included),
-                an iterable as in the constructor (matched by name / position), or None for the tracked parameters.
+            module (nn.Module | Iterable | None): A module (by name, frozen parameters included), an iterable as in the
+                constructor, or None for the tracked parameters.
 
         Raises:
             KeyError: If a shadow has no parameter of its name in the target.
@@ -89,16 +86,12 @@ class EMA:
 
     @torch.no_grad()
     def store(self, module=None):
-        """Keep a copy of the current values of the target parameters (see :meth:`copy_to`) for :meth:`restore`."""
+        """Keep a copy of the target parameters (as in :meth:`copy_to`) for :meth:`restore`."""
         self._backup = OrderedDict((n, p.detach().clone()) for n, p in self._targets(module).items())
 
     @torch.no_grad()
     def restore(self, module=None):
-        """Put back the values saved by :meth:`store`.
-
-        Raises:
-            RuntimeError: If nothing was stored.
-        """
+        """Put back the values saved by :meth:`store`; RuntimeError if nothing was stored."""
         if self._backup is None:
             raise RuntimeError('EMA.restore called before EMA.store.')
         for name, param in self._targets(module).items():

@@ -1,9 +1,4 @@
-"""Deep features of any BasicSR arch, taken at a named layer.
-
-``FeatureTap(net, 'conv_after_body')`` runs ``net`` and returns the output of that submodule, stopping the forward
-pass right there (the up-sampler and later layers are not computed). With ``layer=None`` the net's own
-``forward_features`` is used (e.g. the IMDN arch of this package). Gradients flow from the features to the input.
-"""
+"""Deep features of any BasicSR arch at a named layer, the forward pass stopped there (later layers not computed)."""
 import torch
 
 
@@ -12,15 +7,15 @@ class _StopForward(Exception):
 
 
 class FeatureTap:
-    """Callable returning the feature map of ``net`` at ``layer``.
+    """Callable returning the feature map of ``net`` at ``layer``; gradients flow to the input.
 
     Args:
-        net (nn.Module): a BasicSR arch (SwinIR, EDSR, RRDBNet, IMDN, ...).
-        layer (str | None): name from ``net.named_modules()``; None uses ``net.forward_features``.
+        net (nn.Module): A BasicSR arch (SwinIR, EDSR, RRDBNet, IMDN, ...).
+        layer (str | None): Name from ``net.named_modules()``; None uses ``net.forward_features``.
 
     Raises:
-        KeyError: if ``layer`` is not a submodule name (the message lists the top-level names).
-        ValueError: if ``layer`` is None and the net has no ``forward_features``.
+        KeyError: If ``layer`` is not a submodule name (the message lists the top-level names).
+        ValueError: If ``layer`` is None and the net has no ``forward_features``.
     """
 
     def __init__(self, net, layer=None):

@@ -1,14 +1,9 @@
 """The one family of atomic writers of the project.
 
-Every file the project writes for a user (distilled pairs, manifests, shards, stage files, training states, benchmark
-cells and reports) goes through :func:`atomic_path`: the data is written to a temporary name in the same folder
-(``.distill-tmp-<pid>-<random>-<name>``), flushed and fsync'ed, then moved into place with ``os.replace``. A file
-with its final name is therefore never half written, whatever kills the process; a temporary left by a killed writer
-starts with :data:`TMP_PREFIX`, so readers and cleaners can recognise it (:func:`is_tmp_name`).
-
-Two writers keep another temporary name through ``tmp=``: BasicSR training states and the Minimax-SR stage-2 file
-(``<path>.tmp``: BasicSR's ``--auto_resume`` parses every name in ``training_states``) and the Minimax-SR stage-1
-selection (``.<name>.<random>.tmp``, which its writer cleans itself).
+Every file written for a user goes through :func:`atomic_path`: written to a temporary name in the same folder
+(``.distill-tmp-<pid>-<random>-<name>``, :func:`is_tmp_name`), flushed, fsync'ed, then moved into place with
+``os.replace``, so a file with its final name is never half written. ``tmp=`` picks another temporary name where a
+reader of the folder needs it (BasicSR's ``--auto_resume`` parses every name in ``training_states``).
 """
 import contextlib
 import errno
@@ -23,14 +18,7 @@ _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS
 
 
 def tmp_path(final_path):
-    """Temporary path next to ``final_path`` (same folder, so ``os.replace`` is atomic).
-
-    Args:
-        final_path (str): The file (or folder) that will be written.
-
-    Returns:
-        str: ``<folder>/.distill-tmp-<pid>-<8 hex>-<basename>``.
-    """
+    """Temporary path next to ``final_path`` (same folder): ``<folder>/.distill-tmp-<pid>-<8 hex>-<basename>``."""
     folder, base = osp.split(final_path)
     return osp.join(folder, f'{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{base}')
 
@@ -41,14 +29,14 @@ def is_tmp_name(name):
 
 
 def remove_stale_tmps(folder, base=None):
-    """Remove temporaries left in ``folder`` by writers killed before their ``os.replace``.
+    """Remove the temporaries killed writers left in ``folder`` (only where one writer owns it).
 
     Args:
         folder (str): Folder to clean (missing: nothing to do).
-        base (str | None): Only temporaries of this final base name; None: every temporary in the folder.
+        base (str | None): Only temporaries of this final base name; None: all.
 
     Returns:
-        list[str]: The removed paths. Call it only where a single writer owns the folder.
+        list[str]: The removed paths.
     """
     if not osp.isdir(folder):
         return []
@@ -63,29 +51,21 @@ def remove_stale_tmps(folder, base=None):
 
 @contextlib.contextmanager
 def atomic_path(path, make_parents=False, tmp=None):
-    """Yield a temporary path to write; on success it replaces ``path``, on any failure it is removed.
-
-    The caller writes the temporary file (with any library: ``torch.save``, ``np.save`` to an open file, ...), or
-    creates a folder there (e.g. an lmdb database; ``path`` must not exist then: ``os.replace`` does not replace a
-    non-empty folder). A file is fsync'ed before the replace; a folder left by a failure is removed whole.
+    """Yield a temporary path to write (a file, or a folder if ``path`` does not exist); on success it replaces
+    ``path``, on failure it is removed.
 
     Args:
         path (str): Final path.
         make_parents (bool): Create the parent folder first. Default: False.
-        tmp (str | None): Temporary path to use instead of :func:`tmp_path` (same folder), where a reader of the
-            folder needs another pattern (BasicSR's ``--auto_resume`` parses every name in ``training_states``).
-            Default: None.
+        tmp (str | None): Temporary path in the same folder instead of :func:`tmp_path`. Default: None.
 
     Yields:
         str: The temporary path.
 
     Raises:
-        OSError: Writing or replacing failed; ``path`` is untouched and the temporary removed. An error of a write,
-            flush or fsync (a full disk: ``ENOSPC``; ``EDQUOT``, ``EFBIG``, ``EIO``, ``EROFS``), which Python raises
-            naming no file, gets ``path`` as its ``filename`` (so does an error naming the temporary alone), so
-            that its message names the file and the callers (e.g.
-            :meth:`basicsr_distill.utils.run_lock.RunGuard.explain_write_error`) know which folder failed. Any
-            exception raised inside the block propagates the same way.
+        OSError: Writing or replacing failed; ``path`` is untouched and the temporary removed. Errors naming no file
+            or only the temporary (a full disk: ``ENOSPC``, ``EDQUOT``, ``EIO``, ...) get ``path`` as ``filename``.
+            Any exception inside the block propagates the same way.
     """
     if make_parents:
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
@@ -122,13 +102,7 @@ def write_text_atomic(path, text, make_parents=True):
 
 
 def write_json_atomic(path, obj, make_parents=False, **dump_kwargs):
-    """Write ``obj`` as standard JSON (``allow_nan=False``) plus a newline to ``path`` atomically.
-
-    Args:
-        path (str): Output file.
-        obj: JSON-serialisable object.
-        make_parents (bool): Create the parent folder first.
-        **dump_kwargs: Passed to ``json.dumps`` (e.g. ``indent``).
+    """Write ``obj`` as standard JSON plus a newline to ``path`` atomically; ``**dump_kwargs`` go to ``json.dumps``.
 
     Raises:
         ValueError: ``obj`` holds NaN or infinity (nothing is written).
@@ -138,12 +112,12 @@ def write_json_atomic(path, obj, make_parents=False, **dump_kwargs):
 
 
 def torch_save_atomic(path, obj, tmp=None):
-    """``torch.save(obj)`` to ``path`` atomically (training states, stage files); ``tmp`` as in :func:`atomic_path`.
+    """``torch.save(obj)`` to ``path`` atomically, through a Python file so a failure is an ``OSError`` with its errno.
 
-    The temporary is opened by Python and ``torch.save`` writes to the open file: given a path, torch writes with its
-    own C++ writer, whose failures (a full disk, a folder that became unwritable) are a ``RuntimeError`` such as
-    ``[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598``, naming neither the file nor the cause;
-    Python's are an ``OSError`` with its ``errno``, named by :func:`atomic_path`.
+    Args:
+        path (str): Output file.
+        obj (object): What to save.
+        tmp (str | None): As in :func:`atomic_path`. Default: None.
 
     Returns:
         str: ``path``.

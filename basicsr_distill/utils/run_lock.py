@@ -1,28 +1,21 @@
-"""One run per output folder: locks, write access checked at start-up, and what a failed start leaves.
+"""One run per output folder: locks, write access checked at start-up, and what a failed start leaves
+(docs/Robustness.md).
 
-``basicsr_distill/train.py`` runs BasicSR's ``train_pipeline`` through :func:`guarded_train_pipeline`, which hooks
-three of the names ``basicsr.train`` looks up while it runs (restored afterwards):
+:func:`guarded_train_pipeline` runs BasicSR's ``train_pipeline`` with three of the names ``basicsr.train`` looks up
+hooked (restored afterwards):
 
-- ``parse_options``: right after BasicSR parsed the options (and initialised the process group), a ``manual_seed``
-  given through ``--force_yml`` is applied (:func:`~basicsr_distill.utils.options.apply_forced_seed`: BasicSR seeds
-  before it applies ``--force_yml``), and rank 0 checks that
-  every output folder of the run can be written (:func:`output_folders`: the experiment folder, ``path.distilled_root``
-  of a distillation model, Minimax-SR's ``distill.work_dir``, ``tb_logger/<name>``) and takes an exclusive lock on the
-  experiment folder and on ``path.distilled_root`` (:class:`FolderLock`), before BasicSR reads a training state or
-  renames anything. A folder held by a live run stops this run (:class:`RunLockedError`, naming the holder). The
-  other ranks of a multi-process run take no lock: they receive rank 0's outcome (a refusal stops every rank).
-- ``make_exp_dirs`` (fresh starts only): BasicSR's, except that an existing experiment folder is archived
-  (``<folder>_archived_<time>``, as BasicSR does) while this run holds its lock, and the locks inside it are taken
-  again in the new folder.
-- ``build_model``: marks the end of the start-up. A start that fails before (a bad option, a bad input found while
-  the model is built) removes the folders this run created when they hold nothing but what the start-up wrote
-  (:func:`startup_leftover`), and gives back an experiment folder it archived. An ``OSError`` on a file of an output
-  folder later (a folder made read-only mid-run, a full disk) is raised again naming the folder and what was kept.
+- ``parse_options``: applies a ``--force_yml`` ``manual_seed`` (BasicSR seeds before applying ``--force_yml``); rank 0
+  checks every output folder (:func:`output_folders`) can be written and locks the experiment folder and
+  ``path.distilled_root`` (:class:`FolderLock`), before BasicSR reads a state or renames anything. Other ranks
+  receive rank 0's outcome.
+- ``make_exp_dirs`` (fresh starts): BasicSR's, archiving an existing experiment folder under its lock.
+- ``build_model``: ends the start-up. A start that fails before removes the folders it created when they hold only
+  start-up files (:func:`startup_leftover`) and gives back an archived folder; a later ``OSError`` on an output
+  folder is raised again naming the folder and what was kept.
 
-A lock is ``fcntl.flock`` on ``<folder>/.distill.lock``, which holds ``{"pid", "host", "start"}`` of its holder. The
-kernel releases a flock when its process dies, so a lock file whose flock can be taken is stale (a killed run): it
-is taken over and the takeover logged, naming the old holder. A run that ends (normally or with an error) removes
-its lock files. Locks work on local file systems (and NFS v4, which maps flock to its own locks).
+A lock is ``fcntl.flock`` on ``<folder>/.distill.lock`` holding ``{"pid", "host", "start"}``; the kernel releases it
+when its process dies, so a lock file whose flock can be taken is stale and taken over (logged). Local file systems
+and NFS v4.
 """
 import errno
 import fcntl
@@ -46,8 +39,7 @@ class RunLockedError(RuntimeError):
 
 
 def is_writable(path):
-    """Whether this process may create entries in the existing folder ``path`` (tests replace it: root passes
-    every permission check)."""
+    """Whether this process may create entries in the existing folder ``path`` (a hook for tests, run as root)."""
     return os.access(path, os.W_OK | os.X_OK)
 
 
@@ -69,7 +61,7 @@ def _read_info(fd):
 
 
 def _folder_error(err, folder, what, action):
-    """``err`` (an OSError) again, with a message naming ``folder`` and ``what`` (the option)."""
+    """``err`` (an OSError) again, naming ``folder`` and ``what`` (the option)."""
     message = (f'Cannot {action} output folder {folder} ({what}): {err.strerror or err}. Make it writable or point '
                'the option at another folder. Nothing was computed.')
     try:
@@ -79,7 +71,7 @@ def _folder_error(err, folder, what, action):
 
 
 class FolderLock:
-    """Exclusive lock of one output folder for one run (see the module docstring).
+    """Exclusive lock of one output folder for one run.
 
     Args:
         folder (str): The folder (created by :meth:`acquire` when missing).
@@ -96,14 +88,11 @@ class FolderLock:
         self.took_over = None  # the stale holder (its JSON, or {}) when acquire took over a lock file
 
     def acquire(self):
-        """Create the folder if needed and lock it.
-
-        Returns:
-            FolderLock: self.
+        """Create the folder if needed and lock it; returns self.
 
         Raises:
-            RunLockedError: A live process holds the lock (the message names the folder, the option and the holder).
-            OSError: The folder or its lock file cannot be created (the message names the folder and the option).
+            RunLockedError: A live process holds the lock (names the folder, the option and the holder).
+            OSError: The folder or its lock file cannot be created (names the folder and the option).
         """
         try:
             os.makedirs(self.folder, exist_ok=True)
@@ -153,11 +142,7 @@ class FolderLock:
                 'longer holds it (the run was killed or crashed)')
 
     def release(self, moved_to=None):
-        """Unlock: remove the lock file (if it is still this lock's) and close it; quiet on errors.
-
-        Args:
-            moved_to (str | None): Where the folder was renamed to while locked (its lock file is removed there).
-        """
+        """Unlock: remove the lock file (under ``moved_to`` if the folder was renamed) and close it; quiet on errors."""
         if self.fd is None:
             return
         path = osp.join(moved_to, LOCK_NAME) if moved_to else self.path
@@ -171,17 +156,9 @@ class FolderLock:
 
 
 def held_locks_under(folder, own=()):
-    """The lock files under ``folder`` (itself included) that a live run holds: a folder to be renamed must have none.
+    """``(lock file, holder text)`` of each lock under ``folder`` a live run holds, skipping ``own`` (this process's).
 
-    Each ``.distill.lock`` found is probed with a non-blocking ``flock`` (taken and released at once when free: the
-    file of a killed run is left as it is).
-
-    Args:
-        folder (str): The folder about to be renamed or archived.
-        own (Iterable[str]): Lock files of this process (skipped: this process holds them).
-
-    Returns:
-        list[tuple[str, str]]: ``(lock file, holder text)`` of each held lock.
+    Each ``.distill.lock`` is probed with a non-blocking ``flock``; a killed run's file is left as it is.
     """
     own = {osp.abspath(p) for p in own}
     held = []
@@ -207,15 +184,10 @@ def held_locks_under(folder, own=()):
 
 
 def check_not_in_use(folder, what, own=()):
-    """Refuse to rename ``folder`` when a live run holds a lock inside it.
-
-    Args:
-        folder (str): The folder BasicSR would archive (``<folder>_archived_<time>``).
-        what (str): The option it comes from, for the message.
-        own (Iterable[str]): Lock files of this process.
+    """Refuse to rename ``folder`` (``<folder>_archived_<time>``) when a live run holds a lock inside it.
 
     Raises:
-        RunLockedError: A live run holds a lock under ``folder`` (the message names the lock file and its holder).
+        RunLockedError: Naming the lock file, its holder and ``what`` (the option).
     """
     held = held_locks_under(folder, own) if osp.isdir(folder) else []
     if held:
@@ -242,12 +214,11 @@ def output_folders(opt, root_path):
 
     Args:
         opt (dict): Options parsed by BasicSR (``path.experiments_root`` set).
-        root_path (str): The folder ``tb_logger/`` is written in (the current directory of the CLI).
+        root_path (str): The folder ``tb_logger/`` is written in.
 
     Returns:
-        list[dict]: ``{'key', 'folder' (absolute), 'what' (option, for messages), 'hint' (for a refusal), 'lock'
-        (bool)}``: ``exp`` (the experiment folder), ``distilled_root`` and ``work_dir`` (distillation models),
-        ``tb`` (BasicSR's tensorboard folder, when it is used).
+        list[dict]: ``{'key', 'folder' (absolute), 'what' (option), 'hint' (for a refusal), 'lock' (bool)}`` for
+        ``exp``, ``distilled_root`` and ``work_dir`` (distillation models), ``tb`` (when used).
     """
     from basicsr_distill.models.distill_base_model import DistillBaseModel
     from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
@@ -293,15 +264,11 @@ def output_folders(opt, root_path):
 
 
 def check_output_folder(folder, what):
-    """Check that ``folder`` can be written, or created, by this process.
-
-    Args:
-        folder (str): The output folder (absolute).
-        what (str): The option it comes from, for the message.
+    """Check that ``folder`` (absolute) can be written, or created, by this process; ``what`` names the option.
 
     Raises:
         NotADirectoryError: ``folder`` or one of its parents is a file.
-        PermissionError: ``folder`` (or the nearest existing parent, where it would be created) is not writable.
+        PermissionError: ``folder``, or the nearest existing parent, is not writable.
     """
     probe = folder
     while not osp.isdir(probe):
@@ -320,9 +287,9 @@ def check_output_folder(folder, what):
 
 
 def startup_leftover(path, opt_name=None, own_locks=()):
-    """Whether ``path`` (a file) is one a start-up writes: one of this run's lock files (``own_locks``), a
-    temporary, the option file's copy (``opt_name``), a log, a tensorboard event file, or the manifest and
-    meta_info.txt of a distilled set with no pair."""
+    """Whether the file ``path`` is one a start-up writes: own lock, temporary, option copy, log, tensorboard event,
+    or an empty distilled set's manifest and meta_info.txt.
+    """
     base = osp.basename(path)
     if base == LOCK_NAME:
         return path in own_locks
@@ -355,7 +322,7 @@ def removable_tree(folder, opt_name=None, own_locks=()):
 
 
 class RunGuard:
-    """The locks and folder bookkeeping of one run of :func:`guarded_train_pipeline` (see the module docstring).
+    """The locks and folder bookkeeping of one run of :func:`guarded_train_pipeline`.
 
     Args:
         opt (dict): BasicSR's parsed options.
@@ -388,7 +355,7 @@ class RunGuard:
 
         Raises:
             RunLockedError: A folder is held by a live run.
-            OSError: A folder cannot be written (``PermissionError``, ``NotADirectoryError``, ...), named.
+            OSError: A folder cannot be written (named).
         """
         error = None
         if self.rank == 0:
@@ -422,8 +389,7 @@ class RunGuard:
         return lock
 
     def make_exp_dirs(self, opt):
-        """BasicSR's ``make_exp_dirs`` for a fresh start (rank 0), archiving an existing experiment folder under its
-        lock and locking the new one (and the locked folders inside it)."""
+        """BasicSR's ``make_exp_dirs`` for a fresh start (rank 0), archiving an existing experiment folder, locked."""
         if self.rank != 0:
             return
         if self.exp_existed and osp.exists(self.exp):
@@ -448,7 +414,7 @@ class RunGuard:
             os.makedirs(path, exist_ok=True)
 
     def log_notes(self):
-        """Log the takeover lines into BasicSR's log (its logger exists once the model is about to be built)."""
+        """Log the takeover lines into BasicSR's log."""
         from basicsr.utils import get_root_logger
         logger = get_root_logger()
         for text in self.notes:
@@ -463,11 +429,10 @@ class RunGuard:
         self.locks = []
 
     def clean_failed_start(self):
-        """Remove the folders this run created that hold only start-up files; give back an archived experiment
-        folder. Rank 0 only; never touches a folder that existed before the run or holds another file.
+        """Remove the folders this run created holding only start-up files; give back an archived experiment folder.
 
-        Returns:
-            list[str]: The removed folders.
+        Rank 0 only; never touches a folder that existed before the run or holds another file. Returns the removed
+        folders.
         """
         if self.rank != 0:
             return []
@@ -526,12 +491,7 @@ class RunGuard:
 
 
 def _parse_checking_name(parse, root, is_train):
-    """BasicSR's ``parse_options`` (``parse``), then :func:`check_experiment_name` on the option ``name``.
-
-    A name that is not a string (``name: 5``, ``--force_yml name=5``) makes BasicSR fail with a bare ``TypeError``
-    while it joins the name into a path: the name is then read from the command line and checked, so the error says
-    which option is wrong.
-    """
+    """BasicSR's ``parse_options``, then :func:`check_experiment_name` (a non-str ``name`` named, not a TypeError)."""
     try:
         opt, args = parse(root, is_train=is_train)
     except TypeError:
@@ -559,8 +519,8 @@ def guarded_train_pipeline(root_path):
 
     Raises:
         RunLockedError: An output folder is held by a live run (every rank stops, nothing is changed).
-        OSError: An output folder cannot be written at start-up (named, with its option), or a file of an output
-            folder could not be written during the run (named, with what was kept).
+        OSError: An output folder cannot be written at start-up, or a file of one fails during the run (named, with its
+            option and what was kept).
         Exception: Whatever BasicSR or the model raises; a failed start first removes what it created.
     """
     import basicsr.train as bt
@@ -604,8 +564,8 @@ def guarded_train_pipeline(root_path):
 
 
 def guarded_test_pipeline(root_path):
-    """BasicSR's ``test_pipeline(root_path)`` with the experiment name checked (:func:`check_experiment_name`) and
-    ``results/<name>`` archived only when no live run holds a lock inside it.
+    """BasicSR's ``test_pipeline(root_path)``, the name checked and ``results/<name>`` archived only when no live run
+    holds a lock inside it.
 
     Raises:
         ValueError: The option ``name`` is not one plain folder name (nothing is created or moved).

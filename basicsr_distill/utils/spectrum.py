@@ -1,9 +1,4 @@
-"""Where in frequency a change to an LR patch lives: the share of its energy in the upper band.
-
-Used to read what the optimisation of IDC's x_hat did (``scripts/xhat_spectrum.py``): a change made of edges or
-texture that a natural image could hold has most of its energy at low frequencies, while white noise spreads it
-evenly, so its share above half the Nyquist frequency is the band's share of the frequency plane, 3 / 4.
-"""
+"""The share of a change's energy in the upper frequency band, e.g. of IDC's x_hat (``scripts/xhat_spectrum.py``)."""
 import numpy as np
 
 
@@ -13,11 +8,10 @@ def high_band_share(delta, cutoff=0.25):
     Args:
         delta (ndarray): (h, w) or (h, w, c) real array, e.g. x_hat minus its start in LR [0, 1] units; channels are
             transformed separately and summed.
-        cutoff (float): Band edge in cycles per pixel, in (0, 0.5). 0.25 is half the Nyquist frequency. Default: 0.25.
+        cutoff (float): Band edge in cycles per pixel, in (0, 0.5); 0.25 is half the Nyquist frequency. Default: 0.25.
 
     Returns:
-        float: In [0, 1]; 0.0 for an all-zero ``delta``. White noise gives about the band's share of the plane,
-        1 - (2 cutoff)^2 (0.75 at 0.25).
+        float: In [0, 1]; 0.0 for an all-zero ``delta``; about 1 - (2 cutoff)^2 for white noise (0.75 at 0.25).
 
     Raises:
         ValueError: ``delta`` not 2-D or 3-D, or ``cutoff`` outside (0, 0.5).
