@@ -10,7 +10,8 @@ separately the teacher's forward and backward on the same concatenated batch. Pr
     teacher share of the step, teacher TFLOP/s (from its FLOP count per patch), peak memory
 
 and, with ``--paper-iters``, the projected wall time of ``images x iters_per_instance`` instance-iterations at each
-K. Ratios measured in one run are what carries over between machines. Usage::
+K. A K that runs out of device memory is reported as such (``"oom": true`` in the JSON). Ratios measured in one run
+are what carries over between machines. Usage::
 
     python scripts/profile/benchmark_idc_batch.py [-opt options/distill/idc_demo.yml] [--ks 1 2 4 8 16]
         [--repeats 10] [--random-weights] [--gt-size 256 --stride 16 --ratio 0.2] [--paper-iters 800 20000]
@@ -176,7 +177,11 @@ def main():
     parser.add_argument('--one-k', type=int, default=None, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one_k is not None:
-        print(json.dumps(measure(args, args.one_k)))
+        try:
+            row = measure(args, args.one_k)
+        except torch.cuda.OutOfMemoryError as err:  # a K too large for the device is a figure too
+            row = {'k': args.one_k, 'oom': True, 'error': str(err).splitlines()[0]}
+        print(json.dumps(row))
         return
     rows = []
     for k in args.ks:  # one process per K: each peak memory is its own
@@ -184,13 +189,19 @@ def main():
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ)).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f'K={k} measured', file=sys.stderr)
-    base = rows[0]['inst_iters_per_s'] if rows[0]['k'] == 1 else None
-    r0 = rows[0]
+    done = [r for r in rows if not r.get('oom')]
+    if not done:
+        sys.exit(f'every K ran out of memory: {rows}')
+    base = rows[0]['inst_iters_per_s'] if rows[0]['k'] == 1 and not rows[0].get('oom') else None
+    r0 = done[0]
     print(f'IDC batched step: {args.opt}, teacher {r0["teacher"]}, LR patch {tuple(r0["patch"])}, {r0["device"]}, '
           f'median of {args.repeats}')
     print(f'{"K":>4s} {"patches":>8s} {"ms/step":>9s} {"inst-it/s":>10s} {"x K=1":>6s} {"teacher":>8s} '
           f'{"TFLOP/s":>8s} {r0["memory"] + " MiB":>26s}' + ('  projected' if args.paper_iters else ''))
     for r in rows:
+        if r.get('oom'):
+            print(f'{r["k"]:4d}  out of memory ({r["error"][:80]})')
+            continue
         line = (f'{r["k"]:4d} {r["patches"]:8d} {r["step_ms"]:9.1f} {r["inst_iters_per_s"]:10.2f} '
                 f'{r["inst_iters_per_s"] / base if base else float("nan"):6.2f} {r["teacher_share"]:8.1%} '
                 f'{r["teacher_tflops"] if r["teacher_tflops"] is not None else float("nan"):8.3f} '
