@@ -28,9 +28,8 @@ from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.grouping import (assign_progressive, assignment_target, group_quotas, kmeans_groups,
                                           nearest_real_in_group, patch_descriptors)
 from basicsr_distill.ops.lowpass import lowpass_update
-from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+from basicsr_distill.ops.psnr_bic import psnr_bic_batch, select_lowest_psnr_bic
 from basicsr_distill.ops.rlff import RandomLocalFourierFeatures
-from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic
 from basicsr_distill.utils.amp import MixedPrecision
 from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.options import check_optimizer, check_ranges, merge_options

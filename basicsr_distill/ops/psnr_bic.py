@@ -6,14 +6,17 @@
 
 Both resizes are BasicSR's MATLAB-compatible ``imresize`` applied to the patch alone. Decisions the paper leaves open:
 float arithmetic without 8-bit rounding or clipping (the measure is the loss of the linear round trip); PSNR over all
-RGB values with peak 1, no border crop; ``inf`` for an exact reconstruction (constant patches give ``inf`` or a value
-far above any threshold). :func:`psnr_bic_batch` computes the same with :func:`bicubic_resize_matrix` products
-(docs/Profiling.md).
+RGB values with peak 1, no border crop; ``inf`` for an exact reconstruction. :func:`psnr_bic_batch` computes the same
+with :func:`bicubic_resize_matrix` products (docs/Profiling.md).
+
+Patches are float RGB in [0, 1] with H and W multiples of ``scale`` (an int >= 2, default 4, the paper's) and at
+least ``2 * scale``; other shapes, sides or scales raise ``ValueError``.
 """
 import math
 import numpy as np
 from functools import lru_cache
 
+from basicsr.utils import get_root_logger
 from basicsr.utils.matlab_functions import calculate_weights_indices, imresize
 
 
@@ -30,18 +33,7 @@ def _check_sides(h, w, scale, what):
 
 
 def psnr_bic(hr, scale=4):
-    """PSNR_bic of one HR patch (Eq. 1) with BasicSR's ``imresize`` in both directions.
-
-    Args:
-        hr (ndarray): (H, W, 3) float RGB in [0, 1]; H and W multiples of ``scale`` and at least ``2 * scale``.
-        scale (int): Resize factor (>= 2). Default: 4 (the paper's).
-
-    Returns:
-        float: PSNR in dB; ``inf`` if the round trip is exact.
-
-    Raises:
-        ValueError: If ``hr`` is not (H, W, 3), or the sides or ``scale`` are invalid.
-    """
+    """PSNR_bic in dB of one (H, W, 3) HR patch (Eq. 1) through BasicSR's ``imresize``; ``inf`` if exact."""
     scale = _check_scale(scale)
     hr = np.asarray(hr)
     if hr.ndim != 3 or hr.shape[2] != 3:
@@ -89,18 +81,7 @@ def bicubic_resize_matrix(in_length, scale_factor):
 
 
 def bicubic_round_trip(patches, scale=4):
-    """``(X down_bic_scale) up_bic_scale`` of a batch, as ``imresize`` computes it (float64, no rounding).
-
-    Args:
-        patches (ndarray): (N, H, W, C) float; H and W multiples of ``scale`` and at least ``2 * scale``.
-        scale (int): Resize factor (>= 2). Default: 4.
-
-    Returns:
-        ndarray: (N, H, W, C) float64 reconstructions.
-
-    Raises:
-        ValueError: If ``patches`` is not 4-D, or the sides or ``scale`` are invalid.
-    """
+    """``(X down_bic_scale) up_bic_scale`` of (N, H, W, C) patches as ``imresize`` computes it: (N, H, W, C) float64."""
     scale = _check_scale(scale)
     x = np.asarray(patches, dtype=np.float64)
     if x.ndim != 4:
@@ -115,18 +96,10 @@ def bicubic_round_trip(patches, scale=4):
 
 
 def psnr_bic_batch(patches, scale=4, chunk=64):
-    """PSNR_bic (Eq. 1) of same-size patches, vectorised; equals :func:`psnr_bic` to about 1e-6 dB on textured patches.
+    """PSNR_bic (Eq. 1) of (N, H, W, 3) same-size patches: (N,) float64 dB, ``inf`` where exact.
 
-    Args:
-        patches (ndarray): (N, H, W, 3) float RGB in [0, 1]; H and W multiples of ``scale``, at least ``2 * scale``.
-        scale (int): Resize factor (>= 2). Default: 4.
-        chunk (int): Patches per matrix product (bounds the float64 temporaries). Default: 64.
-
-    Returns:
-        ndarray: (N,) float64 PSNR_bic in dB; ``inf`` where the round trip is exact.
-
-    Raises:
-        ValueError: If ``patches`` is not (N, H, W, 3), or the sides or ``scale`` are invalid.
+    Equals :func:`psnr_bic` to about 1e-6 dB on textured patches; ``chunk`` patches per matrix product (default 64)
+    bound the float64 temporaries.
     """
     scale = _check_scale(scale)
     patches = np.asarray(patches)
@@ -141,3 +114,52 @@ def psnr_bic_batch(patches, scale=4, chunk=64):
         exact = mse == 0
         out[start:start + len(x)] = np.where(exact, np.inf, 10. * np.log10(1. / np.where(exact, 1., mse)))
     return out
+
+
+def check_psnr_bic_scores(scores):
+    """``scores`` as a (N,) float64 array of PSNR_bic (dB).
+
+    Raises:
+        ValueError: if ``scores`` is not 1-D or holds NaN.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or np.isnan(scores).any():
+        raise ValueError(f'PSNR_bic scores must be a 1-D array without NaN, got shape {scores.shape}')
+    return scores
+
+
+def select_lowest_psnr_bic(scores, num_select, return_info=False):
+    """The ``num_select`` lowest PSNR_bic values, lowest first (stable: ties go to the lowest index).
+
+    The rule of the ``psnr_bic_lowest`` baseline and of IDC's ``init: psnr_bic``.
+
+    Args:
+        scores (ndarray): (N,) PSNR_bic in dB (``inf`` allowed: an exact round trip, taken last).
+        num_select (int): n, 1 <= n <= N.
+        return_info (bool): Also return ``{'median', 'below_median' ((N,) bool, strictly below),
+            'num_above_median' (chosen patches not strictly below the median)}``. Default: False.
+
+    Returns:
+        list[int] | tuple[list[int], dict]: n distinct indices in increasing PSNR_bic.
+
+    Raises:
+        ValueError: if ``scores`` is not 1-D, holds NaN, or n is out of range.
+    """
+    scores = check_psnr_bic_scores(scores)
+    if isinstance(num_select, bool) or not isinstance(num_select, (int, np.integer)) or \
+            not 1 <= num_select <= scores.shape[0]:
+        raise ValueError(f'cannot select {num_select!r} of {scores.shape[0]} patches (need an int in [1, '
+                         f'{scores.shape[0]}])')
+    num_select = int(num_select)
+    order = np.argsort(scores, kind='stable')[:num_select]
+    median = float(np.median(scores))
+    below = scores < median
+    num_above = int((~below[order]).sum())
+    if num_above:
+        get_root_logger().warning(
+            f'PSNR_bic selection: {num_select} patches requested but only {int(below.sum())} of {len(scores)} are '
+            f'below the median PSNR_bic {median:.2f} dB; the {num_above} next-lowest are taken as well')
+    order = order.tolist()
+    if not return_info:
+        return order
+    return order, {'median': median, 'below_median': below, 'num_above_median': num_above}

@@ -9,12 +9,12 @@ from basicsr_distill.selection.features import patch_features, random_feature_ne
 from basicsr_distill.selection.herding import select_herding
 from basicsr_distill.selection.kcenter import select_kcenter
 from basicsr_distill.selection.pool import select_subset
-from basicsr_distill.selection.psnr_bic_selection import (select_lowest_psnr_bic, select_psnr_bic,
-                                                          select_psnr_bic_lowest, select_psnr_bic_threshold)
+from basicsr_distill.selection.psnr_bic_selection import (select_psnr_bic, select_psnr_bic_lowest,
+                                                          select_psnr_bic_threshold)
 from basicsr_distill.selection.random_selection import select_random
 
 __all__ = [
     'select_random', 'select_herding', 'select_kcenter', 'select_dcsr', 'select_dcsr_from_descriptors',
     'texture_complexity', 'texture_features', 'select_psnr_bic', 'select_psnr_bic_threshold', 'select_psnr_bic_lowest',
-    'select_lowest_psnr_bic', 'patch_features', 'random_feature_network', 'select_subset'
+    'patch_features', 'random_feature_network', 'select_subset'
 ]

@@ -42,13 +42,13 @@ import torch
 from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
 from basicsr_distill.data.sr_patches import bicubic_lr
 from basicsr_distill.distilled_set import DistilledSetWriter, read_manifest
-from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+from basicsr_distill.ops.psnr_bic import psnr_bic_batch, select_lowest_psnr_bic
 from basicsr_distill.selection.common import check_num_select
 from basicsr_distill.selection.dcsr import select_dcsr_from_descriptors, texture_complexity, texture_features
 from basicsr_distill.selection.features import patch_features, random_feature_network
 from basicsr_distill.selection.herding import select_herding
 from basicsr_distill.selection.kcenter import select_kcenter
-from basicsr_distill.selection.psnr_bic_selection import select_lowest_psnr_bic, select_psnr_bic_threshold
+from basicsr_distill.selection.psnr_bic_selection import select_psnr_bic_threshold
 from basicsr_distill.selection.random_selection import select_random
 from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.options import read_option_file

@@ -7,23 +7,16 @@ informative one for SR. Two baselines with a fixed budget of n patches:
   Select" baseline (Table III). Keep the patches strictly below a PSNR_bic threshold (by default the median of the
   pool, Minimax-SR's stage-1 rule), then draw n of them uniformly at random (seeded). A budget larger than the kept
   set is refused.
-* ``psnr_bic_lowest`` (:func:`select_lowest_psnr_bic`, :func:`select_psnr_bic_lowest`): the n lowest-PSNR_bic
+* ``psnr_bic_lowest`` (:func:`select_psnr_bic_lowest`, the rule of
+  :func:`~basicsr_distill.ops.psnr_bic.select_lowest_psnr_bic`): the n lowest-PSNR_bic
   patches, lowest first (ties: lowest index). When n is at most the number of patches below the median these are
   all below-median patches; a larger budget continues past the median (with a warning).
 """
 import numpy as np
 
-from basicsr.utils import get_root_logger
-from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+from basicsr_distill.ops.psnr_bic import check_psnr_bic_scores, psnr_bic_batch, select_lowest_psnr_bic
 from basicsr_distill.selection.common import check_num_select
 from basicsr_distill.selection.random_selection import select_random
-
-
-def _check_scores(scores):
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 1 or np.isnan(scores).any():
-        raise ValueError(f'PSNR_bic scores must be a 1-D array without NaN, got shape {scores.shape}')
-    return scores
 
 
 def select_psnr_bic_threshold(scores, num_select, threshold='median', seed=0, return_info=False):
@@ -48,7 +41,7 @@ def select_psnr_bic_threshold(scores, num_select, threshold='median', seed=0, re
         ValueError: if ``scores`` is not 1-D or holds NaN, ``threshold`` is neither ``'median'`` nor a number, or
             n is out of range (more than the kept patches: the message gives both counts).
     """
-    scores = _check_scores(scores)
+    scores = check_psnr_bic_scores(scores)
     check_num_select(num_select, scores.shape[0])
     if isinstance(threshold, str) and threshold == 'median':
         value = float(np.median(scores))
@@ -67,37 +60,6 @@ def select_psnr_bic_threshold(scores, num_select, threshold='median', seed=0, re
     if not return_info:
         return order
     return order, {'threshold': value, 'kept': kept, 'num_kept': int(len(kept_idx))}
-
-
-def select_lowest_psnr_bic(scores, num_select, return_info=False):
-    """The ``num_select`` lowest PSNR_bic values, lowest first (stable: ties go to the lowest index).
-
-    Args:
-        scores (ndarray): (N,) PSNR_bic in dB (``inf`` allowed: an exact round trip, taken last).
-        num_select (int): n, 1 <= n <= N.
-        return_info (bool): Also return ``{'median', 'below_median' ((N,) bool, strictly below),
-            'num_above_median' (chosen patches not strictly below the median)}``. Default: False.
-
-    Returns:
-        list[int] | tuple[list[int], dict]: n distinct indices in increasing PSNR_bic.
-
-    Raises:
-        ValueError: if ``scores`` is not 1-D, holds NaN, or n is out of range.
-    """
-    scores = _check_scores(scores)
-    num_select = check_num_select(num_select, scores.shape[0])
-    order = np.argsort(scores, kind='stable')[:num_select]
-    median = float(np.median(scores))
-    below = scores < median
-    num_above = int((~below[order]).sum())
-    if num_above:
-        get_root_logger().warning(
-            f'PSNR_bic selection: {num_select} patches requested but only {int(below.sum())} of {len(scores)} are '
-            f'below the median PSNR_bic {median:.2f} dB; the {num_above} next-lowest are taken as well')
-    order = order.tolist()
-    if not return_info:
-        return order
-    return order, {'median': median, 'below_median': below, 'num_above_median': num_above}
 
 
 def select_psnr_bic(patches_hr, num_select, scale=4, threshold='median', seed=0, return_info=False):

@@ -17,10 +17,9 @@ from torch import nn as nn
 
 from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
 from basicsr_distill.distilled_set import validate_distilled_set
-from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+from basicsr_distill.ops.psnr_bic import psnr_bic_batch, select_lowest_psnr_bic
 from basicsr_distill.selection import (patch_features, random_feature_network, select_dcsr, select_herding,
-                                       select_kcenter, select_lowest_psnr_bic, select_psnr_bic, texture_complexity,
-                                       texture_features)
+                                       select_kcenter, select_psnr_bic, texture_complexity, texture_features)
 from basicsr_distill.selection.psnr_bic_selection import select_psnr_bic_lowest, select_psnr_bic_threshold
 from basicsr_distill.selection.random_selection import select_random
 
