@@ -266,15 +266,18 @@ def run_train_cell(cell, grid, ctx):
 
 def add_validation(opt, grid):
     """Make a train option file validate on every validation set every ``val_freq`` iterations (BasicSR's loop),
-    with PSNR on Y (``psnr``) and on RGB (``psnr_rgb``), and record the curve (``model_type: CurveSRModel``).
+    with PSNR on Y (``psnr``) and on RGB (``psnr_rgb``), and record the curve (``model_type: CurveSRModel`` or
+    ``CurveSwinIRModel``).
 
     Raises:
-        ValueError: If the option file's ``model_type`` is not ``SRModel`` (naming it): the curve needs its loop.
+        ValueError: If the option file's ``model_type`` is neither ``SRModel`` nor ``SwinIRModel`` (naming it).
     """
-    if opt.get('model_type') not in ('SRModel', 'CurveSRModel'):
-        raise ValueError(f'val_freq: the curve needs model_type SRModel, the option file has {opt.get("model_type")}; '
-                         'set val_freq: 0 in the preset or use an SRModel option file')
-    opt['model_type'] = 'CurveSRModel'
+    from basicsr_distill.models.curve_sr_model import CURVE_MODELS
+    model_type = opt.get('model_type')
+    if model_type not in CURVE_MODELS and model_type not in CURVE_MODELS.values():
+        raise ValueError(f'val_freq: the curve needs model_type {" or ".join(CURVE_MODELS)}, the option file has '
+                         f'{model_type}; set val_freq: 0 in the preset or use such an option file')
+    opt['model_type'] = CURVE_MODELS.get(model_type, model_type)
     scale = grid['scale']
     for index, (name, spec) in enumerate(grid['val_sets'].items()):
         opt['datasets'][f'val_{index}'] = {

@@ -8,6 +8,7 @@ import json
 import os.path as osp
 
 from basicsr.models.sr_model import SRModel
+from basicsr.models.swinir_model import SwinIRModel
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.utils.file_io import write_text_atomic
 
@@ -31,9 +32,8 @@ def read_curve(path):
     return sorted(records, key=lambda r: (r['dataset'], r['iter']))
 
 
-@MODEL_REGISTRY.register()
-class CurveSRModel(SRModel):
-    """``SRModel`` whose validations are also written to ``<experiments_root>/val_curve.json``.
+class CurveMixin():
+    """Writes each validation of a BasicSR ``SRModel`` (or subclass) to ``<experiments_root>/val_curve.json``.
 
     One record per (dataset, iteration): ``{'iter', 'dataset', <metric>: value}`` with BasicSR's metric values (e.g.
     PSNR in dB). A later validation at the same iteration (BasicSR validates again after the last iteration, recorded
@@ -52,3 +52,18 @@ class CurveSRModel(SRModel):
         record.update({metric: float(value) for metric, value in self.metric_results.items()})
         records = sorted(records + [record], key=lambda r: (r['dataset'], r['iter']))
         write_text_atomic(path, json.dumps(records, indent=1) + '\n')
+
+
+@MODEL_REGISTRY.register()
+class CurveSRModel(CurveMixin, SRModel):
+    """``SRModel`` whose validations are also written to ``<experiments_root>/val_curve.json`` (:class:`CurveMixin`).
+    """
+
+
+@MODEL_REGISTRY.register()
+class CurveSwinIRModel(CurveMixin, SwinIRModel):
+    """``SwinIRModel`` (window padding at test time) whose validations are also written to the curve file."""
+
+
+#: model_type -> its curve-recording counterpart (the benchmark runner's val_freq)
+CURVE_MODELS = {'SRModel': 'CurveSRModel', 'SwinIRModel': 'CurveSwinIRModel'}

@@ -598,3 +598,22 @@ def test_runner_seed_and_arch_filters(tmp_path, hr_dirs, capsys):
     bad = _write_preset(tmp_path / 'bad.yml', work, hr_dirs, set_seeds=[1, 2])
     with pytest.raises(grid_lib.GridError, match='set_seeds must be a non-empty list that holds set_seed'):
         grid_lib.load_grid(bad, REPO)
+
+
+def test_add_validation_keeps_the_model_family(tmp_path):
+    """The curve model replaces SRModel and SwinIRModel (whose test pads to the window) by their recording
+    counterparts; another model type is refused naming it."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+    from basicsr_distill.models.curve_sr_model import CurveMixin
+    script = _load_script()
+    val = _tiny_val_set(tmp_path / 'val')
+    grid = {'scale': 4, 'val_freq': 500, 'val_sets': {'Kodak24': val}}
+    for given, wanted in (('SRModel', 'CurveSRModel'), ('SwinIRModel', 'CurveSwinIRModel')):
+        opt = script.add_validation({'model_type': given, 'datasets': {'train': {}}}, grid)
+        assert opt['model_type'] == wanted and issubclass(MODEL_REGISTRY.get(wanted), (CurveMixin, ))
+        assert issubclass(MODEL_REGISTRY.get(wanted), MODEL_REGISTRY.get(given))
+        assert opt['datasets']['val_0']['filename_tmpl'] == '{}x4' and opt['val']['val_freq'] == 500
+        assert opt['val']['metrics']['psnr'][
+            'test_y_channel'] and not opt['val']['metrics']['psnr_rgb']['test_y_channel']
+    with pytest.raises(ValueError, match='the option file has ESRGANModel'):
+        script.add_validation({'model_type': 'ESRGANModel', 'datasets': {}}, grid)
