@@ -143,18 +143,8 @@ def build_dit(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pr
 def build_vae(config_or_dir, subfolder='auto', torch_dtype=None, option_name='pretrained_vae'):
     """Build diffusers' :class:`~diffusers.AutoencoderKL` (the paper's SD VAE) from a local folder or a config dict.
 
-    Args:
-        config_or_dir (dict | str | os.PathLike): Config dict (random weights), or local folder (e.g. sd-vae-ft-ema).
-        subfolder (str | None): As in :func:`build_dit`, trying ``vae/``.
-        torch_dtype (torch.dtype | None): Dtype of the weights. Default: None.
-        option_name (str): Option the folder came from, for error messages.
-
-    Returns:
-        AutoencoderKL: The VAE (freeze it and use eval mode for Stage 2, as Minimax Diffusion does).
-
-    Raises:
-        FileNotFoundError: If the folder, its ``config.json`` or its weights are missing (naming ``option_name``).
-        RuntimeError: If the weights do not fit the config (missing, unexpected or mismatched keys, listed).
+    Arguments and errors as :func:`build_dit` (``subfolder='auto'`` trying ``vae/``). Freeze the VAE and use eval mode
+    for Stage 2, as Minimax Diffusion does.
     """
     from diffusers import AutoencoderKL
     if isinstance(config_or_dir, dict):
@@ -175,8 +165,7 @@ def vae_encode(vae, img, sample=True, generator=None):
     Args:
         vae (AutoencoderKL): The VAE.
         img (Tensor): (B, 3, H, W) in [0, 1], H and W multiples of f = :func:`vae_downsample_factor`.
-        sample (bool): Sample the posterior (reference) or take its mode. Default: True.
-        generator (torch.Generator | None): For the posterior sample. Default: None.
+        sample (bool): Sample the posterior (reference; with ``generator``) or take its mode. Default: True.
 
     Returns:
         Tensor: (B, C_latent, H / f, W / f) scaled latents.
@@ -187,14 +176,10 @@ def vae_encode(vae, img, sample=True, generator=None):
 
 
 def vae_decode(vae, latents):
-    """Images from scaled latents: ``(vae.decode(latents / scaling_factor).sample + 1) / 2``, differentiable.
-
-    Args:
-        vae (AutoencoderKL): The VAE.
-        latents (Tensor): (B, C_latent, h, w) scaled latents.
+    """Images from scaled (B, C_latent, h, w) latents: ``(vae.decode(latents / scaling_factor).sample + 1) / 2``.
 
     Returns:
-        Tensor: (B, 3, h f, w f) images, about [0, 1], not clamped.
+        Tensor: (B, 3, h f, w f) images, about [0, 1], not clamped; differentiable.
     """
     return (vae.decode(latents / vae.config.scaling_factor).sample + 1) / 2
 
@@ -243,21 +228,11 @@ def _is_norm_module(module):
 
 
 def difffit_parameter_names(dit, norm_match='module'):
-    """Names of the parameters DiffFit trains: Minimax Diffusion's rule on diffusers' names (see the module docstring).
+    """Names of the parameters DiffFit trains, in ``named_parameters()`` order (tied ones once).
 
     Selected: names containing ``bias`` or ``gamma``, the label table (``class_embedder.embedding_table``, the
     reference's ``y_embed``), and norm parameters (``norm_match='module'``: direct parameters of ``*Norm*`` modules;
-    ``'name'``: any name containing ``norm``). Tied parameters are listed once.
-
-    Args:
-        dit (nn.Module): The DiT.
-        norm_match (str): ``'module'`` (default) or ``'name'``.
-
-    Returns:
-        list[str]: Names in ``named_parameters()`` order.
-
-    Raises:
-        ValueError: If ``norm_match`` is unknown.
+    ``'name'``: any name containing ``norm``; another value: ValueError).
     """
     if norm_match not in ('module', 'name'):
         raise ValueError(f'norm_match must be "module" or "name", got {norm_match!r}.')
@@ -384,11 +359,7 @@ def pseudo_to_dit_labels(c, offset=0, num_labels=None, label_map=None):
 
 
 def set_label_dropout(dit, prob):
-    """Set the label-dropout probability of every ``LabelEmbedding`` of a DiT (0 disables it).
-
-    Args:
-        dit (nn.Module): The DiT.
-        prob (float): Probability in [0, 1].
+    """Set the label-dropout probability ``prob`` in [0, 1] of every ``LabelEmbedding`` of a DiT (0 disables it).
 
     Raises:
         ValueError: If ``prob`` is outside [0, 1], or > 0 for a label table without a null row.
@@ -408,14 +379,11 @@ def drop_labels(labels, null, prob=0.1, generator=None):
     Args:
         labels (Tensor): (B,) int64 DiT labels.
         null (int): The null label (:func:`null_label`).
-        prob (float): Drop probability in [0, 1]. Default: 0.1 (DiT's).
+        prob (float): Drop probability in [0, 1] (else ValueError). Default: 0.1 (DiT's).
         generator (torch.Generator | None): Generator on ``labels``' device. Default: None.
 
     Returns:
         Tensor: (B,) labels, a new tensor.
-
-    Raises:
-        ValueError: If ``prob`` is outside [0, 1].
     """
     if not 0 <= prob <= 1:
         raise ValueError(f'prob must be in [0, 1], got {prob}.')

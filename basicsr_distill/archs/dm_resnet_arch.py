@@ -28,13 +28,8 @@ def _make_norm(norm, num_channels):
 
 
 class DMBasicBlock(nn.Module):
-    """ResNet BasicBlock: ``relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))``, 3x3 bias-free convs.
-
-    Args:
-        in_ch (int): Input channels.
-        out_ch (int): Output channels.
-        stride (int): Stride of ``conv1`` and of the shortcut. Default: 1.
-        norm (str): ``'instance'``, ``'batch'`` or ``'none'``. Default: ``'instance'``.
+    """ResNet BasicBlock ``relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))``, 3x3 bias-free convs; ``stride`` of
+    ``conv1`` and the shortcut; ``norm`` as :class:`DMResNet18`.
     """
 
     def __init__(self, in_ch, out_ch, stride=1, norm='instance'):
@@ -128,17 +123,10 @@ class DMResNet18(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator):
-        """Re-draw every parameter from ``generator`` only, as PyTorch's default initialisation.
+        """Re-draw every parameter from ``generator`` (advanced) only, as PyTorch's default init; returns ``self``.
 
-        Convs: ``kaiming_uniform_(w, a=sqrt(5))``; norms: weight 1, bias 0, BatchNorm statistics reset. Values are
-        drawn on ``generator.device`` and copied, so the network's device does not change them; works after
-        ``to_empty``.
-
-        Args:
-            generator (torch.Generator): Source of the weights; advanced by the draw.
-
-        Returns:
-            DMResNet18: ``self``.
+        Convs ``kaiming_uniform_(w, a=sqrt(5))``; norms weight 1, bias 0, BatchNorm statistics reset. Drawn on
+        ``generator.device`` and copied, so the network's device does not change the values; works after ``to_empty``.
 
         Raises:
             TypeError: If ``generator`` is not a ``torch.Generator``, or a module with parameters has no known
@@ -165,19 +153,11 @@ class DMResNet18(nn.Module):
 
 
 def sample_dm_network(generator, device=None, **opts):
-    """A fresh random :class:`DMResNet18` drawn from ``generator`` only, frozen and in eval mode.
+    """A fresh :class:`DMResNet18` (``**opts``) drawn from ``generator`` only, on ``device`` (None: the generator's).
 
-    Built on the ``meta`` device, so the global RNG is never touched; the same generator state gives the same network
-    on any device. With ``norm='batch'`` eval mode makes BatchNorm the identity; DM embeds in train mode
-    (``net.train()``).
-
-    Args:
-        generator (torch.Generator): Source of the weights (advanced by the draw).
-        device (str | torch.device | None): Device of the network; None: the generator's device.
-        **opts: Options of :class:`DMResNet18`.
-
-    Returns:
-        DMResNet18: The network, eval mode, ``requires_grad=False`` on every parameter.
+    Built on the ``meta`` device, so the global RNG is never touched and a generator state gives the same network on any
+    device. Returned frozen (``requires_grad=False``) in eval mode; with ``norm='batch'`` call ``net.train()`` to embed
+    with batch statistics as DM does.
     """
     device = generator.device if device is None else torch.device(device)
     with torch.device('meta'):

@@ -95,11 +95,8 @@ def stdv_channels(x):
 
 
 class ContrastChannelAttention(nn.Module):
-    """Contrast-aware channel attention (CCA): ``x * sigmoid(up(relu(down(std + mean))))`` with 1x1 convs.
-
-    Args:
-        num_feat (int): Channel number of the input.
-        reduction (int): Channel reduction factor. Default: 16.
+    """Contrast-aware channel attention (CCA): ``x * sigmoid(up(relu(down(std + mean))))``, 1x1 convs reducing
+    ``num_feat`` channels by ``reduction``.
     """
 
     def __init__(self, num_feat, reduction=16):
@@ -118,12 +115,8 @@ class ContrastChannelAttention(nn.Module):
 class IMDBlock(nn.Module):
     """Information multi-distillation block: three split steps and a last conv, concatenated, CCA, 1x1 fusion, residual.
 
-    Args:
-        num_feat (int): Channel number. Default: 64.
-        distill_rate (float): Fraction of channels distilled at each step. Default: 0.25.
-        negative_slope (float): LeakyReLU negative slope. Default: 0.05.
-        use_cca (bool): Apply CCA before the fusion conv. Default: True.
-        cca_reduction (int): Channel reduction of the CCA. Default: 16.
+    ``num_feat`` channels in and out; ``distill_rate`` of them distilled at each step; ``use_cca`` applies CCA
+    (``cca_reduction``) before the fusion; LeakyReLU slope ``negative_slope``.
     """
 
     def __init__(self, num_feat=64, distill_rate=0.25, negative_slope=0.05, use_cca=True, cca_reduction=16):
