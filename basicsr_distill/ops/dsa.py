@@ -148,8 +148,7 @@ def sample_dsa_params(cfg, height, width, generator=None):
 
     Args:
         cfg (DSAConfig | dict | None): Configuration; a dict goes to ``DSAConfig(**cfg)``; None: defaults.
-        height (int): H of the images.
-        width (int): W of the images.
+        height, width (int): Size of the images.
         generator (torch.Generator | None): The only source of randomness, any device; None: a fresh one with a
             non-deterministic seed.
 
@@ -254,16 +253,9 @@ def apply_dsa(x, params):
 
 
 def dsa_pair(x_real, x_syn, cfg=None, generator=None):
-    """Augment a real and a synthetic batch with one shared draw.
+    """Augment a real (N_r, C, H, W) and a synthetic (N_s, C, H, W) batch in [0, 1] with one shared draw.
 
-    Args:
-        x_real (Tensor): (N_r, C, H, W) float images in [0, 1].
-        x_syn (Tensor): (N_s, C, H, W) float images in [0, 1].
-        cfg (DSAConfig | dict | None): Configuration; None: defaults.
-        generator (torch.Generator | None): As in :func:`sample_dsa_params`.
-
-    Returns:
-        tuple[Tensor, Tensor]: The augmented real and synthetic batches.
+    ``cfg`` and ``generator`` as in :func:`sample_dsa_params`; returns the two augmented batches.
 
     Raises:
         ValueError: If the two batches differ in (H, W), or as :func:`apply_dsa`.

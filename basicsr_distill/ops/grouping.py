@@ -16,13 +16,9 @@ def patch_descriptors(local):
 
 
 def kmeans_groups(desc_real, num_groups, seed=0, n_init=3):
-    """Partition real local patches into M groups with seeded K-means.
+    """Partition (P_r, C) real patch descriptors into M = ``num_groups`` groups with seeded K-means.
 
-    Args:
-        desc_real (Tensor): (P_r, C) real patch descriptors.
-        num_groups (int): M; reduced to the number of distinct descriptors when there are fewer.
-        seed (int): K-means random_state.
-        n_init (int): K-means restarts.
+    M is reduced to the number of distinct descriptors when there are fewer.
 
     Returns:
         tuple[Tensor, Tensor]: labels (P_r,) int64 in [0, M') and centroids (M', C) on desc_real's device.
@@ -39,15 +35,9 @@ def kmeans_groups(desc_real, num_groups, seed=0, n_init=3):
 
 
 def group_quotas(labels_real, num_groups, num_syn):
-    """Synthetic patches per group, proportional to the real group sizes (largest-remainder rounding).
+    """(M,) int64 synthetic patches per group q_m, proportional to the real group sizes (largest remainder).
 
-    Args:
-        labels_real (Tensor): (P_r,) real group labels in [0, M).
-        num_groups (int): M.
-        num_syn (int): Total synthetic local patches P_s.
-
-    Returns:
-        Tensor: (M,) int64 quotas q_m, sum P_s, each within 1 of P_s |G_m| / P_r.
+    ``labels_real`` (P_r,) lie in [0, M); the quotas sum to ``num_syn`` = P_s, each within 1 of P_s |G_m| / P_r.
     """
     sizes = torch.bincount(labels_real.cpu(), minlength=num_groups).double()
     exact = sizes / sizes.sum() * num_syn

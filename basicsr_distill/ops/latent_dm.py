@@ -8,22 +8,13 @@ import torch
 
 
 def embed_in_chunks(render_embed, inputs, chunk_size):
-    """No-grad embeddings of a stack of inputs, ``chunk_size`` at a time.
-
-    Args:
-        render_embed (callable): (n, ...) -> (n, D) embedding (e.g. z -> psi(A(G(z)))).
-        inputs (Tensor): (K, ...) inputs.
-        chunk_size (int): Inputs per forward pass.
-
-    Returns:
-        Tensor: (K, D) embeddings, detached.
-    """
+    """(K, D) detached embeddings ``render_embed(inputs)`` of (K, ...) inputs, ``chunk_size`` per no-grad pass."""
     with torch.no_grad():
         return torch.cat([render_embed(inputs[i:i + chunk_size]) for i in range(0, inputs.shape[0], chunk_size)])
 
 
 def objective_and_feature_grad(objective, feat_syn):
-    """Value of ``objective(feat_syn)`` and its gradient w.r.t. the (K, D) embeddings.
+    """Value of ``objective(feat_syn)`` and its gradient w.r.t. the (K, D) detached embeddings ``feat_syn``.
 
     Args:
         objective (callable): (K, D) embeddings -> dict of scalar tensors with the key ``'l_total'``.
@@ -40,13 +31,9 @@ def objective_and_feature_grad(objective, feat_syn):
 
 
 def backprop_in_chunks(render_embed, latents, feat_grad, chunk_size):
-    """Accumulate dL/dz into ``latents.grad`` from dL/df (step 2).
+    """Accumulate dL/dz into ``latents.grad`` ((K, ...) leaf) from ``feat_grad`` = dL/df (K, D), by chunks.
 
-    Args:
-        render_embed (callable): The map of step 1 (same generator, augmentation draw and extractor).
-        latents (Tensor): (K, ...) leaf tensor with requires_grad.
-        feat_grad (Tensor): (K, D) dL/df from :func:`objective_and_feature_grad`.
-        chunk_size (int): Latents per backward pass.
+    ``render_embed`` must be step 1's map (same generator, augmentation draw and extractor).
     """
     for i in range(0, latents.shape[0], chunk_size):
         with torch.enable_grad():

@@ -12,14 +12,10 @@ from torch.nn import functional as F
 
 
 def fourier_filter(num_channels, kernel_size):
-    """Fourier filter F of Eq. 4: ``F[m, j] = cos(2 pi m j / C') / sqrt(C')``, ``F[C' + m, j] = sin(...)``, C' = c k^2.
+    """Fourier filter F of Eq. 4: (2 C', c, k, k), default dtype, C' = c k^2 (c: ``num_channels``, k: ``kernel_size``).
 
-    Args:
-        num_channels (int): c, channels of the feature map.
-        kernel_size (int): k.
-
-    Returns:
-        Tensor: (2 C', c, k, k) filter in the default dtype.
+    ``F[m, j] = cos(2 pi m j / C') / sqrt(C')`` and ``F[C' + m, j] = sin(2 pi m j / C') / sqrt(C')``, j the flat
+    (channel, row, column) index of the kernel.
     """
     c_prime = num_channels * kernel_size**2
     identity = torch.eye(c_prime, dtype=torch.float64).reshape(c_prime, num_channels, kernel_size, kernel_size)
