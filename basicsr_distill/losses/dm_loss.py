@@ -24,12 +24,8 @@ def _check_2d(name, feat):
 def dm_distance(feat_real, feat_syn):
     """Inner term of Eq. 7: squared L2 distance of the mean embeddings, summed over D (as the DM reference code).
 
-    Args:
-        feat_real (Tensor): (B1, D) real embeddings psi(A(x_i)).
-        feat_syn (Tensor): (B2, D) synthetic embeddings psi(A(G(z_j))); differentiable.
-
-    Returns:
-        Tensor: Scalar >= 0.
+    ``feat_real`` (B1, D) real embeddings psi(A(x_i)), ``feat_syn`` (B2, D) synthetic ones (differentiable); returns a
+    scalar >= 0.
 
     Raises:
         ValueError: If a set is not 2-D or is empty, or the feature sizes D differ.
@@ -44,13 +40,8 @@ def dm_distance(feat_real, feat_syn):
 def paired_distance(feat_x, feat_gz, reduction='mean'):
     """Inner term of Eq. 8: squared L2 distance of rows k of ``feat_x`` and ``feat_gz``, reduced over the K pairs.
 
-    Args:
-        feat_x (Tensor): (K, D) embeddings of the real images x_k of the pairs.
-        feat_gz (Tensor): (K, D) embeddings of G(z_k), same order.
-        reduction (str): ``'mean'`` (default, see the module docstring) or ``'sum'`` over the pairs.
-
-    Returns:
-        Tensor: Scalar >= 0.
+    ``feat_x`` (K, D) embeds the real images x_k, ``feat_gz`` (K, D) the G(z_k) in the same order; ``reduction`` is
+    ``'mean'`` (default, see the module docstring) or ``'sum'``. Returns a scalar >= 0.
 
     Raises:
         ValueError: If the shapes differ, are not 2-D or empty, or ``reduction`` is unknown.
@@ -104,14 +95,8 @@ class GSDDLoss(nn.Module):
     def forward(self, feat_real, feat_syn, feat_x=None, feat_gz=None):
         """``loss_weight * gsdd_objective(dm_distance(feat_real, feat_syn), paired_distance(feat_x, feat_gz), lam)``.
 
-        Args:
-            feat_real (Tensor): (B1, D) real embeddings of the class.
-            feat_syn (Tensor): (B2, D) embeddings of all generated images of the class.
-            feat_x (Tensor | None): (K, D) embeddings of the paired real images; None only when lam = 0.
-            feat_gz (Tensor | None): (K, D) embeddings of their generated counterparts, same order.
-
-        Returns:
-            Tensor: Scalar loss.
+        ``feat_real`` (B1, D): real embeddings of the class; ``feat_syn`` (B2, D): all its generated images; ``feat_x``,
+        ``feat_gz`` (K, D): the pairs' real and generated embeddings, same order (None only when lam = 0).
 
         Raises:
             ValueError: If the pairs are missing while lam > 0, or as the functions above.

@@ -123,19 +123,11 @@ def multi_level_ncfd(bank, local_syn, assigned, num_freqs, alpha=0.5, generator=
 
 
 def pair_loss(local_real, local_syn, assigned, pair_index):
-    """L_pair (Eq. 8): sum_m (1/N_m) sum_i ||f''(x)^{g_m(i)} - f''(x_hat)^{g_m(i)}||_1.
+    """L_pair (Eq. 8): sum_m (1/N_m) sum_i ||f''(x)^{g_m(i)} - f''(x_hat)^{g_m(i)}||_1, scalar (0 if none assigned).
 
-    Departure: a pair's L1 norm is the mean absolute difference over its p*p*C values, so w_pair does not depend on p
-    and C_out.
-
-    Args:
-        local_real (Tensor): (P_r, p*p, C).
-        local_syn (Tensor): (P_s, p*p, C).
-        assigned (Tensor): (P_s,) groups, -1 if unassigned (no pair).
-        pair_index (Tensor): (P_s,) index of the paired real patch (ignored where unassigned).
-
-    Returns:
-        Tensor: Scalar (0 if nothing is assigned).
+    ``local_real`` (P_r, p*p, C), ``local_syn`` (P_s, p*p, C); ``assigned`` (P_s,) groups, -1 if unassigned (no pair);
+    ``pair_index`` (P_s,) the paired real patch. Departure: a pair's L1 norm is the mean absolute difference over its
+    p*p*C values, so w_pair does not depend on p and C_out.
     """
     valid = assigned >= 0
     if not bool(valid.any()):

@@ -100,7 +100,7 @@ class FIFOMemory:
             banks=[None if b is None else b.cpu().clone() for b in self._banks])
 
     def load_state_dict(self, state, device=None):
-        """Restore a :meth:`state_dict` onto ``device`` (default CPU); larger saved banks are cut to ``size``.
+        """Restore a :meth:`state_dict` onto ``device`` (default CPU), banks cut to ``size``.
 
         Raises:
             ValueError: If the number of classes or the vector size differs.
@@ -174,18 +174,9 @@ def representativeness_loss(pred_x0, labels, real_memory):
 
 
 def diversity_loss(pred_x0, labels, syn_memory):
-    """Diversity loss L_d (Eq. 4): mean over the batch's classes c of ``max cos(z_hat_c, syn_mem_c)``.
+    """Diversity loss L_d (Eq. 4): mean over the batch's classes c of ``max cos(z_hat_c, syn_mem_c)``, in [-1, 1].
 
-    Args:
-        pred_x0 (Tensor): (B, ...) predicted clean latents; differentiable.
-        labels (Tensor | Sequence[int]): (B,) pseudo-class indices.
-        syn_memory (FIFOMemory | Mapping): ``.get(c)``: (m_c, D) earlier predictions of class c.
-
-    Returns:
-        Tensor: Scalar in [-1, 1].
-
-    Raises:
-        ValueError: On a label / prediction count mismatch or a memory of another vector size.
+    Arguments and errors as :func:`representativeness_loss`, ``syn_memory`` holding the earlier predictions.
     """
     return _memory_term(pred_x0, labels, syn_memory, lambda sim: sim.max())
 
@@ -231,16 +222,10 @@ def sr_loss(pred_hr, scale=4, clamp=True):
     """SR loss L_SR (Eq. 5) to minimise: ``-high_frequency_energy(clamp(x_hat, 0, 1))``, in (-1.6, 0].
 
     Args:
-        pred_hr (Tensor): (B, 3, H, W) predicted HR images x_hat, about [0, 1]; H and W multiples of ``scale``, at
-            least ``2 * scale``.
+        pred_hr (Tensor): (B, 3, H, W) predicted HR images x_hat, about [0, 1]; H and W as in
+            :func:`high_frequency_energy` (which raises the same errors).
         scale (int): SR scale. Default: 4.
         clamp (bool): Clamp x_hat to [0, 1] first (pixels outside pass no gradient). Default: True.
-
-    Returns:
-        Tensor: Scalar <= 0, differentiable in ``pred_hr``.
-
-    Raises:
-        ValueError: If ``pred_hr`` is not 4-D, or its size is not a multiple of ``scale`` or below ``2 * scale``.
     """
     return -high_frequency_energy(pred_hr.clamp(0, 1) if clamp else pred_hr, scale)
 
@@ -270,14 +255,9 @@ class MinimaxLoss(nn.Module):
     Args:
         num_classes (int): Number of pseudo-classes k.
         memory_size (int): FIFO capacity per class. Default: 64.
-        lambda_r (float): Default: 0.002.
-        lambda_d (float): Default: 0.008.
-        lambda_sr (float): Default: 1.0.
+        lambda_r, lambda_d, lambda_sr (float): Weights of Eq. 6, >= 0. Default: 0.002, 0.008, 1.0.
         scale (int): SR scale of L_SR. Default: 4.
         loss_weight (float): Multiplier of the whole loss. Default: 1.0.
-
-    Raises:
-        ValueError: If a weight is negative.
     """
 
     def __init__(self,

@@ -66,7 +66,7 @@ def sample_frequencies(num_freqs, dim, generator=None, device=None, dtype=torch.
 
 
 def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=None, normalize=True, chunk_size=None):
-    """NCFD between a real and a synthetic feature set (IDC Eq. 2, 3, 6).
+    """NCFD between a real and a synthetic feature set (IDC Eq. 2, 3, 6): a scalar >= 0, about 7e-7 for identical sets.
 
     Args:
         feat_real (Tensor): (B1, D) real features.
@@ -77,9 +77,6 @@ def ncfd(feat_real, feat_syn, num_freqs=4096, alpha=0.5, generator=None, freqs=N
         freqs (Tensor | None): (F, D) frequencies to use instead of drawing them.
         normalize (bool): L2-normalise every feature row first (as NCFM). Default: True.
         chunk_size (int | None): Sample chunk for the real side (memory bound).
-
-    Returns:
-        Tensor: Scalar >= 0; about 7e-7 (the phase clamp) for identical sets.
 
     Raises:
         ValueError: If the sets are empty or their feature sizes differ.
