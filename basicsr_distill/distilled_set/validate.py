@@ -139,15 +139,8 @@ def _meta_info_problem(root, manifest):
 def validate_distilled_lmdb(root, scale=None, require_complete=False):
     """Check a set's ``hr.lmdb`` / ``lr.lmdb`` against its manifest: every pair a key of both, with the recorded shapes.
 
-    Logs a warning when the lmdb copies were made from an older state of the manifest.
-
-    Args:
-        root (str): Distilled-set folder.
-        scale (int | None): Expected upscaling factor; None skips the check. Default: None.
-        require_complete (bool): Require a finalized set. Default: False.
-
-    Returns:
-        dict: The manifest.
+    ``scale`` and ``require_complete`` as in :func:`validate_distilled_set`; returns the manifest. Logs a warning when
+    the lmdb copies were made from an older state of the manifest.
 
     Raises:
         FileNotFoundError: When the manifest, an lmdb folder or its meta_info.txt is missing.

@@ -48,16 +48,8 @@ def lmdb_hashes(root):
 
 
 def check_sha256(content, expected, where, record):
-    """Raise when ``content`` does not have the SHA-256 ``expected`` (the training reads of ``verify: full``).
-
-    Args:
-        content (bytes): The bytes read.
-        expected (str | None): The recorded SHA-256 (hex); None checks nothing (format_version 1).
-        where (str): The file (or lmdb key) read, for the message.
-        record (str): The file that records the hash, for the message.
-
-    Raises:
-        ValueError: On a mismatch, naming ``where`` and ``record``.
+    """Raise ``ValueError`` naming ``where`` (file or lmdb key) and ``record`` (the file recording the hash) when
+    ``content`` does not have the SHA-256 ``expected``; None checks nothing (format_version 1).
     """
     if expected is None:
         return
@@ -70,16 +62,10 @@ def check_sha256(content, expected, where, record):
 
 
 def content_problems(content, kind, shape, expected=None):
-    """Why the bytes of one pair file (or lmdb value) are bad: structure, SHA-256, decoding, shape and range.
+    """Problems of the bytes of one pair file or lmdb value (structure, SHA-256, decoding, shape, range); empty if good.
 
-    Args:
-        content (bytes): The whole file.
-        kind (str): ``'hr'``, ``'lr'`` (PNG) or ``'lr_float'`` (npy).
-        shape (list[int]): The (H, W, 3) shape the manifest records.
-        expected (str | None): The recorded SHA-256 (hex); None skips the hash check. Default: None.
-
-    Returns:
-        list[str]: The problems (empty when the bytes are good).
+    ``kind`` is ``'hr'``, ``'lr'`` (PNG) or ``'lr_float'`` (npy); ``shape`` the recorded (H, W, 3); ``expected`` the
+    recorded SHA-256 (None: not checked).
     """
     problems = []
     structure = _content_problem(io.BytesIO(content), len(content), kind, shape)
@@ -208,15 +194,9 @@ def verify_distilled_set(root, kinds=PAIR_KINDS, lmdb=None):
 def verify_distilled_lmdb(root, manifest=None, read=None):
     """Check every value of a set's ``hr.lmdb`` / ``lr.lmdb`` against its recorded SHA-256 and decode it.
 
-    Args:
-        root (str): Distilled-set folder.
-        manifest (dict | None): Its manifest (read when None).
-        read (Callable[[str, str], bytes | None] | None): ``read(kind, name)``: the value of key ``name`` in the
-            ``kind`` database, or None. None opens each database read-only (py-lmdb refuses to open one twice in a
-            process, so a reader holding it open passes its own). Default: None.
-
-    Returns:
-        dict: As :func:`verify_distilled_set`, lines naming the lmdb key and database.
+    ``manifest`` is read when None. ``read(kind, name)`` returns the value of key ``name`` in the ``kind`` database or
+    None; None opens each database read-only (a reader holding it open passes its own: py-lmdb opens one once per
+    process). Returns a report as :func:`verify_distilled_set`, lines naming the lmdb key and database.
     """
     start = time.perf_counter()
     manifest = read_manifest(root) if manifest is None else manifest

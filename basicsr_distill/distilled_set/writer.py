@@ -548,17 +548,12 @@ class DistilledSetWriter():
         return merged
 
     def finalize(self, extra=None):
-        """Mark the set complete, merge ``extra`` into the manifest and write it atomically.
-
-        Args:
-            extra (Mapping | None): More top-level manifest fields (stored JSON-safe), e.g. final metrics; the format's
-                own fields may not be overridden. Default: None.
-
-        Returns:
-            dict: A copy of the final manifest; a complete set is left untouched when ``extra`` is empty.
+        """Mark the set complete, merge ``extra`` (top-level fields stored JSON-safe, e.g. final metrics) into the
+        manifest and write it atomically; returns a copy of the final manifest (a complete set is left untouched when
+        ``extra`` is empty).
 
         Raises:
-            ValueError: When ``extra`` is not a dict or uses a reserved field.
+            ValueError: When ``extra`` is not a dict or overrides a field of the format.
             RuntimeError: Called on a shard writer.
         """
         if self._shard is not None:
