@@ -175,9 +175,7 @@ def _select_state_dict(checkpoint, param_key, path):
 def check_finite_weights(state_dict, path):
     """Refuse weights holding a NaN or an infinite value (a frozen network would make every later result NaN).
 
-    Args:
-        state_dict (Mapping[str, object]): The weights (non-tensor and integer entries are skipped).
-        path (str): The file they were read from, for the message.
+    Non-tensor and integer entries of ``state_dict`` are skipped; ``path`` is the file, for the message.
 
     Raises:
         ValueError: Naming the file, the first tensor key with a non-finite value and how many values are.
@@ -229,14 +227,11 @@ def load_pretrained(net, path, param_key='auto', strict=True):
 
 
 def build_network(network_opt, scale=None):
-    """Build an SR network from a BasicSR ``network_g``-style dict ``{'type': name, **constructor options}``.
+    """Build an SR network (random weights) from a BasicSR ``network_g``-style dict ``{'type': name, **options}``.
 
     Args:
         network_opt (dict): ``type`` is a name in ``ARCH_REGISTRY``; the rest goes to the constructor (not modified).
         scale (int | None): Sets ``upscale`` when the constructor takes it and it is not given. Default: None.
-
-    Returns:
-        nn.Module: The network (random weights).
 
     Raises:
         ValueError: If ``type`` is missing.
@@ -262,17 +257,9 @@ def load_network(network_opt, weights, scale=None, param_key='auto', strict=True
 
 
 def load_frozen_network(opt, key, device):
-    """``opt['network_<key>']`` with the weights of ``opt['path']['pretrain_network_<key>']``, frozen, in eval mode.
-
-    ``param_key_<key>`` and ``strict_load_<key>`` are read as BasicSR names them.
-
-    Args:
-        opt (dict): Whole options; ``network_<key>`` and ``path.pretrain_network_<key>`` given (callers check).
-        key (str): The option suffix (``'t'``, ``'up'``, ``'g'``, ``'f'``).
-        device (torch.device | str): Where the network goes.
-
-    Returns:
-        nn.Module: The frozen network.
+    """``opt['network_<key>']`` (``key``: ``'t'``, ``'up'``, ``'g'``, ``'f'``) with the weights of
+    ``opt['path']['pretrain_network_<key>']`` (``param_key_<key>``, ``strict_load_<key>`` as BasicSR), on ``device``,
+    frozen, in eval mode. Callers check first that both options are given.
 
     Raises:
         KeyError, FileNotFoundError, ValueError, RuntimeError: As :func:`load_network`.

@@ -68,11 +68,8 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, module=None):
-        """Write the shadows (cast to the target dtype) into parameters of the same names.
-
-        Args:
-            module (nn.Module | Iterable | None): A module (by name, frozen parameters included), an iterable as in the
-                constructor, or None for the tracked parameters.
+        """Write the shadows (cast to the target dtype) into the parameters of the same names of ``module``: a module
+        (frozen parameters included), an iterable as in the constructor, or None for the tracked parameters.
 
         Raises:
             KeyError: If a shadow has no parameter of its name in the target.

@@ -29,14 +29,9 @@ def is_tmp_name(name):
 
 
 def remove_stale_tmps(folder, base=None):
-    """Remove the temporaries killed writers left in ``folder`` (only where one writer owns it).
+    """Remove and return the temporaries killed writers left in ``folder`` (of final name ``base``, or all for None).
 
-    Args:
-        folder (str): Folder to clean (missing: nothing to do).
-        base (str | None): Only temporaries of this final base name; None: all.
-
-    Returns:
-        list[str]: The removed paths.
+    Call it only where one writer owns the folder; a missing folder is nothing to do.
     """
     if not osp.isdir(folder):
         return []
@@ -112,18 +107,9 @@ def write_json_atomic(path, obj, make_parents=False, **dump_kwargs):
 
 
 def torch_save_atomic(path, obj, tmp=None):
-    """``torch.save(obj)`` to ``path`` atomically, through a Python file so a failure is an ``OSError`` with its errno.
+    """``torch.save(obj)`` to ``path`` atomically (``tmp`` as in :func:`atomic_path`); returns ``path``.
 
-    Args:
-        path (str): Output file.
-        obj (object): What to save.
-        tmp (str | None): As in :func:`atomic_path`. Default: None.
-
-    Returns:
-        str: ``path``.
-
-    Raises:
-        OSError: Writing failed (named; ``path`` is untouched).
+    Torch writes to an open Python file, so a failure is an ``OSError`` with its errno, naming ``path`` (untouched).
     """
     import torch
     with atomic_path(path, tmp=tmp) as tmp:

@@ -1,17 +1,11 @@
 """One run per output folder: locks, write access checked at start-up, and what a failed start leaves
 (docs/Robustness.md).
 
-:func:`guarded_train_pipeline` runs BasicSR's ``train_pipeline`` with three of the names ``basicsr.train`` looks up
-hooked (restored afterwards):
-
-- ``parse_options``: applies a ``--force_yml`` ``manual_seed`` (BasicSR seeds before applying ``--force_yml``); rank 0
-  checks every output folder (:func:`output_folders`) can be written and locks the experiment folder and
-  ``path.distilled_root`` (:class:`FolderLock`), before BasicSR reads a state or renames anything. Other ranks
-  receive rank 0's outcome.
-- ``make_exp_dirs`` (fresh starts): BasicSR's, archiving an existing experiment folder under its lock.
-- ``build_model``: ends the start-up. A start that fails before removes the folders it created when they hold only
-  start-up files (:func:`startup_leftover`) and gives back an archived folder; a later ``OSError`` on an output
-  folder is raised again naming the folder and what was kept.
+:func:`guarded_train_pipeline` hooks three names ``basicsr.train`` looks up: ``parse_options`` (apply a
+``--force_yml`` seed, which BasicSR applies after seeding; rank 0 checks and locks every output folder before BasicSR
+reads a state or renames anything, other ranks receive its outcome), ``make_exp_dirs`` (archive an existing
+experiment folder under its lock) and ``build_model`` (the end of the start-up: a start failing before removes the
+folders it created when they hold only start-up files).
 
 A lock is ``fcntl.flock`` on ``<folder>/.distill.lock`` holding ``{"pid", "host", "start"}``; the kernel releases it
 when its process dies, so a lock file whose flock can be taken is stale and taken over (logged). Local file systems
@@ -92,7 +86,7 @@ class FolderLock:
 
         Raises:
             RunLockedError: A live process holds the lock (names the folder, the option and the holder).
-            OSError: The folder or its lock file cannot be created (names the folder and the option).
+            OSError: The folder or its lock file cannot be created (named, with the option).
         """
         try:
             os.makedirs(self.folder, exist_ok=True)
@@ -156,9 +150,8 @@ class FolderLock:
 
 
 def held_locks_under(folder, own=()):
-    """``(lock file, holder text)`` of each lock under ``folder`` a live run holds, skipping ``own`` (this process's).
-
-    Each ``.distill.lock`` is probed with a non-blocking ``flock``; a killed run's file is left as it is.
+    """``(lock file, holder text)`` of each lock under ``folder`` a live run holds (probed with a non-blocking
+    ``flock``), skipping ``own`` (this process's).
     """
     own = {osp.abspath(p) for p in own}
     held = []
