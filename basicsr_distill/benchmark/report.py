@@ -1,7 +1,7 @@
 """Outputs of the benchmark: CSV (one row per run), Markdown table (mean +- std over seeds), plots and sample grids.
 
 Plots use matplotlib's Agg backend (no display needed); images are read with
-:func:`basicsr_distill.data.image_io.read_rgb`.
+:func:`basicsr_distill.utils.image_io.read_rgb`.
 """
 import csv
 import math
@@ -10,7 +10,7 @@ import os
 import os.path as osp
 
 from basicsr_distill.benchmark.grid import write_text_atomic
-from basicsr_distill.data.image_io import read_rgb
+from basicsr_distill.utils.image_io import read_rgb
 
 CSV_FIELDS = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'set_seed', 'seed',
               'train_time_s', 'train_wall_s', 'reference')

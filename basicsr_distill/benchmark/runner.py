@@ -122,7 +122,7 @@ def link_train_hr(grid):
     """
     if len(grid['train_hr']) == 1:
         return grid['train_hr'][0]
-    from basicsr_distill.data.image_io import list_images
+    from basicsr_distill.utils.image_io import list_images
     flat = osp.join(grid['work_dir'], 'data', 'train_hr')
     os.makedirs(flat, exist_ok=True)
     seen = {}

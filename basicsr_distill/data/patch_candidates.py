@@ -12,8 +12,9 @@ import os.path as osp
 import time
 
 from basicsr.utils import get_root_logger
-from basicsr_distill.data.sr_patches import list_images, modcrop, patch_positions, read_rgb
+from basicsr_distill.data.sr_patches import modcrop, patch_positions
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
+from basicsr_distill.utils.image_io import list_images, read_rgb
 
 OPTION_PREFIX = 'distill.stage1'
 

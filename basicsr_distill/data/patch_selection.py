@@ -59,8 +59,8 @@ from basicsr_distill.data.patch_features import EXTRACTOR_TYPES  # noqa: F401  (
 from basicsr_distill.data.patch_features import (CLIP_WEIGHT_FILES, NORMALIZE_MODES, _batches, _extractor_options,
                                                  _missing_clip_message, check_clip_dir, cluster_patches, embed_patches,
                                                  load_clip)
-from basicsr_distill.data.sr_patches import list_images
 from basicsr_distill.utils.file_io import TMP_PREFIX, atomic_path
+from basicsr_distill.utils.image_io import list_images
 
 SELECTION_FORMAT = 'basicsr_distill.minimax_sr.stage1_selection'
 SELECTION_VERSION = 1

@@ -20,8 +20,8 @@ from torch.utils import data as data
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
 from basicsr_distill.ops.clustering import seeded_kmeans, standardize
+from basicsr_distill.utils.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
 from basicsr_distill.utils.options import check_dataset_keys
 
 PSEUDO_LABEL_FEATURES = ('color_gradient', )

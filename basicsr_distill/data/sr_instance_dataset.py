@@ -6,8 +6,8 @@ from torch.utils import data as data
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
-from basicsr_distill.data.image_io import list_images, read_rgb, verify_image
 from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, lr_patch_grid, modcrop
+from basicsr_distill.utils.image_io import list_images, read_rgb, verify_image
 from basicsr_distill.utils.options import check_dataset_keys
 
 
@@ -30,7 +30,7 @@ class SRInstanceDataset(data.Dataset):
     Other keys than these and BasicSR's own (``name``, ``io_backend``, ``batch_size_per_gpu``, ...) are refused
     (a misspelt ``dataroot_gtt`` would otherwise be ignored).
 
-    Every image is checked when the dataset is built (:func:`~basicsr_distill.data.sr_patches.verify_image`: the
+    Every image is checked when the dataset is built (:func:`~basicsr_distill.utils.image_io.verify_image`: the
     header, and PNGs walked to their end without decoding), so a file that is not an image or a truncated PNG stops
     the run before any instance is computed; a truncated JPEG is found when its instance is decoded. Images smaller
     than one ``gt_size`` patch (after the crop to a multiple of the scale, e.g. 1x1, 4x4 or 7x300) are listed in one

@@ -1,18 +1,13 @@
 """Cutting aligned HR / LR patch pairs from training images (shared by the IDC instance dataset and the coreset
 baselines).
 
-Images are listed and read by :mod:`basicsr_distill.data.image_io`; its names are re-exported here for the modules
-that import them from this one.
+Images are listed and read by :mod:`basicsr_distill.utils.image_io`.
 """
 import numpy as np
 
 from basicsr.utils.matlab_functions import imresize
-from basicsr_distill.data.image_io import IMG_EXTENSIONS, list_images, read_rgb, verify_image
 
-__all__ = [
-    'IMG_EXTENSIONS', 'list_images', 'read_rgb', 'verify_image', 'modcrop', 'bicubic_lr', 'patch_positions',
-    'lr_patch_grid', 'cut_patch_pairs'
-]
+__all__ = ['modcrop', 'bicubic_lr', 'patch_positions', 'lr_patch_grid', 'cut_patch_pairs']
 
 
 def modcrop(img, scale):

@@ -42,7 +42,6 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr_distill.archs.dit_difffit_arch import (TINY_DIT_CONFIG, TINY_VAE_CONFIG, apply_difffit, build_dit,
                                                     build_vae, drop_labels, null_label, pseudo_to_dit_labels,
                                                     set_label_dropout, vae_decode, vae_downsample_factor)
-from basicsr_distill.data.image_io import list_images, verify_image
 from basicsr_distill.data.patch_selection import (PatchStore, ensure_patch_store, load_selection, run_stage1,
                                                   stage1_options)
 from basicsr_distill.data.sr_patches import bicubic_lr
@@ -55,10 +54,11 @@ from basicsr_distill.models.minimax_parts import SAMPLER_SETTINGS  # noqa: F401
 from basicsr_distill.models.minimax_parts import SAMPLER_SPACING  # noqa: F401
 from basicsr_distill.models.minimax_parts import (SAMPLERS, MinimaxClassUnit, MinimaxStage2State, build_sampler,
                                                   build_train_scheduler, stage1_section)
+from basicsr_distill.utils.amp import MixedPrecision
 from basicsr_distill.utils.checkpoint import read_checkpoint
 from basicsr_distill.utils.ema import EMA
 from basicsr_distill.utils.file_io import torch_save_atomic
-from basicsr_distill.utils.amp import MixedPrecision
+from basicsr_distill.utils.image_io import list_images, verify_image
 from basicsr_distill.utils.options import check_optimizer, check_ranges, merge_options
 
 #: Defaults of the ``distill`` section (paper / Minimax Diffusion: lambdas 0.002 / 0.008 / 1, AdamW lr 1e-3,

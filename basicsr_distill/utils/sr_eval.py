@@ -6,7 +6,7 @@ import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
-from basicsr_distill.data import image_io
+from basicsr_distill.utils import image_io
 
 # the evaluation has always listed PPM files too (the training folders do not): kept as it was
 IMG_EXTENSIONS = image_io.IMG_EXTENSIONS + ('.ppm', )
@@ -33,7 +33,7 @@ class BicubicSR(torch.nn.Module):
 def list_images(folder):
     """Sorted file names (not paths) of the images (by extension, PPM included) directly inside ``folder``.
 
-    :func:`basicsr_distill.data.image_io.list_images` with the evaluation's extensions and error message; an empty
+    :func:`basicsr_distill.utils.image_io.list_images` with the evaluation's extensions and error message; an empty
     folder gives ``[]`` (the callers name what is missing).
 
     Raises:
@@ -47,7 +47,7 @@ def list_images(folder):
 def read_image(path):
     """Read an image as 3-channel BGR float32 in [0, 1], shape (h, w, 3), for BasicSR's metrics.
 
-    :func:`basicsr_distill.data.image_io.read_rgb` (grayscale replicated to 3 channels, alpha dropped, 16-bit
+    :func:`basicsr_distill.utils.image_io.read_rgb` (grayscale replicated to 3 channels, alpha dropped, 16-bit
     scaled by 1/65535) flipped to BGR.
 
     Raises:

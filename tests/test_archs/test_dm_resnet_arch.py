@@ -12,7 +12,7 @@ from torch import nn
 
 from basicsr.archs import build_network
 from basicsr_distill.archs.dm_resnet_arch import DMResNet18, sample_dm_network
-from basicsr_distill.data.sr_patches import read_rgb
+from basicsr_distill.utils.image_io import read_rgb
 
 
 @pytest.fixture(scope='module', autouse=True)

@@ -15,8 +15,8 @@ from torch import nn
 from basicsr.archs import build_network
 from basicsr.utils.matlab_functions import imresize
 from basicsr_distill.archs.imdn_arch import IMDN, imdn_key_map
-from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.image_io import read_rgb
 
 IMDN_X4 = osp.join(SHARED, 'weights', 'IMDN_x4.pth')  # no licence to bundle: tests with it need shared/
 RFDN = osp.join(SHARED, 'weights', 'rfdn_baseline.pth')  # not bundled (only this test needs it)

@@ -12,8 +12,8 @@ from conftest import data_path, limited_threads
 from basicsr.archs import build_network
 from basicsr.utils.matlab_functions import imresize
 from basicsr_distill.archs.srgan_arch import SRGANGenerator
-from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.image_io import read_rgb
 from basicsr_distill.utils.sr_eval import evaluate_sr
 
 SRGAN_WEIGHTS = ('weights', 'srgan_netG_epoch_4_100.pth')

@@ -13,8 +13,9 @@ from conftest import data_path
 
 from basicsr_distill.data import patch_selection as ps
 from basicsr_distill.data.sr_class_dataset import kmeans_pseudo_labels
-from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, modcrop, read_rgb
+from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, modcrop
 from basicsr_distill.ops.psnr_bic import psnr_bic
+from basicsr_distill.utils.image_io import read_rgb
 
 T91_SUBSET = ['t1.png', 't2.png', 't5.png', 't10.png', 't20.png', 't50.png']  # t20 is 88 pixels wide
 

@@ -18,7 +18,7 @@ from conftest import data_path
 
 from basicsr.data import build_dataset
 from basicsr_distill.data.sr_class_dataset import SRClassFolderDataset, color_gradient_features, kmeans_pseudo_labels
-from basicsr_distill.data.sr_patches import read_rgb
+from basicsr_distill.utils.image_io import read_rgb
 
 GT = 32
 SCALE = 4

@@ -16,10 +16,10 @@ from conftest import (REPO, basicsr_log, build_distill_model, data_path, run_bas
                       tiny_edsr_options, write_option_file)
 
 from basicsr_distill.archs.imdn_arch import IMDN
-from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
+from basicsr_distill.utils.image_io import read_rgb
 from basicsr_distill.utils.options import read_option_file
 
 T = 6  # iterations per instance in these tests

@@ -8,8 +8,8 @@ import basicsr_distill  # noqa: F401  (compat fixes first)
 from conftest import data_path
 
 from basicsr.utils.matlab_functions import imresize
-from basicsr_distill.data.sr_patches import read_rgb
 from basicsr_distill.ops.psnr_bic import bicubic_resize_matrix, bicubic_round_trip, psnr_bic, psnr_bic_batch
+from basicsr_distill.utils.image_io import read_rgb
 
 
 @pytest.fixture(scope='module')
