@@ -817,7 +817,7 @@ def step_report(args):
         print(f'  IMDN Set5: CPU {i["psnr_cpu"]:.4f} dB, {i["device"]} {i["psnr_device"]:.4f} dB')
     for r in summary['projection']:
         print(f'  paper {r["run"]:16s} 1 device {_fmt_hours(r["hours_1"]):>10s}, 8: {_fmt_hours(r["hours_8"]):>10s}, '
-              f'{r["peak_mib"] / 1024:.1f} GiB ({r["setting"][:40]})')
+              f'{r["peak_mib"] / 1024:.1f} GiB')
     print(f'  figures: {osp.join(args.out, "gpu_check.json")}, {osp.join(args.out, "gpu_check.md")}')
     print(f'GPU check {"PASSED" if summary["ok"] else "FAILED"}')
     print(bar)
