@@ -227,6 +227,32 @@ class DistillBaseModel(BaseModel):
                              f'iterations; iterations {needed + 1}-{total} are idle (--force_yml '
                              f'train:total_iter={needed} skips them)')
 
+    @classmethod
+    def run_output_folders(cls, opt):
+        """The folders a run of this model writes besides its experiment folder, for the run lock
+        (:func:`basicsr_distill.utils.run_lock.output_folders`): ``path.distilled_root``.
+
+        Args:
+            opt (dict): Options parsed by BasicSR (``path.experiments_root`` set).
+
+        Returns:
+            list[dict]: ``{'key', 'folder' (absolute), 'what' (option, for messages), 'hint' (for a refusal),
+            'lock' (bool)}`` of each folder.
+        """
+        root = opt['path'].get('distilled_root')
+        return [{
+            'key': 'distilled_root',
+            'folder': osp.abspath(cls.distilled_root(opt)),
+            'what': 'option path.distilled_root' + ('' if root else ', default <experiments_root>/distilled'),
+            'hint': 'Wait for it to end, or set path.distilled_root to another folder.',
+            'lock': True
+        }]
+
+    @staticmethod
+    def distilled_root(opt):
+        """``path.distilled_root``, default ``<experiments_root>/distilled``."""
+        return opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
+
     def open_writer(self, root, **kwargs):
         """The :class:`DistilledSetWriter` of ``root`` for this process (``unit_names`` must be set).
 

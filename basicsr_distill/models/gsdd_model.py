@@ -29,8 +29,8 @@ from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
 from basicsr_distill.ops.latent_dm import backprop_in_chunks, embed_in_chunks, objective_and_feature_grad
 from basicsr_distill.ops.psnr_bic import psnr_bic_batch
-from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.amp import MixedPrecision
+from basicsr_distill.utils.feature_tap import FeatureTap
 from basicsr_distill.utils.options import check_optimizer, check_ranges, merge_options
 
 #: Defaults of the ``distill`` section (paper: lambda = 0.1, Adam (0.9, 0.999), lr 1e-3, IPC 100, 500k iterations).
@@ -158,7 +158,7 @@ class GSDDModel(DistillBaseModel):
                 f'train.total_iter={opt["train"]["total_iter"]} is too small: ' +
                 self.iters_needed_text(self.source.num_classes, 'classes', self.T, 'distill.iters_per_class'))
         self.log_idle_iterations(needed)
-        root = opt['path'].get('distilled_root') or f'{opt["path"]["experiments_root"]}/distilled'
+        root = self.distilled_root(opt)
         self.unit_names = list(self.source.class_names)
         for name in self.unit_names:  # before any work: class names make the pair names
             check_source_name(f'{name}_gsdd0000', f'class {name!r} of {opt["datasets"]["train"]["dataroot_gt"]}')

@@ -14,7 +14,6 @@ losses/idc_loss.py (Eq. 7-8), grouping in ops/grouping.py.
 """
 import math
 import numpy as np
-import os.path as osp
 import time
 import torch
 from dataclasses import dataclass
@@ -262,7 +261,7 @@ class IDCModel(DistillBaseModel):
                 f'train.total_iter={opt["train"]["total_iter"]} is too small: ' +
                 self.iters_needed_text(self.source.num_instances, 'images', self.T, 'distill.iters_per_instance'))
         self.log_idle_iterations(needed)
-        root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
+        root = self.distilled_root(opt)
         self.unit_names = list(self.source.names)
         for name, path in zip(self.unit_names, self.source.paths):  # before any work: names make the pair names
             check_source_name(f'{name}_idc0000', path)

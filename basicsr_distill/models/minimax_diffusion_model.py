@@ -152,6 +152,27 @@ class MinimaxDiffusionModel(DistillBaseModel):
             optimiser step, naming the stage, the iteration and the loss terms (see ``check_finite``).
     """
 
+    @classmethod
+    def run_output_folders(cls, opt):
+        """``path.distilled_root`` and ``distill.work_dir`` (not locked: it belongs to the locked set's run); see
+        :meth:`DistillBaseModel.run_output_folders`."""
+        work = (opt.get('distill') or {}).get('work_dir')
+        return super().run_output_folders(opt) + [
+            {
+                'key': 'work_dir',
+                'folder': osp.abspath(cls.default_work_dir(opt)),
+                'what': 'option distill.work_dir' + ('' if work else ', default <distilled_root>_work'),
+                'hint': '',
+                'lock': False
+            }
+        ]
+
+    @classmethod
+    def default_work_dir(cls, opt):
+        """``distill.work_dir``, default ``<distilled_root>_work``."""
+        work = (opt.get('distill') or {}).get('work_dir')
+        return work or f'{cls.distilled_root(opt).rstrip("/")}_work'
+
     def __init__(self, opt):
         super().__init__(opt)
         cfg = self.cfg = merge_options(MINIMAX_DEFAULTS, opt.get('distill'))
@@ -177,8 +198,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
         set_label_dropout(self.dit, 0.0)  # labels are dropped once per sample in the loop (DiT's training)
         ft = cfg['finetune']
         self.train_scheduler = build_train_scheduler(ft['num_train_timesteps'], ft['beta_schedule'])
-        root = opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
-        self.work_dir = cfg['work_dir'] or f'{root.rstrip("/")}_work'
+        root = self.distilled_root(opt)
+        self.work_dir = self.default_work_dir(opt)
         os.makedirs(self.work_dir, exist_ok=True)
         self.unit_names = [f'pseudo{c}' for c in range(self.k)]  # stage 3 writes one unit per pseudo-class
         self.writer = self.open_writer(

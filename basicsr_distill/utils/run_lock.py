@@ -211,11 +211,9 @@ def output_folders(opt, root_path):
 
     Returns:
         list[dict]: ``{'key', 'folder' (absolute), 'what' (option), 'hint' (for a refusal), 'lock' (bool)}`` for
-        ``exp``, ``distilled_root`` and ``work_dir`` (distillation models), ``tb`` (when used).
+        ``exp``, the model's own (a model class's ``run_output_folders(opt)``: ``distilled_root`` and ``work_dir``
+        of the distillation models) and ``tb`` (when used).
     """
-    from basicsr_distill.models.distill_base_model import DistillBaseModel
-    from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
-
     name = opt['name']
     exp = opt['path']['experiments_root']
     folders = [{
@@ -225,26 +223,9 @@ def output_folders(opt, root_path):
         'hint': 'Wait for it to end, or give this run another name (option name, or --force_yml name=<other>).',
         'lock': True
     }]
-    cls = _model_class(opt)
-    if cls is not None and issubclass(cls, DistillBaseModel):
-        root = opt['path'].get('distilled_root')
-        folders.append({
-            'key': 'distilled_root',
-            'folder': osp.abspath(root or osp.join(exp, 'distilled')),
-            'what': 'option path.distilled_root' + ('' if root else ', default <experiments_root>/distilled'),
-            'hint': 'Wait for it to end, or set path.distilled_root to another folder.',
-            'lock': True
-        })
-        if issubclass(cls, MinimaxDiffusionModel):
-            work = (opt.get('distill') or {}).get('work_dir')
-            droot = root or osp.join(exp, 'distilled')
-            folders.append({
-                'key': 'work_dir',
-                'folder': osp.abspath(work or f'{droot.rstrip("/")}_work'),
-                'what': 'option distill.work_dir' + ('' if work else ', default <distilled_root>_work'),
-                'hint': '',
-                'lock': False
-            })
+    model_folders = getattr(_model_class(opt), 'run_output_folders', None)  # distillation models: their outputs
+    if model_folders is not None:
+        folders.extend(model_folders(opt))
     if opt['logger'].get('use_tb_logger') and 'debug' not in name:
         folders.append({
             'key': 'tb',
