@@ -31,10 +31,11 @@ import basicsr_distill  # noqa: F401  (compat fixes and arch registration; must 
 
 # isort: split
 
+from basicsr_distill.distilled_set import dataset_size
 from basicsr_distill.utils import options
 from basicsr_distill.utils.checkpoint import load_network
-from basicsr_distill.utils.sr_metrics import (METRICS, add_arch_arguments, check_test_sets, dataset_size,
-                                              evaluate_network, parse_arch_opts, parse_test_set, parse_train_time)
+from basicsr_distill.utils.sr_metrics import (METRICS, add_arch_arguments, check_test_sets, evaluate_network,
+                                              parse_arch_opts, parse_test_set, parse_train_time)
 
 
 def read_option_file(path):

@@ -210,7 +210,7 @@ def run_set_cell(cell, grid, ctx):
     manifest = read_manifest(root)
     if not manifest.get('complete'):
         raise RuntimeError(f'{root}: the set is not complete after {cell["id"]}; see {log}')
-    from basicsr_distill.utils.sr_metrics import dataset_size
+    from basicsr_distill.distilled_set import dataset_size
     return {
         'pairs': manifest['num_pairs'],
         'ratio': manifest['num_pairs'] / ctx['pool'],
@@ -252,7 +252,8 @@ def run_train_cell(cell, grid, ctx):
         log,
         threads=ctx.get('threads'))
 
-    from basicsr_distill.utils.sr_metrics import load_network, parse_train_time
+    from basicsr_distill.utils.checkpoint import load_network
+    from basicsr_distill.utils.sr_metrics import parse_train_time
     logs = sorted(glob.glob(osp.join(exp, f'train_{cell["name"]}_*.log')), key=osp.getmtime)
     train_time = parse_train_time(logs[-1])['seconds'] if logs else None
     net = load_network(opt['network_g'], osp.join(exp, 'models', 'net_g_latest.pth'), scale=grid['scale'])
@@ -341,7 +342,7 @@ def complete_evaluation(cell, grid, ctx, store, record):
             f'{store.path(cell)} to retrain it',
             flush=True)
         return record
-    from basicsr_distill.utils.sr_metrics import load_network
+    from basicsr_distill.utils.checkpoint import load_network
     opt = grid_lib.read_option_file(osp.join(grid['work_dir'], 'options', 'train', f'{cell["name"]}.yml'))
     net = load_network(opt['network_g'], weights, scale=grid['scale'])
     result = {k: v for k, v in record.items() if k not in ('id', 'spec_hash', 'spec')}

@@ -18,12 +18,11 @@ Every file is written atomically (:mod:`basicsr_distill.utils.file_io`). Modules
 """
 
 # The private names of the former single module stay importable from here (tests and tools may use them).
-from basicsr_distill.distilled_set.layout import (_FORBIDDEN_NAME_SUFFIXES, _NAME_RE, _SHARD_RE, _TMP_PREFIX,
-                                                  FORMAT_NAME, FORMAT_VERSION, HR_DIR, HR_LMDB, LMDB_SOURCE_NAME,
-                                                  LR_DIR, LR_FLOAT_DIR, LR_FOR_TRAINING, LR_LMDB, MANIFEST_NAME,
-                                                  META_INFO_NAME, PAIR_KINDS, SHARD_FORMAT_NAME, _check_name,
-                                                  _read_meta_info_names, _tmp_path, _unit_id, check_source_name,
-                                                  lmdb_paths, meta_info_text, pair_paths, pending_shards, shard_path)
+from basicsr_distill.distilled_set.layout import (
+    _FORBIDDEN_NAME_SUFFIXES, _NAME_RE, _SHARD_RE, _TMP_PREFIX, FORMAT_NAME, FORMAT_VERSION, HR_DIR, HR_LMDB,
+    LMDB_SOURCE_NAME, LR_DIR, LR_FLOAT_DIR, LR_FOR_TRAINING, LR_LMDB, MANIFEST_NAME, META_INFO_NAME, PAIR_KINDS,
+    SHARD_FORMAT_NAME, _check_name, _read_meta_info_names, _tmp_path, _unit_id, check_source_name, dataset_size,
+    lmdb_paths, meta_info_text, pair_paths, pending_shards, shard_path)
 from basicsr_distill.distilled_set.lmdb import make_distilled_lmdb
 from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, _REQUIRED_FIELDS,
                                                     HASH_IGNORED_KEYS, PAIR_HASH_KEY, UNIT_SOURCES_KEY,
@@ -41,8 +40,8 @@ from basicsr_distill.distilled_set.verify import (VERIFY_MODES, NotADistilledSet
 from basicsr_distill.distilled_set.writer import DistilledSetWriter, _encode_npy, _encode_png, _to_uint8
 
 __all__ = [
-    'check_source_name', 'FORMAT_NAME', 'FORMAT_VERSION', 'MANIFEST_NAME', 'META_INFO_NAME', 'HR_DIR', 'LR_DIR',
-    'LR_FLOAT_DIR', 'HR_LMDB', 'LR_LMDB', 'LMDB_SOURCE_NAME', 'LR_FOR_TRAINING', 'SHARD_FORMAT_NAME',
+    'check_source_name', 'dataset_size', 'FORMAT_NAME', 'FORMAT_VERSION', 'MANIFEST_NAME', 'META_INFO_NAME', 'HR_DIR',
+    'LR_DIR', 'LR_FLOAT_DIR', 'HR_LMDB', 'LR_LMDB', 'LMDB_SOURCE_NAME', 'LR_FOR_TRAINING', 'SHARD_FORMAT_NAME',
     'HASH_IGNORED_KEYS', 'to_jsonable', 'options_hash', 'collect_versions', 'pair_paths', 'lmdb_paths',
     'meta_info_text', 'write_meta_info', 'read_manifest', 'shard_path', 'pending_shards', 'read_shard',
     'validate_distilled_set', 'validate_distilled_lmdb', 'incomplete_problem', 'load_pair', 'check_pixel_values',

@@ -103,3 +103,46 @@ def pending_shards(root):
         if match:
             found.append((int(match.group(1)), osp.join(root, entry)))
     return sorted(found)
+
+
+def dataset_size(path):
+    """Size on disk of a training set, in bytes.
+
+    A distilled set (a folder with ``distill.json``) counts the files of its ``hr/``, ``lr/`` and ``lr_float/``
+    folders (not the manifest, ``meta_info.txt``, lmdb copies or ``.distill-tmp-*`` leftovers); any other folder
+    counts all its regular files, recursively (symbolic links to folders are not followed).
+
+    Args:
+        path (str): The folder.
+
+    Returns:
+        dict: ``{'path': str, 'bytes': int, 'files': int, 'parts': {'hr': int, 'lr': int, 'lr_float': int} | None}``,
+        ``parts`` (bytes per folder) only for a distilled set.
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a folder.
+    """
+    path = str(path)
+    if not osp.isdir(path):
+        raise FileNotFoundError(f'Training set folder not found: "{path}".')
+
+    def walk(folder, skip_tmp):
+        total = count = 0
+        for root, _, files in os.walk(folder):
+            for name in files:
+                file_path = osp.join(root, name)
+                if (skip_tmp and name.startswith(TMP_PREFIX)) or not osp.isfile(file_path):
+                    continue
+                total += osp.getsize(file_path)
+                count += 1
+        return total, count
+
+    if osp.isfile(osp.join(path, MANIFEST_NAME)):
+        parts, total, count = {}, 0, 0
+        for part in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
+            part_bytes, part_files = walk(osp.join(path, part), skip_tmp=True)
+            parts[part] = part_bytes
+            total, count = total + part_bytes, count + part_files
+        return {'path': path, 'bytes': total, 'files': count, 'parts': parts}
+    total, count = walk(path, skip_tmp=False)
+    return {'path': path, 'bytes': total, 'files': count, 'parts': None}

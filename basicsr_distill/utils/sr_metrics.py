@@ -1,7 +1,7 @@
 """Evaluation of a trained SR network on test folders: PSNR / SSIM / NIQE (BasicSR's metrics) and LPIPS (optional).
 
-Also the two cost figures reported beside the quality of a training set: its size on disk
-(:func:`dataset_size`) and the training wall time read from a BasicSR train log (:func:`parse_train_time`).
+Also the training wall time read from a BasicSR train log (:func:`parse_train_time`), reported beside the quality of
+a training set (its size on disk: :func:`basicsr_distill.distilled_set.dataset_size`).
 
 LPIPS needs the ``lpips`` package, which is not a dependency of this project; it is imported only when asked for,
 and never downloads anything: when the package or one of its weight files is missing it is reported unavailable
@@ -18,8 +18,6 @@ from collections.abc import Mapping
 
 from basicsr.metrics import calculate_niqe
 from basicsr.utils import get_root_logger
-from basicsr_distill.distilled_set import HR_DIR, LR_DIR, LR_FLOAT_DIR, MANIFEST_NAME
-from basicsr_distill.utils.checkpoint import build_network, load_network  # noqa: F401  (re-exported: moved there)
 from basicsr_distill.utils.sr_eval import evaluate_sr, list_images
 
 METRICS = ('psnr', 'ssim', 'niqe', 'lpips')
@@ -297,49 +295,6 @@ def evaluate_network(net,
         'unavailable': unavailable,
         'test_sets': results
     }
-
-
-def dataset_size(path):
-    """Size on disk of a training set, in bytes.
-
-    A distilled set (a folder with ``distill.json``) counts the files of its ``hr/``, ``lr/`` and ``lr_float/``
-    folders (not the manifest, ``meta_info.txt``, lmdb copies or ``.distill-tmp-*`` leftovers); any other folder
-    counts all its regular files, recursively (symbolic links to folders are not followed).
-
-    Args:
-        path (str): The folder.
-
-    Returns:
-        dict: ``{'path': str, 'bytes': int, 'files': int, 'parts': {'hr': int, 'lr': int, 'lr_float': int} | None}``,
-        ``parts`` (bytes per folder) only for a distilled set.
-
-    Raises:
-        FileNotFoundError: If ``path`` is not a folder.
-    """
-    path = str(path)
-    if not osp.isdir(path):
-        raise FileNotFoundError(f'Training set folder not found: "{path}".')
-
-    def walk(folder, skip_tmp):
-        total = count = 0
-        for root, _, files in os.walk(folder):
-            for name in files:
-                file_path = osp.join(root, name)
-                if (skip_tmp and name.startswith('.distill-tmp-')) or not osp.isfile(file_path):
-                    continue
-                total += osp.getsize(file_path)
-                count += 1
-        return total, count
-
-    if osp.isfile(osp.join(path, MANIFEST_NAME)):
-        parts, total, count = {}, 0, 0
-        for part in (HR_DIR, LR_DIR, LR_FLOAT_DIR):
-            part_bytes, part_files = walk(osp.join(path, part), skip_tmp=True)
-            parts[part] = part_bytes
-            total, count = total + part_bytes, count + part_files
-        return {'path': path, 'bytes': total, 'files': count, 'parts': parts}
-    total, count = walk(path, skip_tmp=False)
-    return {'path': path, 'bytes': total, 'files': count, 'parts': None}
 
 
 def parse_train_time(log_path):

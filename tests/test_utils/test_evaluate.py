@@ -19,11 +19,11 @@ from conftest import BUNDLED, REPO, NearestUp, limited_threads, write_option_fil
 from torch import nn
 
 from basicsr_distill.archs.imdn_arch import IMDN
+from basicsr_distill.distilled_set import dataset_size
 from basicsr_distill.utils import sr_metrics
 from basicsr_distill.utils.checkpoint import load_pretrained
 from basicsr_distill.utils.sr_eval import evaluate_sr
-from basicsr_distill.utils.sr_metrics import (dataset_size, evaluate_network, load_lpips, parse_test_set,
-                                              parse_train_time)
+from basicsr_distill.utils.sr_metrics import evaluate_network, load_lpips, parse_test_set, parse_train_time
 
 SET5_HR = osp.join(BUNDLED, 'Set5', 'HR')
 SET5_LR = osp.join(BUNDLED, 'Set5', 'LR_bicubic', 'X4')
