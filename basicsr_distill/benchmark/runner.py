@@ -35,9 +35,6 @@ import sys
 import threading
 import time
 
-import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
-
-# isort: split
 from basicsr_distill.benchmark import grid as grid_lib
 from basicsr_distill.benchmark import report
 from basicsr_distill.distilled_set import read_manifest
