@@ -17,9 +17,10 @@
 # Figures go to $OUT (the device tool's result folder) or, when it is unset, a new folder under ${TMPDIR:-/tmp}.
 #
 #   bash scripts/gpu_check.sh [--cpu-smoke] [--out DIR]
-#   --cpu-smoke: the same steps and code paths on the CPU at tiny sizes (well under a minute; the test suite runs it,
+#   --cpu-smoke: the same steps and code paths on the CPU at tiny sizes (about 2.5 minutes on 2 shared CPU cores,
+#                mostly Python start-ups importing torch, diffusers and BasicSR; the test suite runs it,
 #                tests/test_misc/test_gpu_check.py); the wheel step also checks a wheel of this package built here.
-# With the device tool: run(command='bash scripts/gpu_check.sh', carry=['.whl'], timeout_s=540).
+# On a GPU machine without a registry: copy the working tree with .whl/ and run it under a 540 s limit.
 # GPU_CHECK_STEPS="idc gsdd" runs only the steps named; GPU_CHECK_BREAK=<step> makes that step fail (tests);
 # GPU_CHECK_BUDGET: seconds for all steps (480 on a GPU: each step gets at most what is left).
 set -euo pipefail
