@@ -64,7 +64,7 @@ PAPER = {
     'minimax': {
         'iters': 87500,
         'classes': 7,
-        'images_per_class': 100
+        'images_per_class': 10
     },  # minimax_ost.yml (70 epochs at batch 8)
 }
 #: DiT-XL/2 at 512 px (64x64x4 latents; diffusers' DiTTransformer2DModel config of facebook/DiT-XL-2-512).
