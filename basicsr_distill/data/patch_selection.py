@@ -18,7 +18,7 @@ informative patch selection and pseudo-labels.
 
 Step 1 (:func:`select_patches`, :func:`iter_patches`) lives in :mod:`basicsr_distill.data.patch_candidates`, steps 2
 and 3 (:func:`embed_patches`, :func:`load_clip`, :func:`cluster_patches`) in :mod:`basicsr_distill.data.patch_features`,
-step 4 and :func:`run_stage1` here; every name is importable from this module.
+step 4 and :func:`run_stage1` here.
 
 Patches are those of :func:`~basicsr_distill.data.sr_patches.cut_patch_pairs`: the image is mod-cropped to the
 scale, the top-left corners are ``patch_positions(side, gt_size, stride)`` along each axis (every ``stride`` plus
@@ -55,10 +55,8 @@ from numpy.lib import format as npy_format
 from basicsr.utils import get_root_logger
 from basicsr_distill.data.patch_candidates import (OPTION_PREFIX, _check_geometry, _check_int, _check_threshold,
                                                    _is_int, iter_patches, select_patches)
-from basicsr_distill.data.patch_features import EXTRACTOR_TYPES  # noqa: F401  (former names here)
-from basicsr_distill.data.patch_features import (CLIP_WEIGHT_FILES, NORMALIZE_MODES, _batches, _extractor_options,
-                                                 _missing_clip_message, check_clip_dir, cluster_patches, embed_patches,
-                                                 load_clip)
+from basicsr_distill.data.patch_features import (NORMALIZE_MODES, _extractor_options, check_clip_dir, cluster_patches,
+                                                 embed_patches)
 from basicsr_distill.utils.file_io import TMP_PREFIX, atomic_path
 from basicsr_distill.utils.image_io import list_images
 
@@ -72,11 +70,9 @@ RUNTIME_EXTRACTOR_KEYS = ('batch_size', 'device')
 PATCH_STORE_FORMAT = 'basicsr_distill.minimax_sr.stage1_patches'
 
 __all__ = [
-    'OPTION_PREFIX', 'SELECTION_FORMAT', 'SELECTION_VERSION', 'EXTRACTOR_TYPES', 'NORMALIZE_MODES', 'STAGE1_KEYS',
-    'RECORD_KEYS', 'RUNTIME_EXTRACTOR_KEYS', 'CLIP_WEIGHT_FILES', 'select_patches', 'iter_patches', 'check_clip_dir',
-    'load_clip', 'embed_patches', 'cluster_patches', 'save_selection', 'load_selection', 'stage1_options',
-    'source_fingerprint', 'run_stage1', 'PATCH_STORE_FORMAT', 'selection_key', 'write_patch_store', 'PatchStore',
-    'ensure_patch_store'
+    'SELECTION_FORMAT', 'SELECTION_VERSION', 'STAGE1_KEYS', 'RECORD_KEYS', 'RUNTIME_EXTRACTOR_KEYS', 'save_selection',
+    'load_selection', 'stage1_options', 'source_fingerprint', 'run_stage1', 'PATCH_STORE_FORMAT', 'selection_key',
+    'write_patch_store', 'PatchStore', 'ensure_patch_store'
 ]
 
 

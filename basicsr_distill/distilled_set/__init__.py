@@ -14,30 +14,26 @@ lmdb converter, the evaluation scripts) goes through this package::
 
 Every file is written atomically (:mod:`basicsr_distill.utils.file_io`). Modules: ``layout`` (names and paths),
 ``manifest`` (manifest, shards, options hash), ``validate`` (start-up check), ``verify`` (SHA-256 and decoding),
-``reader``, ``writer`` (:class:`DistilledSetWriter`, shard merge) and ``lmdb``; every name is importable from here.
+``reader``, ``writer`` (:class:`DistilledSetWriter`, shard merge) and ``lmdb``; every public name is importable from
+here.
 """
 
-# The private names of the former single module stay importable from here (tests and tools may use them).
-from basicsr_distill.distilled_set.layout import (
-    _FORBIDDEN_NAME_SUFFIXES, _NAME_RE, _SHARD_RE, _TMP_PREFIX, FORMAT_NAME, FORMAT_VERSION, HR_DIR, HR_LMDB,
-    LMDB_SOURCE_NAME, LR_DIR, LR_FLOAT_DIR, LR_FOR_TRAINING, LR_LMDB, MANIFEST_NAME, META_INFO_NAME, PAIR_KINDS,
-    SHARD_FORMAT_NAME, _check_name, _read_meta_info_names, _tmp_path, _unit_id, check_source_name, dataset_size,
-    lmdb_paths, meta_info_text, pair_paths, pending_shards, shard_path)
+from basicsr_distill.distilled_set.layout import (FORMAT_NAME, FORMAT_VERSION, HR_DIR, HR_LMDB, LMDB_SOURCE_NAME,
+                                                  LR_DIR, LR_FLOAT_DIR, LR_FOR_TRAINING, LR_LMDB, MANIFEST_NAME,
+                                                  META_INFO_NAME, PAIR_KINDS, SHARD_FORMAT_NAME, check_source_name,
+                                                  dataset_size, lmdb_paths, meta_info_text, pair_paths, pending_shards,
+                                                  shard_path)
 from basicsr_distill.distilled_set.lmdb import make_distilled_lmdb
-from basicsr_distill.distilled_set.manifest import (_MANIFEST_RESERVED, _PAIR_RESERVED, _REQUIRED_FIELDS,
-                                                    HASH_IGNORED_KEYS, PAIR_HASH_KEY, UNIT_SOURCES_KEY,
-                                                    _check_manifest_consistency, _diff_paths, _load_json, _now,
-                                                    _write_bytes_atomic, _write_json_atomic, collect_versions,
-                                                    file_sha256, options_hash, read_manifest, read_shard, sha256_hex,
-                                                    to_jsonable, write_meta_info)
+from basicsr_distill.distilled_set.manifest import (HASH_IGNORED_KEYS, PAIR_HASH_KEY, UNIT_SOURCES_KEY,
+                                                    collect_versions, file_sha256, options_hash, read_manifest,
+                                                    read_shard, sha256_hex, to_jsonable, write_meta_info)
 from basicsr_distill.distilled_set.reader import (check_pixel_values, decode_npy, decode_png, load_pair, read_npy_rgb,
                                                   read_png_rgb)
-from basicsr_distill.distilled_set.validate import (_PNG_IEND, _PNG_SIGNATURE, _pair_file_problem, incomplete_problem,
-                                                    validate_distilled_lmdb, validate_distilled_set)
+from basicsr_distill.distilled_set.validate import incomplete_problem, validate_distilled_lmdb, validate_distilled_set
 from basicsr_distill.distilled_set.verify import (VERIFY_MODES, NotADistilledSetError, check_sha256, content_problems,
                                                   lmdb_hashes, verification_message, verify_distilled_lmdb,
                                                   verify_distilled_set)
-from basicsr_distill.distilled_set.writer import DistilledSetWriter, _encode_npy, _encode_png, _to_uint8
+from basicsr_distill.distilled_set.writer import DistilledSetWriter
 
 __all__ = [
     'check_source_name', 'dataset_size', 'FORMAT_NAME', 'FORMAT_VERSION', 'MANIFEST_NAME', 'META_INFO_NAME', 'HR_DIR',

@@ -6,7 +6,7 @@ import os
 import re
 from os import path as osp
 
-from basicsr_distill.utils.file_io import TMP_PREFIX, tmp_path
+from basicsr_distill.utils.file_io import TMP_PREFIX
 
 FORMAT_NAME = 'basicsr_distill.distilled_set'
 # 1: no file hashes; 2: every pair entry records the SHA-256 of its files (``sha256``, see the manifest module).
@@ -26,10 +26,6 @@ SHARD_FORMAT_NAME = 'basicsr_distill.distilled_set.shard'
 _SHARD_RE = re.compile(r'^distill\.rank([1-9][0-9]*)\.json$')
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$')
 _FORBIDDEN_NAME_SUFFIXES = ('.png', '.npy', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
-# Prefix of the temporaries of every writer (:data:`basicsr_distill.utils.file_io.TMP_PREFIX`).
-_TMP_PREFIX = TMP_PREFIX
-# Temporary path next to a final path (kept under its former name).
-_tmp_path = tmp_path
 
 
 def pair_paths(root, name):

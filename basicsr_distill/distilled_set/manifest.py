@@ -57,9 +57,6 @@ _REQUIRED_FIELDS = {
     'complete': bool,
 }
 
-# Write bytes to a path through a fsync'ed temporary and ``os.replace`` (kept under its former name).
-_write_bytes_atomic = write_bytes_atomic
-
 
 def sha256_hex(data):
     """SHA-256 of ``data`` (bytes) as 64 lowercase hex digits (the form a pair entry's ``sha256`` records)."""

@@ -29,7 +29,7 @@ from basicsr_distill.distilled_set import DistilledSetWriter
 from basicsr_distill.models.distill_units import check_finite, locate, locate_group, to_cpu, unit_generator
 from basicsr_distill.utils.checkpoint import load_frozen_network
 from basicsr_distill.utils.file_io import torch_save_atomic
-from basicsr_distill.utils.options import check_path_keys, merge_options  # noqa: F401  (merge_options: re-exported)
+from basicsr_distill.utils.options import check_path_keys
 
 
 class DistillBaseModel(BaseModel):

@@ -49,9 +49,6 @@ from basicsr_distill.distilled_set import options_hash
 from basicsr_distill.losses.minimax_loss import (FIFOMemory, diversity_loss, minimax_objective, predict_x0_from_eps,
                                                  representativeness_loss, sr_loss)
 from basicsr_distill.models.distill_base_model import DistillBaseModel
-from basicsr_distill.models.minimax_parts import MINIMAX_DATA_KEYS  # noqa: F401  (re-exported: moved there)
-from basicsr_distill.models.minimax_parts import SAMPLER_SETTINGS  # noqa: F401
-from basicsr_distill.models.minimax_parts import SAMPLER_SPACING  # noqa: F401
 from basicsr_distill.models.minimax_parts import (SAMPLERS, MinimaxClassUnit, MinimaxStage2State, build_sampler,
                                                   build_train_scheduler, stage1_section)
 from basicsr_distill.utils.amp import MixedPrecision
@@ -136,7 +133,7 @@ def _build(section, builder, tiny, option, seed):
 class MinimaxDiffusionModel(DistillBaseModel):
     """Minimax-SR: label-free diffusion distillation in three persisted stages (see the module docstring).
 
-    Options: ``datasets.train`` of type ``DistillStageDataset`` with the stage-1 data (:data:`MINIMAX_DATA_KEYS`:
+    Options: ``datasets.train`` of type ``DistillStageDataset`` with the stage-1 data (``MINIMAX_DATA_KEYS``:
     ``dataroot_gt``, ``meta_info_file``, ``gt_size``, ``stride``), the ``distill`` section (:data:`MINIMAX_DEFAULTS`),
     ``path.distilled_root`` and ``train.total_iter >= 1 + finetune.iters + stage1.k``.
 

@@ -1,5 +1,5 @@
 """Minimax-SR's pieces outside the model: its unit dataclasses, the stage-1 data options, and the diffusion
-schedulers of stage 2 (training) and stage 3 (sampling), re-exported by ``minimax_diffusion_model``."""
+schedulers of stage 2 (training) and stage 3 (sampling)."""
 import torch
 from dataclasses import dataclass
 from typing import Any

@@ -15,6 +15,7 @@ from conftest import DATA
 from basicsr_distill import distilled_set as ds
 from basicsr_distill.distilled_set import (DistilledSetWriter, load_pair, options_hash, read_manifest,
                                            validate_distilled_set, write_meta_info)
+from basicsr_distill.distilled_set.manifest import _write_json_atomic
 
 T91 = osp.join(DATA, 'data', 'train', 't91')
 SCALE = 2
@@ -393,7 +394,7 @@ def test_source_image_hashes_recompute_or_refuse_changed_units(tmp_path, caplog)
     # a manifest written before hashes were recorded: loads, the units are kept, one warning
     manifest = read_manifest(root)
     del manifest['unit_sources']
-    ds._write_json_atomic(osp.join(root, 'distill.json'), manifest)
+    _write_json_atomic(osp.join(root, 'distill.json'), manifest)
     shutil.copy(osp.join(T91, 't6.png'), images / 't3.png')
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger='basicsr'):

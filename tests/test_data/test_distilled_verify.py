@@ -25,6 +25,7 @@ from basicsr_distill import distilled_set as ds
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import (DistilledSetWriter, make_distilled_lmdb, pair_paths, read_manifest,
                                            verify_distilled_set)
+from basicsr_distill.distilled_set.manifest import _load_json, _write_json_atomic
 
 T91 = osp.join(DATA, 'data', 'train', 't91')
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -144,7 +145,7 @@ def test_shard_merge_keeps_the_hashes(tmp_path):
 def test_malformed_hash_field_is_refused(root):
     manifest = read_manifest(root)
     manifest['pairs'][1]['sha256']['hr'] = 'not-a-hash'
-    ds._write_json_atomic(osp.join(root, 'distill.json'), manifest)
+    _write_json_atomic(osp.join(root, 'distill.json'), manifest)
     with pytest.raises(ValueError, match="distill.json: pair 'a1': its 'sha256' must map"):
         ds.validate_distilled_set(root)
     report = verify_distilled_set(root)
@@ -237,7 +238,7 @@ def test_old_manifest_without_hashes(root, capsys):
     manifest['format_version'] = 1
     for pair in manifest['pairs']:
         del pair['sha256']
-    ds._write_json_atomic(osp.join(root, 'distill.json'), manifest)
+    _write_json_atomic(osp.join(root, 'distill.json'), manifest)
 
     with basicsr_log(logging.INFO) as log:
         for verify in ('quick', 'full', 'full'):
@@ -319,9 +320,9 @@ def test_lmdb_training_reads_check_the_hash_and_old_lmdb_copies_decode_only(root
 
     for db_path in ds.lmdb_paths(root).values():  # lmdb copies made before the hashes were recorded
         source = osp.join(db_path, 'distill_source.json')
-        record = ds._load_json(source)
+        record = _load_json(source)
         del record['sha256']
-        ds._write_json_atomic(source, record)
+        _write_json_atomic(source, record)
     with basicsr_log(logging.INFO) as log:
         dataset = DistilledPairedDataset(_opt(root, io_backend={'type': 'lmdb'}, verify='full'))
     assert '8 lmdb value(s)' in log.getvalue() and 'decoded only' in log.getvalue()
@@ -389,7 +390,7 @@ def test_incomplete_set_is_refused_unless_allowed_and_reported(root, capsys):
 def test_manifest_scale_that_disagrees_with_the_files(root, capsys):
     manifest = read_manifest(root)
     manifest['scale'] = 4  # the pairs are x2: HR 40x48, LR 20x24
-    ds._write_json_atomic(osp.join(root, 'distill.json'), manifest)
+    _write_json_atomic(osp.join(root, 'distill.json'), manifest)
     assert _script().main([root]) == 1
     out = capsys.readouterr().out
     assert f"BAD {osp.join(root, 'distill.json')}: pair 'a0': its HR (40, 48) is not scale (4) x its LR (20, 24) " \

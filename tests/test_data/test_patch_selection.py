@@ -12,6 +12,8 @@ import basicsr_distill  # noqa: F401  (compat fixes before transformers / torchv
 from conftest import data_path
 
 from basicsr_distill.data import patch_selection as ps
+from basicsr_distill.data.patch_candidates import iter_patches, select_patches
+from basicsr_distill.data.patch_features import cluster_patches, embed_patches
 from basicsr_distill.data.sr_class_dataset import kmeans_pseudo_labels
 from basicsr_distill.data.sr_patches import bicubic_lr, cut_patch_pairs, modcrop
 from basicsr_distill.ops.psnr_bic import psnr_bic
@@ -36,7 +38,7 @@ def meta_info(t91, tmp_path_factory):
 @pytest.fixture(scope='module')
 def all_candidates(t91, meta_info):
     """Every 48x48 / stride 24 patch of the subset (a threshold no patch reaches)."""
-    return ps.select_patches(t91, 48, 24, threshold=1e9, meta_info_file=meta_info)
+    return select_patches(t91, 48, 24, threshold=1e9, meta_info_file=meta_info)
 
 
 def _tiny_clip_vision(folder, processor=True):
@@ -76,16 +78,16 @@ def test_candidates_are_the_patch_grid_with_psnr_bic(t91, all_candidates):
 def test_only_patches_strictly_below_threshold(t91, meta_info, all_candidates):
     candidates = all_candidates[0]
     threshold = float(np.percentile([r['psnr_bic'] for r in candidates], 30))
-    records, stats = ps.select_patches(t91, 48, 24, threshold=threshold, meta_info_file=meta_info)
+    records, stats = select_patches(t91, 48, 24, threshold=threshold, meta_info_file=meta_info)
     assert records == [r for r in candidates if r['psnr_bic'] < threshold]
     assert 0 < len(records) < len(candidates) and stats['threshold_db'] == threshold
     exact = records[0]['psnr_bic']  # a patch exactly at the threshold is not kept
-    assert records[0] not in ps.select_patches(t91, 48, 24, threshold=exact, meta_info_file=meta_info)[0]
+    assert records[0] not in select_patches(t91, 48, 24, threshold=exact, meta_info_file=meta_info)[0]
 
 
 def test_median_threshold_keeps_about_half(t91, meta_info, all_candidates):
     candidates = all_candidates[0]
-    records, stats = ps.select_patches(t91, 48, 24, meta_info_file=meta_info)
+    records, stats = select_patches(t91, 48, 24, meta_info_file=meta_info)
     median = float(np.median([r['psnr_bic'] for r in candidates]))
     assert stats['threshold_db'] == stats['psnr_bic_median'] == pytest.approx(median)
     assert abs(len(records) - len(candidates) / 2) <= 1
@@ -94,15 +96,15 @@ def test_median_threshold_keeps_about_half(t91, meta_info, all_candidates):
 
 def test_select_rejects_bad_geometry(t91):
     with pytest.raises(ValueError, match='multiples of scale=4'):
-        ps.select_patches(t91, 48, 10)
+        select_patches(t91, 48, 10)
     with pytest.raises(ValueError, match='threshold'):
-        ps.select_patches(t91, 48, 24, threshold='mean')
+        select_patches(t91, 48, 24, threshold='mean')
     with pytest.raises(FileNotFoundError):
-        ps.select_patches(t91 + '_missing', 48, 24)
+        select_patches(t91 + '_missing', 48, 24)
 
 
 def test_images_smaller_than_the_patch_are_skipped(t91, meta_info):
-    records, stats = ps.select_patches(t91, 96, 96, meta_info_file=meta_info)
+    records, stats = select_patches(t91, 96, 96, meta_info_file=meta_info)
     assert stats['skipped_images'] == [osp.join(t91, 't20.png')] and stats['num_images'] == 5
     assert not any(r['path'].endswith('t20.png') for r in records)
 
@@ -110,44 +112,44 @@ def test_images_smaller_than_the_patch_are_skipped(t91, meta_info):
 # ------------------------------------------------------------------------------------------- features, k-means
 def test_color_gradient_features_and_seeded_kmeans(all_candidates):
     records = all_candidates[0]
-    feats = ps.embed_patches(records, {'type': 'color_gradient'})
+    feats = embed_patches(records, {'type': 'color_gradient'})
     assert feats.shape == (len(records), 14) and feats.dtype == np.float32
-    labels = ps.cluster_patches(feats, k=5, seed=3, normalize='standardize')
+    labels = cluster_patches(feats, k=5, seed=3, normalize='standardize')
     assert labels.dtype == np.int64 and set(labels.tolist()) == set(range(5)) and labels[0] == 0
-    np.testing.assert_array_equal(ps.cluster_patches(feats, k=5, seed=3, normalize='standardize'), labels)
+    np.testing.assert_array_equal(cluster_patches(feats, k=5, seed=3, normalize='standardize'), labels)
     # the same conventions as the class dataset's pseudo-labels
     np.testing.assert_array_equal(labels, kmeans_pseudo_labels(feats, 5, seed=3))
-    np.testing.assert_array_equal(ps.cluster_patches(feats, k=5, seed=3), ps.cluster_patches(feats, k=5, seed=3))
+    np.testing.assert_array_equal(cluster_patches(feats, k=5, seed=3), cluster_patches(feats, k=5, seed=3))
 
 
 def test_kmeans_finds_separated_clusters_on_the_sphere():
     rng = np.random.default_rng(0)
     centres = np.eye(3) * 5
     feats = np.concatenate([c + 0.1 * rng.standard_normal((10, 3)) for c in centres]) * rng.uniform(1, 9, (30, 1))
-    labels = ps.cluster_patches(feats, k=3, seed=0, normalize='l2')  # row scales do not matter after l2
+    labels = cluster_patches(feats, k=3, seed=0, normalize='l2')  # row scales do not matter after l2
     assert labels.tolist() == [0] * 10 + [1] * 10 + [2] * 10
     with pytest.raises(ValueError, match='distill.stage1.k'):
-        ps.cluster_patches(feats, k=31)
+        cluster_patches(feats, k=31)
     with pytest.raises(ValueError, match='non-empty clusters'):
-        ps.cluster_patches(np.ones((5, 2)), k=2)
+        cluster_patches(np.ones((5, 2)), k=2)
 
 
 def test_clip_extractor_from_local_dir(tmp_path, all_candidates):
     records = all_candidates[0][:5]  # 48x48 patches: resized to 32 and centre-cropped by the processor
     folder = str(tmp_path / 'clip')
     model = _tiny_clip_vision(folder)
-    feats = ps.embed_patches(records, {'type': 'clip', 'path': folder, 'batch_size': 2, 'device': 'cpu'})
+    feats = embed_patches(records, {'type': 'clip', 'path': folder, 'batch_size': 2, 'device': 'cpu'})
     assert feats.shape == (5, 8) and feats.dtype == np.float32 and np.isfinite(feats).all()
-    np.testing.assert_allclose(ps.embed_patches(records, {'type': 'clip', 'path': folder}), feats, atol=1e-5)
+    np.testing.assert_allclose(embed_patches(records, {'type': 'clip', 'path': folder}), feats, atol=1e-5)
     # reference on 32x32 patches (resize and crop are then identities): 8-bit quantise, CLIP mean / std, model
     small = [dict(r, size=32) for r in records]
-    patches = np.stack(list(ps.iter_patches(small)))
+    patches = np.stack(list(iter_patches(small)))
     pixels = torch.from_numpy(np.rint(patches * 255) / 255).permute(0, 3, 1, 2).float()
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = model(pixel_values=(pixels - mean) / std).image_embeds.numpy()
-    np.testing.assert_allclose(ps.embed_patches(small, {'type': 'clip', 'path': folder}), expected, atol=1e-4)
+    np.testing.assert_allclose(embed_patches(small, {'type': 'clip', 'path': folder}), expected, atol=1e-4)
 
 
 def test_clip_whole_model_checkpoint_without_processor(tmp_path, all_candidates):
@@ -178,8 +180,8 @@ def test_clip_whole_model_checkpoint_without_processor(tmp_path, all_candidates)
     folder = str(tmp_path / 'clip_full')
     model.save_pretrained(folder)  # no preprocessor_config.json: CLIP's default preprocessing at 32 px
     records = [dict(r, size=32) for r in all_candidates[0][:3]]
-    feats = ps.embed_patches(records, {'type': 'clip', 'path': folder, 'device': 'cpu'})
-    pixels = torch.from_numpy(np.rint(np.stack(list(ps.iter_patches(records))) * 255) / 255).permute(0, 3, 1, 2)
+    feats = embed_patches(records, {'type': 'clip', 'path': folder, 'device': 'cpu'})
+    pixels = torch.from_numpy(np.rint(np.stack(list(iter_patches(records))) * 255) / 255).permute(0, 3, 1, 2)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -192,13 +194,13 @@ def test_clip_without_local_weights_is_a_clear_error(tmp_path, all_candidates):
     records = all_candidates[0][:2]
     for path in (None, str(tmp_path / 'nowhere')):
         with pytest.raises(FileNotFoundError, match=r'distill\.stage1\.extractor\.path.*color_gradient'):
-            ps.embed_patches(records, {'type': 'clip', 'path': path})
+            embed_patches(records, {'type': 'clip', 'path': path})
     (tmp_path / 'config_only').mkdir()
     (tmp_path / 'config_only' / 'config.json').write_text('{"model_type": "clip"}')
     with pytest.raises(FileNotFoundError, match='holds no CLIP checkpoint'):
-        ps.embed_patches(records, {'type': 'clip', 'path': str(tmp_path / 'config_only')})
+        embed_patches(records, {'type': 'clip', 'path': str(tmp_path / 'config_only')})
     with pytest.raises(ValueError, match='arch'):
-        ps.embed_patches(records, {'type': 'arch'})
+        embed_patches(records, {'type': 'arch'})
 
 
 # ------------------------------------------------------------------------------------------ file and pipeline

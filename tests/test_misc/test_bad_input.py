@@ -39,13 +39,13 @@ from basicsr_distill import compat
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter, pair_paths, read_manifest, validate_distilled_set
 from basicsr_distill.models import gsdd_model, idc_model, minimax_diffusion_model
-from basicsr_distill.models.distill_base_model import DistillBaseModel, merge_options
+from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.models.gsdd_model import GSDD_DEFAULTS, GSDDModel
 from basicsr_distill.models.idc_model import IDC_DEFAULTS, IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MINIMAX_DEFAULTS, MinimaxDiffusionModel
 from basicsr_distill.utils.checkpoint import load_network, read_checkpoint
 from basicsr_distill.utils.image_io import read_rgb, verify_image
-from basicsr_distill.utils.options import read_option_file
+from basicsr_distill.utils.options import merge_options, read_option_file
 
 T91 = ('data', 'train', 't91')
 IMDN_WEIGHTS = osp.join(REPO, 'weights', 'imdn_baseline.pth')

@@ -160,7 +160,8 @@ def _stage2_model(tmp_path, **finetune):
 
 
 def test_the_patch_store_holds_the_selected_patches_and_is_reused(tmp_path):
-    from basicsr_distill.data.patch_selection import ensure_patch_store, iter_patches
+    from basicsr_distill.data.patch_candidates import iter_patches
+    from basicsr_distill.data.patch_selection import ensure_patch_store
     model = _stage2_model(tmp_path)
     records = model.selection['records']
     assert model.store.shape == (len(records), 64, 64, 3)

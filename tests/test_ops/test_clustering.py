@@ -52,7 +52,7 @@ def test_the_former_callers_labels_are_reproduced_bit_for_bit():
         # selection.dcsr: k-means' ids, 10 restarts (fit_predict)
         raw = KMeans(n_clusters=3, n_init=10, random_state=seed).fit_predict(x)
         np.testing.assert_array_equal(seeded_kmeans(x, 3, seed, renumber='none'), raw)
-        # data.sr_class_dataset.kmeans_pseudo_labels / data.patch_selection.cluster_patches: first member order
+        # data.sr_class_dataset.kmeans_pseudo_labels / data.patch_features.cluster_patches: first member order
         np.testing.assert_array_equal(seeded_kmeans(x, 3, seed), _first_seen(raw))
 
 

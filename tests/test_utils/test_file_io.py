@@ -163,9 +163,10 @@ def test_tmp_argument_is_honoured(tmp_path, monkeypatch):
 
 
 def test_module_is_the_one_used_by_the_writers():
-    from basicsr_distill import distilled_set
     from basicsr_distill.benchmark import grid
+    from basicsr_distill.distilled_set import layout, manifest, writer
 
     assert grid.write_text_atomic is file_io.write_text_atomic
-    assert distilled_set._write_bytes_atomic is file_io.write_bytes_atomic
-    assert distilled_set._tmp_path is file_io.tmp_path and distilled_set._TMP_PREFIX == file_io.TMP_PREFIX
+    assert manifest.write_bytes_atomic is file_io.write_bytes_atomic
+    assert writer.write_bytes_atomic is file_io.write_bytes_atomic
+    assert layout.TMP_PREFIX is file_io.TMP_PREFIX
