@@ -1,8 +1,5 @@
-"""BasicSR's ``SRModel`` that also records every validation as a curve file (time-to-quality measurements).
-
-The benchmark runner (:mod:`basicsr_distill.benchmark.runner`) trains its students with ``model_type: CurveSRModel``
-and ``val.val_freq`` set, so that BasicSR's own validation loop evaluates the student on the validation sets every
-``val_freq`` iterations; this model writes each result to ``<experiments_root>/val_curve.json``.
+"""BasicSR's ``SRModel`` that also records every validation in ``<experiments_root>/val_curve.json`` (the benchmark
+runner's students, ``model_type: CurveSRModel`` with ``val.val_freq``).
 """
 import json
 import os.path as osp
@@ -17,11 +14,11 @@ CURVE_FILE = 'val_curve.json'
 
 
 def read_curve(path):
-    """The records of a curve file: ``[{'iter': int, 'dataset': str, '<metric>': float, ...}]`` sorted by dataset
-    then iteration; ``[]`` when the file does not exist.
+    """The records ``[{'iter', 'dataset', '<metric>': float}]`` of a curve file, by dataset then iteration; ``[]`` if
+    absent.
 
     Raises:
-        ValueError: If the file is not a curve file (naming it).
+        ValueError: The file is not a curve file (naming it).
     """
     if not osp.isfile(path):
         return []
@@ -33,12 +30,8 @@ def read_curve(path):
 
 
 class CurveMixin():
-    """Writes each validation of a BasicSR ``SRModel`` (or subclass) to ``<experiments_root>/val_curve.json``.
-
-    One record per (dataset, iteration): ``{'iter', 'dataset', <metric>: value}`` with BasicSR's metric values (e.g.
-    PSNR in dB). A later validation at the same iteration (BasicSR validates again after the last iteration, recorded
-    as ``total_iter``; a restarted run repeats iterations) replaces the earlier record. The file is rewritten
-    atomically each time.
+    """Writes each validation to ``<experiments_root>/val_curve.json`` (atomically), one record per (dataset, iteration)
+    with BasicSR's metric values; a later validation at the same iteration replaces the record.
     """
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
@@ -56,8 +49,7 @@ class CurveMixin():
 
 @MODEL_REGISTRY.register()
 class CurveSRModel(CurveMixin, SRModel):
-    """``SRModel`` whose validations are also written to ``<experiments_root>/val_curve.json`` (:class:`CurveMixin`).
-    """
+    """``SRModel`` whose validations are also written to the curve file (:class:`CurveMixin`)."""
 
 
 @MODEL_REGISTRY.register()

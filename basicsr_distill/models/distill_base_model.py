@@ -1,19 +1,11 @@
-"""Shared orchestration of the distillation models (IDC, and the methods to come).
+"""Shared orchestration of the distillation models: units of work, seeded generators, unit-level save / resume.
 
-A distillation run is a sequence of *units of work* (an IDC instance, a GSDD class, a diffusion stage), each
-``iters_per_unit`` iterations of BasicSR's train loop. The unit and the step inside it are derived from
-``current_iter`` alone, so BasicSR's shuffling sampler, restarts and ``--auto_resume`` cannot reorder or repeat
-work; units already in the distilled set on disk are skipped; each unit is written through the one distilled-set
-writer (``basicsr_distill.distilled_set``).
-
-Multi-process runs (``torchrun --nproc_per_node=W basicsr_distill/train.py -opt ... --launcher pytorch``): rank k
-takes the units with index ``u % W == k``; its local iteration ``i`` belongs to unit ``((i - 1) // T) * W + k``
-(:meth:`DistillBaseModel.locate`), so every rank runs ``ceil(units / W) * T`` iterations of work and idles after
-them. A unit's random draws come from generators seeded by (``manual_seed``, unit), never from the rank, so a unit
-gives the same pairs whichever rank computes it. Rank 0 writes ``distill.json``, rank k >= 1 a shard that rank 0
-merges at the end (``distilled_set``); the training states of every rank are gathered into the one
-``training_states/<iter>.state`` that rank 0 writes, so ``--auto_resume`` resumes every rank from the same iteration.
-Collectives come from ``mmengine.dist`` (no-ops in a single process).
+A run is a sequence of *units* (an IDC instance, a GSDD class, a diffusion stage) of ``steps_per_unit`` (T)
+iterations each; the unit and step are derived from ``current_iter`` alone, so restarts cannot reorder or repeat work,
+and units already on disk are skipped. With W processes rank k takes units ``u % W == k``, in groups of
+``units_per_step`` (K); a unit's random draws are seeded by (``manual_seed``, unit), never by the rank. Rank 0 writes
+``distill.json``, rank k >= 1 a shard merged at the end, and one ``training_states/<iter>.state`` holds every rank's
+unit state. Collectives come from ``mmengine.dist`` (no-ops in one process). See docs/DesignConvention.md.
 """
 import os
 import os.path as osp
@@ -33,28 +25,20 @@ from basicsr_distill.utils.options import check_path_keys
 
 
 class DistillBaseModel(BaseModel):
-    """Base class: frozen networks, seeded per-unit generators, progress with ETA, unit-level save / resume, and the
-    step sequence every method shares (:meth:`optimize_parameters`).
+    """Base class of the distillation models; :meth:`optimize_parameters` runs the step sequence every method shares.
 
-    The sequence of one iteration: locate the unit and the step (:meth:`locate_unit`), skip finished or
-    out-of-range units, start the unit at its first step seen in this process (:meth:`start_unit`, with the resumed
-    state when ``--auto_resume`` saved one), take one step (:meth:`step_unit`), and at the unit's last step (or when
-    ``step_unit`` says the unit is done early) write its pairs (:meth:`finish_unit` -> :meth:`commit_unit`).
-
-    Subclasses set ``unit_names`` (one per unit, in order), ``steps_per_unit`` and ``writer`` in ``__init__`` and
-    implement the hooks :meth:`start_unit`, :meth:`step_unit`, :meth:`finish_unit` and :meth:`unit_state`; the
-    unit in progress is ``self.unit`` (a small dataclass per method with at least ``index``, ``name`` and ``t0``).
+    One iteration: locate the units (:meth:`locate_units`), skip finished ones, start them (:meth:`start_unit`, with
+    the resumed state if any), step them (:meth:`step_units`), and at the last step (or an early finish) write their
+    pairs (:meth:`finish_unit` -> :meth:`commit_unit`). Subclasses set ``unit_names``, ``steps_per_unit`` and
+    ``writer`` and implement the hooks :meth:`start_unit`, :meth:`step_unit`, :meth:`finish_unit`, :meth:`unit_state`.
 
     Attributes:
-        rank (int), world_size (int): This process and the number of processes (0 and 1 without
-            ``--launcher pytorch``).
+        rank (int), world_size (int): This process and the number of processes (0 and 1 in one process).
 
     Raises:
-        ValueError: A ``path`` key that looks like BasicSR's but that nothing reads (``pretrain_network_<net>``
-            without ``network_<net>``, see ``utils.options.check_path_keys``); (several processes) ``num_gpu`` does
-            not fit the process group: CUDA asked for
-            (``num_gpu`` != 0) where it is unavailable, ``num_gpu: 0`` (CPU) under the ``nccl`` backend, or more
-            processes on a node than GPUs.
+        ValueError: A ``path.pretrain_network_<net>`` without ``network_<net>`` (``utils.options.check_path_keys``);
+            with several processes, ``num_gpu`` that does not fit the process group (CUDA asked for where unavailable,
+            CPU under ``nccl``, more processes on a node than GPUs).
     """
 
     def __init__(self, opt):
@@ -76,10 +60,7 @@ class DistillBaseModel(BaseModel):
 
     @property
     def unit(self):
-        """The unit in progress when one unit runs at a time (``units_per_step`` 1), else the first; None between.
-
-        Setting it (a unit, or None) replaces ``units`` by ``[value]`` (or ``[]``).
-        """
+        """The unit in progress (the first if several), None between units; setting it replaces ``units``."""
         return self.units[0] if self.units else None
 
     @unit.setter
@@ -87,7 +68,7 @@ class DistillBaseModel(BaseModel):
         self.units = [] if value is None else [value]
 
     def _check_dist_device(self):
-        """The model's device fits the process group (see the class docstring)."""
+        """The device fits the process group (see the class docstring)."""
         backend = torch.distributed.get_backend()
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise ValueError(f'option num_gpu={self.opt["num_gpu"]} asks for CUDA, which is not available here: set '
@@ -103,24 +84,18 @@ class DistillBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------- networks
     def build_frozen_network(self, key):
-        """Build ``opt[network_<key>]``, load ``path.pretrain_network_<key>`` (strict by default), frozen, on device.
-
-        The network is built and loaded by :func:`~basicsr_distill.utils.checkpoint.load_frozen_network` (eval mode,
-        no gradients; ``path.param_key_<key>`` / ``path.strict_load_<key>`` honoured), with the checks of the option
-        file first; the load is logged.
+        """Build ``opt[network_<key>]`` with ``path.pretrain_network_<key>`` loaded, frozen, on ``self.device``.
 
         Args:
             key (str): The option suffix (``'t'``, ``'up'``, ``'g'``, ``'f'``).
 
         Returns:
-            nn.Module: The frozen network on ``self.device``.
+            nn.Module: The network in eval mode without gradients (``utils.checkpoint.load_frozen_network``).
 
         Raises:
-            ValueError: if the network or its weights path is not given, or BasicSR replaced the path on resume
-                (``path.resume_state`` set and the path, which names ``models``, is not a file); otherwise as
-                ``load_frozen_network``.
-            KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network`` (unknown network
-                type; missing, corrupt or truncated weights file; keys that do not fit the network).
+            ValueError: The network or its path is not given, or BasicSR replaced the path on resume (add the network to
+                ``path.ignore_resume_networks``).
+            KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network``.
         """
         net_opt = self.opt.get(f'network_{key}')
         if net_opt is None:
@@ -137,17 +112,15 @@ class DistillBaseModel(BaseModel):
 
     @torch.no_grad()
     def check_network_scale(self, net, key, size=16):
-        """Check that ``net`` up-samples by the option ``scale``, with one tiny forward, before any unit is computed.
+        """Check with one tiny forward that ``net`` up-samples by the option ``scale``, before any unit is computed.
 
         Args:
-            net (nn.Module): The network that makes the HR side (IDC's ``network_up`` or teacher, GSDD's generator).
-            key (str): Its option suffix, for the message (``'t'``, ``'up'``, ``'g'``).
-            size (int): Side of the zero (1, 3, size, size) float32 test input, on the model's device (``net`` must
-                be there too). Default: 16.
+            net (nn.Module): The network that makes the HR side, on ``self.device``.
+            key (str): Its option suffix, for the message.
+            size (int): Side of the zero (1, 3, size, size) test input. Default: 16.
 
         Raises:
-            ValueError: The output is not ``scale`` times the input, naming ``scale``, ``network_<key>`` and the
-                factor found (without it the first unit would be computed and then refused when written).
+            ValueError: The output is not ``scale`` times the input (naming ``scale``, ``network_<key>``, the factor).
         """
         scale = int(self.opt['scale'])
         out = net(torch.zeros(1, 3, size, size, device=self.device))
@@ -165,42 +138,24 @@ class DistillBaseModel(BaseModel):
     locate_group = staticmethod(locate_group)
 
     def units_per_rank(self, num_units):
-        """Units of the busiest process: ``ceil(num_units / world_size)``.
-
-        Args:
-            num_units (int): Units of the whole run.
-
-        Returns:
-            int: The unit count of rank 0 (the busiest).
-        """
+        """Units of the busiest process: ``ceil(num_units / world_size)``."""
         return -(-num_units // self.world_size)
 
     def groups_per_rank(self, num_units):
-        """Groups of ``units_per_step`` units of the busiest process (the iterations it needs / T).
-
-        Args:
-            num_units (int): Units of the whole run.
-
-        Returns:
-            int: ``ceil(ceil(num_units / world_size) / units_per_step)``.
-        """
+        """Groups of K units of the busiest process: ``ceil(units_per_rank(num_units) / K)``."""
         return -(-self.units_per_rank(num_units) // self.units_per_step)
 
     def iters_needed_text(self, num_units, what, per_unit, option):
-        """'N <what> x <option>=T = X', the iterations needed as text, for ``train.total_iter`` messages.
+        """The iterations each process needs, as text for ``train.total_iter`` messages.
 
-        With several processes (W) or units per step (K) the count of groups of the busiest process is spelt out:
-        ``'ceil(N <what> / W processes) = G x <option>=T = G*T'``, ``'ceil(N <what> / K per step) = ...'`` or
-        ``'ceil(ceil(N <what> / W processes) / K per step) = ...'``, G = :meth:`groups_per_rank`.
+        ``'N <what> x <option>=T = N*T'`` in one process with K = 1; else the groups G of :meth:`groups_per_rank` spelt
+        out, e.g. ``'ceil(N <what> / W processes) = G x <option>=T = G*T'``.
 
         Args:
             num_units (int): N, units of the whole run.
             what (str): Their name in the text (e.g. ``'images'``).
             per_unit (int): T, iterations per unit.
             option (str): The option T comes from (e.g. ``'distill.iters_per_instance'``).
-
-        Returns:
-            str: The formula and its value (the iterations each process needs).
         """
         k = self.units_per_step
         if self.world_size == 1 and k == 1:
@@ -214,13 +169,7 @@ class DistillBaseModel(BaseModel):
         return f'{count} = {groups} x {option}={per_unit} = {groups * per_unit}'
 
     def log_idle_iterations(self, needed):
-        """Say how many iterations of ``train.total_iter`` this process has no work for (several processes).
-
-        Logs nothing in a single process or when ``train.total_iter`` is at most ``needed``.
-
-        Args:
-            needed (int): Iterations this process has work for (e.g. :meth:`groups_per_rank` x T).
-        """
+        """Log how many iterations of ``train.total_iter`` past ``needed`` are idle (several processes only)."""
         total = int(self.opt['train']['total_iter'])
         if self.world_size > 1 and total > needed:
             self.logger.info(f'{self.world_size} processes: each needs {needed} of train.total_iter={total} '
@@ -229,15 +178,14 @@ class DistillBaseModel(BaseModel):
 
     @classmethod
     def run_output_folders(cls, opt):
-        """The folders a run of this model writes besides its experiment folder, for the run lock
-        (:func:`basicsr_distill.utils.run_lock.output_folders`): ``path.distilled_root``.
+        """The folders a run writes besides its experiment folder, for ``utils.run_lock.output_folders``.
 
         Args:
             opt (dict): Options parsed by BasicSR (``path.experiments_root`` set).
 
         Returns:
-            list[dict]: ``{'key', 'folder' (absolute), 'what' (option, for messages), 'hint' (for a refusal),
-            'lock' (bool)}`` of each folder.
+            list[dict]: ``{'key', 'folder' (absolute), 'what', 'hint', 'lock' (bool)}`` per folder
+            (here ``path.distilled_root``).
         """
         root = opt['path'].get('distilled_root')
         return [{
@@ -254,31 +202,21 @@ class DistillBaseModel(BaseModel):
         return opt['path'].get('distilled_root') or osp.join(opt['path']['experiments_root'], 'distilled')
 
     def open_writer(self, root, **kwargs):
-        """The :class:`DistilledSetWriter` of ``root`` for this process (``unit_names`` must be set).
+        """The :class:`DistilledSetWriter` of ``root`` for this process; every rank must call it (barrier).
 
-        Rank 0 opens it first (creates or resumes ``distill.json``, merges the shards an interrupted run left); after
-        a barrier rank k >= 1 opens it as shard k. Units are listed in ``unit_names`` order. With several processes
-        every rank must call it (barrier).
+        Rank 0 opens ``distill.json`` first (merging shards an interrupted run left), then rank k >= 1 opens shard k.
+        With ``unit_sources`` a finished unit whose images changed is computed again; under ``--auto_resume`` only units
+        whose iterations are still ahead, the others are refused.
 
         Args:
             root (str): The distilled-set folder.
-            **kwargs: The other arguments of :class:`DistilledSetWriter` (``method``, ``scale``, ``source``,
-                ``size_control``, ``options``, ...); ``unit_order`` and ``world_size`` are set here (from
-                ``unit_names`` and the process group), replacing any given.
-
-        With ``unit_sources`` (``{unit: [source image paths]}``) every unit records the SHA-256 of its images, and a
-        finished unit whose images changed since is computed again (:class:`DistilledSetWriter`): on a fresh start
-        every such unit; under ``--auto_resume`` (``path.resume_state``) only those whose iterations are still ahead
-        of the resumed one, the others are refused (the message says to rerun without ``--auto_resume``). Rank
-        k >= 1 hashes the images of its own units only.
+            **kwargs: The other arguments of :class:`DistilledSetWriter`; ``unit_order``, ``world_size`` are set here.
 
         Returns:
             DistilledSetWriter: The writer of ``distill.json`` (rank 0) or of this rank's shard.
 
         Raises:
-            ValueError, FileExistsError, FileNotFoundError, RuntimeError: As :class:`DistilledSetWriter` (invalid
-                arguments, a folder of another run or not a distilled set, a shard opened before rank 0, a shard of
-                an earlier run left unmerged, changed source images of units that cannot be computed again).
+            ValueError, FileExistsError, FileNotFoundError, RuntimeError: As :class:`DistilledSetWriter`.
             OSError: A source image cannot be read to hash it (named).
         """
         kwargs.update(unit_order=self.unit_names, world_size=self.world_size)
@@ -302,22 +240,15 @@ class DistillBaseModel(BaseModel):
         return writer
 
     def first_iteration(self, unit_index):
-        """The first (1-based) iteration of unit ``unit_index`` in the loop of the process that owns it.
+        """The first (1-based) iteration of unit ``unit_index`` for its process: ``(i // W // K) * T + 1``.
 
-        Follows :meth:`locate_units` (rank ``i % W``, groups of K units, T iterations each); a method that overrides
-        :meth:`locate_unit` overrides this too.
-
-        Args:
-            unit_index (int): The unit (0-based, in ``unit_names`` order).
-
-        Returns:
-            int: ``(i // W // K) * T + 1``.
+        Follows :meth:`locate_units`; a method that overrides :meth:`locate_unit` overrides this too.
         """
         return (unit_index // self.world_size // self.units_per_step) * self.steps_per_unit + 1
 
     @staticmethod
     def _resumed_iteration(path):
-        """The iteration of the training state ``path`` (BasicSR names them ``<iter>.state``; else read from it)."""
+        """The iteration of the training state ``path`` (its name, else its content)."""
         stem = osp.splitext(osp.basename(path))[0]
         if stem.isdigit():
             return int(stem)
@@ -327,30 +258,11 @@ class DistillBaseModel(BaseModel):
             return float('inf')
 
     def unit_generator(self, unit_index, salt=0):
-        """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is never touched.
-
-        Args:
-            unit_index (int): The unit (0-based, in ``unit_names`` order).
-            salt (int): Distinguishes several generators of one unit. Default: 0.
-
-        Returns:
-            torch.Generator: ``unit_generator(self.seed, unit_index, salt)`` (the module function).
-        """
+        """A CPU ``torch.Generator`` seeded from (manual_seed, unit, salt); the global RNG is not touched."""
         return unit_generator(self.seed, unit_index, salt)
 
     def log_progress(self, done_index, num_units, name, seconds, remaining):
-        """Log 'unit i of N' with the unit's time and an ETA from the mean time of the units computed so far.
-
-        The ETA is the mean of the times logged so far in this process times ``ceil(remaining / units_per_step)``
-        (with K units per step a unit's time is its group's); ``seconds`` is added to those times.
-
-        Args:
-            done_index (int): The unit just written (0-based; logged 1-based).
-            num_units (int): N, units of the whole run.
-            name (str): The unit's name.
-            seconds (float): Its wall time (s).
-            remaining (int): Units of this process not yet written.
-        """
+        """Log 'unit i of N' with its time (s) and an ETA (mean unit time x ``ceil(remaining / K)``)."""
         self._unit_times.append(seconds)  # with K units per step a unit's time is its group's: ceil(left / K) groups
         eta = sum(self._unit_times) / len(self._unit_times) * -(-remaining // self.units_per_step)
         where = f' on rank {self.rank} of {self.world_size}' if self.world_size > 1 else ''
@@ -360,119 +272,62 @@ class DistillBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------- the step sequence
     def locate_unit(self, current_iter):
-        """``current_iter`` -> (unit index, 1-based step inside the unit) for this process; None: no unit.
+        """``current_iter`` (1-based) -> (unit index, 1-based step) for this process, or None for no unit.
 
-        Default: :meth:`locate` with ``steps_per_unit`` (rank k of W takes units k, k + W, ...). Used when
-        ``units_per_step`` is 1; :meth:`locate_units` otherwise.
-
-        Args:
-            current_iter (int): BasicSR's iteration, 1-based.
-
-        Returns:
-            tuple[int, int] | None: ``(unit index, step)`` (the index may be past the last unit), or None (an
-            override's "no unit at this iteration").
+        Default: :meth:`locate` (rank k of W takes units k, k + W, ...); the index may be past the last unit. Used when
+        ``units_per_step`` is 1.
         """
         return self.locate(current_iter, self.steps_per_unit, self.rank, self.world_size)
 
     def locate_units(self, current_iter):
-        """``current_iter`` -> (unit indices optimised together, 1-based step) for this process; None: no unit.
-
-        One unit from :meth:`locate_unit` when ``units_per_step`` is 1, else the group of :meth:`locate_group`.
-
-        Args:
-            current_iter (int): BasicSR's iteration, 1-based.
-
-        Returns:
-            tuple[list[int], int] | None: ``(unit indices, step)`` (indices past the last unit are the caller's to
-            drop), or None when :meth:`locate_unit` gives none.
-        """
+        """``current_iter`` -> (unit indices stepped together, 1-based step), or None (indices may be past the end)."""
         if self.units_per_step == 1:
             located = self.locate_unit(current_iter)
             return None if located is None else ([located[0]], located[1])
         return self.locate_group(current_iter, self.steps_per_unit, self.rank, self.world_size, self.units_per_step)
 
     def start_unit(self, index, resumed):
-        """Hook: set up unit ``index`` and return its state object (``index``, ``name``, ``t0`` at least).
+        """Hook: set up unit ``index`` (0-based) and return its state object (``index``, ``name``, ``t0`` at least).
 
         Args:
-            index (int): The unit (0-based, in ``unit_names`` order).
-            resumed (dict | None): What :meth:`unit_state` returned for this unit before a restart (on the CPU), or
-                None for a fresh start.
-
-        Returns:
-            object: The unit's state (the method's dataclass), which becomes one of ``self.units``.
-
-        Raises:
-            NotImplementedError: Always, here; subclasses implement it.
+            index (int): The unit, in ``unit_names`` order.
+            resumed (dict | None): What :meth:`unit_state` returned for it before a restart (on the CPU), or None.
         """
         raise NotImplementedError
 
     def step_unit(self, unit, step, current_iter):
-        """Hook: one step of ``unit`` (``step`` is 1-based inside it); set ``self.log_dict``.
-
-        Args:
-            unit (object): The unit's state (from :meth:`start_unit`).
-            step (int): The step in [1, ``steps_per_unit``].
-            current_iter (int): BasicSR's iteration, 1-based (for messages and logs).
+        """Hook: one step of ``unit`` (``step`` in [1, ``steps_per_unit``]); set ``self.log_dict``.
 
         Returns:
-            bool: True if the unit is complete before ``steps_per_unit`` (e.g. an image with no patch).
+            bool: True if the unit is complete early (e.g. an image with no patch).
 
         Raises:
-            NotImplementedError: Always, here; subclasses implement it (and raise ``FloatingPointError`` through
-                :meth:`check_finite` on a non-finite loss or gradient).
+            FloatingPointError: A non-finite loss or gradient (:meth:`check_finite`).
         """
         raise NotImplementedError
 
     def step_units(self, units, step, current_iter):
-        """Hook: one step of every unit in ``units`` (all at the same ``step``); set ``self.log_dict``.
+        """Hook: one step of every unit in ``units``; default :meth:`step_unit` on each.
 
-        Default: :meth:`step_unit` on each in turn. A method that can share work between units (IDC: one teacher
-        pass over the synthetic patches of K instances) overrides it; each unit must still get exactly the update it
-        would get alone.
-
-        Args:
-            units (list): The units' states (from :meth:`start_unit`), in unit order.
-            step (int): The step in [1, ``steps_per_unit``], the same for all.
-            current_iter (int): BasicSR's iteration, 1-based.
-
-        Returns:
-            list[bool]: Per unit, True if it is complete before ``steps_per_unit``.
-
-        Raises:
-            NotImplementedError, FloatingPointError: As :meth:`step_unit`.
+        An override may share work between units (IDC: one teacher pass for K instances) but must give each unit the
+        update it would get alone. Returns one bool per unit (as :meth:`step_unit`).
         """
         return [self.step_unit(unit, step, current_iter) for unit in units]
 
     def finish_unit(self, unit):
-        """Hook: the finished unit's pairs (``{'name', 'lq', 'gt', 'info'}`` dicts, see ``DistilledSetWriter``).
-
-        Args:
-            unit (object): The unit's state (from :meth:`start_unit`), after its last step.
+        """Hook: the finished unit's pairs as :meth:`DistilledSetWriter.write_unit` takes them.
 
         Returns:
-            list[dict]: The pairs, as :meth:`DistilledSetWriter.write_unit` takes them (``lq`` (h, w, 3) and ``gt``
-            (scale h, scale w, 3) float numpy arrays, RGB in [0, 1]).
-
-        Raises:
-            NotImplementedError: Always, here; subclasses implement it.
+            list[dict]: ``{'name', 'lq', 'gt', 'info'}``: ``lq`` (h, w, 3) and ``gt`` (scale h, scale w, 3) float RGB
+            numpy arrays in [0, 1].
         """
         raise NotImplementedError
 
     def optimize_parameters(self, current_iter):
-        """One iteration of the step sequence (see the class docstring); BasicSR's train loop calls it.
-
-        With ``units_per_step`` K > 1 the K units of the iteration's group that are not yet written are started
-        together, stepped together (:meth:`step_units`) and written one by one, in unit order, when they finish.
-        ``self.log_dict`` is cleared first; an iteration without work (no unit, or all already written) does nothing
-        else.
-
-        Args:
-            current_iter (int): BasicSR's iteration, 1-based.
+        """One iteration of the step sequence (see the class docstring); clears ``self.log_dict`` first.
 
         Raises:
-            FloatingPointError: From :meth:`step_unit`: a NaN / infinite loss or gradient, before the optimiser step
-                (see :meth:`check_finite`); nothing of the unit is written.
+            FloatingPointError: A non-finite loss or gradient; nothing of the unit is written.
             ValueError, OSError: From :meth:`commit_unit` (pairs the writer refuses, a failed write).
         """
         located = self.locate_units(current_iter)
@@ -494,55 +349,31 @@ class DistillBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------- BasicSR API
     def feed_data(self, data):
-        """The loop's item is only a tick; the unit's data is loaded by the model (see the module docstring).
-
-        Args:
-            data (dict): The dataloader's item (ignored).
-        """
+        """The loop item is only a tick: each model loads its unit's data itself."""
 
     def update_learning_rate(self, current_iter, warmup_iter=-1):
-        """Learning rates are per unit (see the subclass); BasicSR's global schedulers are not used (a no-op).
-
-        Args:
-            current_iter (int): BasicSR's iteration (ignored).
-            warmup_iter (int): BasicSR's warm-up iterations (ignored). Default: -1.
-        """
+        """A no-op: learning rates are per unit, not BasicSR's global schedulers."""
 
     def get_current_learning_rate(self):
-        """The learning rates of the unit's optimisers, for BasicSR's log.
-
-        Returns:
-            list[float]: The ``lr`` of every parameter group of ``self.optimizers``, or ``[0.0]`` when there is none
-            (between units).
-        """
+        """The ``lr`` of every parameter group of ``self.optimizers``, or ``[0.0]`` between units."""
         return [group['lr'] for opt in self.optimizers for group in opt.param_groups] or [0.0]
 
     def unit_state(self):
-        """Hook: state of the unit in progress, saved in the training state by :meth:`save`.
-
-        After a restart each state comes back as ``resumed`` to :meth:`start_unit` of the same unit (the one resume
-        path: :meth:`resume_training` -> :meth:`take_pending_state`). This default saves nothing.
+        """Hook: the state of the unit(s) in progress, saved by :meth:`save` and given back to :meth:`start_unit`.
 
         Returns:
-            dict | list[dict] | None: The state (tensors, numbers, strings only, with its ``unit_index``), a list of
-            them when several units run together, or None between units.
+            dict | list[dict] | None: Tensors, numbers and strings with its ``unit_index`` (a list for several units),
+            or None between units (this default).
         """
         return None
 
     def save(self, epoch, current_iter):
-        """Save the unit in progress as a BasicSR training state (atomically); -1 finalises the distilled set.
+        """Save the unit state as ``path.training_states/<current_iter>.state`` (atomically); -1 calls :meth:`finalize`.
 
-        With several processes (all call it at the same iteration) the units in progress of every rank are gathered
-        to rank 0, which alone writes ``<iter>.state`` (``unit_states``: one per rank, ``world_size``).
-
-        Args:
-            epoch (int): BasicSR's epoch, recorded in the state.
-            current_iter (int): BasicSR's iteration; the state is ``path.training_states/<current_iter>.state``
-                (``epoch``, ``iter``, empty ``optimizers`` / ``schedulers``, ``units_per_step``, ``unit_state``).
-                -1 (BasicSR's end of training): no state is written, :meth:`finalize` is called.
+        With several processes every rank calls it; rank 0 gathers the states and alone writes the file.
 
         Raises:
-            OSError: Writing the state fails (the previous file, if any, is kept).
+            OSError: Writing fails (the previous file is kept).
             ValueError: (-1) as :meth:`finalize`.
         """
         if current_iter == -1:
@@ -565,15 +396,11 @@ class DistillBaseModel(BaseModel):
         torch_save_atomic(path, state, tmp=f'{path}.tmp')  # BasicSR's --auto_resume parses the names there
 
     def resume_training(self, resume_state):
-        """Keep the saved unit state (this rank's) until the unit it belongs to starts again.
-
-        Args:
-            resume_state (dict): The training state BasicSR loaded (see :meth:`save`).
+        """Keep this rank's saved unit state until its unit starts again.
 
         Raises:
-            ValueError: The state was saved by a run with another number of processes, or another
-                ``units_per_step`` (``distill.instances_per_step``), naming both and the file: the iteration maps to
-                other units then.
+            ValueError: The state was saved with another number of processes or another ``units_per_step``, naming the
+                file (the iterations map to other units then).
         """
         saved = int(resume_state.get('world_size', 1))
         if saved != self.world_size:
@@ -595,18 +422,7 @@ class DistillBaseModel(BaseModel):
         self._pending_unit_state = [] if state is None else list(state) if isinstance(state, list) else [state]
 
     def take_pending_state(self, unit_index):
-        """The resumed state of ``unit_index`` if there is one (consumed once), on the CPU.
-
-        BasicSR's ``load_resume_state`` maps a state onto the GPU where CUDA is available; generator states must be
-        CPU tensors, and the models move the rest to their device themselves.
-
-        Args:
-            unit_index (int): The unit (0-based).
-
-        Returns:
-            dict | None: The saved state of that unit with its tensors on the CPU (removed from the pending ones), or
-            None if there is none.
-        """
+        """The resumed state of ``unit_index`` with its tensors on the CPU (consumed once), or None."""
         pending = self._pending_unit_state or []
         for j, state in enumerate(pending):
             if state is not None and state.get('unit_index') == unit_index:
@@ -614,20 +430,16 @@ class DistillBaseModel(BaseModel):
         return None
 
     def commit_unit(self, index, name, pairs, seconds):
-        """Write a finished unit's pairs, log progress with ETA (this rank's units), finalise after the last unit.
-
-        With several processes the set is finalised at the end of training only (:meth:`finalize`). The unit's
-        optimisers are dropped (``self.optimizers`` emptied).
+        """Write a finished unit's pairs, log progress, drop its optimisers; finalise after the last unit (one process).
 
         Args:
             index (int): The unit (0-based).
-            name (str): Its name (its id in ``unit_names``).
+            name (str): Its id in ``unit_names``.
             pairs (list[dict]): Its pairs (see :meth:`finish_unit`).
             seconds (float): Its wall time (s).
 
         Raises:
-            TypeError, ValueError, OSError: As :meth:`DistilledSetWriter.write_unit` (invalid unit id or pairs, a
-                failed write); ValueError also as :meth:`finalize`.
+            TypeError, ValueError, OSError: As :meth:`DistilledSetWriter.write_unit`; ValueError as :meth:`finalize`.
         """
         self.writer.write_unit(name, pairs)
         mine = self.unit_names[self.rank::self.world_size]
@@ -638,17 +450,13 @@ class DistillBaseModel(BaseModel):
             self.finalize()
 
     def finalize(self):
-        """Mark the distilled set complete once every unit is written (also called at the end of training).
+        """Mark the distilled set complete once every unit is written, adding :meth:`summary_fields`.
 
-        With several processes every rank calls it at the end of training: after a barrier (every rank has
-        committed its units to its shard) rank 0 merges the shards into ``distill.json``, in unit order, and marks
-        the set complete. Without a writer this does nothing; :meth:`summary_fields` is added only when the set was
-        not complete yet.
+        With several processes (end of training) rank 0 merges the shards after a barrier. No-op without a writer.
 
         Raises:
-            ValueError: From the writer: a shard of another run or with a clashing pair name
-                (:meth:`DistilledSetWriter.merge_shards`), or :meth:`summary_fields` not a dict or using a reserved
-                field (:meth:`DistilledSetWriter.finalize`).
+            ValueError: A shard of another run or with a clashing pair name, or :meth:`summary_fields` not a dict or
+                using a reserved field.
         """
         if self.writer is None:
             return
@@ -661,9 +469,5 @@ class DistillBaseModel(BaseModel):
             self.writer.finalize(None if self.writer.complete else self.summary_fields())
 
     def summary_fields(self):
-        """Hook: extra top-level fields of ``distill.json`` written when the set is complete (e.g. ``summary``).
-
-        Returns:
-            dict | None: The fields (JSON-compatible, not the format's own), or None (this default) for none.
-        """
+        """Hook: extra JSON fields of ``distill.json`` when the set is complete, or None (this default)."""
         return None

@@ -1,8 +1,5 @@
-"""The pure helpers of :class:`~basicsr_distill.models.distill_base_model.DistillBaseModel`: where an iteration falls
-in the unit sequence, each unit's seeded generator, the non-finite guard, and moving states to the CPU.
-
-They hold no model state, so the selection controls (``idc_init``) and the tests use them without building a model;
-the base model exposes them as static methods (``DistillBaseModel.locate`` etc.).
+"""The pure helpers of ``DistillBaseModel`` (unit location, seeded generators, the non-finite guard, moving states to
+the CPU), usable without a model (the ``idc_init`` control, tests).
 """
 import copy
 import math
@@ -10,16 +7,9 @@ import torch
 
 
 def to_cpu(obj):
-    """``obj`` with every tensor moved to the CPU (dicts, lists and tuples walked), for states sent between ranks.
-
-    Args:
-        obj (object): A tensor, a dict (or other mapping ``copy.copy`` can copy, e.g. OrderedDict), a list or tuple
-            (exact types; subclasses such as named tuples are not walked), or anything else.
-
-    Returns:
-        object: Tensors detached and on the CPU; dicts shallow-copied (same mapping type) with their values
-        converted; lists and tuples rebuilt from their converted items; anything else returned unchanged. ``obj``
-        itself is not modified.
+    """``obj`` with every tensor detached and on the CPU; dicts (shallow copies), lists and tuples of exact type are
+    walked,
+    anything else is returned unchanged. ``obj`` is not modified.
     """
     if torch.is_tensor(obj):
         return obj.detach().cpu()
@@ -33,19 +23,10 @@ def to_cpu(obj):
 
 
 def unit_generator(seed, unit_index, salt=0):
-    """The CPU ``torch.Generator`` of unit ``unit_index`` of a run seeded ``seed`` (``manual_seed``), with ``salt``.
+    """A fresh CPU ``torch.Generator`` of unit ``unit_index`` of a run seeded ``seed``; the global RNG is not touched.
 
-    The models draw every random choice of a unit from it (:meth:`DistillBaseModel.unit_generator`); the selection
-    controls that reproduce a model's draws (``idc_init``) build the same one. Its seed is
-    ``(seed * 1000003 + unit_index * 7919 + salt) % (2**63 - 1)``; the global RNG is not touched.
-
-    Args:
-        seed (int): The run's ``manual_seed``.
-        unit_index (int): The unit (0-based, in ``unit_names`` order).
-        salt (int): Distinguishes several generators of one unit. Default: 0.
-
-    Returns:
-        torch.Generator: A fresh CPU generator.
+    Its seed is ``(seed * 1000003 + unit_index * 7919 + salt) % (2**63 - 1)``; ``salt`` distinguishes generators of one
+    unit.
     """
     return torch.Generator().manual_seed((int(seed) * 1000003 + unit_index * 7919 + salt) % (2**63 - 1))
 
@@ -53,19 +34,16 @@ def unit_generator(seed, unit_index, salt=0):
 def check_finite(losses, where, params=()):
     """Stop on a NaN or infinite loss (or gradient) before the optimiser step, naming where it happened.
 
-    Call it after the losses are computed and before ``backward()`` / ``step()`` (and again with ``params``
-    after ``backward()``): the parameters then keep their last finite values, nothing of the unit is written,
-    and the distilled set on disk keeps the units finished before.
+    Call it before ``backward()`` and again with ``params`` before ``step()``: the parameters keep their last finite
+    values and nothing of the unit is written.
 
     Args:
-        losses (dict[str, Tensor | float]): The loss terms of the step (scalars).
+        losses (dict[str, Tensor | float]): The scalar loss terms of the step.
         where (str): The unit and iteration, e.g. ``'IDC instance 2 of 3 (t20), iteration 8 (step 2 of 6)'``.
-        params (iterable[Tensor]): Parameters whose ``.grad`` must be finite too (those without ``.grad`` are
-            skipped; checked only when every loss is finite). Default: ``()``.
+        params (iterable[Tensor]): Parameters whose ``.grad`` must be finite (checked when every loss is finite).
 
     Raises:
-        FloatingPointError: naming ``where``, the non-finite loss terms (or a non-finite gradient) and the value
-            of every loss term.
+        FloatingPointError: Naming ``where``, the non-finite term or gradient and every loss value.
     """
     values = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in losses.items()}
     bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -82,42 +60,19 @@ def check_finite(losses, where, params=()):
 
 
 def locate(current_iter, iters_per_unit, rank=0, world_size=1):
-    """1-based ``current_iter`` of process ``rank`` -> (unit index, 1-based step inside the unit).
+    """1-based ``current_iter`` of process ``rank`` of W -> (unit index, 1-based step in [1, T]).
 
-    Rank k of W processes takes the units ``k, k + W, k + 2W, ...``: its j-th unit is iterations
-    ``j * T + 1 .. (j + 1) * T`` of its own loop (T = ``iters_per_unit``).
-
-    Args:
-        current_iter (int): The process's iteration, 1-based.
-        iters_per_unit (int): T, iterations of one unit.
-        rank (int): k, this process. Default: 0.
-        world_size (int): W, the processes. Default: 1.
-
-    Returns:
-        tuple[int, int]: ``(unit index, step)``: the 0-based unit (may be past the last unit: the caller checks)
-        and the 1-based step in [1, T].
+    Rank k takes units ``k, k + W, ...``; its j-th unit is its iterations ``j * T + 1 .. (j + 1) * T``. The index may be
+    past the last unit (the caller checks).
     """
     local, step = divmod(current_iter - 1, iters_per_unit)
     return local * world_size + rank, step + 1
 
 
 def locate_group(current_iter, iters_per_unit, rank=0, world_size=1, units_per_step=1):
-    """1-based ``current_iter`` of process ``rank`` -> (the K unit indices optimised together, 1-based step).
+    """As :func:`locate` for groups of K = ``units_per_step`` units: (the K unit indices, increasing, 1-based step).
 
-    Rank k takes the units ``k, k + W, k + 2W, ...`` (as :func:`locate`); its j-th group of K = ``units_per_step``
-    of them runs at iterations ``j * T + 1 .. (j + 1) * T`` of its own loop. The last group may name indices past
-    the last unit (the caller drops them). K = 1 gives ``[locate(...)[0]]``.
-
-    Args:
-        current_iter (int): The process's iteration, 1-based.
-        iters_per_unit (int): T, iterations of one group.
-        rank (int): k, this process. Default: 0.
-        world_size (int): W, the processes. Default: 1.
-        units_per_step (int): K, units optimised together. Default: 1.
-
-    Returns:
-        tuple[list[int], int]: ``(unit indices, step)``: the K 0-based units of the group, in increasing order,
-        and the 1-based step in [1, T].
+    The last group may name indices past the last unit (the caller drops them); K = 1 gives ``[locate(...)[0]]``.
     """
     group, step = divmod(current_iter - 1, iters_per_unit)
     return [(group * units_per_step + m) * world_size + rank for m in range(units_per_step)], step + 1

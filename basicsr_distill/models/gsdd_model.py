@@ -1,16 +1,10 @@
-"""Generative Space Dataset Distillation (GSDD, Zhang et al., AAAI 2024) as a BasicSR model.
+"""Generative Space Dataset Distillation (GSDD, Zhang et al., AAAI 2024) as a BasicSR model; one class per unit.
 
-One class is one unit of work (classes are independent: each class's latents get gradients only from its own
-loss), iterations ``c * T + 1 .. (c + 1) * T`` of BasicSR's loop:
-
-1. start: IPC real images of class c (seeded draw), a gt-size crop x_k of each (uniformly placed, or with
-   ``pair_crop_candidates`` M > 1 the lowest-PSNR_bic of M such crops); latents z_k shaped like G's input
-   (an LR image for SR generators) initialised by GAN inversion, Eq. 3-5: z_k = argmin D_f + D_p, from the bicubic
-   LR of x_k, with ``inversion.iters`` Adam steps; each latent keeps its paired x_k for R.
-2. every step: a fresh randomly initialised DMResNet18 (instance norm, frozen) and one DSA draw (siamese) from
-   the class's seeded generator; a batch of real crops of class c; L = (1 - lambda) L_dis + lambda R (Eq. 7-9,
-   losses/dm_loss.py), back-propagated to the latents in chunks (ops/latent_dm.py) so memory does not grow with
-   IPC; Adam on the latents.
+1. start: IPC real images of class c (seeded), a gt-size crop x_k of each (:meth:`GSDDModel.pair_crop`); latents
+   z_k shaped like G's LR input, by GAN inversion (Eq. 3-5) from the bicubic LR of x_k; each keeps x_k for R.
+2. every step: a fresh random DMResNet18 and one siamese DSA draw from the class's generator, a batch of real
+   crops, L = (1 - lambda) L_dis + lambda R (Eq. 7-9, losses/dm_loss.py), back-propagated to the latents in chunks
+   (ops/latent_dm.py); Adam on the latents.
 3. end: HR = clamp(G(z), 0, 1), LR = BasicSR ``imresize`` x 1/scale; IPC pairs written with their class.
 """
 import numpy as np
@@ -101,20 +95,18 @@ class GSDDClassUnit:
 
 @MODEL_REGISTRY.register()
 class GSDDModel(DistillBaseModel):
-    """GSDD: distribution matching in the latent space of a pretrained GAN SR generator, one class per unit.
+    """GSDD: distribution matching in the latent space of a pretrained GAN SR generator.
 
-    Options: ``network_g`` / ``path.pretrain_network_g`` (the frozen generator G; ``params_ema`` preferred),
-    ``network_f`` / ``path.pretrain_network_f`` (the pretrained feature extractor of D_f, Eq. 4; optional when
-    ``inversion.w_feat`` is 0), ``datasets.train`` of type ``SRClassFolderDataset`` (gt_size = HR crop),
-    ``path.distilled_root``, the ``distill`` section (:data:`GSDD_DEFAULTS`) and
+    Options: ``network_g`` / ``path.pretrain_network_g`` (frozen G; ``params_ema`` preferred), ``network_f`` /
+    ``path.pretrain_network_f`` (D_f's extractor, Eq. 4; optional when ``inversion.w_feat`` is 0), ``datasets.train``
+    of type ``SRClassFolderDataset``, ``path.distilled_root``, ``distill`` (:data:`GSDD_DEFAULTS`) and
     ``train.total_iter >= num_classes * distill.iters_per_class``.
 
     Raises:
-        ValueError: unknown ``distill`` keys or values of the wrong type, IPC < 1, lambda outside [0, 1], counts
-            and weights out of range (:data:`GSDD_RANGES`), ``optim`` options that torch would refuse, a too small
-            ``train.total_iter``, D_f requested without ``network_f``.
-        FloatingPointError: (``optimize_parameters``) a NaN or infinite loss or gradient; raised before the
-            optimiser step, naming the class, the iteration and the loss terms (see ``check_finite``).
+        ValueError: Unknown ``distill`` keys or wrong types, values out of :data:`GSDD_RANGES`, ``optim`` options torch
+            refuses, a too small ``train.total_iter``, D_f requested without ``network_f``.
+        FloatingPointError: (``optimize_parameters``) a non-finite loss or gradient, before the step, naming the class,
+            iteration and loss terms.
     """
 
     def __init__(self, opt):
@@ -194,21 +186,18 @@ class GSDDModel(DistillBaseModel):
             self.extractor_dev.load_state_dict(self.extractor.state_dict())
 
     def invert(self, x, generator=None, where='GSDD GAN inversion'):
-        """GAN inversion (Eq. 3-5): z = argmin_z w_feat D_f + w_pix D_p, from the bicubic LR of x.
-
-        D_f = (1/d_f) ||psi(G(z)) - psi(x)||^2 with psi the pretrained ``network_f`` features, D_p = (1/d_I)
-        ||G(z) - x||^2. Latents are independent, so the chunks are optimised one after another (Adam is
-        element-wise: the same result as all at once).
+        """GAN inversion (Eq. 3-5): z = argmin_z w_feat D_f + w_pix D_p, from the bicubic LR of x, chunk after chunk.
 
         Args:
             x (Tensor): (K, 3, H, W) real crops in [0, 1], H and W multiples of the scale.
-            where (str): the class, for error messages.
+            generator (torch.Generator | None): The class's generator.
+            where (str): The class, for error messages.
 
         Returns:
             Tensor: (K, 3, H / s, W / s) latents.
 
         Raises:
-            FloatingPointError: a non-finite inversion loss (before its optimiser step).
+            FloatingPointError: A non-finite inversion loss (before its optimiser step).
         """
         inv = self.cfg['inversion']
         chunks = []
@@ -242,17 +231,17 @@ class GSDDModel(DistillBaseModel):
         """One step's objective (Eq. 7-9) and, if ``accumulate``, dL/dz added to ``unit.z.grad`` (chunked).
 
         Args:
-            unit: the class unit (latents ``z`` (K, 3, h, w), paired reals ``x_pair`` (K, 3, H, W)).
+            unit (GSDDClassUnit): The class (latents ``z`` (K, 3, h, w), paired reals ``x_pair`` (K, 3, H, W)).
             real (Tensor): (B, 3, H, W) real crops of the class.
-            params (dict): the step's DSA draw (also applied to the real and the paired images: siamese).
-            accumulate (bool): back-propagate into ``unit.z.grad``. Default: True.
-            where (str | None): the class and iteration for error messages. Default: the class only.
+            params (dict): The step's DSA draw (applied to real and paired images too: siamese).
+            accumulate (bool): Back-propagate into ``unit.z.grad``. Default: True.
+            where (str | None): The class and iteration, for errors. Default: the class.
 
         Returns:
             dict[str, float]: l_dis, r, l_total.
 
         Raises:
-            FloatingPointError: a non-finite objective (checked before the chunked backward) or latent gradient.
+            FloatingPointError: A non-finite objective (before the backward) or latent gradient.
         """
         chunk, lam = self.cfg['chunk_size'], float(self.cfg['lam'])
         feat_real = embed_in_chunks(lambda x: self._embed(x, params), real.to(self.device), chunk)
@@ -278,22 +267,15 @@ class GSDDModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ units
     def pair_crop(self, path, generator):
-        """The real crop x_k a latent is inverted from and paired with (R, Eq. 8).
+        """The real crop x_k a latent is inverted from and paired with (R, Eq. 8): (3, gt_size, gt_size) float32 RGB in
+        [0, 1].
 
-        With ``distill.pair_crop_candidates`` M = 1 (default), one uniformly placed crop, as the paper. With M > 1,
-        the crop of lowest PSNR_bic (Minimax-SR's Eq. 1: the bicubic round trip loses most of it, i.e. texture and
-        edges) among M uniformly placed crops, ties to the first: a departure from the paper, the crop-level
-        counterpart of IDC's ``init: psnr_bic`` (docs/Methods_GSDD.md).
-
-        Args:
-            path (str): An image of the class.
-            generator (torch.Generator): The class's generator; M crops use M draws of :meth:`random_crop`.
-
-        Returns:
-            Tensor: (3, gt_size, gt_size) float32 RGB in [0, 1].
+        With ``distill.pair_crop_candidates`` M = 1, one uniform crop (the paper's); with M > 1, the lowest-PSNR_bic of
+        M
+        uniform crops (ties: first), a departure (docs/Methods_GSDD.md).
 
         Raises:
-            KeyError: ``path`` is not an image of the dataset (from :meth:`random_crop`).
+            KeyError: ``path`` is not an image of the dataset.
         """
         crops = [self.source.random_crop(path, generator) for _ in range(int(self.cfg['pair_crop_candidates']))]
         if len(crops) == 1:
@@ -306,12 +288,8 @@ class GSDDModel(DistillBaseModel):
         self.unit = self.start_unit(index, resumed)
 
     def start_unit(self, index, resumed):
-        """Start class ``index``: IPC real crops (seeded) and their latents by GAN inversion (Eq. 3-5), or the saved
-        latents, optimiser and generator when ``resumed``.
-
-        Returns:
-            GSDDClassUnit: The class.
-        """
+        """Start class ``index``: IPC seeded real crops and their inverted latents, or the saved state when
+        ``resumed``."""
         cfg = self.cfg
         unit = GSDDClassUnit(
             index=index, name=self.source.class_names[index], t0=time.time(), generator=self.unit_generator(index))
@@ -335,16 +313,14 @@ class GSDDModel(DistillBaseModel):
         return unit
 
     def step_unit(self, unit, step, current_iter):
-        """One step on the latents z (IPC, 3, h, w) of ``unit`` (the base model's step sequence calls it).
-
-        One Adam step for L = (1 - lambda) L_dis + lambda R (Eq. 7-9) with a fresh random extractor and one DSA draw
-        from the class's generator, then z clamped to [0, 1] if ``clamp_latents``.
+        """One Adam step on ``unit.z`` for L = (1 - lambda) L_dis + lambda R (Eq. 7-9), then z clamped if
+        ``clamp_latents``.
 
         Returns:
             bool: False (a class always runs its T steps).
 
         Raises:
-            FloatingPointError: A NaN / infinite loss or gradient (before the Adam step; see ``check_finite``).
+            FloatingPointError: A non-finite loss or gradient (before the Adam step).
         """
         cfg = self.cfg
         self._draw_extractor(unit.generator)

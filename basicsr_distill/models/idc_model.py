@@ -101,21 +101,18 @@ INIT_MODES = ('real', 'psnr_bic', 'psnr_bic_lowest', 'noise')
 
 
 def initial_x_hat(lq, ratio, init, generator, gt=None, scale=4):
-    """The initial synthetic LR patches of an instance: the first draws of its seeded generator.
+    """The initial synthetic LR patches of an instance: the first draws of its fresh seeded generator.
 
     Args:
         lq (Tensor): (N, 3, h, w) real LR patches of the image, in [0, 1], N >= 1.
         ratio (float): r; n = max(1, round(r N)).
-        init (str): One of :data:`INIT_MODES`. ``'real'``: n distinct real patches drawn uniformly without
-            replacement (the paper's "randomly initialize" from real data); ``'psnr_bic'``: n distinct patches drawn
-            uniformly among the instance's lower half by PSNR_bic of the HR patch (the ceil(N / 2) lowest, at least
-            n; Minimax-SR's stage-1 rule, Eq. 1, applied per image); ``'psnr_bic_lowest'``: the n lowest-PSNR_bic
-            patches (no draw; ties to the lowest index); ``'noise'``: uniform [0, 1]. The two PSNR_bic modes are a
-            departure from the IDC paper (which starts from random content): they start x_hat from patches that a
-            bicubic round trip loses most of, i.e. texture and edges, which matter most when one patch stands for an
+        init (str): One of :data:`INIT_MODES`: ``'real'``: n distinct real patches drawn uniformly (the paper's);
+            ``'psnr_bic'``: n drawn among the ceil(N / 2) lowest-PSNR_bic patches (Minimax-SR's Eq. 1 per image);
+            ``'psnr_bic_lowest'``: the n lowest (ties: lowest index); ``'noise'``: uniform [0, 1]. The PSNR_bic modes
+            depart from the paper: they start from texture and edges, which matter most when one patch stands for an
             image.
-        generator (torch.Generator): The instance's generator (CPU), fresh: these are its first draws.
-        gt (Tensor | None): (N, 3, h * scale, w * scale) HR patches in [0, 1], needed by the PSNR_bic modes.
+        generator (torch.Generator): The instance's CPU generator.
+        gt (Tensor | None): (N, 3, h * scale, w * scale) HR patches in [0, 1], for the PSNR_bic modes.
         scale (int): SR scale of the PSNR_bic round trip. Default: 4.
 
     Returns:
@@ -146,46 +143,38 @@ def initial_x_hat(lq, ratio, init, generator, gt=None, scale=4):
 
 
 def psnr_bic_lower_half(scores, n=1):
-    """The ceil(N / 2) patches of lowest PSNR_bic (at least ``n``), lowest first (stable: ties to the lower index).
-
-    Args:
-        scores (ndarray): (N,) PSNR_bic of an instance's HR patches, dB (``ops/psnr_bic.psnr_bic_batch``).
-        n (int): At least this many. Default: 1.
-
-    Returns:
-        Tensor: (max(n, ceil(N / 2)),) long indices into the patches.
-    """
+    """Long indices of the max(n, ceil(N / 2)) patches of lowest PSNR_bic (``scores`` (N,) in dB), lowest first
+    (stable)."""
     return torch.from_numpy(np.argsort(scores, kind='stable')[:max(n, -(-len(scores) // 2))].copy())
 
 
 @dataclass
 class IDCInstance:
-    """Everything about the instance (training image) being condensed; dropped when it is written, so memory holds
-    one instance. Tensors live on the model's device except ``generator`` (CPU) and ``init_ids``.
+    """The instance (training image) being condensed; dropped once written. Tensors are on the model's device except
+    ``generator`` (CPU) and ``init_ids``.
 
     Attributes:
         index (int), name (str), path (str): The unit (0-based), its name (image stem) and image path.
-        t0 (float): Start time (s, ``time.time()``).
-        num_real (int): N, real LR patches of the image (0: too small, no pair is written).
-        generator (torch.Generator): The instance's seeded generator (RLFF channels, NCFD frequencies, init).
-        n_syn (int): n = max(1, round(r N)) synthetic patches.
+        t0 (float): Start time (s).
+        num_real (int): N, real LR patches (0: the image is too small, no pair is written).
+        generator (torch.Generator): The seeded generator (RLFF channels, NCFD frequencies, init).
+        n_syn (int): n = max(1, round(r N)).
         init_ids (Tensor): (n,) indices of the real patches x_hat started from (-1 for noise).
         coords (list): HR (y, x) of every real patch.
         x_hat (Parameter): (n, 3, h, w) synthetic LR patches in [0, 1].
-        optimizer (Optimizer), base_lr (float): Adam on x_hat and its learning rate before the schedule.
-        rlff (RandomLocalFourierFeatures): The instance's RLFF (Eq. 4-5).
+        optimizer (Optimizer), base_lr (float): Adam on x_hat and its unscheduled learning rate.
+        rlff (RandomLocalFourierFeatures): The RLFF (Eq. 4-5).
         local_real (Tensor): (P_r, p*p, C_out) real local features.
         labels_real (Tensor), centroids (Tensor), num_groups (int): K-means groups of the real local patches.
         patches_per_image (int), num_syn_patches (int): Local patches per LR patch, and of all of x_hat.
         bank (RealCharacteristicBank): Real-side characteristic functions (NCFD, Eq. 2-3).
-        quotas (Tensor), assigned (Tensor), pair_index (Tensor): Group quotas, the group of each synthetic local
-            patch (-1: not yet assigned) and its L_pair partner.
-        real (Tensor): (N_r, 3, h, w) the real LR patches x_hat is matched to (kept for the re-draws of
-            ``redraw_every``): all N, or with ``distill.real_side: psnr_bic`` the lower PSNR_bic half.
-        x0 (Tensor): (n, 3, h, w) x_hat at the start (for the displacement written with each pair).
-        real_owner (Tensor), syn_owner (Tensor): (P_r,) real LR patch of each real local patch; (P_s,) source real
-            LR patch of each synthetic local patch (-1 for noise).
-        redraw_state (Tensor | None): The generator's state before the last re-draw (replayed on resume).
+        quotas (Tensor), assigned (Tensor), pair_index (Tensor): Group quotas, each synthetic local patch's group (-1:
+            unassigned) and its L_pair partner.
+        real (Tensor): (N_r, 3, h, w) the real LR patches matched (all N, or the lower PSNR_bic half with
+            ``distill.real_side: psnr_bic``).
+        x0 (Tensor): (n, 3, h, w) x_hat at the start.
+        real_owner (Tensor), syn_owner (Tensor): (P_r,) and (P_s,) the real LR patch of each local patch (-1: noise).
+        redraw_state (Tensor | None): The generator state before the last re-draw (replayed on resume).
         last_l_ins (float): L_ins of the last step.
     """
     index: int
@@ -221,21 +210,18 @@ class IDCInstance:
 
 @MODEL_REGISTRY.register()
 class IDCModel(DistillBaseModel):
-    """Instance Data Condensation for SR (Algorithm 1), one training image per unit of work.
+    """Instance Data Condensation for SR (Algorithm 1), one training image per unit.
 
-    Options: ``network_t`` / ``path.pretrain_network_t`` (teacher: features and up-sampling), optional
-    ``network_up`` / ``path.pretrain_network_up`` (a separate up-sampler, MambaIRv2 in the paper),
-    ``path.distilled_root`` (output folder, default ``<experiments_root>/distilled``), the ``distill`` section
-    (:data:`IDC_DEFAULTS`), ``datasets.train`` of type ``SRInstanceDataset`` and
+    Options: ``network_t`` / ``path.pretrain_network_t`` (teacher), optional ``network_up`` /
+    ``path.pretrain_network_up`` (up-sampler, MambaIRv2 in the paper), ``path.distilled_root``, ``distill``
+    (:data:`IDC_DEFAULTS`), ``datasets.train`` of type ``SRInstanceDataset``, and
     ``train.total_iter >= num_images * distill.iters_per_instance``.
 
     Raises:
-        ValueError: unknown ``distill`` keys or values of the wrong type, r outside (0, 1], counts and weights out
-            of range (:data:`IDC_RANGES`, e.g. a negative ``warmup_iters``), ``optim`` options that torch would
-            refuse (a ``lr`` <= 0, ``betas`` not a pair in [0, 1)), a too small ``train.total_iter``, a bad
-            schedule.
-        FloatingPointError: (``optimize_parameters``) a NaN or infinite loss or gradient; raised before the
-            optimiser step, naming the instance, the iteration and the loss terms (see ``check_finite``).
+        ValueError: Unknown ``distill`` keys or wrong types, values out of :data:`IDC_RANGES`, ``optim`` options torch
+            refuses, a too small ``train.total_iter``, a bad schedule.
+        FloatingPointError: (``optimize_parameters``) a non-finite loss or gradient, before the step, naming the
+            instance, iteration and loss terms.
     """
 
     def __init__(self, opt):
@@ -315,10 +301,9 @@ class IDCModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ instance start
     def start_unit(self, index, resumed):
-        """Start instance ``index`` (step 1 of Algorithm 1, see the module docstring); ``resumed``: its saved state.
-
-        Returns:
-            IDCInstance: The instance (``num_real`` 0 when the image is smaller than one patch).
+        """Start instance ``index`` (step 1 of the module docstring) from ``resumed`` if given; ``num_real`` 0 for an
+        image
+        smaller than one patch.
         """
         cfg = self.cfg
         data = self.source.load_instance(index)
@@ -388,9 +373,7 @@ class IDCModel(DistillBaseModel):
 
     @torch.no_grad()
     def _real_local_features(self, inst, real):
-        """A new RLFF for ``inst`` (channel subset drawn from its generator, Eq. 4-5) fitted to the teacher features
-        f(x) of the real LR patches ``real`` (N, 3, h, w) (eval mode, no_grad); returns the real local features
-        (P_r, p*p, C_out)."""
+        """A new RLFF for ``inst`` fitted to f(``real``); returns the real local features (P_r, p*p, C_out)."""
         cfg = self.cfg
         feat_real = self.amp.forward(self.tap.batched, real, cfg['real_batch_size'])  # float32
         inst.rlff = RandomLocalFourierFeatures(
@@ -405,13 +388,12 @@ class IDCModel(DistillBaseModel):
 
     @torch.no_grad()
     def _redraw(self, inst):
-        """Re-draw the instance's RLFF channel subset (Eq. 4-5) and its NCFD bank of frequencies from its generator.
+        """Re-draw the RLFF channel subset and the NCFD frequencies, and recompute the real side on them (groups keep
+        indices).
 
-        The real side follows: the teacher features of the real patches are computed again (eval mode, no_grad),
-        the new RLFF's BN statistics fitted to them, the real local features, the group centroids (the mean of each
-        K-means group's descriptors: the groups, the assignment and the L_pair partners keep their indices) and the
-        real characteristic functions on the new bank. NCFM draws fresh frequencies at every call; a re-draw every
-        ``redraw_every`` steps gives the same variety while the real side is computed once per re-draw.
+        NCFM draws new frequencies at every call; a re-draw every ``redraw_every`` steps gives that variety with the
+        real
+        side computed once per re-draw.
         """
         cfg = self.cfg
         inst.redraw_state = inst.generator.get_state()
@@ -425,10 +407,7 @@ class IDCModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ one step
     def _assign_round(self, step):
-        """Progressive assignment (Sec. 3.4): round j at step warmup + 1 + round((j - 1) * assign_iters / S).
-
-        Where several rounds fall on one step (assign_iters < S) the last of them is returned: the last round runs.
-        """
+        """Progressive assignment (Sec. 3.4): the round of ``step`` (the last if several fall on it)."""
         cfg = self.cfg
         rel = step - cfg['warmup_iters'] - 1
         num_steps, span = cfg['assign_steps'], cfg['assign_iters']
@@ -445,10 +424,10 @@ class IDCModel(DistillBaseModel):
         return inst.base_lr
 
     def idc_losses(self, inst, local_syn, step):
-        """L = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up) of ``inst``, with its assignment.
+        """L = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up) of ``inst``, updating its assignment.
 
         Args:
-            inst (IDCInstance): The instance (its bank, groups, assignment and generator are used and updated).
+            inst (IDCInstance): The instance.
             local_syn (Tensor): (P_s, p*p, C_out) local features of its x_hat.
             step (int): 1-based step inside the instance.
 
@@ -490,26 +469,18 @@ class IDCModel(DistillBaseModel):
         return self.step_units([inst], step, current_iter)[0]
 
     def step_units(self, insts, step, current_iter):
-        """One step of Algorithm 1 on each instance of ``insts`` (K = ``distill.instances_per_step``), together.
+        """One step of Algorithm 1 on the K = ``distill.instances_per_step`` instances together.
 
-        The x_hat of the K instances, (n_1 + ... + n_K, 3, h, w) in [0, 1], go through one teacher forward and one
-        backward; each instance then takes its own part of the features through its own RLFF and its own losses
-        L_k = w_ins L_ins (+ w_group L_group + w_pair L_pair after the warm-up; NCFD Eq. 2-3 / 6, Eq. 7-8), with its
-        own assignment schedule and seeded generator. The loss back-propagated is sum_k L_k: no term couples two
-        instances (the teacher in eval mode treats every patch on its own), so each x_hat gets the gradient it gets
-        alone, up to floating-point reordering. Each instance keeps its own Adam; with ``distill.update_lowpass`` s
-        > 1 each Adam step's change of x_hat is replaced by its s x s cell average, interpolated back bilinearly
-        (``ops/lowpass.py``; not in the paper); x_hat is clamped to [0, 1].
-
-        Every instance's losses are checked before the backward and every gradient before any Adam step, so a NaN in
-        one instance stops the run naming it while no instance's x_hat or optimiser state has moved.
+        One teacher forward and backward on the concatenated x_hat; each instance has its own RLFF, losses, schedule,
+        generator and Adam, and the backward of sum_k L_k gives each x_hat the gradient it gets alone (no term couples
+        instances). With ``distill.update_lowpass`` s > 1 each Adam update is low-passed (``ops/lowpass.py``; not in the
+        paper); x_hat is clamped to [0, 1]. All losses and gradients are checked before any Adam step.
 
         Returns:
-            list[bool]: Per instance, True for an image with no patch (written at once, with no pair).
+            list[bool]: Per instance, True for an image with no patch.
 
         Raises:
-            FloatingPointError: A NaN / infinite loss or gradient (before any Adam step; see ``check_finite``),
-                naming the instance.
+            FloatingPointError: A non-finite loss or gradient, naming the instance; no x_hat has moved.
         """
         active = [inst for inst in insts if inst.num_real]
         every = int(self.cfg['redraw_every'])
@@ -598,8 +569,10 @@ class IDCModel(DistillBaseModel):
         return states or None
 
     def summary_fields(self):
-        """``distill.json``'s ``summary``: how far x_hat moved from its start (mean absolute difference per pair, LR
-        [0, 1] units: mean, median, max) and the final L_ins of the instances (mean), over the pairs written."""
+        """``summary``: x_hat's displacement from its start (mean absolute difference per pair, LR [0, 1] units: mean,
+        median,
+        max) and the mean final L_ins.
+        """
         pairs = self.writer.manifest.get('pairs', [])
         mad = sorted(p['x_hat_mad'] for p in pairs if 'x_hat_mad' in p)
         l_ins = {p['instance']: p['final_l_ins'] for p in pairs if 'final_l_ins' in p}

@@ -1,34 +1,19 @@
 """Dataset distillation for SR without class labels and pre-trained SR networks (Minimax-SR) as a BasicSR model.
 
-Three stages, each a unit of work of BasicSR's loop, each persisted, a rerun skipping finished stages:
+Three persisted stages, each a unit of BasicSR's loop (a rerun skips finished stages):
 
-1. iteration 1: PSNR_bic patch selection of the HR images of ``datasets.train`` (PSNR_bic at the top-level
-   ``scale``), image features and seeded k-means pseudo-labels (data/patch_selection.py), saved as
-   ``<work_dir>/stage1_selection.json``; the selected patches themselves are streamed into the uint8 store
-   ``<work_dir>/stage1_patches.npy`` (one source image in memory at a time);
-2. iterations 2 .. 1 + F: DiT fine-tuning with DiffFit (archs/dit_difffit_arch.py) on the selected patches as the
-   reference trains (Minimax Diffusion's ``train_dit.py``): every step reads its batch from the store (the patches
-   in a seeded random order, epoch after epoch), flips each horizontally with probability 1/2 and encodes it
-   with a fresh sample of the VAE posterior; loss L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR (Eq. 2-6,
-   losses/minimax_loss.py) with per-class FIFO memories, AdamW, EMA; saved as ``<work_dir>/stage2_difffit.pth``;
-3. iterations 2 + F .. 1 + F + k: one pseudo-class per iteration: sampling with the EMA weights, a diffusers
-   scheduler (:func:`build_sampler`: never clips its x0-predictions) and classifier-free guidance, VAE decode; HR
-   written with its bicubic x1/scale LR (label and seed of every image in distill.json).
+1. iteration 1: PSNR_bic patch selection of ``datasets.train`` at the top-level ``scale``, image features and
+   seeded k-means pseudo-labels (data/patch_selection.py): ``<work_dir>/stage1_selection.json`` and the uint8 patch
+   store ``<work_dir>/stage1_patches.npy``;
+2. iterations 2 .. 1 + F: DiT fine-tuning with DiffFit as Minimax Diffusion's ``train_dit.py`` (per step: a seeded
+   batch of the store, random flips, a fresh VAE posterior sample); L_simple + lambda_r L_r + lambda_d L_d +
+   lambda_sr L_SR (Eq. 2-6, losses/minimax_loss.py), per-class FIFO memories, AdamW, EMA:
+   ``<work_dir>/stage2_difffit.pth``;
+3. iterations 2 + F .. 1 + F + k: one pseudo-class per iteration, sampled with the EMA weights, a non-clipping
+   diffusers scheduler (:func:`build_sampler`) and classifier-free guidance; HR written with its bicubic x1/scale LR.
 
-Every random draw of stage 2 (batch order, flips, posterior noise, timesteps, noise, label dropout) comes from the
-stage's seeded generators (``unit_generator(1)`` and, for the order of epoch e, ``unit_generator(1, salt=1 + e)``),
-never from the global RNG, so reruns and ``--auto_resume`` are byte-identical.
-
-Pseudo-class c is DiT label ``label_offset + c`` (the null label for guidance stays ``num_embeds_ada_norm``), see
-archs/dit_difffit_arch.py.
-
-Several processes (``--launcher pytorch``, see distill_base_model.py): stage 1 is computed by rank 0 and read by the
-others after a barrier; stage 2 runs on every rank with the DiT in DistributedDataParallel, every rank drawing the
-whole batch (same generator), encoding its slice ``finetune.batch_size / W`` of the real patches (the latents then
-gathered) and computing the losses of that slice (see :meth:`finetune_losses`), so the step's gradient is the
-single-process one up to the order of float sums; rank 0 saves stage 2; stage 3's
-pseudo-classes are shared out like IDC's instances (rank k: classes k, k + W, ...; local iteration
-``2 + F + j`` samples class ``j * W + k``).
+Every random draw comes from the stages' seeded generators, never the global RNG. Pseudo-class c is DiT label
+``label_offset + c``. Several processes: docs/MultiProcess.md; departures from the paper: docs/Methods_Minimax.md.
 """
 import os
 import os.path as osp
@@ -133,25 +118,21 @@ def _build(section, builder, tiny, option, seed):
 class MinimaxDiffusionModel(DistillBaseModel):
     """Minimax-SR: label-free diffusion distillation in three persisted stages (see the module docstring).
 
-    Options: ``datasets.train`` of type ``DistillStageDataset`` with the stage-1 data (``MINIMAX_DATA_KEYS``:
-    ``dataroot_gt``, ``meta_info_file``, ``gt_size``, ``stride``), the ``distill`` section (:data:`MINIMAX_DEFAULTS`),
-    ``path.distilled_root`` and ``train.total_iter >= 1 + finetune.iters + stage1.k``.
+    Options: ``datasets.train`` of type ``DistillStageDataset`` with the stage-1 data (``MINIMAX_DATA_KEYS``), the
+    ``distill`` section (:data:`MINIMAX_DEFAULTS`), ``path.distilled_root`` and
+    ``train.total_iter >= 1 + finetune.iters + stage1.k``.
 
     Raises:
-        ValueError: unknown or invalid options (named; wrong types, ``stage1.k`` or ``sample.images_per_class``
-            < 1, ``finetune.sr_timesteps`` not a range of [0, T], a ``sample.scheduler`` not in :data:`SAMPLERS`,
-            a ``stage1.scale`` other than ``scale`` ...), a too small ``train.total_iter``, a stage-1 image that is
-            not an image or a truncated PNG (named; checked before the DiT and VAE are built), with several
-            processes a ``finetune.batch_size`` that is not a multiple of their number.
-        FileNotFoundError: missing local DiT / VAE / CLIP folders (named by their option), a missing or empty
-            ``datasets.train.dataroot_gt`` (named).
-        FloatingPointError: (``optimize_parameters``) a NaN or infinite stage-2 loss or gradient; raised before the
-            optimiser step, naming the stage, the iteration and the loss terms (see ``check_finite``).
+        ValueError: Unknown or invalid options (named), a too small ``train.total_iter``, a stage-1 file that is not an
+            image or a truncated PNG (before the DiT and VAE are built), with several processes a
+            ``finetune.batch_size`` that is not a multiple of their number.
+        FileNotFoundError: Missing local DiT / VAE / CLIP folders or ``datasets.train.dataroot_gt`` (named).
+        FloatingPointError: (``optimize_parameters``) a non-finite stage-2 loss or gradient, before the step.
     """
 
     @classmethod
     def run_output_folders(cls, opt):
-        """``path.distilled_root`` and ``distill.work_dir`` (not locked: it belongs to the locked set's run); see
+        """``path.distilled_root`` and ``distill.work_dir`` (not locked); see
         :meth:`DistillBaseModel.run_output_folders`."""
         work = (opt.get('distill') or {}).get('work_dir')
         return super().run_output_folders(opt) + [
@@ -226,7 +207,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
                          f'{cfg["sample"]["images_per_class"]} images -> {root} (work dir {self.work_dir})')
 
     def _check_options(self):
-        """Counts of the ``distill`` section, before any model is built (types: ``merge_options``)."""
+        """Counts of the ``distill`` section, checked before any model is built."""
         cfg = self.cfg
         if not isinstance(cfg['stage1'], dict):
             raise ValueError(f'option distill.stage1 must be a mapping of options, got {cfg["stage1"]!r}')
@@ -260,11 +241,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
                              f'of the {self.world_size} processes (each computes an equal slice of the batch)')
 
     def _check_stage1_images(self):
-        """Stage-1 options and images checked before the DiT and VAE are built (cheap: headers, PNG chunks).
-
-        Images smaller than one ``gt_size`` patch (after the crop to a multiple of the scale) are named in one
-        warning (stage 1 skips them); a folder without any image of one patch is an error naming the folder.
-        """
+        """Stage-1 options and image headers checked before the DiT and VAE are built; images below one patch are warned
+        of."""
         opts = stage1_options(self.stage1_opt)
         size, scale, small = opts['gt_size'], opts['scale'], []
         paths = list_images(opts['dataroot_gt'], opts['meta_info_file'])
@@ -283,14 +261,11 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ stage 1
     def stage1(self):
-        """Selection, pseudo-labels and the patch store (persisted; reused when the options and images are unchanged).
-
-        With several processes (all call it at the same iteration) rank 0 computes or reuses the files and the others
-        read them after a barrier.
+        """Selection, pseudo-labels and patch store, reused when options and images are unchanged (rank 0 computes
+        them).
 
         Returns:
-            dict: The selection (:func:`~basicsr_distill.data.patch_selection.load_selection`); ``self.store`` is
-            its :class:`~basicsr_distill.data.patch_selection.PatchStore`.
+            dict: The selection (``patch_selection.load_selection``); ``self.store`` is its ``PatchStore``.
         """
         if self.selection is None:
             path = osp.join(self.work_dir, 'stage1_selection.json')
@@ -325,16 +300,10 @@ class MinimaxDiffusionModel(DistillBaseModel):
                 params[name].copy_(value.to(params[name].device))
 
     def batch_indices(self, step):
-        """Patch indices of fine-tuning step ``step`` (1-based): the patches in a random order, epoch after epoch.
+        """(B,) int64 CPU patch indices in [0, N) of fine-tuning step ``step`` (1-based), B = ``finetune.batch_size``.
 
-        Positions ``(step - 1) B .. step B - 1`` of the concatenated epochs (B = ``finetune.batch_size``); epoch e
-        is a permutation of the N patches drawn from ``unit_generator(1, salt=1 + e)``, so every patch is seen once
-        per epoch (the reference's shuffled DataLoader) and the order is a function of the step alone (nothing to
-        save for ``--auto_resume``). A batch may straddle two epochs (the reference drops an epoch's last partial
-        batch instead).
-
-        Returns:
-            Tensor: (B,) int64 indices in [0, N) (CPU).
+        Positions ``(step - 1) B .. step B - 1`` of the concatenated epochs; epoch e is a permutation drawn from
+        ``unit_generator(1, salt=1 + e)``, so the order depends on the step alone.
         """
         n, size = len(self.ft.labels), int(self.cfg['finetune']['batch_size'])
         pos = torch.arange((step - 1) * size, step * size)
@@ -348,15 +317,13 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     @torch.no_grad()
     def encode_real(self, indices, flips, posterior_noise):
-        """Scaled latents of stored patches as the reference makes them every step: flip, encode, posterior sample.
-
-        ``z0 = (mean + std * noise) * scaling_factor`` of the VAE posterior of the (flipped) patch in [-1, 1], i.e.
-        ``vae.encode(2 x - 1).latent_dist.sample() * 0.18215`` with the noise given (drawn from the stage's
-        generator, not from diffusers' global one).
+        """Scaled VAE posterior samples of stored patches: ``vae.encode(2 x - 1).latent_dist.sample() * 0.18215`` with
+        the
+        given noise.
 
         Args:
             indices (Tensor): (b,) patch indices.
-            flips (Tensor): (b,) bool, flip the patch left-right.
+            flips (Tensor): (b,) bool, flip left-right.
             posterior_noise (Tensor): (b, C, h, w) standard normal noise (CPU).
 
         Returns:
@@ -405,28 +372,17 @@ class MinimaxDiffusionModel(DistillBaseModel):
     def finetune_losses(self, z0, labels, generator):
         """One fine-tuning step's losses (Eq. 2-6) for latents z0 (B, C, h, w) of pseudo-classes ``labels`` (B,).
 
-        With ``t ~ U{0, T - 1}``, noise ``eps`` and ``z_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps`` (drawn in this order
-        from ``generator``, then the label dropout): the DiT's first C output channels are its epsilon (learned-sigma
-        DiTs return 2C; the variance channels enter no loss), ``L_simple = mean((eps_theta - eps)^2)`` (Eq. 2),
-        ``z_hat = predict_x0_from_eps`` (with its gradient) for L_r / L_d (Eq. 3-4, against the memories as they
-        were before this step) and ``L_SR = -(1 / B) sum_{i: lo <= t_i < hi} E(clamp(D(z_hat_i), 0, 1))`` (Eq. 5;
-        E the high-frequency energy of :func:`~basicsr_distill.losses.minimax_loss.sr_loss`, D the VAE decoder with
-        its gradient, [lo, hi) = ``finetune.sr_timesteps``; the samples outside the range count as 0, so the term
-        has the same scale whatever the split into processes; 0 when no sample is in range or ``lambda_sr`` is 0,
-        then nothing is decoded).
-
-        Every process draws the timesteps, noise and label dropout of the whole batch (the same generator state
-        everywhere) and runs the DiT (and the VAE decoding of L_SR) on its slice ``rank * B / W .. (rank + 1) * B /
-        W`` only. DistributedDataParallel averages the W gradients: the batch means L_simple and L_SR of equal slices
-        average to the whole batch's; L_r and L_d (a min / max over the whole batch) are computed on every process on
-        the whole batch of predictions (the other slices gathered, detached), so each process's gradient reaches its
-        own slice only, and they enter its objective times W. The sum is the single-process gradient up to the order
-        of float additions. One process: the plain single-batch computation.
+        t ~ U{0, T - 1}, eps and the label dropout are drawn from ``generator`` in that order. L_simple (Eq. 2) is on
+        the
+        DiT's first C output channels; L_r / L_d (Eq. 3-4) use ``predict_x0_from_eps`` against the memories before this
+        step; ``L_SR = -(1 / B) sum_{i: lo <= t_i < hi} E(clamp(D(z_hat_i), 0, 1))`` (Eq. 5, [lo, hi) =
+        ``finetune.sr_timesteps``, 0 when no sample is in range or ``lambda_sr`` is 0). With W processes each runs its
+        slice
+        of B / W and the summed gradient equals the single-process one up to float order (docs/MultiProcess.md).
 
         Returns:
-            tuple[dict[str, Tensor], Tensor, Tensor]: the losses of the whole batch (l_simple, l_r, l_d, l_sr,
-            l_total; the batch means averaged over the processes), pred_x0 of the whole batch (B, C, h, w, detached)
-            and this process's objective to back-propagate.
+            tuple[dict[str, Tensor], Tensor, Tensor]: the whole batch's losses (l_simple, l_r, l_d, l_sr, l_total),
+            pred_x0 (B, C, h, w, detached) and this process's objective to back-propagate.
         """
         ft, st = self.cfg['finetune'], self.ft
         t_cpu = torch.randint(0, ft['num_train_timesteps'], (z0.shape[0], ), generator=generator)
@@ -469,12 +425,8 @@ class MinimaxDiffusionModel(DistillBaseModel):
         return losses, pred_x0.detach(), objective
 
     def real_batch(self, step):
-        """Step ``step``'s real batch as the reference draws it: patches, labels, flips, posterior samples.
-
-        Draws, in this order, from the stage generator: the flips (B,) (``finetune.hflip``; probability 1/2) and the
-        posterior noise (B, C, h, w); the indices come from :meth:`batch_indices`. Each process encodes its slice
-        of the batch (see :meth:`finetune_losses`) and the latents are gathered, so every process holds the whole
-        batch (for the real memory).
+        """Step ``step``'s real batch: flips (p = 1/2 with ``finetune.hflip``) and posterior noise drawn from the stage
+        generator, indices from :meth:`batch_indices`; each process encodes its slice, then the latents are gathered.
 
         Returns:
             tuple[Tensor, Tensor]: z0 (B, C, h, w) latents and labels (B,), on the model's device.
@@ -530,12 +482,10 @@ class MinimaxDiffusionModel(DistillBaseModel):
     # ------------------------------------------------------------------------------------------ stage 3
     @torch.no_grad()
     def sample_class(self, c):
-        """Images of pseudo-class c with classifier-free guidance, from the EMA-weighted DiT.
+        """Images of pseudo-class c with classifier-free guidance from the EMA-weighted DiT.
 
-        Image j starts from ``z_T ~ N(0, I)`` of its own generator (seed ``sample.seed * 1000003 + c * 10007 + j``,
-        which also drives a stochastic sampler's noise); each of ``sample.steps`` steps of :func:`build_sampler`
-        (no clipping) takes ``eps = eps_u + guidance_scale (eps_c - eps_u)`` on the C epsilon channels; the last
-        latent is decoded and clamped to [0, 1].
+        Image j starts from z_T ~ N(0, I) of its own generator (seed ``sample.seed * 1000003 + c * 10007 + j``); each
+        step takes ``eps = eps_u + guidance_scale (eps_c - eps_u)``; the last latent is decoded and clamped.
 
         Returns:
             tuple[Tensor, list[int]]: (n, 3, H, W) images in [0, 1] and the seed of each.
@@ -569,7 +519,7 @@ class MinimaxDiffusionModel(DistillBaseModel):
         return (current_iter - 2 - self.F) * self.world_size + self.rank, 1
 
     def start_unit(self, index, resumed):
-        """Stage-3 unit ``index`` (pseudo-class); needs the fine-tuned DiT of stage 2.
+        """Stage-3 unit ``index`` (a pseudo-class).
 
         Raises:
             RuntimeError: ``stage2_difffit.pth`` is missing.
@@ -606,12 +556,10 @@ class MinimaxDiffusionModel(DistillBaseModel):
 
     # ------------------------------------------------------------------------------------------ loop
     def optimize_parameters(self, current_iter):
-        """Iteration 1: stage 1 (PSNR_bic selection, pseudo-classes); 2 .. 1 + finetune.iters: one DiffFit step of
-        stage 2 (L_simple + lambda_r L_r + lambda_d L_d + lambda_sr L_SR, Eq. 2-6); then one pseudo-class of stage-3
-        sampling per iteration. Each stage's result is persisted and skipped when it exists.
+        """Iteration 1: stage 1; 2 .. 1 + finetune.iters: one stage-2 step; then one stage-3 pseudo-class per iteration.
 
         Raises:
-            FloatingPointError: A NaN / infinite loss or gradient in stage 2 (before the optimiser step).
+            FloatingPointError: A non-finite stage-2 loss or gradient (before the optimiser step).
         """
         if current_iter == 1:
             self.stage1()

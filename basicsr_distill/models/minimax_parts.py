@@ -7,13 +7,13 @@ from typing import Any
 
 @dataclass
 class MinimaxStage2State:
-    """Stage 2 (DiffFit fine-tuning) while it runs; dropped when ``stage2_difffit.pth`` is written.
+    """Stage 2 (DiffFit fine-tuning) while it runs.
 
     Attributes:
         store (PatchStore): The N selected patches (uint8, read per step).
         labels (Tensor): (N,) pseudo-labels in [0, k) (CPU).
         generator (torch.Generator): The stage's seeded generator (flips, posterior noise, timesteps, noise, label
-            dropout; the batch order has one generator per epoch, see :meth:`MinimaxDiffusionModel.batch_indices`).
+            dropout; batch order: one generator per epoch).
         optimizer (Optimizer): AdamW on the DiffFit tensors.
         ema (EMA): EMA of the DiT's trainable tensors.
         real_mem (FIFOMemory), syn_mem (FIFOMemory): Per-class memories of real and predicted latents.
@@ -42,20 +42,12 @@ MINIMAX_DATA_KEYS = ('dataroot_gt', 'meta_info_file', 'gt_size', 'stride')
 
 
 def stage1_section(opt):
-    """The stage-1 options of a Minimax-SR option dict: ``distill.stage1`` plus the data keys of ``datasets.train``.
-
-    Args:
-        opt (dict): Whole options (``datasets.train`` and ``distill``).
-
-    The PSNR_bic factor ``scale`` is the top-level ``scale`` (the SR scale, x4 in the paper's Eq. 1); an explicit
-    ``distill.stage1.scale`` must equal it.
-
-    Returns:
-        dict: The section :func:`~basicsr_distill.data.patch_selection.run_stage1` takes.
+    """The stage-1 options for :func:`~basicsr_distill.data.patch_selection.run_stage1`: ``distill.stage1`` plus the
+    data
+    keys of ``datasets.train``, with ``scale`` the top-level SR scale (Eq. 1).
 
     Raises:
-        ValueError: A data key given in ``distill.stage1`` (it belongs to ``datasets.train``), naming both places;
-            a ``distill.stage1.scale`` that differs from the top-level ``scale``, naming both.
+        ValueError: A data key in ``distill.stage1``, or a ``distill.stage1.scale`` other than ``scale`` (naming both).
     """
     stage1 = dict((opt.get('distill') or {}).get('stage1') or {})
     moved = [k for k in MINIMAX_DATA_KEYS if k in stage1]
@@ -105,18 +97,10 @@ SAMPLER_SPACING = {
 
 
 def build_sampler(name, train_config):
-    """The stage-3 sampler: diffusers scheduler ``name`` on the training schedule, never clipping (see above).
+    """A fresh stage-3 sampler ``name`` (:data:`SAMPLERS`) on the training schedule, never clipping.
 
-    Every setting of diffusers' constructor that changes the sampling is set explicitly (:data:`SAMPLER_SETTINGS`,
-    :data:`SAMPLER_SPACING`), so no diffusers default is inherited unchecked; the schedule itself (betas, T) is the
-    training scheduler's.
-
-    Args:
-        name (str): One of :data:`SAMPLERS`.
-        train_config (Mapping): The training ``DDPMScheduler``'s config.
-
-    Returns:
-        SchedulerMixin: A fresh scheduler (call ``set_timesteps`` before use).
+    Every setting that changes sampling is explicit (:data:`SAMPLER_SETTINGS`, :data:`SAMPLER_SPACING`); betas and T
+    are the training scheduler's (``train_config``). Call ``set_timesteps`` before use.
 
     Raises:
         ValueError: ``name`` is not in :data:`SAMPLERS` (names the option).
@@ -130,19 +114,10 @@ def build_sampler(name, train_config):
 
 
 def build_train_scheduler(num_train_timesteps, beta_schedule):
-    """The fine-tuning noise schedule: diffusers ``DDPMScheduler`` with DiT's betas.
+    """The fine-tuning ``DDPMScheduler`` with DiT's betas, ``clip_sample=False``.
 
-    DiT (``get_named_beta_schedule``) scales the linear schedule by 1000 / T (beta from 1e-4 * 1000 / T to
-    0.02 * 1000 / T), diffusers does not: the scaled values are passed, equal to diffusers' defaults for T = 1000.
-    Other schedules (``squaredcos_cap_v2``: DiT's cosine) are diffusers' own. ``clip_sample=False`` as every sampler
-    (it does not act on ``add_noise``).
-
-    Args:
-        num_train_timesteps (int): T.
-        beta_schedule (str): A diffusers beta schedule name.
-
-    Returns:
-        DDPMScheduler: The training scheduler (``add_noise``, ``alphas_cumprod``).
+    DiT scales the linear schedule by 1000 / T (beta from 1e-4 * 1000 / T to 0.02 * 1000 / T), diffusers does not: the
+    scaled values are passed. Other schedules are diffusers' own.
     """
     from diffusers import DDPMScheduler
     extra = {}

@@ -1,34 +1,19 @@
-"""DCSR patch selection (Ding et al., "Not All Patches Are Equal: Hierarchical Dataset Condensation for Single
-Image Super-Resolution", IEEE SPL 2023), as a coreset baseline on a pool of HR patches.
+"""DCSR patch selection (Ding et al., "Not All Patches Are Equal: Hierarchical Dataset Condensation for Single Image
+Super-Resolution", IEEE SPL 2023) as a coreset baseline on a pool of HR patches.
 
-1. **Texture complexity** of every patch: the mean Sobel gradient magnitude of its luma (:func:`texture_complexity`).
-2. **Pruning**: keep the patches whose complexity is strictly above the median of the pool.
-3. **Clustering**: k-means (15 clusters by default, seeded) on a texture descriptor of the kept patches
-   (:func:`texture_features`: gradient-magnitude and gradient-orientation histograms).
-4. **Even sampling**: the same number of patches from every cluster (round-robin), up to the budget.
+1. Texture complexity: the mean Sobel gradient magnitude of the luma (:func:`texture_complexity`).
+2. Pruning: keep the patches strictly above the median complexity.
+3. Clustering: seeded k-means (15 clusters) on texture descriptors of the kept patches (:func:`texture_features`).
+4. Even sampling: the same number of patches from every cluster (round-robin), up to the budget.
 
-Decisions where the paper is silent (or that a baseline must fix):
-
-* Luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (float64), 3x3 Sobel with ``cv2.BORDER_REFLECT``, magnitude
-  ``sqrt(gx^2 + gy^2) / 4`` (a unit step reads 1), the same as
-  :func:`~basicsr_distill.data.sr_class_dataset.color_gradient_features`.
-* Texture descriptor: 8 + 9 values, each histogram summing to 1 (so k-means runs on the raw values, no
-  standardisation): the fraction of pixels in the 8 log-spaced magnitude bins
-  :data:`~basicsr_distill.data.sr_class_dataset.GRADIENT_BIN_EDGES` ``[0, 1/128, ..., 1/2, inf)``, and a
-  magnitude-weighted histogram of the unsigned gradient orientation ``atan2(gy, gx) mod 180 deg`` in 9 bins of
-  20 deg centred on 0, 20, ..., 160 deg (one global HOG cell; all zeros for a flat patch).
-* k-means: scikit-learn ``KMeans(n_clusters=min(num_clusters, kept), n_init=10, random_state=seed)``
-  (:func:`~basicsr_distill.ops.clustering.seeded_kmeans`, k-means' own cluster ids).
-* Even sampling, seeded: the members of each cluster are put in a random order and the clusters in a random order
-  (``torch.Generator().manual_seed(seed)``), then round ``r`` takes the ``r``-th member of every cluster that still
-  has one, cluster after cluster, until ``num_select`` patches are taken. Every cluster therefore gets the same
-  quota, small clusters give all they have and the remainder of the last round goes to the clusters first in the
-  random order (water-filling: per-cluster counts differ by at most 1 except for exhausted clusters). A departure
-  from the released code (QingtangDing/DCSR), which takes a uniform 20 % of each cluster (in proportion to its
-  size); equal counts meet any budget exactly (the benchmark compares sets of equal pair counts). Its complexity
-  is ``0.5 |gx| + 0.5 |gy|`` on grayscale and its texture features come from an unreleased DeepTen network.
-* Budget larger than the kept half: all kept patches are taken, then the others by decreasing complexity (ties:
-  lowest index); a warning says how many were filled that way.
+Choices where the paper is silent: luma ``0.299 R + 0.587 G + 0.114 B`` (float64), 3x3 Sobel divided by 4 (a unit
+step reads 1) with ``cv2.BORDER_REFLECT``, as ``data.sr_class_dataset.color_gradient_features``; descriptors are
+histograms summing to 1 (k-means on raw values); k-means is :func:`~basicsr_distill.ops.clustering.seeded_kmeans`
+with ``min(num_clusters, kept)`` clusters. Sampling shuffles each cluster and the cluster order (seeded), then takes
+round-robin, so per-cluster counts differ by at most 1 except for exhausted clusters. Departure from the released
+code (QingtangDing/DCSR, a uniform 20 % per cluster): equal counts meet any budget exactly, as the benchmark compares
+sets of equal size. A budget above the kept half takes all kept patches, then the others by decreasing complexity
+(ties: lowest index), with a warning.
 """
 import cv2
 import math
@@ -70,19 +55,16 @@ def _sobel(luma):
 
 
 def texture_complexity(patches):
-    """Texture complexity of each patch: the mean Sobel gradient magnitude of its luma.
-
-    ``c = mean_{pixels} sqrt(gx^2 + gy^2)``, with the 3x3 Sobel gradients divided by 4 (a unit step reads 1),
-    border reflected (``cv2.BORDER_REFLECT``), luma ``0.299 R + 0.587 G + 0.114 B``.
+    """Texture complexity of each patch: ``mean_pixels sqrt(gx^2 + gy^2)`` of its luma (see the module docstring).
 
     Args:
         patches (ndarray | Tensor): (N, H, W, 3) RGB or (N, H, W) luma patches, float in [0, 1], H, W >= 2.
 
     Returns:
-        ndarray: (N,) float64 complexities, >= 0 (0 for a flat patch).
+        ndarray: (N,) float64, >= 0 (0 for a flat patch).
 
     Raises:
-        ValueError: on other shapes, empty input or non-finite values.
+        ValueError: Other shapes, empty input or non-finite values.
     """
     luma = _luma_batch(patches)
     out = np.empty(luma.shape[0])
@@ -93,23 +75,21 @@ def texture_complexity(patches):
 
 
 def texture_features(patches):
-    """Texture descriptor of each patch for DCSR's k-means: magnitude and orientation histograms of its gradient.
+    """Texture descriptor of each patch: gradient magnitude and orientation histograms (Sobel of
+    :func:`texture_complexity`).
 
-    For the Sobel gradients of :func:`texture_complexity`:
-
-    * values 0-7: fractions of the pixels whose magnitude falls in the bins :data:`GRADIENT_BIN_EDGES`;
-    * values 8-16: magnitude-weighted histogram of the unsigned orientation ``theta = atan2(gy, gx) mod 180 deg``,
-      bin ``b = floor((theta + 10 deg) / 20 deg) mod 9`` (bins centred on 0, 20, ..., 160 deg, so 0 and 179.9 deg
-      share bin 0), divided by the total magnitude (all zeros for a flat patch).
+    Values 0-7: fractions of the pixels in the magnitude bins :data:`GRADIENT_BIN_EDGES`; values 8-16: the
+    magnitude-weighted histogram of ``atan2(gy, gx) mod 180 deg`` in 9 bins centred on 0, 20, ..., 160 deg, divided by
+    the total magnitude (all zeros for a flat patch).
 
     Args:
-        patches (ndarray | Tensor): (N, H, W, 3) RGB or (N, H, W) luma patches, float in [0, 1], H, W >= 2.
+        patches (ndarray | Tensor): As :func:`texture_complexity`.
 
     Returns:
         ndarray: (N, 17) float64.
 
     Raises:
-        ValueError: on other shapes, empty input or non-finite values.
+        ValueError: Other shapes, empty input or non-finite values.
     """
     luma = _luma_batch(patches)
     edges = np.array(GRADIENT_BIN_EDGES)
@@ -129,11 +109,7 @@ def texture_features(patches):
 
 
 def _round_robin(labels, seed):
-    """Order of the samples for even sampling: seeded order inside each cluster and of the clusters, round-robin.
-
-    Returns:
-        ndarray: a permutation of ``range(len(labels))``; its first n entries are the even sample of size n.
-    """
+    """A permutation whose first n entries are the seeded even sample of size n."""
     gen = torch.Generator().manual_seed(int(seed))
     clusters = np.unique(labels)
     cluster_rank = np.empty(int(clusters.max()) + 1, dtype=np.int64)
@@ -146,29 +122,22 @@ def _round_robin(labels, seed):
 
 
 def select_dcsr_from_descriptors(complexity, features, num_select, num_clusters=15, seed=0, return_info=False):
-    """DCSR selection from precomputed complexities and texture descriptors (see the module docstring).
-
-    The rule: keep the patches with ``complexity > median(complexity)`` (strictly); if more are kept than
-    ``num_select``, run k-means with ``min(num_clusters, kept)`` clusters on their descriptors and take the first
-    ``num_select`` of the seeded round-robin over the clusters; otherwise take every kept patch and fill up with the
-    others by decreasing complexity (ties: lowest index), with a warning.
+    """DCSR selection from precomputed complexities and descriptors (the rule is in the module docstring).
 
     Args:
-        complexity (ndarray): (N,) texture complexities (:func:`texture_complexity`).
-        features (ndarray): (N, D) texture descriptors (:func:`texture_features`).
+        complexity (ndarray): (N,) texture complexities.
+        features (ndarray): (N, D) texture descriptors.
         num_select (int): n, 1 <= n <= N.
-        num_clusters (int): k-means clusters (the paper: 15), >= 1. Default: 15.
+        num_clusters (int): k-means clusters, >= 1. Default: 15.
         seed (int): Seed of k-means and of the sampling order. Default: 0.
         return_info (bool): Also return a dict of details. Default: False.
 
     Returns:
-        list[int] | tuple[list[int], dict]: n distinct indices in the order taken (round-robin order, then the
-        fill). With ``return_info``: ``{'median', 'kept' ((N,) bool), 'labels' ((N,) int64, the cluster of each
-        kept patch, -1 for the others and when no clustering ran), 'per_cluster' (list of the counts taken per
-        cluster id), 'num_clusters' (used), 'num_filled' (patches taken from the pruned half)}``.
+        list[int] | tuple[list[int], dict]: n distinct indices in the order taken. The dict: ``median``, ``kept``
+        ((N,) bool), ``labels`` ((N,) int64, -1 where not clustered), ``per_cluster``, ``num_clusters``, ``num_filled``.
 
     Raises:
-        ValueError: if the shapes do not match, values are not finite, or n / num_clusters are out of range.
+        ValueError: Shapes that do not match, non-finite values, n or num_clusters out of range.
     """
     complexity = np.asarray(complexity, dtype=np.float64)
     feats = as_feature_matrix(features)
@@ -212,24 +181,15 @@ def select_dcsr_from_descriptors(complexity, features, num_select, num_clusters=
 
 
 def select_dcsr(patches_hr, num_select, num_clusters=15, seed=0, return_info=False):
-    """DCSR: prune below-median Sobel complexity, k-means on texture descriptors, sample evenly per cluster.
-
-    :func:`texture_complexity` and :func:`texture_features` of the patches, then
-    :func:`select_dcsr_from_descriptors` (the rule and its decisions are in the module docstring).
+    """DCSR on HR patches: :func:`texture_complexity`, :func:`texture_features`, :func:`select_dcsr_from_descriptors`.
 
     Args:
         patches_hr (ndarray | Tensor): (N, H, W, 3) RGB or (N, H, W) luma HR patches, float in [0, 1].
-        num_select (int): n, 1 <= n <= N.
-        num_clusters (int): k-means clusters. Default: 15 (the paper's).
-        seed (int): Seed of k-means and of the sampling order. Default: 0.
-        return_info (bool): Also return the details dict of :func:`select_dcsr_from_descriptors`, with the
-            ``'complexity'`` (N,) added. Default: False.
-
-    Returns:
-        list[int] | tuple[list[int], dict]: see :func:`select_dcsr_from_descriptors`.
+        num_select, num_clusters, seed: As :func:`select_dcsr_from_descriptors`.
+        return_info (bool): Also return the details, with ``'complexity'`` (N,) added. Default: False.
 
     Raises:
-        ValueError: on invalid patches, n or num_clusters.
+        ValueError: Invalid patches, n or num_clusters.
     """
     complexity = texture_complexity(patches_hr)
     result = select_dcsr_from_descriptors(complexity, texture_features(patches_hr), num_select, num_clusters, seed,

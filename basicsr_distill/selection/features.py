@@ -1,13 +1,6 @@
-"""Per-patch feature vectors for the feature-space baselines (herding, k-center).
-
-Two embeddings of the LR patches:
-
-* ``'teacher'``: the SR teacher's deep features at a named layer (:class:`~basicsr_distill.utils.feature_tap.
-  FeatureTap`, as IDC matches them), global-average-pooled over the spatial positions: one C-vector per patch.
-* ``'random'``: the embedding of a randomly initialised, never trained DM ResNet18
-  (:func:`~basicsr_distill.archs.dm_resnet_arch.sample_dm_network`, instance norm, drawn from a seeded generator),
-  as DM / GSDD use it. Its final ``avg_pool2d`` kernel is ``min(4, ceil(min(h, w) / 8))`` so that patches smaller
-  than 25 px (e.g. 24x24 LR patches) still give a 512-vector (``pool_size=4``, the reference, from 25 px up).
+"""Per-patch feature vectors for herding and k-center: the teacher's features at a layer (:class:`FeatureTap`, as IDC
+matches them), global-average-pooled, or the embedding of a seeded random DM ResNet18 (as DM / GSDD use it; its
+final pool kernel is ``min(4, ceil(min(h, w) / 8))`` so patches under 25 px still give a 512-vector).
 """
 import math
 import numpy as np
@@ -20,15 +13,12 @@ FEATURE_KINDS = ('teacher', 'random')
 
 
 def random_feature_network(patch_size, generator, num_feat=64):
-    """The random DM ResNet18 used by ``patch_features(kind='random')`` for (h, w) = ``patch_size`` inputs.
+    """The frozen random DM ResNet18 of ``patch_features(kind='random')`` for (h, w) = ``patch_size`` inputs.
 
     Args:
         patch_size (tuple[int, int]): (h, w) of the LR patches, each >= 1.
-        generator (torch.Generator): Source of the weights (advanced).
-        num_feat (int): Width of the first stage (the reference: 64). Default: 64.
-
-    Returns:
-        DMResNet18: frozen, eval mode, on the generator's device, ``pool_size = min(4, ceil(min(h, w) / 8))``.
+        generator (torch.Generator): Source of the weights (advanced); its device is the network's.
+        num_feat (int): Width of the first stage. Default: 64.
     """
     pool = min(4, math.ceil(min(patch_size) / 8))
     return sample_dm_network(generator, num_feat=num_feat, pool_size=pool)

@@ -1,35 +1,26 @@
-"""A subset of the real patch pool of an option file, chosen by a coreset / pruning baseline and written in the
-distilled-set format: what ``scripts/select_subset.py`` runs, callable from Python (:func:`select_subset`).
+"""A subset of an option file's real patch pool, chosen by a coreset / pruning baseline and written as a distilled set
+(:func:`select_subset`; ``scripts/select_subset.py``).
 
-The patch pool is the one a distillation option file defines (its ``datasets.train``: HR folder, scale, gt_size,
-stride, as :class:`~basicsr_distill.data.sr_instance_dataset.SRInstanceDataset` cuts it), so the subset is directly
-comparable with the distilled set. Methods (:data:`METHODS`):
+The pool is the one the option file's ``datasets.train`` defines (as :class:`SRInstanceDataset` cuts it), so the
+subset is comparable with the distilled set. Methods (:data:`METHODS`):
 
 * ``random``: uniform, seeded;
-* ``herding``, ``kcenter``: on per-patch features of the LR patches, ``features='teacher'`` (the option file's
-  ``network_t`` loaded from ``path.pretrain_network_t``, features at ``distill.feature_layer`` or
-  ``feature_layer``, global-average-pooled) or ``features='random'`` (a seeded random DM ResNet18);
+* ``herding``, ``kcenter``: on pooled features of the LR patches, from the teacher ``network_t``
+(``features='teacher'``,
+  layer ``distill.feature_layer``) or a seeded random DM ResNet18 (``features='random'``);
 * ``dcsr``: Sobel complexity above the median, k-means (``num_clusters``) on texture descriptors, even sampling;
-* ``psnr_bic``: Threshold Crop Select: the patches below the median PSNR_bic (bicubic round trip at the option
-  file's scale), then a uniform seeded draw among them; ``psnr_bic_lowest``: the lowest PSNR_bic first.
+* ``psnr_bic``: a seeded uniform draw among the patches below the median PSNR_bic; ``psnr_bic_lowest``: the lowest
+  PSNR_bic first.
 
-Controls that isolate what a distillation method adds (:data:`CONTROLS`; the HR side is made as IDC makes it, by the
-option file's ``network_up`` if it has one, else its teacher ``network_t``, clamped to [0, 1]):
+Controls (:data:`CONTROLS`; HR = clamp(net(LR), 0, 1) with ``network_up`` if given, else ``network_t``, as IDC):
 
-* ``random_teacher_hr``: the LR patches of ``random`` (same seed: same pairs, same names and count), HR = the
-  network applied to the LR patch. It separates relabelling by the teacher from what IDC's optimisation of the LR adds;
-* ``idc_init``: IDC's initial x_hat, before any step (the first draws of each instance's seeded generator, exactly as
-  ``IDCModel`` draws them from the option file's ``manual_seed`` and ``distill.ratio`` / ``distill.init``), HR by the
-  same network. Its size is IDC's: n = max(1, round(r N)) per image; a size given that differs is refused. With
-  ``like`` an IDC set, that run's ``distill`` options, ``manual_seed`` and networks (from its ``distill.json``) are
-  used, so ``idc_init`` is the start of that very run;
-* ``random_generator_hr`` (GSDD's control): the patches of ``random`` with HR = clamp(G(LR), 0, 1), G the GSDD
-  generator ``network_g`` (``path.pretrain_network_g``; with ``like`` a GSDD set, that run's generator from its
-  ``distill.json``), and LR = the bicubic x 1/scale of that HR, exactly as ``GSDDModel`` writes a pair from a latent
-  z. It is GSDD with z = the bicubic LR of a random crop and neither inversion nor matching: the generator alone.
+* ``random_teacher_hr``: the LR patches of ``random`` (same seed, same names), HR by the network;
+* ``idc_init``: IDC's initial x_hat before any step (drawn as ``IDCModel`` draws it), at IDC's size
+  n = max(1, round(r N)) per image; with ``like`` an IDC set, the options of that run;
+* ``random_generator_hr`` (GSDD's): HR = clamp(G(LR), 0, 1) with GSDD's ``network_g``, LR = bicubic x 1/scale of
+  that HR, as ``GSDDModel`` writes a pair.
 
-The pool is read one image at a time (per-patch features / scores are kept, not the patches), and the images with
-chosen patches are read again to write them.
+See docs/Methods_IDC.md and docs/Methods_GSDD.md for what each control isolates.
 """
 import math
 import numbers
@@ -60,23 +51,14 @@ RANDOM_FEATURE_WIDTH = 64
 
 
 def load_teacher(opt, device):
-    """The option file's ``network_t`` with ``path.pretrain_network_t`` (strict, as the distillation models load it).
-
-    The weights are loaded by :func:`~basicsr_distill.utils.checkpoint.load_frozen_network` (``path.param_key_t``
-    and ``path.strict_load_t`` honoured; strict by default).
-
-    Args:
-        opt (dict): Whole options; ``network_t`` and ``path.pretrain_network_t`` are read.
-        device (torch.device | str): Where the network goes.
+    """The option file's ``network_t`` with ``path.pretrain_network_t``, frozen on ``device``.
 
     Returns:
-        tuple: ``(net, path)``: ``net`` (nn.Module) the network on ``device``, in eval mode without gradients;
-        ``path`` (str) its weights file (``path.pretrain_network_t``).
+        tuple: ``(net, path)``: the network in eval mode without gradients and its weights file.
 
     Raises:
-        ValueError: if ``network_t`` or ``path.pretrain_network_t`` is missing.
-        KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network`` (unknown network type;
-            missing, corrupt or truncated weights file; keys that do not fit the network).
+        ValueError: ``network_t`` or ``path.pretrain_network_t`` is missing.
+        KeyError, FileNotFoundError, ValueError, RuntimeError: As ``utils.checkpoint.load_frozen_network``.
     """
     path = (opt.get('path') or {}).get('pretrain_network_t')
     if not opt.get('network_t') or not path:
@@ -87,28 +69,15 @@ def load_teacher(opt, device):
 
 
 def load_hr_network(opt, device, method='random_teacher_hr'):
-    """The network that makes a control's HR side: for ``random_generator_hr`` GSDD's generator ``network_g``; for
-    the IDC controls ``network_up`` if the options give one, else the teacher ``network_t`` (as IDC makes its HR).
-
-    ``network_g`` is loaded with ``path.pretrain_network_g``, ``network_up`` with ``path.pretrain_network_up``,
-    ``network_t`` with ``path.pretrain_network_t`` (:func:`~basicsr_distill.utils.checkpoint.load_frozen_network`);
-    eval mode, no gradients. When ``network_up``
-    is given it is the one used, so its weights path must be given too (there is no fallback to the teacher).
-
-    Args:
-        opt (dict): Whole options (``network_g`` / ``network_up`` / ``network_t`` and ``path``).
-        device (torch.device | str): Where the network goes.
-        method (str): The control (:data:`CONTROLS`). Default: ``'random_teacher_hr'``.
+    """The frozen network that makes a control's HR side: ``network_g`` for ``random_generator_hr``, else ``network_up``
+    when given (no fallback), else ``network_t``.
 
     Returns:
-        tuple: ``(net, key)``: ``net`` (nn.Module) the frozen network on ``device``, ``key`` (str) ``'g'``, ``'up'``
-        or ``'t'``.
+        tuple: ``(net, key)``: the network on ``device`` and its key ``'g'``, ``'up'`` or ``'t'``.
 
     Raises:
-        ValueError: if the network chosen (``network_g``; ``network_up`` when given, else ``network_t``) or its
-            weights path (``path.pretrain_network_<key>``) is missing.
-        KeyError, FileNotFoundError, ValueError, RuntimeError: As ``load_frozen_network`` (unknown network type;
-            missing, corrupt or truncated weights file; keys that do not fit the network).
+        ValueError: The network chosen or its ``path.pretrain_network_<key>`` is missing.
+        KeyError, FileNotFoundError, ValueError, RuntimeError: As ``utils.checkpoint.load_frozen_network``.
     """
     key = 'g' if method == 'random_generator_hr' else ('up' if opt.get('network_up') else 't')
     has = opt.get(f'network_{key}') and (opt.get('path') or {}).get(f'pretrain_network_{key}')
@@ -126,14 +95,12 @@ def network_hr(net, lq, batch_size=32):
     """HR = clamp(net(lq), 0, 1), in batches without gradients, as IDC makes x_hat^HR.
 
     Args:
-        net (nn.Module): The x``scale`` network (eval mode), with at least one parameter: each batch is moved to the
-            device of its parameters for the forward.
-        lq (Tensor): (n, 3, h, w) float LR patches in [0, 1], on any device.
+        net (nn.Module): The x``scale`` network (eval mode); batches go to the device of its parameters.
+        lq (Tensor): (n, 3, h, w) float LR patches in [0, 1].
         batch_size (int): Patches per forward. Default: 32.
 
     Returns:
-        Tensor: (n, 3, scale h, scale w) on the CPU, in [0, 1] (the dtype of ``net``'s output); for n = 0 an empty
-        (0, 3, 0, 0) tensor of ``lq``'s dtype and device.
+        Tensor: (n, 3, scale h, scale w) in [0, 1] on the CPU; for n = 0 an empty (0, 3, 0, 0) tensor.
     """
     device = next(net.parameters()).device
     out = [net(lq[i:i + batch_size].to(device)).clamp(0, 1).cpu() for i in range(0, lq.shape[0], batch_size)]
@@ -143,28 +110,15 @@ def network_hr(net, lq, batch_size=32):
 def idc_options_of(opt, idc_set):
     """``opt`` with the options of the IDC run that wrote ``idc_set``, so that ``idc_init`` reproduces its x_hat.
 
-    The run's options are the ``options`` of ``idc_set``'s ``distill.json``: its ``distill`` section,
-    ``manual_seed``, ``network_t`` and ``network_up`` replace those of ``opt`` where the run has them, and its
-    ``path`` entries ending in ``_t`` or ``_up`` (e.g. ``pretrain_network_t``) update ``opt``'s ``path``. Only
-    ``gt_size`` and ``stride`` of the run's ``datasets.train`` are compared with the pool's (where the run records
-    them); the scale is not compared. A run restricted to some images (``datasets.train.meta_info_file``, e.g. IDC
-    at a size below one pair per image of the pool) restricts the pool of ``idc_init`` to the same file.
-
-    Args:
-        opt (dict): Whole options of the pool; ``datasets.train`` must give ``gt_size`` and ``stride`` where the IDC
-            run records them. Not modified.
-        idc_set (str): Folder of a distilled set written by IDC.
-
-    Returns:
-        dict: A shallow copy of ``opt`` with the IDC run's ``distill``, ``manual_seed``, ``network_t``,
-        ``network_up`` and ``path`` entries (``path`` a new dict; ``datasets`` a new dict when the run has a
-        ``meta_info_file``; other sections shared with ``opt``).
+    The run's ``distill``, ``manual_seed``, ``network_t``, ``network_up``, its ``path`` entries ending in ``_t`` /
+    ``_up``
+    and its ``meta_info_file`` replace those of ``opt`` (a shallow copy; ``opt`` is not modified).
 
     Raises:
-        ValueError: The set was not written by IDC, or its patches (gt_size, stride) differ from the pool's;
-            (from ``read_manifest``) its ``distill.json`` is not a valid manifest.
-        FileNotFoundError: ``idc_set`` holds no ``distill.json`` (from ``read_manifest``).
-        KeyError: ``opt`` has no ``datasets.train``, or it lacks ``gt_size`` / ``stride`` that the IDC run records.
+        ValueError: The set was not written by IDC, its (gt_size, stride) differ from the pool's, or its manifest is
+            invalid.
+        FileNotFoundError: ``idc_set`` holds no ``distill.json``.
+        KeyError: ``opt`` lacks ``datasets.train`` or the ``gt_size`` / ``stride`` the run records.
     """
     manifest = read_manifest(idc_set)
     if manifest.get('method') != 'idc':
@@ -187,19 +141,10 @@ def idc_options_of(opt, idc_set):
 
 
 def gsdd_options_of(opt, gsdd_set):
-    """``opt`` with the generator of the GSDD run that wrote ``gsdd_set``: its ``network_g`` and the ``path``
-    entries ending in ``_g`` (``pretrain_network_g``, ``param_key_g``, ``strict_load_g``) from its ``distill.json``.
-
-    Args:
-        opt (dict): Whole options of the pool. Not modified.
-        gsdd_set (str): Folder of a distilled set written by GSDD.
-
-    Returns:
-        dict: A shallow copy of ``opt`` with the run's ``network_g`` and ``path`` (a new dict) entries.
+    """``opt`` (a shallow copy) with the run's ``network_g`` and ``path`` entries ending in ``_g``, from ``gsdd_set``.
 
     Raises:
-        ValueError: The set was not written by GSDD or records no ``network_g``; (from ``read_manifest``) its
-            ``distill.json`` is not a valid manifest.
+        ValueError: The set was not written by GSDD, records no ``network_g``, or its manifest is invalid.
         FileNotFoundError: ``gsdd_set`` holds no ``distill.json``.
     """
     manifest = read_manifest(gsdd_set)
@@ -214,25 +159,18 @@ def gsdd_options_of(opt, gsdd_set):
 
 
 def idc_initial_picks(source, opt):
-    """Per image, IDC's initial x_hat: ``(init_ids, x0)`` with the instance generators of the option file's seed.
-
-    Image i is loaded and :func:`~basicsr_distill.models.idc_model.initial_x_hat` draws from a fresh
-    ``unit_generator(manual_seed, i)``, with ``distill.ratio`` and ``distill.init`` of the options merged with
-    ``IDC_DEFAULTS``, as ``IDCModel`` starts instance i.
+    """Per image, IDC's initial x_hat ``(init_ids, x0)``, drawn as ``IDCModel`` starts instance i.
 
     Args:
         source (SRInstanceDataset): The pool (one instance per image).
-        opt (dict): Whole options: ``distill`` (None or missing: IDC's defaults) and ``manual_seed`` (None or
-            missing: 0).
+        opt (dict): Whole options: ``distill`` (missing: IDC's defaults) and ``manual_seed`` (missing: 0).
 
     Returns:
-        list: One ``(init_ids, x0)`` per image, in image order: ``init_ids`` (n,) long indices into the image's
-        patches (-1 for ``init: noise``), ``x0`` (n, 3, h, w) float32 LR patches in [0, 1] on the CPU, n =
-        max(1, round(ratio N)); ``None`` for an image smaller than one patch (N = 0).
+        list: Per image ``(init_ids, x0)``: (n,) long patch indices (-1 for ``init: noise``) and (n, 3, h, w) float32
+        LR patches in [0, 1] on the CPU, n = max(1, round(ratio N)); None for an image smaller than a patch.
 
     Raises:
-        ValueError: An unknown or wrongly typed ``distill`` option, an unknown ``distill.init`` (from
-            ``merge_options`` / ``initial_x_hat``), or an image that cannot be read (from ``load_instance``).
+        ValueError: An invalid ``distill`` option or ``distill.init``, or an image that cannot be read.
     """
     from basicsr_distill.models.distill_units import unit_generator
     from basicsr_distill.models.idc_model import IDC_DEFAULTS, initial_x_hat
@@ -250,30 +188,22 @@ def idc_initial_picks(source, opt):
 
 
 def build_feature_net(features, opt, lq_size, device, seed=0, feature_layer=None):
-    """The embedding used by herding / k-center.
-
-    ``'teacher'``: the option file's teacher (:func:`load_teacher`); any other value builds the seeded random DM
-    ResNet18 (:func:`~basicsr_distill.selection.features.random_feature_network`, width
-    :data:`RANDOM_FEATURE_WIDTH`) for ``lq_size`` x ``lq_size`` inputs.
+    """The embedding of herding / k-center: the teacher (``'teacher'``) or a seeded random DM ResNet18 (else).
 
     Args:
         features (str): ``'teacher'`` or ``'random'``.
-        opt (dict): Whole options (``network_t``, ``path``, ``distill.feature_layer``); read for the teacher only.
-        lq_size (int): LR patch side (pixels); used by the random network only.
+        opt (dict): Whole options; read for the teacher only.
+        lq_size (int): LR patch side (pixels); random network only.
         device (torch.device | str): Where the network goes.
-        seed (int): Seed of the random network's weights (unused for the teacher). Default: 0.
-        feature_layer (str | None): Teacher layer; None: ``distill.feature_layer`` of the options. Default: None.
+        seed (int): Weights seed of the random network. Default: 0.
+        feature_layer (str | None): Teacher layer; None: ``distill.feature_layer``. Default: None.
 
     Returns:
-        tuple: ``(net, layer, description)``: ``net`` (nn.Module) the frozen network on ``device``; ``layer``
-        (str | None) the teacher layer to tap (None: the teacher's ``forward_features``, and always None for the
-        random network); ``description`` (dict) JSON-compatible (written in the manifest): ``network_t``,
-        ``pretrain_network_t`` and ``feature_layer`` for the teacher, ``arch``, ``norm``, ``num_feat``,
-        ``pool_size`` and ``weights_seed`` for the random network.
+        tuple: ``(net, layer, description)``: the frozen network, the teacher layer to tap (None:
+        ``forward_features``; always None for the random network), and a JSON-compatible description for the manifest.
 
     Raises:
-        ValueError, KeyError, FileNotFoundError, RuntimeError: ``'teacher'``: as :func:`load_teacher` (teacher or
-            its weights path missing; unknown type; missing or corrupt weights; keys that do not fit).
+        ValueError, KeyError, FileNotFoundError, RuntimeError: ``'teacher'``: as :func:`load_teacher`.
     """
     if features == 'teacher':
         net, path = load_teacher(opt, device)
@@ -291,34 +221,24 @@ def build_feature_net(features, opt, lq_size, device, seed=0, feature_layer=None
 
 
 def describe_pool(source, method, opt, device, features='teacher', seed=0, feature_layer=None):
-    """One pass over the images: patch counts and what ``method`` needs of every patch.
-
-    Every image is loaded (decoded) once, also for ``random``, which only counts its patches; patches are
-    described in order, so row k of the descriptors is patch k of the pool (images in order, patches in order
-    within each).
+    """One pass over the images: patch counts and what ``method`` needs of every patch (row k = patch k of the pool).
 
     Args:
         source (SRInstanceDataset): The pool.
-        method (str): One of :data:`METHODS` but the controls (:func:`select_subset` describes their pool as
-            ``'random'``); any method other than random, herding, k-center and dcsr is scored by PSNR_bic.
+        method (str): One of :data:`METHODS` but the controls (described as ``'random'``).
         opt (dict): Whole options (for the teacher).
         device (torch.device | str): Where the feature network runs.
-        features (str): Herding / k-center: ``'teacher'`` or ``'random'``. Default: ``'teacher'``.
-        seed (int): Seed of the random feature network. Default: 0.
-        feature_layer (str | None): Teacher layer (see :func:`build_feature_net`). Default: None.
+        features, seed, feature_layer: As :func:`build_feature_net`.
 
     Returns:
-        tuple: (counts per image (list[int]), per-patch descriptors or None, feature-net description (dict) or
-        None, the latter given for herding / k-center only). Descriptors, P = sum of the counts, float64 numpy on
-        the CPU: (P, D) features (herding / k-center), ``(complexity (P,), texture features (P, 17))`` (dcsr), (P,)
-        PSNR_bic in dB at the pool's scale (psnr_bic, psnr_bic_lowest), None (random, or an empty pool).
+        tuple: (counts per image, descriptors, feature-net description or None). Descriptors (float64, P = sum of the
+        counts): (P, D) features (herding / k-center), ``(complexity (P,), texture (P, 17))`` (dcsr), (P,) PSNR_bic in
+        dB (psnr_bic*), None (random or an empty pool).
 
     Raises:
-        ValueError: From :func:`build_feature_net` (teacher missing), ``load_instance`` (an image that cannot be
-            read), ``patch_features`` (an unknown ``features``), ``psnr_bic_batch`` / ``texture_features`` (patch
-            sides or scale they cannot use, e.g. scale 1 for PSNR_bic).
-        KeyError, FileNotFoundError, RuntimeError: Loading the teacher (see :func:`load_teacher`); KeyError also
-            when ``feature_layer`` is not a layer of the teacher.
+        ValueError: An image that cannot be read, an unknown ``features``, patch sides or a scale the scores cannot
+            use (e.g. scale 1 for PSNR_bic); as :func:`build_feature_net`.
+        KeyError, FileNotFoundError, RuntimeError: Loading the teacher; KeyError also for an unknown ``feature_layer``.
     """
     net = layer = described = None
     if method in FEATURE_METHODS:
@@ -346,28 +266,26 @@ def describe_pool(source, method, opt, device, features='teacher', seed=0, featu
 
 
 def run_method(method, descriptors, num_pool, num, seed=0, kcenter_start='mean', num_clusters=15):
-    """Indices into the pool (in the method's order) and an optional per-index score for the pair info.
+    """n distinct pool indices chosen by ``method``, and an optional per-index score for the pair info.
 
     Args:
-        method (str): ``'random'``, ``'herding'``, ``'kcenter'``, ``'dcsr'``, ``'psnr_bic'`` or
-            ``'psnr_bic_lowest'`` (any other value is run as ``'psnr_bic_lowest'``).
-        descriptors (ndarray | tuple | None): What :func:`describe_pool` returned for ``method`` (None for random).
-        num_pool (int): P, the patches of the pool (used by random).
-        num (int): n, how many to select, 1 <= n <= P.
-        seed (int): random: the draw; kcenter with ``kcenter_start='random'``: the start; dcsr: k-means and
-            sampling; psnr_bic: the draw among the kept patches. Default: 0.
+        method (str): ``'random'``, ``'herding'``, ``'kcenter'``, ``'dcsr'``, ``'psnr_bic'`` or ``'psnr_bic_lowest'``
+            (any other value runs as ``'psnr_bic_lowest'``).
+        descriptors (ndarray | tuple | None): What :func:`describe_pool` returned for ``method``.
+        num_pool (int): P, the pool size.
+        num (int): n, 1 <= n <= P.
+        seed (int): The method's draws (random, kcenter's random start, dcsr, psnr_bic). Default: 0.
         kcenter_start (str): ``'mean'`` or ``'random'``. Default: ``'mean'``.
-        num_clusters (int): dcsr: k-means clusters. Default: 15.
+        num_clusters (int): dcsr's k-means clusters. Default: 15.
 
     Returns:
-        tuple: ``(indices, score)``: ``indices`` (list[int]) n distinct pool indices (sorted for random and
-        psnr_bic, in pick order for herding / k-center, round-robin order for dcsr, increasing PSNR_bic for
-        psnr_bic_lowest); ``score`` None (random, herding, k-center) or ``(info key, (P,) values)``:
-        ``('texture_complexity', complexity)`` (dcsr), ``('psnr_bic', PSNR_bic in dB)`` (psnr_bic, psnr_bic_lowest).
+        tuple: ``(indices, score)``: indices sorted (random, psnr_bic), in pick order (herding, kcenter), round-robin
+        (dcsr) or by increasing PSNR_bic (psnr_bic_lowest); score None or ``(info key, (P,) values)``
+        (``'texture_complexity'`` or ``'psnr_bic'``).
 
     Raises:
-        ValueError: From the selection rules: n out of range (psnr_bic: more than the patches below the median),
-            features that are not a finite (P, D) array, an unknown ``kcenter_start``, ``num_clusters`` < 1.
+        ValueError: n out of range (psnr_bic: more than the patches below the median), features not a finite (P, D)
+            array, an unknown ``kcenter_start``, ``num_clusters`` < 1.
     """
     if method == 'random':
         return select_random(num_pool, num, seed), None
@@ -385,12 +303,7 @@ def run_method(method, descriptors, num_pool, num, seed=0, kcenter_start='mean',
 
 
 def check_out_folder(out, image_folder):
-    """Refuse an output folder that is the training image folder, lies inside it or contains it (the set would be
-    written among the source images, or become part of the pool of a later run).
-
-    Args:
-        out (str): The output folder (``--out``).
-        image_folder (str | None): The pool's ``datasets.train.dataroot_gt``.
+    """Refuse an output folder equal to, inside or containing the training image folder.
 
     Raises:
         ValueError: Naming both folders; nothing is written.
@@ -423,55 +336,39 @@ def select_subset(opt,
                   kcenter_start='mean',
                   num_clusters=15,
                   device=None):
-    """Read the options, build the patch pool, run the baseline ``method`` and write the chosen pairs to ``out``.
+    """Build the option file's patch pool, run ``method`` and write the chosen pairs to ``out`` as a distilled set.
 
-    The size is given by exactly one of ``num_pairs`` (n), ``ratio`` (n = max(1, round(ratio * P)) of the P pool
-    patches) or ``like`` (the pair count of that distilled set). The set's ``wall_time_s`` covers scoring the pool,
-    selecting and writing; pair ``name`` is ``<image>_<tag><j:04d>`` (tag ``rand`` for random and
-    random_teacher_hr / random_generator_hr, ``idcinit`` for idc_init, else the method; j the patch's index in its
-    image, for idc_init the pair's index among the image's pairs). The controls (:data:`CONTROLS`) load the HR network
-    (:func:`load_hr_network`) and describe the pool as ``random``; idc_init takes IDC's own size and refuses any
-    other.
+    Exactly one of ``num_pairs`` (n), ``ratio`` (n = max(1, round(ratio P))) or ``like`` gives the size. Pair names are
+    ``<image>_<tag><j:04d>`` (tag ``rand`` for random and the random controls, ``idcinit``, else the method; j the
+    patch's
+    index in its image); ``wall_time_s`` covers scoring, selecting and writing.
 
     Args:
-        opt (str | dict): A distillation option file (:func:`~basicsr_distill.utils.options.read_option_file`) or
-            its options; its ``datasets.train`` (and top-level ``scale``) define the pool.
-        out (str): Output folder (a distilled set).
+        opt (str | dict): A distillation option file or its options; ``datasets.train`` and ``scale`` define the pool.
+        out (str): Output folder.
         method (str): One of :data:`METHODS`. Default: ``'random'``.
         num_pairs (int | None): n. Default: None.
-        ratio (float | None): Fraction of the pool. Default: None.
-        like (str | None): A distilled set whose pair count to match; with ``method='idc_init'`` an IDC set, whose
-            run's options are used (:func:`idc_options_of`); with ``method='random_generator_hr'`` a GSDD set,
-            whose run's generator is used (:func:`gsdd_options_of`). Default: None.
-        seed (int): random: the draw; kcenter with ``kcenter_start='random'``: the start; dcsr: k-means and
-            sampling; psnr_bic: the draw among the kept patches; ``features='random'``: the network weights;
-            random_teacher_hr, random_generator_hr: as random; idc_init: unused (the draws follow
-            ``manual_seed``). Default: 0.
-        features (str): Herding / k-center: ``'teacher'`` (``network_t``) or ``'random'``. Default: ``'teacher'``.
+        ratio (float | None): Fraction of the pool, in (0, 1]. Default: None.
+        like (str | None): A distilled set whose pair count to match; for ``idc_init`` an IDC set (its run's options,
+            :func:`idc_options_of`), for ``random_generator_hr`` a GSDD set (its generator). Default: None.
+        seed (int): The method's draws and the random features' weights (idc_init follows ``manual_seed``). Default: 0.
+        features (str): Herding / k-center: ``'teacher'`` or ``'random'``. Default: ``'teacher'``.
         feature_layer (str | None): Teacher layer; None: ``distill.feature_layer``, else ``forward_features``.
-            Default: None.
         kcenter_start (str): ``'mean'`` or ``'random'``. Default: ``'mean'``.
-        num_clusters (int): dcsr: k-means clusters (the paper: 15). Default: 15.
-        device (str | torch.device | None): Where features are computed and the controls' HR network runs; None:
-            CUDA if available, else the CPU. Default: None.
+        num_clusters (int): dcsr's k-means clusters (the paper's 15). Default: 15.
+        device (str | torch.device | None): Where features and the controls' network run; None: CUDA if available.
 
     Returns:
-        dict: ``{'out': absolute path (str), 'method' (str), 'num_pairs' (int, n), 'pool' (int, P)}`` (what the
-        script prints as JSON).
+        dict: ``{'out': absolute path, 'method', 'num_pairs': n, 'pool': P}``.
 
     Raises:
-        ValueError: Not exactly one size given, an unknown method, ``ratio`` not in (0, 1], ``out`` equal to, inside
-            or containing the pool's image folder (:func:`check_out_folder`; before anything is written), n not an
-            int in [1, P], the teacher missing for
-            ``features='teacher'`` or the HR network missing for a control, (idc_init) ``like`` not an IDC set or
-            of another patch grid, or a size other than IDC's, (random_generator_hr) ``like`` not a GSDD set;
-            whatever the dataset, the selection rules, the weights loading and the writer refuse (e.g. ``out``
-            holding a distilled set of another run).
-        FileNotFoundError: The option file, the image folder, the ``like`` set or a weights file is missing.
-        FileExistsError: ``out`` holds images or shards but no ``distill.json`` (from the writer).
-        KeyError: An unknown network type, a ``feature_layer`` the teacher lacks, options without
-            ``datasets.train`` / ``scale``, or (idc_init with ``like``) a ``gt_size`` / ``stride`` the IDC run
-            records but the pool's options lack.
+        ValueError: Not exactly one size, an unknown method, ``ratio`` out of range, ``out`` overlapping the image
+            folder (before anything is written), n not in [1, P], a missing teacher or HR network, a ``like`` set of
+            the wrong method or patch grid, a size other than IDC's for idc_init; or as the dataset, the selection
+            rules, the weights loading and the writer.
+        FileNotFoundError: The option file, image folder, ``like`` set or a weights file is missing.
+        FileExistsError: ``out`` holds images or shards but no ``distill.json``.
+        KeyError: An unknown network type or ``feature_layer``, options without ``datasets.train`` / ``scale``.
         RuntimeError: Weights whose keys do not fit the network.
         yaml.YAMLError: The option file is not valid YAML.
     """
