@@ -21,7 +21,7 @@ _LMDB_CLIENTS = {}
 
 
 def _file_client(io_backend_opt):
-    """FileClient for ``io_backend_opt`` (lmdb ones shared per process, see above)."""
+    """FileClient for ``io_backend_opt`` (lmdb ones shared per process)."""
     backend_opt = dict(io_backend_opt)
     backend = backend_opt.pop('type')
     if backend != 'lmdb':
@@ -40,65 +40,40 @@ def _file_client(io_backend_opt):
 
 @DATASET_REGISTRY.register()
 class DistilledPairedDataset(data.Dataset):
-    """Paired dataset reading a distilled set (see :mod:`basicsr_distill.distilled_set`).
+    """BasicSR's ``PairedImageDataset`` (same outputs, crops and augmentations) on a distilled set: the pairs its
+    ``distill.json`` lists, by default with the lossless float LR (``lr_float/*.npy``).
 
-    Behaves like BasicSR's ``PairedImageDataset`` (same outputs, crops and augmentations) but reads the pairs the
-    set's ``distill.json`` lists, and by default the lossless float LR copy (``lr_float/*.npy``) instead of the
-    quantised LR PNG. The set is validated at construction, so a broken folder fails at start with a message naming
-    the offending file: missing files, and (disk backend) truncated files, files of another format and images whose
-    size differs from the manifest's, found from the first and last bytes of each file without decoding it.
-
-    Verification (option ``verify``):
-        quick (default): the check above. It does not find bytes changed in the middle of a file (its length, header
-            and end intact) nor a file replaced by another valid file of the same size: those fail only when the
-            pair is decoded in training, or, if they still decode to finite values in [0, 1], train silently.
-        Whatever ``verify`` says, every image read in training must hold finite values in [0, 1] (two reductions
-        per file): a NaN, an infinity or a value outside [0, 1] (a damaged or foreign file) is refused when it is
-        read, naming the file, instead of training to a NaN loss.
-        full: at construction every file (disk: ``hr``, ``lr`` and ``lr_float`` of every pair; lmdb: every value of
-            both databases) is read, checked against the SHA-256 the set records and decoded (see
-            ``basicsr_distill.distilled_set.verify_distilled_set``), and one ``ValueError`` names every bad file;
-            then every file read in training is checked against its SHA-256 before it is decoded (a mismatch names
-            the file). Sets of format_version 1 record no hashes: they are decoded only (a note is logged once).
-
-    Backends:
-        disk: ``hr/<name>.png`` and ``lr_float/<name>.npy`` (``lq_source: float``, default) or ``lr/<name>.png``
-            (``lq_source: png``).
-        lmdb: ``root/hr.lmdb`` and ``root/lr.lmdb`` made by ``scripts/make_distilled_lmdb.py`` (keys = pair names).
-            They hold PNGs only, so the LR PNG is read (``lq_source`` is then ``png``; asking for ``float`` logs a
-            warning).
+    The set is validated at construction (docs/DistilledSetFormat.md): ``verify: quick`` finds missing, truncated,
+    foreign-format and resized files from their first and last bytes; ``verify: full`` also checks every file against
+    its recorded SHA-256 and decodes it, then checks each file read in training against its hash. Every image read must
+    hold finite values in [0, 1]. Backends: disk (``hr/``, ``lr_float/`` or ``lr/``) or lmdb (``hr.lmdb``, ``lr.lmdb``
+    of ``scripts/make_distilled_lmdb.py``, PNG only, so ``lq_source`` becomes ``png`` with a warning).
 
     Args:
-        opt (dict): Config for train/val datasets. It contains the following keys:
+        opt (dict): The dataset options:
             dataroot (str): The distilled-set folder.
-            scale (int): Scale, added automatically by BasicSR from the global option; when absent, the set's scale.
+            scale (int): From the global option; when absent, the set's scale.
             phase (str): 'train' or 'val'. Default: 'train'.
-            gt_size (int): Cropped patch size for gt patches (train phase; a multiple of scale).
-            use_hflip (bool): Use horizontal flips (train phase). Default: False.
-            use_rot (bool): Use rotation (vertical flip and h/w transposition) (train phase). Default: False.
+            gt_size (int): GT crop size (train; a multiple of scale).
+            use_hflip (bool), use_rot (bool): Augmentations (train). Default: False.
             io_backend (dict | str): ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb'}``.
             lq_source (str): 'float' (default) or 'png'.
-            color (str): 'y' to return the Y channel only (as PairedImageDataset). Optional.
-            mean (list[float]), std (list[float]): Normalisation, as PairedImageDataset. Optional.
-            verify (str): 'quick' (default) or 'full' (see above).
-            allow_incomplete (bool): Train on a set whose run has not finished (``complete: false`` in its
-                ``distill.json``: an interrupted or still running distillation, a multi-process run whose shards are
-                not merged); a warning is logged. Default: False (such a set is refused, naming its distill.json).
+            color (str): 'y' for the Y channel only. Optional.
+            mean (list[float]), std (list[float]): Normalisation. Optional.
+            verify (str): 'quick' (default) or 'full'.
+            allow_incomplete (bool): Train on a set whose run has not finished (``complete: false``), with a warning.
+                Default: False.
 
     Returns (``__getitem__``):
-        dict: ``{'lq': Tensor (3, h, w), 'gt': Tensor (3, s*h, s*w), 'lq_path': str, 'gt_path': str}``, RGB float32
-        in [0, 1] (before normalisation). With lmdb the paths are the lmdb keys (pair names), as in BasicSR.
+        dict: ``{'lq': (3, h, w), 'gt': (3, s*h, s*w), 'lq_path', 'gt_path'}``, RGB float32 in [0, 1] before
+        normalisation (lmdb: paths are the keys).
 
     Raises:
         FileNotFoundError: Missing ``distill.json`` or lmdb folder.
-        ValueError: Invalid option (an unknown ``verify`` value names the option; a key other than those above and
-            BasicSR's own is named ``datasets.<phase>.<key>``), a set whose run has not finished
-            (without ``allow_incomplete: true``; names its distill.json), invalid set (scale mismatch,
-            missing, truncated or resized file; see ``validate_distilled_set``; with ``verify: full`` also changed or
-            undecodable files, all named), or, when loading, an unreadable file (named), a file holding a NaN, an
-            infinity or a value outside [0, 1] (named), a pair whose GT is not
-            scale x LQ (names both files), or (``verify: full``) a file whose SHA-256 differs from the recorded one
-            (named).
+        ValueError: An invalid or unknown option (named ``datasets.<phase>.<key>``), an unfinished set without
+            ``allow_incomplete`` (names its distill.json), an invalid set (``validate_distilled_set``; with ``full``
+            changed or undecodable files, all named); when loading, an unreadable file, values not finite or outside
+            [0, 1], a GT not scale x LQ, or (``full``) a SHA-256 mismatch, naming the file(s).
     """
 
     #: The keys this dataset reads (besides BasicSR's own, ``utils.options.BASICSR_DATASET_KEYS``); others are refused.

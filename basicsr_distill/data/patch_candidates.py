@@ -1,10 +1,5 @@
-"""Minimax-SR stage 1, step 1: the HR patch candidates of the training images and their PSNR_bic selection.
-
-See :mod:`basicsr_distill.data.patch_selection` (stage 1 as a whole, its options and its file). Patches are those of
-:func:`~basicsr_distill.data.sr_patches.cut_patch_pairs`: the image is mod-cropped to the scale, the top-left
-corners are ``patch_positions(side, gt_size, stride)`` along each axis (every ``stride`` plus the last position, so
-the border is covered); ``gt_size`` and ``stride`` are multiples of the scale, so every corner is also on the LR grid
-of the whole image.
+"""Minimax-SR stage 1, step 1 (:mod:`basicsr_distill.data.patch_selection`): HR patch candidates, as
+``data.sr_patches.cut_patch_pairs`` cuts them, and their PSNR_bic selection.
 """
 import math
 import numpy as np
@@ -50,34 +45,26 @@ def _check_geometry(gt_size, stride, scale):
 
 # ------------------------------------------------------------------------------------------------ 1. selection
 def select_patches(hr_folder, gt_size, stride, scale=4, threshold='median', meta_info_file=None):
-    """HR patches of every image whose PSNR_bic is strictly below the threshold (Sec. III-A, Eq. 1).
-
-    Every image of ``hr_folder`` is read with :func:`read_rgb` (float RGB in [0, 1]) and mod-cropped to ``scale``;
-    its patches are cut at ``patch_positions(H, gt_size, stride) x patch_positions(W, gt_size, stride)`` (row-major)
-    and scored with :func:`psnr_bic_batch` (BasicSR's bicubic ``imresize`` down and up, float, no rounding, peak 1).
-    With ``threshold='median'`` the threshold is the median PSNR_bic of all patches of all images (so about half
-    are kept; fewer when many patches tie at the median).
+    """HR patches of every image whose PSNR_bic (Eq. 1, :func:`psnr_bic_batch`: float, peak 1) is strictly below the
+    threshold (Sec. III-A); ``'median'`` is the median of all patches of all images.
 
     Args:
         hr_folder (str): Folder of HR images.
         gt_size (int): HR patch side, a multiple of ``scale``, at least ``2 * scale``.
         stride (int): Stride between patches, a multiple of ``scale``.
         scale (int): Resize factor of PSNR_bic (>= 2). Default: 4.
-        threshold (str | float): ``'median'`` or a PSNR_bic in dB. Default: ``'median'``.
+        threshold (str | float): ``'median'`` or dB. Default: ``'median'``.
         meta_info_file (str, optional): Only the images named in its first column. Default: None.
 
     Returns:
-        tuple[list[dict], dict]: The selected patches, in image then row-major order, each
-        ``{'path': str, 'y': int, 'x': int, 'size': int, 'psnr_bic': float}`` (top-left corner in the HR image,
-        PSNR_bic in dB, finite); and statistics ``{'threshold_db': float | None (None when infinite: more than
-        half of the patches are flat), 'num_images': int (images with at least one patch), 'skipped_images':
-        list[str] (smaller than gt_size), 'num_candidates': int, 'num_selected': int, 'psnr_bic_median': float |
-        None}``.
+        tuple[list[dict], dict]: The patches in image then row-major order, ``{'path', 'y', 'x', 'size', 'psnr_bic'}``
+        (HR top-left, dB, finite); and ``{'threshold_db' (None if infinite), 'num_images', 'skipped_images' (smaller
+        than gt_size), 'num_candidates', 'num_selected', 'psnr_bic_median'}``.
 
     Raises:
         FileNotFoundError: ``hr_folder`` missing or without images.
-        ValueError: Invalid ``gt_size`` / ``stride`` / ``scale`` / ``threshold``, an image that cannot be decoded
-            (names it), or no image of at least ``gt_size`` x ``gt_size``.
+        ValueError: Invalid ``gt_size`` / ``stride`` / ``scale`` / ``threshold``, an undecodable image (named), or no
+            image of at least one patch.
     """
     gt_size, stride, scale = _check_geometry(gt_size, stride, scale)
     threshold = _check_threshold(threshold)
@@ -125,20 +112,12 @@ def select_patches(hr_folder, gt_size, stride, scale=4, threshold='median', meta
 
 
 def iter_patches(records):
-    """HR patches of selection records, read from their source images.
-
-    Each source image is decoded once per run of consecutive records from it (records are grouped by image as
-    :func:`select_patches` returns them).
-
-    Args:
-        records (list[dict]): Records with ``path``, ``y``, ``x``, ``size``.
-
-    Yields:
-        ndarray: (size, size, 3) float32 RGB patch in [0, 1], in record order.
+    """Yield the (size, size, 3) float32 RGB patches in [0, 1] of ``records`` (``path``, ``y``, ``x``, ``size``) in
+    order,
+    decoding each source image once per run of its records.
 
     Raises:
-        ValueError: An image cannot be decoded, or a record falls outside its image (a stale selection); names the
-            file.
+        ValueError: An undecodable image, or a record outside its image (a stale selection); names the file.
     """
     current, img = None, None
     for rec in records:

@@ -1,7 +1,5 @@
-"""Minimax-SR stage 1, steps 2 and 3: image features of the selected patches (CLIP or weight-free) and their seeded
+"""Minimax-SR stage 1, steps 2 and 3 (:mod:`basicsr_distill.data.patch_selection`): patch features and their seeded
 k-means pseudo-labels.
-
-See :mod:`basicsr_distill.data.patch_selection` (stage 1 as a whole, its options and its file).
 """
 import json
 import numpy as np
@@ -55,11 +53,11 @@ def _missing_clip_message(path, problem):
 
 
 def check_clip_dir(path):
-    """Check that ``path`` is a local CLIP checkpoint directory (config.json and weights), without loading it.
+    """Check that ``path`` is a local CLIP checkpoint folder (config.json and weights), without loading it.
 
     Raises:
-        FileNotFoundError: ``path`` unset, missing, or without config.json or weights; the message names the option
-            ``distill.stage1.extractor.path`` and the weight-free alternative.
+        FileNotFoundError: ``path`` unset, missing, or incomplete; names ``distill.stage1.extractor.path`` and the
+            weight-free alternative.
     """
     if not path:
         raise FileNotFoundError(_missing_clip_message(path, 'not set'))
@@ -74,26 +72,14 @@ def check_clip_dir(path):
 
 
 def load_clip(path):
-    """CLIP vision tower with projection and its image processor, from a local directory only.
+    """``(CLIPVisionModelWithProjection in eval mode on the CPU, CLIPImageProcessor)`` from a local folder only.
 
-    Both come from ``from_pretrained(path, local_files_only=True)``. The directory may hold a whole CLIP model
-    (``model_type: clip``, as ``openai/clip-vit-base-patch32``: only the vision tower and the visual projection are
-    loaded, with the top-level ``projection_dim``) or a ``CLIPVisionModelWithProjection``. A checkpoint missing
-    any vision weight is refused (transformers would initialise them at random). Without
-    ``preprocessor_config.json`` the processor is CLIP's default (resize of the short side and centre crop to the
-    model's ``image_size`` with bicubic resampling, rescale 1/255, normalisation with CLIP's mean and std).
-
-    Args:
-        path (str): The directory.
-
-    Returns:
-        tuple: ``(model, processor)``: ``CLIPVisionModelWithProjection`` in eval mode on the CPU and
-        ``CLIPImageProcessor``.
+    The folder may hold a whole CLIP model (only the vision tower and projection are loaded) or the vision model;
+    without ``preprocessor_config.json`` the processor is CLIP's default.
 
     Raises:
-        FileNotFoundError: The directory does not exist or holds no config or weights; the message names the
-            option ``distill.stage1.extractor.path`` and the weight-free alternative.
-        ValueError: The checkpoint lacks weights of the vision tower or the visual projection.
+        FileNotFoundError: As :func:`check_clip_dir`.
+        ValueError: Weights of the vision tower or projection are missing (transformers would draw them at random).
     """
     check_clip_dir(path)
     # only the CLIP extractor needs transformers
@@ -136,32 +122,24 @@ def _batches(iterable, size):
 
 
 def embed_patches(records, extractor):
-    """Image features of the selected patches (the embedding clustered into pseudo-labels, Sec. III-A).
+    """Features of the selected patches (clustered into pseudo-labels, Sec. III-A).
 
-    Extractors:
-
-    * ``{'type': 'clip', 'path': <dir>, 'batch_size': 64, 'device': None}`` (the paper's): ``image_embeds`` of
-      ``CLIPVisionModelWithProjection`` (the projected CLIP image embedding, 512-D for ViT-B/32, not normalised),
-      loaded by :func:`load_clip` from a local directory only. Patches are quantised to 8 bits (lossless for
-      8-bit sources) and go through the checkpoint's ``CLIPImageProcessor`` (short side resized to 224 with
-      bicubic resampling, centre crop, CLIP mean / std). ``device`` defaults to CUDA when available; eval mode,
-      no gradients.
-    * ``{'type': 'color_gradient', 'crop': None}``: weight-free 14-D colour / gradient statistics
-      (:func:`color_gradient_features`) of the patch (``crop`` defaults to the whole patch).
-
-    ``{'type': 'arch'}`` (randomly initialised SR networks) is not supported: their features carry no semantics.
+    Extractors: ``{'type': 'clip', 'path', 'batch_size': 64, 'device': None}`` (the paper's): the unnormalised
+    ``image_embeds`` (512-D for ViT-B/32) of 8-bit patches through the checkpoint's processor, eval mode, no gradients,
+    CUDA when available; ``{'type': 'color_gradient', 'crop': None}``: the weight-free 14-D
+    ``color_gradient_features`` of the patch. Randomly initialised SR networks (``'arch'``) are refused: their features
+    carry no semantics.
 
     Args:
         records (list[dict]): Selection records (``path``, ``y``, ``x``, ``size``), non-empty.
         extractor (dict): One of the above.
 
     Returns:
-        ndarray: (N, D) float32 features, one row per record.
+        ndarray: (N, D) float32, one row per record.
 
     Raises:
         FileNotFoundError: CLIP without a local checkpoint (names ``distill.stage1.extractor.path``).
-        ValueError: Invalid extractor options, no record, a record outside its image, or a CLIP checkpoint without
-            the vision weights.
+        ValueError: Invalid extractor options, no record, a record outside its image, or missing vision weights.
     """
     ext = _extractor_options(extractor)
     if not records:
@@ -191,18 +169,14 @@ def embed_patches(records, extractor):
 
 # ------------------------------------------------------------------------------------------------ 3. clustering
 def cluster_patches(features, k=7, seed=0, normalize='l2'):
-    """Pseudo-labels of the selected patches by seeded k-means on their features (Sec. III-A).
+    """Pseudo-labels by seeded k-means on normalised features, clusters renumbered by first member (Sec. III-A).
 
-    The features are first normalised: ``'l2'`` scales every row to unit norm (k-means then groups by cosine
-    similarity, the geometry CLIP embeddings are trained in; zero rows stay zero), ``'standardize'`` gives every
-    dimension zero mean and unit variance over the patches (constant dimensions become 0; for mixed-unit features
-    such as ``color_gradient``, as :func:`kmeans_pseudo_labels` does), ``'none'`` leaves them. Then
-    scikit-learn's ``KMeans(n_clusters=k, n_init=10, random_state=seed)`` runs, and the clusters are renumbered in
-    the order of their first member, so the labels depend on the data and the seed only.
+    ``normalize``: ``'l2'`` rows to unit norm (cosine geometry, as CLIP is trained; zero rows stay zero),
+    ``'standardize'`` each dimension to zero mean and unit variance (mixed units, as ``color_gradient``), ``'none'``.
 
     Args:
-        features (ndarray): (N, D) float features, finite.
-        k (int): Number of pseudo-classes, 1 <= k <= N. Default: 7 (the paper's).
+        features (ndarray): (N, D) finite float features.
+        k (int): Pseudo-classes, 1 <= k <= N. Default: 7 (the paper's).
         seed (int): k-means seed. Default: 0.
         normalize (str): ``'l2'``, ``'standardize'`` or ``'none'``. Default: ``'l2'``.
 
@@ -210,8 +184,7 @@ def cluster_patches(features, k=7, seed=0, normalize='l2'):
         ndarray: (N,) int64 labels in [0, k).
 
     Raises:
-        ValueError: Features not 2-D or not finite, ``k`` out of range, unknown ``normalize``, or an empty cluster
-            (fewer than k distinct feature vectors).
+        ValueError: Features not 2-D or not finite, ``k`` out of range, unknown ``normalize``, or an empty cluster.
     """
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or not np.isfinite(x).all():

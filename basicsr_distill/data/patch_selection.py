@@ -1,45 +1,28 @@
 """Stage 1 of Minimax-SR ("Dataset Distillation for SR without Class Labels and Pre-trained Models", Sec. III-A):
 informative patch selection and pseudo-labels.
 
-1. :func:`select_patches`: cut HR patches of every training image and keep those whose PSNR_bic (Eq. 1,
-   :func:`basicsr_distill.ops.psnr_bic.psnr_bic`) is strictly below a threshold, by default the median of all
-   patches (the paper's 23 dB on OST is the median of its patch distribution).
-2. :func:`embed_patches`: one image feature per selected patch. ``{'type': 'clip', 'path': <local dir>}`` is the
-   paper's (CLIP ViT-B/32 ``image_embeds``, loaded from a local directory only); ``{'type': 'color_gradient'}`` is
-   weight-free (:func:`~basicsr_distill.data.sr_class_dataset.color_gradient_features`) and works everywhere.
-3. :func:`cluster_patches`: seeded k-means pseudo-labels (k = 7 in the paper, the number of OST classes).
-4. :func:`save_selection` / :func:`load_selection`: the selection as a JSON file (written atomically), reused by
-   the later stages and by reruns; :func:`run_stage1` does it all and skips the work when its output exists with
-   the same options and the same images.
-5. :func:`ensure_patch_store` / :class:`PatchStore`: the selected patches themselves, streamed one source image at a
-   time into one uint8 ``.npy`` file (as the released code stores its selected crops as image files), from which
-   the fine-tuning reads each step's batch by offset. Nothing holds every selected patch in memory (at the paper's
-   512 x 512, float32, that is 3 MiB a patch: tens of GB for OST).
+1. ``patch_candidates.select_patches``: HR patches (those of ``data.sr_patches.cut_patch_pairs``) whose PSNR_bic
+   (Eq. 1) is strictly below a threshold, by default the median;
+2. ``patch_features.embed_patches``: one feature per patch, CLIP ViT-B/32 from a local folder (the paper's) or the
+   weight-free ``color_gradient``;
+3. ``patch_features.cluster_patches``: seeded k-means pseudo-labels (k = 7 in the paper);
+4. :func:`save_selection` / :func:`load_selection`: the selection as JSON; :func:`run_stage1` does 1-4 and reuses
+   its output when options and images are unchanged;
+5. :func:`ensure_patch_store` / :class:`PatchStore`: the selected patches streamed into one uint8 ``.npy``, read per
+   step by offset, so no process holds every patch in memory.
 
-Step 1 (:func:`select_patches`, :func:`iter_patches`) lives in :mod:`basicsr_distill.data.patch_candidates`, steps 2
-and 3 (:func:`embed_patches`, :func:`load_clip`, :func:`cluster_patches`) in :mod:`basicsr_distill.data.patch_features`,
-step 4 and :func:`run_stage1` here.
-
-Patches are those of :func:`~basicsr_distill.data.sr_patches.cut_patch_pairs`: the image is mod-cropped to the
-scale, the top-left corners are ``patch_positions(side, gt_size, stride)`` along each axis (every ``stride`` plus
-the last position, so the border is covered); ``gt_size`` and ``stride`` are multiples of the scale, so every
-corner is also on the LR grid of the whole image.
-
-Options of :func:`run_stage1` (section ``distill.stage1``):
-    dataroot_gt (str): Folder of HR training images (flat, as :func:`list_images` reads it).
-    meta_info_file (str, optional): Only the images named in its first column. Default: every image.
+Options of :func:`run_stage1` (``distill.stage1``; docs/Methods_Minimax.md):
+    dataroot_gt (str): Folder of HR training images (flat).
+    meta_info_file (str, optional): Only the images named in its first column.
     gt_size (int): HR patch side, a multiple of ``scale``.
-    stride (int): Patch stride, a multiple of ``scale``. Default: ``gt_size`` (non-overlapping patches; the paper
-        does not say).
-    scale (int): Resize factor of PSNR_bic. Default: the section's ``scale``, else the top-level ``scale`` of the
-        options, else 4 (the paper's).
-    threshold (str | float): ``'median'`` (default) or a PSNR_bic in dB; patches strictly below are kept.
-    extractor (dict): ``{'type': 'clip', 'path': <dir>, 'batch_size': 64, 'device': None}`` (default type; the
-        path is required) or ``{'type': 'color_gradient', 'crop': <int>}``. See :func:`embed_patches`.
+    stride (int): Patch stride, a multiple of ``scale``. Default: ``gt_size`` (the paper does not say).
+    scale (int): PSNR_bic factor. Default: the section's, else the top-level ``scale``, else 4.
+    threshold (str | float): ``'median'`` (default) or dB; patches strictly below are kept.
+    extractor (dict): ``{'type': 'clip', 'path': <dir>, 'batch_size': 64, 'device': None}`` (default type) or
+        ``{'type': 'color_gradient', 'crop': <int>}``.
     k (int): Number of pseudo-classes. Default: 7.
     seed (int): k-means seed. Default: 0.
-    normalize (str): Feature normalisation before k-means, see :func:`cluster_patches`. Default: ``'l2'`` for CLIP
-        (cosine geometry of CLIP embeddings), ``'standardize'`` for ``color_gradient`` (mixed units).
+    normalize (str): Before k-means. Default: ``'l2'`` for CLIP, ``'standardize'`` for ``color_gradient``.
 """
 import hashlib
 import json
@@ -78,21 +61,17 @@ __all__ = [
 
 # ------------------------------------------------------------------------------------------------- 4. the file
 def save_selection(path, records, labels, meta):
-    """Write a stage-1 selection as JSON, atomically (:func:`~basicsr_distill.utils.file_io.atomic_path`).
-
-    Layout: ``{'format': SELECTION_FORMAT, 'version': 1, 'meta': meta, 'patches': [{'path', 'y', 'x', 'size',
-    'psnr_bic', 'label'}, ...]}``, standard JSON (no NaN / Infinity). A reader never sees a half-written file;
-    the parent folder is created if needed.
+    """Write a stage-1 selection as standard JSON, atomically (parent folder created):
+    ``{'format', 'version', 'meta', 'patches': [{'path', 'y', 'x', 'size', 'psnr_bic', 'label'}]}``.
 
     Args:
         path (str): Output file.
-        records (list[dict]): Selection records (``path``, ``y``, ``x``, ``size``, finite ``psnr_bic``).
+        records (list[dict]): Records (``path``, ``y``, ``x``, ``size``, finite ``psnr_bic``).
         labels (array-like): (N,) int pseudo-labels >= 0, one per record.
-        meta (dict): JSON-serialisable information (:func:`run_stage1` stores the options, the resolved threshold,
-            counts and the image fingerprint).
+        meta (dict): JSON-serialisable information.
 
     Raises:
-        ValueError: Lengths differ, a record is invalid, or ``meta`` is not JSON-serialisable (NaN / inf included).
+        ValueError: Lengths differ, an invalid record, or ``meta`` not JSON-serialisable (NaN / inf included).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(records):
@@ -139,16 +118,12 @@ def _patch_problem(patch):
 def load_selection(path):
     """Read and check a selection written by :func:`save_selection`.
 
-    Args:
-        path (str): The JSON file.
-
     Returns:
-        dict: ``{'records': list[dict] (path, y, x, size, psnr_bic), 'labels': ndarray (N,) int64, 'meta': dict}``.
+        dict: ``{'records': list[dict], 'labels': (N,) int64 ndarray, 'meta': dict}``.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not valid JSON, not a stage-1 selection of this version, or holds an invalid entry;
-            the message names the file.
+        ValueError: Not valid JSON, not a stage-1 selection of this version, or an invalid entry (names the file).
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'stage-1 selection {path} does not exist')
@@ -176,11 +151,7 @@ def load_selection(path):
 
 # -------------------------------------------------------------------------------------------------- 5. pipeline
 def stage1_options(opt):
-    """Validated stage-1 options with their defaults filled in (see the module docstring).
-
-    Args:
-        opt (dict): The ``distill.stage1`` section, or whole options holding ``distill: {stage1: ...}`` (then the
-            top-level ``scale`` is the default scale).
+    """Validated stage-1 options with defaults (module docstring), from ``distill.stage1`` or whole options.
 
     Returns:
         dict: JSON-compatible options with every key of :data:`STAGE1_KEYS`.
@@ -236,10 +207,7 @@ def _identity(options):
 
 
 def source_fingerprint(paths):
-    """Fingerprint of a list of images: their count and the SHA-1 of their paths (as listed) and byte sizes.
-
-    Cheap (no decoding): it detects added, removed, renamed and resized files, not same-size edits.
-    """
+    """Count and SHA-1 of the listed image paths and byte sizes (no decoding: misses same-size edits)."""
     digest = hashlib.sha1()
     for path in paths:
         digest.update(f'{path}\t{osp.getsize(path)}\n'.encode('utf-8'))
@@ -247,21 +215,17 @@ def source_fingerprint(paths):
 
 
 def run_stage1(opt_dict, out_path):
-    """Stage 1 of Minimax-SR: PSNR_bic selection, features, k-means pseudo-labels, saved to ``out_path``.
-
-    When ``out_path`` already holds a valid selection made with the same options (extractor ``batch_size`` and
-    ``device`` aside) from the same images (:func:`source_fingerprint`), it is returned without any work (no
-    image decoded, no model loaded). Otherwise (missing, broken, other options or images) the selection is
-    recomputed and the file replaced atomically.
+    """Stage 1 of Minimax-SR saved to ``out_path``, or the saved selection when options (runtime extractor keys aside)
+    and
+    images (:func:`source_fingerprint`) are unchanged.
 
     Args:
-        opt_dict (dict): The ``distill.stage1`` options or whole options (see :func:`stage1_options`).
+        opt_dict (dict): ``distill.stage1`` or whole options (see :func:`stage1_options`).
         out_path (str): The JSON file of the selection.
 
     Returns:
-        dict: As :func:`load_selection`: ``records``, ``labels`` (N,) int64 in [0, k), ``meta`` (``options``,
-        ``source``, ``threshold_db``, ``num_images``, ``skipped_images``, ``num_candidates``, ``num_selected``,
-        ``psnr_bic_median``, ``feature_dim``, ``cluster_sizes``, ``seconds``).
+        dict: As :func:`load_selection`; labels in [0, k); ``meta`` with ``options``, ``source``, ``threshold_db``,
+        counts, ``psnr_bic_median``, ``feature_dim``, ``cluster_sizes``, ``seconds``.
 
     Raises:
         FileNotFoundError: Missing image folder, or CLIP without local weights (names the option).
@@ -308,14 +272,7 @@ def run_stage1(opt_dict, out_path):
 
 # --------------------------------------------------------------------------------------------- 6. patch store
 def selection_key(selection):
-    """Identity of a selection's patches: SHA-1 of its records' (path, y, x, size) and of its source fingerprint.
-
-    Args:
-        selection (dict): As from :func:`load_selection` (``records``, ``meta``).
-
-    Returns:
-        str: 40 hex digits.
-    """
+    """40 hex digits: SHA-1 of the selection's records' (path, y, x, size) and of its source fingerprint."""
     records = [[rec['path'], rec['y'], rec['x'], rec['size']] for rec in selection['records']]
     text = json.dumps({'records': records, 'source': selection['meta'].get('source')}, sort_keys=True)
     return hashlib.sha1(text.encode('utf-8')).hexdigest()
@@ -327,18 +284,11 @@ def _quantise(patch):
 
 
 def write_patch_store(records, path, key):
-    """Stream the patches of selection records into ``path``: a ``.npy`` of shape (N, S, S, 3), uint8.
+    """Stream the patches of ``records`` (all of side S) into ``path``, a uint8 ``.npy`` of shape (N, S, S, 3).
 
-    Patches are read with :func:`iter_patches` (one source image decoded at a time), quantised to 8 bits (exact for
-    8-bit sources; 16-bit sources lose their low bits, as the released code's 8-bit PNG crops do) and appended to a
-    temporary file, which then replaces ``path`` atomically; the sidecar ``<path minus .npy>.json`` (format, key,
-    shape) is written last, so a store without a matching sidecar is never trusted. Memory: one source image and one
-    patch, whatever N. The file is a standard ``.npy`` (``np.load(path, mmap_mode='r')`` reads it).
-
-    Args:
-        records (list[dict]): Selection records (``path``, ``y``, ``x``, ``size``), all of one size S, non-empty.
-        path (str): Output ``.npy`` file.
-        key (str): :func:`selection_key` of the selection, stored in the sidecar.
+    One source image is decoded at a time; the file replaces ``path`` atomically, then the sidecar
+    ``<path minus .npy>.json`` (format, ``key``, shape) is written, so a store without its sidecar is not trusted.
+    Quantising to 8 bits is exact for 8-bit sources.
 
     Raises:
         ValueError: No record, records of different sizes, or a record outside its image (names the file).
@@ -371,16 +321,11 @@ def _sidecar(path):
 
 
 class PatchStore:
-    """Read access to a patch store of :func:`write_patch_store`, by offset (nothing memory-mapped, nothing cached).
-
-    Args:
-        path (str): The ``.npy`` file.
-
-    Attributes:
-        shape (tuple): (N, S, S, 3).
+    """Read access by offset to a store of :func:`write_patch_store` (not memory-mapped, not cached); ``shape`` is
+    (N, S, S, 3).
 
     Raises:
-        ValueError: The file is not a uint8 (N, S, S, 3) ``.npy`` of the expected length (names it).
+        ValueError: ``path`` is not a uint8 (N, S, S, 3) ``.npy`` of the expected length (named).
     """
 
     def __init__(self, path):
@@ -401,17 +346,7 @@ class PatchStore:
         return self.shape[0]
 
     def read(self, indices):
-        """Patches ``indices`` (any order, repeats allowed).
-
-        Args:
-            indices (Sequence[int] | Tensor | ndarray): (B,) indices in [0, N).
-
-        Returns:
-            ndarray: (B, S, S, 3) uint8 RGB patches.
-
-        Raises:
-            IndexError: An index out of range.
-        """
+        """(B, S, S, 3) uint8 RGB patches at ``indices`` (B,) in [0, N), any order; IndexError out of range."""
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
         out = np.empty((len(indices), ) + self.shape[1:], dtype=np.uint8)
         with open(self.path, 'rb') as f:
@@ -424,17 +359,9 @@ class PatchStore:
 
 
 def ensure_patch_store(selection, path):
-    """The patch store of ``selection`` at ``path``: reused when its sidecar names this selection, else (re)written.
-
-    Args:
-        selection (dict): As from :func:`load_selection` / :func:`run_stage1`.
-        path (str): The ``.npy`` file (its sidecar: ``<path minus .npy>.json``).
-
-    Returns:
-        PatchStore: Reader of the N selected patches, in record order.
-
-    Raises:
-        ValueError: As :func:`write_patch_store`.
+    """The :class:`PatchStore` of ``selection`` at ``path`` (record order), reused when its sidecar names this
+    selection,
+    else written by :func:`write_patch_store` (whose errors it raises).
     """
     key = selection_key(selection)
     shape = [len(selection['records'])] + [selection['records'][0]['size']] * 2 + [3] if selection['records'] else []

@@ -1,12 +1,8 @@
-"""Class folders of HR images: the unit of work of class-wise distillation (GSDD).
+"""Class folders of HR images, the unit of work of class-wise distillation (GSDD).
 
-Layouts of ``dataroot_gt``:
-
-* class folders (OST's): ``dataroot_gt/<class>/*.png`` (sky, water, building, grass, plant, animal, mountain). As soon
-  as ``dataroot_gt`` holds a (non-hidden) subfolder, every subfolder is a class and loose images at the top level
-  are ignored (logged). Subfolders are not searched recursively.
-* a flat folder of images: one class named after the folder, or, with ``pseudo_labels``, ``k`` pseudo-classes
-  found by k-means on a weight-free per-image feature (:func:`color_gradient_features`).
+``dataroot_gt`` holds class folders (OST's layout; then loose top-level images are ignored, and subfolders are not
+searched recursively), or is a flat folder of images: one class named after it, or with ``pseudo_labels`` k
+pseudo-classes by k-means on :func:`color_gradient_features`.
 """
 import cv2
 import math
@@ -31,26 +27,19 @@ GRADIENT_BIN_EDGES = (0., 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 
 
 
 def color_gradient_features(img, crop=256):
-    """Weight-free feature of one image, for pseudo-labels: colour statistics and a gradient-magnitude histogram.
-
-    Computed on the centred square crop of side ``min(H, W, crop)`` at native resolution (SR cares about local
-    texture at the pixel scale, so the image is not resized):
-
-    * the mean and the standard deviation of each RGB channel (6 values, in [0, 1]);
-    * the histogram of the gradient magnitude of the luma ``Y = 0.299 R + 0.587 G + 0.114 B``, where the magnitude
-      is the 3x3 Sobel gradient norm divided by 4 (a unit step reads 1), in the 8 log-spaced bins
-      :data:`GRADIENT_BIN_EDGES` ``[0, 1/128, 1/64, ..., 1/2, inf)``, as fractions of the pixels (8 values summing
-      to 1).
+    """Weight-free feature of one image for pseudo-labels, on its centred square crop of side ``min(H, W, crop)`` (not
+    resized): RGB means, RGB stds, and the 8-bin histogram (:data:`GRADIENT_BIN_EDGES`, fractions of the pixels) of the
+    Sobel gradient magnitude / 4 of the luma ``0.299 R + 0.587 G + 0.114 B``.
 
     Args:
-        img (ndarray): (H, W, 3) RGB image, float in [0, 1] (as :func:`read_rgb` returns).
+        img (ndarray): (H, W, 3) RGB image, float in [0, 1].
         crop (int): Largest side of the centred crop. Default: 256.
 
     Returns:
-        ndarray: (14,) float64: RGB means, RGB stds, 8 histogram fractions.
+        ndarray: (14,) float64.
 
     Raises:
-        ValueError: If ``img`` is not (H, W, 3) or ``crop`` is not positive.
+        ValueError: ``img`` is not (H, W, 3) or ``crop`` is not positive.
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f'color_gradient_features expects an (H, W, 3) RGB image, got shape {img.shape}')
@@ -70,13 +59,10 @@ def color_gradient_features(img, crop=256):
 
 
 def kmeans_pseudo_labels(features, num_classes, seed=0):
-    """Cluster images into ``num_classes`` pseudo-classes by k-means on their standardised features.
+    """Pseudo-classes of N images by seeded k-means on their features standardised per dimension (constant ones become
+    0).
 
-    Each feature dimension is standardised over the images (zero mean, unit variance; constant dimensions become 0)
-    so that colour and texture weigh alike, then scikit-learn's ``KMeans(n_clusters=num_classes, n_init=10,
-    random_state=seed)`` runs (:func:`~basicsr_distill.ops.clustering.seeded_kmeans`). Clusters are renumbered in
-    the order of their first member (in the row order of ``features``, ``renumber='first_seen'``), so the labels do
-    not depend on k-means' internal numbering.
+    Clusters are renumbered by first member in row order, so labels do not depend on k-means' internal numbering.
 
     Args:
         features (ndarray): (N, D) float features, one row per image.
@@ -87,8 +73,7 @@ def kmeans_pseudo_labels(features, num_classes, seed=0):
         ndarray: (N,) int64 labels in [0, k).
 
     Raises:
-        ValueError: If k is not in [1, N], or k-means leaves a cluster empty (fewer than k distinct feature vectors,
-            e.g. duplicated images).
+        ValueError: k not in [1, N], or an empty cluster (fewer than k distinct features, e.g. duplicated images).
     """
     features = np.asarray(features, dtype=np.float64)
     num = features.shape[0]
@@ -104,57 +89,40 @@ def kmeans_pseudo_labels(features, num_classes, seed=0):
 
 
 def _image_hw(path):
-    """(H, W) of an image from its header, PNGs checked to their end (:func:`verify_image`, names a broken file)."""
+    """(H, W) of an image from its header, PNGs checked to their end."""
     return verify_image(path)
 
 
 @DATASET_REGISTRY.register()
 class SRClassFolderDataset(data.Dataset):
-    """HR training images grouped in classes, for class-wise distillation (GSDD).
+    """HR training images grouped in classes, for GSDD (:meth:`sample_class_batch`, :meth:`random_crop`).
 
-    Used by the GSDD model, which distils the classes one after another (the class that ``current_iter`` falls in)
-    and draws real HR crops of that class with :meth:`sample_class_batch` (distribution matching) and
-    :meth:`random_crop` (GAN-inversion targets), with its own ``torch.Generator``. Images are decoded lazily and the
-    decoded images of one class only are cached (least recently used first out beyond ``cache_mb``); asking for
-    another class empties the cache.
+    Images are decoded lazily; only the decoded images of the class in use are cached (LRU beyond ``cache_mb``). For
+    BasicSR's dataloader item ``idx`` is a crop of image ``(idx // C) % n_c`` of class ``idx % C`` at a position seeded
+    by
+    ``(seed, idx)``. Images smaller than ``gt_size`` are skipped (logged); every image's header is checked at build time
+    (:func:`verify_image`), and images are read with :func:`read_rgb`.
 
-    For BasicSR's dataloader, items are class-balanced: item ``idx`` is a random crop of image ``(idx // C) % n_c``
-    of class ``c = idx % C`` (C classes, n_c images in class c), the crop position drawn by a numpy RNG seeded with
-    ``(seed, idx)``, so an index always gives the same crop.
-
-    Images smaller than ``gt_size`` in height or width are skipped (logged). Every image is checked when the dataset
-    is built (:func:`verify_image`: its header, and PNGs walked to their end without decoding), so a file that is
-    not an image or a truncated PNG fails before any class is distilled; a truncated JPEG fails when its class is
-    decoded. Images are read with :func:`read_rgb`: grayscale is replicated to 3 channels, alpha is dropped,
-    16-bit is scaled by 1/65535.
-
-    Options (``datasets.train``):
-        dataroot_gt (str): Folder of class folders, or a flat folder of images (see the module docstring).
+    Options (``datasets.train``; docs/Methods_GSDD.md):
+        dataroot_gt (str): Folder of class folders, or a flat folder of images.
         gt_size (int): HR crop size (a multiple of ``scale``).
-        scale (int): Injected by BasicSR from the top-level ``scale``. Default: 1 (then gt_size is free).
-        classes (list[str], optional): Restrict the classes to these names, in this order. Default: every class,
-            sorted by name (class folders), the folder's name (flat folder) or ``pseudo0..pseudo{k-1}``.
-        min_images_per_class (int): A class with fewer usable images is an error. Default: 1.
-        pseudo_labels (dict, optional): Flat folder only: split the images into pseudo-classes by k-means.
-            ``num_classes`` (int, required): k. ``seed`` (int): k-means seed, default 0. ``feature`` (str):
-            ``'color_gradient'`` (default, :func:`color_gradient_features`). ``crop`` (int): centred crop of the
-            feature, default 256. The assignment is :attr:`pseudo_label_assignment`.
-        cache_mb (float): Memory for the decoded images of the class in use, in MiB. Default: 2048.
-        seed (int): Seed (non-negative) of the item crops of ``__getitem__``. Default: 0.
-        io_backend (dict): Ignored: images are read from disk.
+        scale (int): From the top-level ``scale``. Default: 1.
+        classes (list[str], optional): The classes to use, in this order. Default: every class, sorted.
+        min_images_per_class (int): Fewer usable images in a class is an error. Default: 1.
+        pseudo_labels (dict, optional): Flat folder only: ``num_classes`` (required), ``seed`` (0), ``feature``
+            (``'color_gradient'``), ``crop`` (256).
+        cache_mb (float): MiB for the decoded images of the class in use. Default: 2048.
+        seed (int): Seed (>= 0) of the item crops. Default: 0.
+        io_backend (dict): Ignored (disk).
 
     Attributes:
-        layout (str): ``'folders'`` (class folders) or ``'flat'``.
-        pseudo_label_assignment (dict | None): With ``pseudo_labels``, ``{path: class name}`` for every usable image
-            of the folder (also those of classes left out by ``classes``); otherwise None.
+        layout (str): ``'folders'`` or ``'flat'``.
+        pseudo_label_assignment (dict | None): With ``pseudo_labels``, ``{path: class name}`` of every usable image.
 
     Raises:
-        FileNotFoundError: ``dataroot_gt`` missing, or a class folder (or the flat folder) without images; the
-            message names the folder.
-        ValueError: Invalid option (gt_size, classes naming an unknown or repeated class, pseudo_labels, a key
-            other than those above and BasicSR's own, named ``datasets.<phase>.<key>``), a class
-            with fewer than ``min_images_per_class`` images of at least gt_size x gt_size (names the folder), or
-            an image that cannot be decoded (names the file).
+        FileNotFoundError: ``dataroot_gt`` missing, or a class (or the flat folder) without images (named).
+        ValueError: An invalid or unknown option (named ``datasets.<phase>.<key>``), a class with fewer than
+            ``min_images_per_class`` images of at least gt_size (named), or an image that cannot be decoded (named).
     """
 
     #: The keys this dataset reads (besides BasicSR's own, ``utils.options.BASICSR_DATASET_KEYS``); others are refused.
@@ -244,10 +212,7 @@ class SRClassFolderDataset(data.Dataset):
                              f'{self.min_images}.')
 
     def _usable(self, folder, name):
-        """Sorted images of ``folder`` at least gt_size in both sides (others skipped, logged).
-
-        ``name`` is the class name to check ``min_images_per_class`` against (None: only require one image).
-        """
+        """Sorted images of ``folder`` of at least gt_size (others skipped, logged); ``name``: the class to check."""
         paths = list_images(folder)
         kept, small = [], []
         for path in paths:
@@ -318,25 +283,12 @@ class SRClassFolderDataset(data.Dataset):
         return int(c)
 
     def images_of(self, c):
-        """Image paths of class ``c`` (sorted by name within a class folder).
-
-        Args:
-            c (int): Class index in [0, num_classes).
-
-        Returns:
-            list[str]: The paths (a copy).
-
-        Raises:
-            IndexError: ``c`` out of range.
-        """
+        """Image paths of class ``c`` in [0, num_classes) (a copy, sorted within a class folder); IndexError out of
+        range."""
         return list(self._paths[self._check_class(c)])
 
     def class_of(self, path):
-        """Class index of an image path of the dataset.
-
-        Raises:
-            KeyError: The path is not an image of the dataset (in the classes in use).
-        """
+        """Class index of an image path of the dataset; KeyError if it is not one of the classes in use."""
         try:
             return self._class_of_path[path]
         except KeyError:
@@ -380,28 +332,23 @@ class SRClassFolderDataset(data.Dataset):
                             f'{type(generator).__name__}')
 
     def sample_class_batch(self, c, batch_size, generator, return_info=False):
-        """Random HR crops of random images of class ``c``.
+        """``batch_size`` crops of images of class ``c`` drawn uniformly with replacement, each at a uniform position.
 
-        Draws ``batch_size`` images of the class uniformly with replacement, then one uniform crop position in each
-        (so the batch is of class ``c`` only; cycling ``c`` gives class-balanced batches). Only ``generator`` is
-        used (one ``randint`` of ``batch_size`` image indices, then one ``rand`` of ``(batch_size, 2)`` float64
-        positions): the global RNGs are untouched, and the same generator state gives the same batch. The images
-        are decoded on first use and cached while ``c`` stays the class in use.
+        Only ``generator`` is drawn from (image indices, then (B, 2) float64 positions), so its state fixes the batch.
 
         Args:
             c (int): Class index in [0, num_classes).
             batch_size (int): B >= 1.
-            generator (torch.Generator): The random source (any device; the batch is on the CPU).
-            return_info (bool): Also return where each crop comes from. Default: False.
+            generator (torch.Generator): The random source (the batch is on the CPU).
+            return_info (bool): Also return ``[{'gt_path', 'top', 'left'}]``. Default: False.
 
         Returns:
-            Tensor | tuple: (B, 3, gt_size, gt_size) float32 RGB in [0, 1] on the CPU; with ``return_info``,
-            ``(batch, info)`` where ``info`` is a list of B dicts ``{'gt_path', 'top', 'left'}``.
+            Tensor | tuple: (B, 3, gt_size, gt_size) float32 RGB in [0, 1]; with ``return_info``, ``(batch, info)``.
 
         Raises:
             IndexError: ``c`` out of range.
             TypeError: ``generator`` is not a torch.Generator.
-            ValueError: ``batch_size`` < 1, or an image cannot be decoded (names the file).
+            ValueError: ``batch_size`` < 1, or an image cannot be decoded (named).
         """
         c = self._check_class(c)
         self._check_generator(generator)
@@ -420,18 +367,13 @@ class SRClassFolderDataset(data.Dataset):
         return (batch, info) if return_info else batch
 
     def random_crop(self, path, generator, return_info=False):
-        """One uniformly placed HR crop of the image ``path`` (e.g. a GAN-inversion target).
-
-        Uses one ``rand`` of 2 float64 values from ``generator`` only. The image goes through the class cache
-        (its class becomes the class in use).
-
-        Args:
-            path (str): An image of the dataset (see :meth:`images_of`).
-            generator (torch.Generator): The random source.
-            return_info (bool): Also return ``{'gt_path', 'top', 'left'}``. Default: False.
+        """One uniformly placed crop of image ``path`` (one draw of 2 float64 from ``generator``; its class becomes the
+        cached one).
 
         Returns:
-            Tensor | tuple: (3, gt_size, gt_size) float32 RGB in [0, 1]; with ``return_info``, ``(crop, info)``.
+            Tensor | tuple: (3, gt_size, gt_size) float32 RGB in [0, 1]; with ``return_info``, ``(crop, {'gt_path',
+                'top',
+            'left'})``.
 
         Raises:
             KeyError: ``path`` is not an image of the dataset.
@@ -449,15 +391,8 @@ class SRClassFolderDataset(data.Dataset):
         return self.num_classes * self._max_images
 
     def __getitem__(self, index):
-        """Class-balanced item: a crop of image ``(index // C) % n_c`` of class ``index % C``.
-
-        Returns:
-            dict: ``{'gt': Tensor (3, gt_size, gt_size) float32 RGB [0, 1], 'class': int, 'class_name': str,
-            'gt_path': str}``.
-
-        Raises:
-            IndexError: ``index`` out of range.
-        """
+        """Class-balanced item: ``{'gt': (3, gt_size, gt_size) float32 RGB [0, 1], 'class', 'class_name',
+        'gt_path'}``."""
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):

@@ -13,34 +13,23 @@ from basicsr_distill.utils.options import check_dataset_keys
 
 @DATASET_REGISTRY.register()
 class SRInstanceDataset(data.Dataset):
-    """HR training images, each an instance of aligned HR / bicubic-LR patches.
+    """HR training images, each an IDC instance of aligned HR / bicubic-LR patches (:meth:`load_instance`).
 
-    Used by ``IDCModel``: BasicSR's train loop only drives the iterations (an item is a tiny tick, so the
-    dataloader costs nothing); the model asks :meth:`load_instance` for the patches of the instance that
-    ``current_iter`` falls in. Instances therefore run one after another whatever the sampler order, and a resumed
-    run continues in the same instance.
+    An item is only a tick of BasicSR's loop; ``IDCModel`` loads the instance ``current_iter`` falls in, so instances
+    run in order whatever the sampler. Every image's header is checked at build time (:func:`verify_image`); images
+    smaller than one patch are warned of once and give no patch (never resized).
 
     Options (``datasets.train``):
-        dataroot_gt (str): folder of HR images (png/jpg/bmp/tif).
-        meta_info_file (str, optional): restrict to the names in its first column.
-        scale (int): injected by BasicSR from the top-level ``scale``.
-        gt_size (int): HR patch size; the LR patch is gt_size / scale. Must be a multiple of scale.
-        stride (int): HR stride between patches (multiple of scale). Default: gt_size // 2.
-
-    Other keys than these and BasicSR's own (``name``, ``io_backend``, ``batch_size_per_gpu``, ...) are refused
-    (a misspelt ``dataroot_gtt`` would otherwise be ignored).
-
-    Every image is checked when the dataset is built (:func:`~basicsr_distill.utils.image_io.verify_image`: the
-    header, and PNGs walked to their end without decoding), so a file that is not an image or a truncated PNG stops
-    the run before any instance is computed; a truncated JPEG is found when its instance is decoded. Images smaller
-    than one ``gt_size`` patch (after the crop to a multiple of the scale, e.g. 1x1, 4x4 or 7x300) are listed in one
-    warning when the dataset is built; :meth:`load_instance` gives them no patch (never resized), and IDC records
-    them as empty units.
+        dataroot_gt (str): Folder of HR images.
+        meta_info_file (str, optional): Only the names in its first column.
+        scale (int): From the top-level ``scale``.
+        gt_size (int): HR patch size, a multiple of scale (LR: gt_size / scale).
+        stride (int): HR stride, a multiple of scale. Default: gt_size // 2.
 
     Raises:
-        FileNotFoundError: empty or missing folder (named).
-        ValueError: gt_size / stride not multiples of scale, an image that cannot be read (named), an unknown key
-            (named, ``datasets.<phase>.<key>``).
+        FileNotFoundError: An empty or missing folder (named).
+        ValueError: gt_size / stride not multiples of scale, an unreadable image (named), an unknown key (named
+            ``datasets.<phase>.<key>``).
     """
 
     #: The keys this dataset reads (besides BasicSR's own, ``utils.options.BASICSR_DATASET_KEYS``).
@@ -87,15 +76,11 @@ class SRInstanceDataset(data.Dataset):
         return {'tick': index}
 
     def load_instance(self, index):
-        """Patches of instance ``index``.
-
-        Returns:
-            dict: ``lq`` (N, 3, gt/s, gt/s) and ``gt`` (N, 3, gt, gt) float32 tensors in [0, 1] (RGB), ``coords``
-            (list of HR top-left (y, x)), ``name``, ``path``, ``hr_shape`` ((H, W) of the file as decoded, before
-            the crop to a multiple of the scale that the patches are cut from).
+        """Patches of instance ``index``: ``lq`` (N, 3, gt/s, gt/s) and ``gt`` (N, 3, gt, gt) float32 RGB in [0, 1],
+        ``coords`` (HR top-left (y, x)), ``name``, ``path``, ``hr_shape`` ((H, W) as decoded, before the mod-crop).
 
         Raises:
-            ValueError: naming the image if it cannot be read.
+            ValueError: The image cannot be read (named).
         """
         path = self.paths[index]
         img = read_rgb(path)

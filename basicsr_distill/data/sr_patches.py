@@ -1,8 +1,4 @@
-"""Cutting aligned HR / LR patch pairs from training images (shared by the IDC instance dataset and the coreset
-baselines).
-
-Images are listed and read by :mod:`basicsr_distill.utils.image_io`.
-"""
+"""Aligned HR / LR patch pairs of training images (the IDC instance dataset, the baselines, stage 1)."""
 import numpy as np
 
 from basicsr.utils.matlab_functions import imresize
@@ -32,34 +28,18 @@ def patch_positions(size, patch, stride):
 
 
 def lr_patch_grid(lr_h, lr_w, scale, gt_size, stride):
-    """LR top-left rows and columns of the patches :func:`cut_patch_pairs` cuts from an (lr_h, lr_w) LR image.
-
-    Args:
-        lr_h (int), lr_w (int): LR size in pixels (the mod-cropped HR size // scale).
-        scale (int): s.
-        gt_size (int): HR patch size (multiple of s).
-        stride (int): HR stride (multiple of s).
-
-    Returns:
-        tuple[list[int], list[int]]: ``(ys, xs)``; the image has ``len(ys) * len(xs)`` patches (0 if it is smaller
-        than one patch).
+    """LR top-left rows and columns ``(ys, xs)`` of the patches :func:`cut_patch_pairs` cuts from an (lr_h, lr_w) LR
+    image
+    (``len(ys) * len(xs)`` patches, 0 if smaller than one); ``gt_size`` and ``stride`` are HR, multiples of ``scale``.
     """
     lq_size, lq_stride = gt_size // scale, stride // scale
     return patch_positions(lr_h, lq_size, lq_stride), patch_positions(lr_w, lq_size, lq_stride)
 
 
 def cut_patch_pairs(hr, lr, scale, gt_size, stride):
-    """Aligned HR / LR patches of one image.
-
-    Args:
-        hr (ndarray): (H, W, 3) mod-cropped HR, float [0, 1].
-        lr (ndarray): (H/s, W/s, 3) its LR.
-        scale (int): s.
-        gt_size (int): HR patch size (multiple of s).
-        stride (int): HR stride (multiple of s).
-
-    Returns:
-        tuple: gt (N, gt, gt, 3), lq (N, gt/s, gt/s, 3) float32 arrays and the HR top-left (y, x) of each patch.
+    """Aligned patches of one image: (H, W, 3) mod-cropped HR and its (H/s, W/s, 3) LR, float [0, 1] -> gt (N, gt, gt,
+    3),
+    lq (N, gt/s, gt/s, 3) float32 and the HR top-left (y, x) of each; ``gt_size`` and ``stride`` multiples of s.
     """
     lq_size = gt_size // scale
     ys, xs = lr_patch_grid(lr.shape[0], lr.shape[1], scale, gt_size, stride)
