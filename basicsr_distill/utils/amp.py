@@ -1,14 +1,9 @@
 """Mixed precision for the frozen networks' passes (``distill.amp: off | bf16 | fp16``).
 
-The networks that dominate each method's step (IDC's teacher, GSDD's generator, Minimax-SR's DiT and VAE) run under
-``torch.autocast`` on the model's device type; everything the method optimises stays float32: x_hat / latents /
-DiffFit tensors, their optimiser state and the losses (the autocast output is cast back to float32 before any loss,
-see :meth:`MixedPrecision.forward`). ``fp16`` also scales the objective with a ``torch.amp.GradScaler`` so that
-gradients flowing back through the half-precision pass do not underflow; a step whose unscaled gradient is not finite
-is skipped by the scaler (and the scale lowered), as ``GradScaler`` does, instead of stopping the run. ``bf16`` has
-float32's exponent range and needs no scaler.
-
-``fp16`` is refused on the CPU (CPU autocast supports bfloat16 only): use ``bf16`` or ``off`` there.
+The networks that dominate each step (IDC's teacher, GSDD's generator, Minimax-SR's DiT and VAE) run under
+``torch.autocast``; what is optimised (x_hat, latents, DiffFit tensors), optimiser states and losses stay float32.
+``fp16`` adds a ``GradScaler`` (a step with non-finite unscaled gradients is skipped, as ``GradScaler`` does) and is
+refused on the CPU; ``bf16`` needs no scaler. Measured tolerance: docs/Profiling.md.
 """
 import contextlib
 import torch
@@ -18,16 +13,8 @@ _DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def check_amp(mode, device, option='distill.amp'):
-    """Check an ``amp`` option against the device.
-
-    Args:
-        mode (str): One of :data:`AMP_MODES`.
-        device (torch.device | str): The model's device.
-        option (str): The option name for messages.
-
-    Raises:
-        ValueError: An unknown mode, or ``fp16`` on a CPU.
-    """
+    """Check an ``amp`` option (:data:`AMP_MODES`) against the device; ValueError for an unknown mode or ``fp16`` on a
+    CPU."""
     if mode not in AMP_MODES:
         raise ValueError(f'{option} must be one of {list(AMP_MODES)}, got {mode!r}')
     if mode == 'fp16' and torch.device(device).type == 'cpu':
@@ -36,15 +23,7 @@ def check_amp(mode, device, option='distill.amp'):
 
 
 class MixedPrecision:
-    """Autocast and, for fp16, a gradient scaler, for one model.
-
-    Args:
-        mode (str): ``'off'``, ``'bf16'`` or ``'fp16'`` (checked by :func:`check_amp`).
-        device (torch.device | str): The device the networks run on.
-
-    Attributes:
-        scaler (torch.amp.GradScaler | None): Set for ``fp16`` only.
-    """
+    """Autocast and, for fp16, a gradient scaler (``scaler``, else None), for one model on ``device``."""
 
     def __init__(self, mode, device):
         check_amp(mode, device)
@@ -76,11 +55,9 @@ class MixedPrecision:
         return tensor if self.scaler is None else self.scaler.scale(tensor)
 
     def unscale(self, optimizers):
-        """Divide the gradients of ``optimizers`` by the scale (before they are checked or clipped).
-
-        Returns:
-            bool: True where the step may be checked for finite gradients: always without a scaler; with one, only
-            when every unscaled gradient is finite (otherwise the scaler skips the step and lowers its scale).
+        """Divide the gradients of ``optimizers`` by the scale; True unless the scaler found a non-finite gradient (then
+        it
+        skips the step).
         """
         if self.scaler is None:
             return True

@@ -1,11 +1,6 @@
-"""The one owner of listing and reading image files in this package.
-
-* :func:`list_images`: sorted image paths of a folder (by extension), or those a meta-info file names;
-* :func:`read_rgb`: decode one image to float32 RGB in [0, 1], (H, W, 3), with named errors;
-* :func:`verify_image`: a cheap integrity check (header, PNG chunks) before any expensive work.
-
-Callers that need BGR (BasicSR's metrics, ``img2tensor(bgr2rgb=True)``) convert at the call with ``img[..., ::-1]``.
-Distilled-set PNG bytes are decoded by BasicSR's own ``imfrombytes`` where the set is read (``distilled_set``).
+"""The one owner of listing and reading image files: :func:`list_images`, :func:`read_rgb` (float32 RGB in [0, 1],
+(H, W, 3)) and :func:`verify_image` (a cheap header / PNG-chunk check before expensive work). Callers that need
+BGR flip with ``img[..., ::-1]``.
 """
 import cv2
 import numpy as np
@@ -17,21 +12,17 @@ IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def list_images(folder, meta_info_file=None, extensions=IMG_EXTENSIONS, allow_empty=False):
-    """Sorted paths of the images directly inside ``folder`` (or those named in the first column of
-    ``meta_info_file``).
+    """Sorted paths of the images directly inside ``folder``, or those named in the first column of ``meta_info_file``
+    (relative to ``folder``, in the file's order, extensions not checked).
 
     Args:
         folder (str): The folder (not searched recursively).
-        meta_info_file (str | None): A BasicSR meta-info file; its first column names the images (relative to
-            ``folder``, kept in the file's order, extensions not checked). Default: None (list the folder).
-        extensions (tuple[str]): Lower-case file name endings that count as images. Default: :data:`IMG_EXTENSIONS`.
+        meta_info_file (str | None): A BasicSR meta-info file. Default: None.
+        extensions (tuple[str]): Lower-case endings that count as images. Default: :data:`IMG_EXTENSIONS`.
         allow_empty (bool): Return ``[]`` for a folder without images instead of raising. Default: False.
 
-    Returns:
-        list[str]: ``osp.join(folder, name)`` for each image, sorted by name (without ``meta_info_file``).
-
     Raises:
-        FileNotFoundError: If the folder does not exist, or (unless ``allow_empty``) holds no image.
+        FileNotFoundError: The folder does not exist, or (unless ``allow_empty``) holds no image.
     """
     if not osp.isdir(folder):
         raise FileNotFoundError(f'image folder {folder} does not exist')
@@ -47,10 +38,7 @@ def list_images(folder, meta_info_file=None, extensions=IMG_EXTENSIONS, allow_em
 
 
 def _jpeg_truncation(path):
-    """Why the JPEG ``path`` is truncated or corrupt, or None (OpenCV decodes such files partially, silently).
-
-    PIL decodes the entropy-coded data at 1/8 scale (``draft``), which is cheap and fails on a truncated stream.
-    """
+    """Why the JPEG ``path`` is truncated or corrupt (PIL draft decode), or None."""
     try:
         with Image.open(path) as img:
             img.draft('RGB', (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
@@ -64,23 +52,14 @@ def _jpeg_truncation(path):
 
 
 def read_rgb(path):
-    """Read an image as float32 RGB in [0, 1], (H, W, 3).
+    """Read an image as C-contiguous (H, W, 3) float32 RGB in [0, 1].
 
-    Conversions: grayscale (8 or 16 bit) is replicated to 3 channels; an alpha channel is dropped (not composited:
-    the colours under transparent pixels are kept); palette images are expanded to RGB; 16-bit images are scaled
-    by 1/65535, 8-bit ones by 1/255 (so ``np.round(img * 255)`` gives the 8-bit samples back exactly). EXIF
-    orientation is not applied (the pixels as stored). Other sample types (float or signed TIFFs) are refused.
-
-    Args:
-        path (str): Image file.
-
-    Returns:
-        ndarray: (H, W, 3) float32 RGB in [0, 1], C-contiguous.
+    Grayscale is replicated, alpha dropped (not composited), palettes expanded; 16-bit is scaled by 1/65535, 8-bit by
+    1/255 (``np.round(img * 255)`` gives the samples back). EXIF orientation is not applied.
 
     Raises:
-        ValueError: naming the file if it cannot be decoded (missing, not an image, truncated or corrupt: OpenCV
-            refuses truncated PNG / BMP / TIFF / WebP files; truncated JPEGs, which OpenCV decodes partially, are
-            detected with PIL), or has an unsupported sample type.
+        ValueError: Naming the file: missing, not an image, truncated or corrupt (truncated JPEGs found with PIL), or
+            float / signed samples.
     """
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -104,22 +83,12 @@ def read_rgb(path):
 
 
 def verify_image(path):
-    """Cheap integrity check of an image file without decoding its pixels, to fail before any expensive work.
-
-    The header is parsed with PIL; PNG files are also walked chunk by chunk to their end (CRCs checked, pixels not
-    decompressed), which finds truncated PNGs. Truncated JPEGs are only found when the image is decoded
-    (:func:`read_rgb`).
-
-    Args:
-        path (str): Image file.
-
-    Returns:
-        tuple[int, int]: (H, W) from the header.
+    """(H, W) from the header of an image, checked without decoding pixels: PIL parses the header and PNGs are walked to
+    their end (CRCs checked). Truncated JPEGs are found only by :func:`read_rgb`; a file PIL cannot parse is decoded.
 
     Raises:
-        ValueError: naming the file if it is not an image, a truncated or corrupt PNG, or a TIFF of float, signed
-            or 32-bit samples (refused by :func:`read_rgb`; found from the header). (A file PIL cannot parse or
-            verify is decoded with :func:`read_rgb` instead, which decides.)
+        ValueError: Naming the file: not an image, a truncated or corrupt PNG, or a TIFF of float, signed or 32-bit
+            samples.
     """
     try:
         with Image.open(path) as img:
@@ -135,8 +104,7 @@ def verify_image(path):
 
 
 def _tiff_sample_type(img):
-    """The sample type of a TIFF that :func:`read_rgb` refuses (e.g. ``'float32'``, ``'int16'``), from its header
-    (tags SampleFormat and BitsPerSample), or None for unsigned samples of at most 16 bits."""
+    """The TIFF sample type :func:`read_rgb` refuses (e.g. ``float32``), from the header, or None."""
     tags = img.tag_v2
     formats, bits = tags.get(339, (1, )), tags.get(258, (8, ))
     formats = formats if isinstance(formats, tuple) else (formats, )

@@ -1,11 +1,9 @@
-"""Option files and option sections: the one reader of BasicSR option files (:func:`read_option_file`), the one way to
-build a model from options outside BasicSR's train loop (:func:`build_model_from_options`), and the checked merge of
-a section into its defaults that every distillation model uses for ``distill`` (:func:`merge_options`), with the
-range and optimiser checks of its values (:func:`check_ranges`, :func:`check_optimizer`), and the key checks outside
-``distill`` that BasicSR does not make (:func:`check_dataset_keys`, :func:`check_path_keys`).
+"""Option files and sections: the one reader of BasicSR option files (:func:`read_option_file`), building a model
+outside the train loop (:func:`build_model_from_options`), the checked merge of a section into its defaults
+(:func:`merge_options`, :func:`check_ranges`, :func:`check_optimizer`) and the key checks BasicSR does not make
+(:func:`check_dataset_keys`, :func:`check_path_keys`).
 
-Option files are code (BasicSR's YAML loader runs their tags, e.g. ``plugin: !!python/name:basicsr_distill.__name__``
-imports the plugin): read trusted files only.
+Option files are code (BasicSR's YAML loader runs their tags): read trusted files only.
 """
 import copy
 import difflib
@@ -23,18 +21,12 @@ _NULLABLE = frozenset({'distill.dit.subfolder', 'distill.vae.subfolder'})
 
 
 def read_option_file(path):
-    """A BasicSR option file, read with BasicSR's own loader (``yaml.load(f, Loader=ordered_yaml()[0])``).
-
-    Args:
-        path (str): The YAML file.
-
-    Returns:
-        OrderedDict: The options (nested OrderedDicts, as BasicSR's ``parse_options`` reads them).
+    """A BasicSR option file read with BasicSR's loader, as nested OrderedDicts.
 
     Raises:
-        FileNotFoundError: If the file does not exist (the message names it).
-        ValueError: If it does not hold a mapping of options (an empty file, a list, a scalar), naming the file.
-        yaml.YAMLError: If it is not valid YAML (PyYAML's message gives the line).
+        FileNotFoundError: The file does not exist (named).
+        ValueError: It does not hold a mapping (empty, a list, a scalar), naming the file.
+        yaml.YAMLError: It is not valid YAML (with the line).
     """
     path = os.fspath(path)
     if not osp.isfile(path):
@@ -47,14 +39,7 @@ def read_option_file(path):
 
 
 def forced_seed(force_yml):
-    """The ``manual_seed`` that a ``--force_yml`` list sets, or None.
-
-    Args:
-        force_yml (list[str] | None): ``--force_yml`` entries as BasicSR parses them (``key1:key2=value``).
-
-    Returns:
-        int | None: The value of a ``manual_seed=<int>`` entry (the last one), None where no entry sets it.
-    """
+    """The ``manual_seed`` of the last ``manual_seed=<int>`` entry of ``--force_yml`` (``key1:key2=value``), or None."""
     seed = None
     for entry in force_yml or []:
         key, _, value = entry.partition('=')
@@ -64,19 +49,11 @@ def forced_seed(force_yml):
 
 
 def apply_forced_seed(opt, force_yml):
-    """Seed the run with a ``manual_seed`` given through ``--force_yml``, which BasicSR 1.4.2 misses.
-
-    BasicSR's ``parse_options`` calls ``set_random_seed(opt['manual_seed'] + rank)`` *before* it applies
-    ``--force_yml``, so ``--force_yml manual_seed=1`` changes the recorded option but every run still draws from the
-    option file's seed. Called right after ``parse_options``, this seeds again, as BasicSR would have, with the forced
-    value; without such an entry it does nothing (the RNG states are left exactly as BasicSR set them).
-
-    Args:
-        opt (dict): The parsed options (``manual_seed``, ``rank``).
-        force_yml (list[str] | None): The ``--force_yml`` entries.
+    """Seed again with a ``--force_yml`` ``manual_seed``, which BasicSR 1.4.2 applies after seeding; call it right after
+    ``parse_options``. Without such an entry the RNG states are untouched.
 
     Returns:
-        int | None: The seed applied (``manual_seed + rank``), None where nothing was done.
+        int | None: The seed applied (``manual_seed + rank``), or None.
     """
     if forced_seed(force_yml) is None:
         return None
@@ -87,22 +64,19 @@ def apply_forced_seed(opt, force_yml):
 
 
 def check_experiment_name(name, option='name'):
-    """Check that the experiment name is one plain folder name, before BasicSR joins it into a path.
-
-    BasicSR writes a run into ``experiments/<name>`` (training) or ``results/<name>`` (testing) and renames an existing
-    folder of that path to ``<path>_archived_<time>``: ``name: ..`` would rename the current directory, ``name: .``
-    the whole ``experiments/`` folder, an absolute name or one with a separator a folder elsewhere.
+    """Check that the experiment name is one plain folder name, before BasicSR joins it into a path (and archives an
+    existing folder of that path: ``..`` would rename the current directory).
 
     Args:
-        name: The value of the option (any type: YAML and ``--force_yml`` give ints, None, ...).
+        name: The option's value (any type).
         option (str): The option's name, for the message. Default: ``'name'``.
 
     Returns:
         str: ``name``, unchanged.
 
     Raises:
-        ValueError: ``name`` is not a string, is empty, ``.`` or ``..``, holds a path separator, a NUL or another
-            control character, or starts or ends with white space; the message names the option and the value.
+        ValueError: Not a string, empty, ``.`` or ``..``, a path separator, NUL or control character, or leading or
+            trailing white space; naming the option and value.
     """
     problem = None
     if not isinstance(name, str):
@@ -125,33 +99,25 @@ def check_experiment_name(name, option='name'):
 
 
 def build_model_from_options(opt_or_path, root=None, distilled_root=None, num_gpu=None, model_cls=None):
-    """A BasicSR model (a distillation model or any other) built from options as ``basicsr.train.train_pipeline``
-    builds it, without the train loop: for profilers, scripts and tests that drive the model themselves.
+    """A BasicSR model built from options as ``train_pipeline`` builds it, without the train loop (profilers, scripts,
+    tests).
 
-    The options are prepared as ``parse_options(is_train=True)`` prepares them in a single process: ``is_train``
-    True, ``dist`` False, ``rank`` 0, ``world_size`` 1, ``num_gpu: auto`` resolved to ``torch.cuda.device_count()``,
-    every dataset given its ``phase`` (its key up to the first ``_``) and the top-level ``scale``. Unlike
-    ``train_pipeline``, nothing else is done: no seed is set, no log file, experiment folder or dataloader is made,
-    no training state is resumed.
+    The options are prepared as ``parse_options(is_train=True)`` does in one process (``dist`` False, rank 0,
+    ``num_gpu: auto`` resolved, each dataset's ``phase`` and ``scale``); no seed, log, folder, dataloader or resume.
 
     Args:
-        opt_or_path (dict | str): Options (deep-copied: the caller's dict is not modified) or an option file
-            (:func:`read_option_file`).
-        root (str | None): Folder of what the model writes besides the distilled set: ``path.experiments_root``
-            and ``path.training_states`` are set to it (it is created). None keeps the options' own. Default: None.
-        distilled_root (str | None): Sets ``path.distilled_root`` (the output set). None keeps the options' own.
-            Default: None.
-        num_gpu (int | str | None): Sets ``num_gpu`` (``'auto'``: ``torch.cuda.device_count()``). None keeps the
-            options' own (``auto`` resolved). Default: None.
-        model_cls (type | None): The model class; None takes ``MODEL_REGISTRY[model_type]`` (BasicSR's
-            ``build_model``). Default: None.
+        opt_or_path (dict | str): Options (deep-copied) or an option file.
+        root (str | None): Sets (and creates) ``path.experiments_root`` and ``path.training_states``. Default: None.
+        distilled_root (str | None): Sets ``path.distilled_root``. Default: None.
+        num_gpu (int | str | None): Sets ``num_gpu`` (``'auto'``: every GPU). Default: None (the options' own).
+        model_cls (type | None): The model class; None: ``MODEL_REGISTRY[model_type]``. Default: None.
 
     Returns:
-        BaseModel: The model, built from the prepared options (``model.opt``).
+        BaseModel: The model (``model.opt`` the prepared options).
 
     Raises:
         FileNotFoundError, ValueError: As :func:`read_option_file`; whatever the model raises on its options.
-        KeyError: If ``model_cls`` is None and ``model_type`` is missing or not registered.
+        KeyError: ``model_cls`` None and ``model_type`` missing or not registered.
     """
     import torch
 
@@ -180,22 +146,13 @@ def build_model_from_options(opt_or_path, root=None, distilled_root=None, num_gp
 
 
 def check_option_type(default, value, name):
-    """``value`` checked against the type of ``default`` (bool, int, float or str); returns it normalised.
+    """``value`` checked against the type of ``default`` (bool, int, float or str) and normalised.
 
-    Ints are accepted for floats (returned as float); integral floats for ints (returned as int, e.g. YAML's
-    ``!!float 1e4``); a bool is never a number and a number never a bool. Other defaults accept anything, and None
-    is accepted for the options of ``_NULLABLE`` (``distill.dit.subfolder``, ``distill.vae.subfolder``).
-
-    Args:
-        default: The default value, whose type is required.
-        value: The value given.
-        name (str): The option's dotted name, for the message (``distill.<key>``).
-
-    Returns:
-        The value, normalised (int -> float for a float default, integral float -> int for an int default).
+    Ints are accepted for floats (returned as float), integral floats for ints (returned as int); a bool is never a
+    number nor a number a bool. Other defaults accept anything; None is accepted for the options of ``_NULLABLE``.
 
     Raises:
-        ValueError: naming the option ``name``, the expected type and the value given.
+        ValueError: Naming the option ``name``, the expected type and the value.
     """
     if default is None or not isinstance(default, (bool, int, float, str)) or (value is None and name in _NULLABLE):
         return value
@@ -223,23 +180,18 @@ def check_option_type(default, value, name):
 
 
 def merge_options(defaults, given, prefix='distill'):
-    """``defaults`` updated by ``given`` (nested dicts merged), with the keys and types checked.
+    """``defaults`` updated by ``given`` into a new dict (nested dicts merged), keys and types checked.
 
-    A value whose default is a bool, an int, a float or a str must be of that type (see
-    :func:`check_option_type`: ints are accepted for floats, integral floats for ints); defaults that are None,
-    lists, or empty dicts accept any value; non-empty dict defaults are merged key by key.
+    Values are checked by :func:`check_option_type`; None, list and empty-dict defaults accept anything; non-empty dict
+    defaults are merged key by key.
 
     Args:
         defaults (dict): The section's defaults (not modified).
         given (dict | None): The section as given (None: the defaults).
         prefix (str): Dotted name of the section, for the messages. Default: ``'distill'``.
 
-    Returns:
-        dict: The merged section (a new dict; nested dicts merged into new dicts).
-
     Raises:
-        ValueError: ``given`` is not a mapping, an unknown key, or a value of the wrong type; the message names the
-            option (``distill.<key>``).
+        ValueError: ``given`` not a mapping, an unknown key, or a wrong type (naming ``<prefix>.<key>``).
     """
     if given is not None and not isinstance(given, dict):
         raise ValueError(f'option {prefix} must be a mapping of options, got {given!r} ({type(given).__name__})')
@@ -274,16 +226,13 @@ def _in_range(value, rule):
 
 
 def check_ranges(section, rules, prefix='distill'):
-    """Check that numeric options of a merged section lie in their ranges, in the order of ``rules``.
-
-    Args:
-        section (dict): The merged section (types already checked by :func:`merge_options`).
-        rules (dict[str, str]): Dotted key -> range: ``'>= 0'``, ``'> 0'``, or an interval such as ``'[0, 1)'``.
-        prefix (str): Dotted name of the section, for the messages. Default: ``'distill'``.
+    """Check the numeric options of a merged section against ``rules`` (dotted key -> ``'>= 0'``, ``'> 0'`` or an
+    interval
+    such as ``'[0, 1)'``), in order.
 
     Raises:
-        ValueError: The first option that is not a finite number in its range, e.g. ``option distill.warmup_iters
-            must be >= 0, got -6``.
+        ValueError: The first option not a finite number in its range, e.g. ``option distill.warmup_iters must be >= 0,
+            got -6``.
     """
     for key, rule in rules.items():
         value = _dotted(section, key)
@@ -294,16 +243,10 @@ def check_ranges(section, rules, prefix='distill'):
 
 
 def check_optimizer(section, prefix):
-    """Check an optimiser section (``{'type': <torch.optim class>, 'lr': ..., ...}``) before any unit uses it.
+    """Check an optimiser section (``{'type': <torch.optim class, default Adam>, 'lr', ...}``) before any unit uses it.
 
-    ``lr`` must be a finite number >= 0 (0 keeps the parameters at their start: the benchmark's ``*_init`` controls
-    use it; a warning is logged), ``betas`` a pair of numbers in [0, 1), ``weight_decay`` / ``momentum`` >= 0 and
-    ``eps`` > 0 (where given); then the optimiser is built once on a dummy parameter, so that anything else torch
-    refuses is found now, named, instead of at the first unit.
-
-    Args:
-        section (dict): The optimiser options (``type`` optional: Adam).
-        prefix (str): Its dotted name, for the messages (e.g. ``'distill.optim'``).
+    ``lr`` finite and >= 0 (0, as the ``*_init`` controls use, logs a warning), ``betas`` a pair in [0, 1),
+    ``weight_decay`` / ``momentum`` >= 0, ``eps`` > 0; then the optimiser is built once on a dummy parameter.
 
     Raises:
         ValueError: Naming the option (``<prefix>.lr``, ``<prefix>.betas``, ``<prefix>.type``, ...) and the value.
@@ -357,16 +300,12 @@ def _did_you_mean(key, known):
 
 
 def check_dataset_keys(opt, own_keys, dataset_type):
-    """Refuse a key of a ``datasets.<phase>`` section that neither BasicSR nor the dataset class reads (BasicSR would
-    ignore a misspelt ``dataroot_gtt`` silently).
-
-    Args:
-        opt (dict): The dataset's options.
-        own_keys (Iterable[str]): The keys the dataset class reads, besides :data:`BASICSR_DATASET_KEYS`.
-        dataset_type (str): The class name, for the message.
+    """Refuse a key of a ``datasets.<phase>`` section that neither BasicSR (:data:`BASICSR_DATASET_KEYS`) nor the
+    dataset
+    (``own_keys``) reads.
 
     Raises:
-        ValueError: Naming ``datasets.<phase>.<key>``, a close known key where there is one, and the known keys.
+        ValueError: Naming ``datasets.<phase>.<key>``, a close known key if any, and the known keys.
     """
     known = BASICSR_DATASET_KEYS | set(own_keys)
     unknown = [k for k in opt if k not in known]
@@ -378,14 +317,8 @@ def check_dataset_keys(opt, own_keys, dataset_type):
 
 
 def check_path_keys(opt):
-    """Refuse ``path`` keys that look like BasicSR's but that nothing reads (BasicSR ignores them silently).
-
-    ``pretrain_network_<net>``, ``strict_load_<net>`` and ``param_key_<net>`` need a ``network_<net>`` section;
-    another key is refused when it is close to a known one (:data:`KNOWN_PATH_KEYS`, or a network key of an existing
-    network), e.g. ``resume_sate`` or ``distiled_root``. Other keys are left alone.
-
-    Args:
-        opt (dict): The whole options.
+    """Refuse ``path`` keys that nothing reads: ``pretrain_network_<net>``, ``strict_load_<net>``, ``param_key_<net>``
+    without ``network_<net>``, and keys close to a known one (:data:`KNOWN_PATH_KEYS`, e.g. ``resume_sate``).
 
     Raises:
         ValueError: Naming ``path.<key>`` and what it was probably meant to be.

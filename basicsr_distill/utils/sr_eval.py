@@ -13,13 +13,8 @@ IMG_EXTENSIONS = image_io.IMG_EXTENSIONS + ('.ppm', )
 
 
 class BicubicSR(torch.nn.Module):
-    """MATLAB-style bicubic up-sampling (BasicSR's ``imresize``): the usual reference row of SR tables.
-
-    Args:
-        scale (int): Upsampling factor.
-
-    Forward: ``x`` (B, 3, h, w) RGB in [0, 1] -> (B, 3, scale * h, scale * w), not clamped (as ``imresize``);
-    computed on the CPU and returned on ``x``'s device.
+    """MATLAB-style bicubic up-sampling (BasicSR's ``imresize``), the reference row of SR tables: (B, 3, h, w) RGB in
+    [0, 1] -> (B, 3, scale h, scale w), not clamped, computed on the CPU and returned on ``x``'s device.
     """
 
     def __init__(self, scale):
@@ -31,13 +26,10 @@ class BicubicSR(torch.nn.Module):
 
 
 def list_images(folder):
-    """Sorted file names (not paths) of the images (by extension, PPM included) directly inside ``folder``.
-
-    :func:`basicsr_distill.utils.image_io.list_images` with the evaluation's extensions and error message; an empty
-    folder gives ``[]`` (the callers name what is missing).
+    """Sorted file names (not paths) of the images directly inside ``folder`` (PPM included); ``[]`` when empty.
 
     Raises:
-        FileNotFoundError: If ``folder`` is not a directory.
+        FileNotFoundError: ``folder`` is not a directory.
     """
     if not osp.isdir(folder):
         raise FileNotFoundError(f'Image folder not found: "{folder}".')
@@ -45,13 +37,10 @@ def list_images(folder):
 
 
 def read_image(path):
-    """Read an image as 3-channel BGR float32 in [0, 1], shape (h, w, 3), for BasicSR's metrics.
-
-    :func:`basicsr_distill.utils.image_io.read_rgb` (grayscale replicated to 3 channels, alpha dropped, 16-bit
-    scaled by 1/65535) flipped to BGR.
+    """An image as (h, w, 3) BGR float32 in [0, 1] for BasicSR's metrics (``image_io.read_rgb`` flipped).
 
     Raises:
-        FileNotFoundError: If the file cannot be read as an image (the reason of ``read_rgb`` chained).
+        FileNotFoundError: It cannot be read as an image (``read_rgb``'s reason chained).
     """
     try:
         img = image_io.read_rgb(str(path))
@@ -61,18 +50,8 @@ def read_image(path):
 
 
 def find_lr_file(hr_name, lr_names, scale):
-    """Find the LR file matching an HR file name.
-
-    Tried in order, with any image extension: ``{stem}x{scale}`` (Set5 / DIV2K layout: ``baby.png`` ->
-    ``babyx4.png``), ``{stem}_x{scale}``, then ``{stem}`` (identical names).
-
-    Args:
-        hr_name (str): HR file name, e.g. ``'baby.png'``.
-        lr_names (list[str]): File names in the LR folder.
-        scale (int): Upsampling factor.
-
-    Returns:
-        str | None: The LR file name, or None if none matches.
+    """The LR file name matching ``hr_name`` among ``lr_names``, or None: ``{stem}x{scale}`` (Set5 / DIV2K), then
+    ``{stem}_x{scale}``, then ``{stem}``, with any image extension.
     """
     by_stem = {}
     for name in lr_names:
@@ -85,14 +64,9 @@ def find_lr_file(hr_name, lr_names, scale):
 
 
 def make_lr(img_hr, scale):
-    """Bicubic (MATLAB ``imresize``) downsampling of an HR image, rounded to 8 bits like a saved LR PNG.
-
-    Args:
-        img_hr (ndarray): Shape (h, w, c), float in [0, 1], h and w multiples of ``scale``.
-        scale (int): Downsampling factor.
-
-    Returns:
-        ndarray: Shape (h // scale, w // scale, c), float32 in [0, 1] on the 1/255 grid.
+    """MATLAB-bicubic x 1/scale of an (h, w, c) float HR image in [0, 1] (h, w multiples of ``scale``), rounded to 8
+    bits
+    as a saved LR PNG: (h // scale, w // scale, c) float32.
     """
     img_lr = imresize(img_hr, 1 / scale)
     return (np.clip(np.round(img_lr * 255.), 0, 255) / 255.).astype(np.float32)
@@ -106,37 +80,31 @@ def evaluate_sr(net,
                 crop_border=None,
                 test_y_channel=True,
                 extra_metrics=None):
-    """PSNR / SSIM (and optionally more metrics) of ``net`` on the images of ``hr_folder``, as in BasicSR's validation.
+    """PSNR / SSIM (and ``extra_metrics``) of ``net`` on the images of ``hr_folder``, as BasicSR's validation.
 
-    For each HR image (read with :func:`read_image`, grayscale replicated to 3 channels): the LR image is read from
-    ``lr_folder`` (matched by :func:`find_lr_file`) or, when ``lr_folder`` is None, made from the mod-cropped HR
-    image by :func:`make_lr`. The HR image is cropped to ``scale`` x the LR size. The network gets the LR image as
-    RGB in [0, 1], shape (1, 3, h, w), under ``torch.no_grad()`` in eval mode; its output is clamped and rounded to
-    8 bits (``tensor2img``) and compared with BasicSR's ``calculate_psnr`` / ``calculate_ssim``.
+    Per HR image: the LR is read from ``lr_folder`` (:func:`find_lr_file`) or made by :func:`make_lr`; the HR is
+    cropped to ``scale`` x the LR size; the output (eval mode, no_grad) is rounded to 8 bits (``tensor2img``) and
+    measured with BasicSR's ``calculate_psnr`` / ``calculate_ssim``.
 
     Args:
-        net (nn.Module): SR network, RGB [0, 1] in and out, output ``scale`` times the input size. It is moved to
-            ``device``; its training mode is restored afterwards.
+        net (nn.Module): SR network, RGB [0, 1] in and out, ``scale`` times the input (moved to ``device``; training
+            mode restored).
         hr_folder (str): Folder of HR images.
-        lr_folder (str | None): Folder of LR images; None makes them on the fly. Default: None.
+        lr_folder (str | None): Folder of LR images; None makes them. Default: None.
         scale (int): Upsampling factor. Default: 4.
-        device (str | torch.device): Device to run the network on. Default: ``'cpu'``.
-        crop_border (int | None): Pixels shaved from each border before measuring; None uses ``scale``.
-        test_y_channel (bool): Measure on the Y channel (BT.601) instead of BGR. Default: True.
-        extra_metrics (dict[str, callable] | None): More metrics, ``name -> fn(img_sr, img_gt) -> float``, called on
-            every image with the same two arrays as PSNR / SSIM: uint8 BGR, shape (h, w, 3), in [0, 255], the border
-            not shaved (each function shaves what it needs). Names must differ from ``'psnr'``, ``'ssim'`` and
-            ``'per_image'``. Default: None.
+        device (str | torch.device): Device of the network. Default: ``'cpu'``.
+        crop_border (int | None): Pixels shaved from each border; None: ``scale``.
+        test_y_channel (bool): On the Y channel (BT.601) instead of BGR. Default: True.
+        extra_metrics (dict[str, callable] | None): ``name -> fn(img_sr, img_gt) -> float`` on the uint8 BGR (h, w, 3)
+            arrays, border not shaved; names other than ``'psnr'``, ``'ssim'``, ``'per_image'``. Default: None.
 
     Returns:
-        dict: ``{'psnr': float, 'ssim': float, 'per_image': {hr_name: {'psnr': float, 'ssim': float}}}``, the first
-        two being means over the images. Each extra metric adds its mean under its name and its value to every
-        ``per_image`` entry.
+        dict: ``{'psnr', 'ssim', <extra>..., 'per_image': {hr_name: {metric: float}}}``, means over the images.
 
     Raises:
-        FileNotFoundError: If a folder is missing, it holds no images, or an HR image has no matching LR image.
-        ValueError: If an HR image is smaller than ``scale`` x its LR image, the output has the wrong size, an extra
-            metric has a reserved name, or an extra metric raises ValueError (re-raised naming the metric and image).
+        FileNotFoundError: A missing or empty folder, or an HR image without LR.
+        ValueError: An HR image smaller than ``scale`` x its LR, an output of the wrong size, a reserved metric name,
+            or a ValueError of an extra metric (re-raised naming the metric and image).
     """
     extra_metrics = dict(extra_metrics or {})
     reserved = {'psnr', 'ssim', 'per_image'}.intersection(extra_metrics)

@@ -1,11 +1,8 @@
-"""Evaluation of a trained SR network on test folders: PSNR / SSIM / NIQE (BasicSR's metrics) and LPIPS (optional).
+"""Evaluation of a trained SR network on test folders: PSNR / SSIM / NIQE (BasicSR's metrics) and optional LPIPS, and
+the training wall time of a BasicSR train log (:func:`parse_train_time`).
 
-Also the training wall time read from a BasicSR train log (:func:`parse_train_time`), reported beside the quality of
-a training set (its size on disk: :func:`basicsr_distill.distilled_set.dataset_size`).
-
-LPIPS needs the ``lpips`` package, which is not a dependency of this project; it is imported only when asked for,
-and never downloads anything: when the package or one of its weight files is missing it is reported unavailable
-(:func:`load_lpips` says why and how to enable it) and its values are ``None``.
+LPIPS needs the ``lpips`` package (not a dependency), imported only when asked for, and never downloads: without it
+or its weights the values are None and :func:`load_lpips` says how to enable it.
 """
 import importlib
 import numpy as np
@@ -35,14 +32,11 @@ def niqe_params_path():
 
 
 def check_niqe_params():
-    """Check that the installed basicsr has its NIQE parameters (the pristine-image model), before any work.
-
-    Returns:
-        str: Path of ``niqe_pris_params.npz``.
+    """Path of the installed basicsr's ``niqe_pris_params.npz``, checked before any work.
 
     Raises:
-        FileNotFoundError: If the file is missing from the installed basicsr package.
-        ValueError: If it cannot be read or lacks ``mu_pris_param``, ``cov_pris_param`` or ``gaussian_window``.
+        FileNotFoundError: The file is missing from basicsr.
+        ValueError: It cannot be read or lacks ``mu_pris_param``, ``cov_pris_param`` or ``gaussian_window``.
     """
     path = niqe_params_path()
     if not osp.isfile(path):
@@ -60,19 +54,12 @@ def check_niqe_params():
 
 
 def niqe_of(img_sr, crop_border):
-    """NIQE of an SR output with BasicSR's ``calculate_niqe`` (Y channel, 96 x 96 blocks). Lower is better.
-
-    Args:
-        img_sr (ndarray): uint8 BGR image, shape (h, w, 3), in [0, 255].
-        crop_border (int): Pixels shaved from each border first.
-
-    Returns:
-        float: The NIQE score, finite and usually positive.
+    """NIQE (lower is better) of a uint8 BGR (h, w, 3) SR output with BasicSR's ``calculate_niqe`` (Y channel), after
+    shaving ``crop_border`` pixels.
 
     Raises:
-        ValueError: If the shaved image holds fewer than two whole 96 x 96 blocks (the covariance of the block
-            features needs two; one block makes BasicSR's ``niqe`` fail), BasicSR's ``niqe`` fails (flat blocks), or
-            the score is not finite.
+        ValueError: Fewer than two whole 96 x 96 blocks after the shave, BasicSR's ``niqe`` fails (flat blocks), or a
+            non-finite score.
     """
     h, w = img_sr.shape[0] - 2 * crop_border, img_sr.shape[1] - 2 * crop_border
     if max(h, 0) // NIQE_BLOCK * (max(w, 0) // NIQE_BLOCK) < 2:
@@ -99,18 +86,11 @@ def lpips_unavailable_message(reason):
 
 
 def load_lpips(device='cpu'):
-    """LPIPS (AlexNet, v0.1) from locally present weights only, or the reason it is unavailable.
-
-    ``lpips`` is imported here (it is not a dependency). Its linear weights ``lpips/weights/v0.1/alex.pth`` (inside
-    the package) and torchvision's ``alexnet-owt-7be5be79.pth`` under ``torch.hub.get_dir()/checkpoints`` (that is
-    ``$TORCH_HOME/hub/checkpoints``) must both exist, so that building the network never downloads.
-
-    Args:
-        device (str | torch.device): Device of the network. Default: ``'cpu'``.
+    """LPIPS (AlexNet, v0.1) from local weights only: ``lpips/weights/v0.1/alex.pth`` in the package and torchvision's
+    ``alexnet-owt-7be5be79.pth`` under ``torch.hub.get_dir()/checkpoints``.
 
     Returns:
-        tuple: ``(net, None)`` with ``net`` an ``lpips.LPIPS`` in eval mode, or ``(None, message)`` with the message
-        of :func:`lpips_unavailable_message`.
+        tuple: ``(net, None)`` (eval mode, on ``device``) or ``(None, message)`` (:func:`lpips_unavailable_message`).
     """
     try:
         import lpips
@@ -131,18 +111,8 @@ def load_lpips(device='cpu'):
 
 
 def lpips_of(lpips_net, img_sr, img_gt, crop_border, device='cpu'):
-    """LPIPS distance between an SR output and its ground truth (RGB, both 8-bit). Lower is better.
-
-    Args:
-        lpips_net (callable): ``lpips_net(sr, gt)`` on RGB tensors in [-1, 1], shape (1, 3, h, w), returning a
-            one-element tensor (``lpips.LPIPS`` does).
-        img_sr (ndarray): uint8 BGR SR output, shape (h, w, 3).
-        img_gt (ndarray): uint8 BGR ground truth, same shape.
-        crop_border (int): Pixels shaved from each border first (as for PSNR / SSIM).
-        device (str | torch.device): Device of ``lpips_net``. Default: ``'cpu'``.
-
-    Returns:
-        float: The distance.
+    """LPIPS distance (lower is better) between uint8 BGR (h, w, 3) ``img_sr`` and ``img_gt``, after shaving
+    ``crop_border``; ``lpips_net(sr, gt)`` takes (1, 3, h, w) RGB tensors in [-1, 1] on ``device``.
     """
 
     def to_tensor(img):
@@ -156,13 +126,11 @@ def lpips_of(lpips_net, img_sr, img_gt, crop_border, device='cpu'):
 
 
 def parse_test_set(spec):
-    """Parse a test-set argument ``NAME=HR_DIR[:LR_DIR]`` (the first ``:`` after ``=`` separates the folders).
-
-    Returns:
-        tuple: ``(name, hr_dir, lr_dir)``, ``lr_dir`` None when absent (LR made on the fly from HR).
+    """``NAME=HR_DIR[:LR_DIR]`` -> ``(name, hr_dir, lr_dir or None)``; the first ``:`` after ``=`` separates the
+    folders.
 
     Raises:
-        ValueError: If there is no ``=``, or the name or HR folder is empty.
+        ValueError: No ``=``, or an empty name or HR folder.
     """
     name, sep, dirs = spec.partition('=')
     hr_dir, _, lr_dir = dirs.partition(':')
@@ -172,17 +140,12 @@ def parse_test_set(spec):
 
 
 def check_test_sets(test_sets):
-    """Check test folders before any work; ``[(name, hr_dir, lr_dir)]`` in the order given.
-
-    Args:
-        test_sets (dict | list): ``{name: hr_dir}``, ``{name: (hr_dir, lr_dir)}`` or ``[(name, hr_dir[, lr_dir])]``.
-
-    Returns:
-        list[tuple]: ``(name, hr_dir, lr_dir)``, folders as str, ``lr_dir`` None when absent.
+    """Test sets (``{name: hr_dir}``, ``{name: (hr_dir, lr_dir)}`` or ``[(name, hr_dir[, lr_dir])]``) checked before any
+    work, as ``[(name, hr_dir, lr_dir or None)]`` in the order given.
 
     Raises:
-        ValueError: If there is no test set or a name repeats.
-        FileNotFoundError: If a folder is missing, or an HR folder holds no images.
+        ValueError: No test set, or a repeated name.
+        FileNotFoundError: A missing folder, or an HR folder without images.
     """
     if isinstance(test_sets, Mapping):
         items = [(name, *((value, None) if isinstance(value, (str, os.PathLike)) else tuple(value)))
@@ -213,44 +176,31 @@ def evaluate_network(net,
                      lpips_net=None,
                      crop_border=None,
                      test_y_channel=True):
-    """PSNR, SSIM, NIQE and LPIPS of an SR network on test folders.
+    """PSNR, SSIM, NIQE and LPIPS of an SR network on test folders, through
+    :func:`~basicsr_distill.utils.sr_eval.evaluate_sr`.
 
-    Each test set is run through :func:`basicsr_distill.utils.sr_eval.evaluate_sr` (LR read from its folder, or made
-    from the HR image with BasicSR's MATLAB ``imresize``; output rounded to 8 bits as BasicSR's ``tensor2img``):
-
-    - PSNR / SSIM: BasicSR's ``calculate_psnr`` / ``calculate_ssim``, border ``crop_border``, Y channel by default;
-    - NIQE: BasicSR's ``calculate_niqe`` on the SR output alone (Y channel, border ``crop_border``); its parameters
-      file is checked before the network runs (:func:`check_niqe_params`);
-    - LPIPS (AlexNet, v0.1): between SR output and HR image, RGB in [-1, 1], border ``crop_border`` shaved. When
-      ``lpips_net`` is None it is loaded with :func:`load_lpips`; if that is impossible the values are None and
-      ``result['unavailable']['lpips']`` says why and how to enable it (also logged as a warning).
-
-    Means are over the images of a set. PSNR / SSIM are always computed (one pass gives both); ``metrics`` selects
-    what is reported.
+    PSNR / SSIM are BasicSR's (``crop_border``, Y channel by default), NIQE BasicSR's on the SR output (parameters
+    checked first), LPIPS on RGB in [-1, 1]; an unavailable LPIPS gives None and a message in ``'unavailable'`` (also
+    logged). Means are over a set's images; ``metrics`` selects what is reported.
 
     Args:
-        net (nn.Module): SR network, RGB [0, 1] in and out, output ``scale`` times the input size (moved to
-            ``device``; its training mode is restored).
-        test_sets (dict | list): ``{name: hr_dir}``, ``{name: (hr_dir, lr_dir)}`` or ``[(name, hr_dir, lr_dir)]``
-            (see :func:`parse_test_set`); ``lr_dir`` None makes the LR images on the fly.
+        net (nn.Module): SR network, RGB [0, 1] in and out, ``scale`` times the input (moved to ``device``; its
+            training mode is restored).
+        test_sets (dict | list): As :func:`check_test_sets`; a missing ``lr_dir`` makes the LR with MATLAB bicubic.
         scale (int): Upsampling factor. Default: 4.
         metrics (Sequence[str]): Subset of ``('psnr', 'ssim', 'niqe', 'lpips')``. Default: all four.
-        device (str | torch.device): Device of the network (and of LPIPS). Default: ``'cpu'``.
-        lpips_net (callable | None): LPIPS network to use instead of :func:`load_lpips` (see :func:`lpips_of` for
-            the call). Default: None.
-        crop_border (int | None): Border shaved for every metric; None uses ``scale``.
+        device (str | torch.device): Device of the network and LPIPS. Default: ``'cpu'``.
+        lpips_net (callable | None): LPIPS to use instead of :func:`load_lpips` (as :func:`lpips_of`). Default: None.
+        crop_border (int | None): Border shaved for every metric; None: ``scale``.
         test_y_channel (bool): PSNR / SSIM on the Y channel (BT.601) instead of BGR. Default: True.
 
     Returns:
-        dict: ``{'scale', 'crop_border', 'test_y_channel', 'metrics': [...], 'unavailable': {metric: message},
-        'test_sets': {name: {'hr': str, 'lr': str | None, 'num_images': int, <metric>: float | None, ...,
-        'per_image': {hr_name: {<metric>: float | None}}}}}``, test sets and metrics in the order given.
+        dict: ``{'scale', 'crop_border', 'test_y_channel', 'metrics', 'unavailable': {metric: message}, 'test_sets':
+        {name: {'hr', 'lr', 'num_images', <metric>: float | None, 'per_image': {hr_name: {<metric>: ...}}}}}``.
 
     Raises:
-        ValueError: If a metric name is unknown, a test set name repeats, an image is too small for NIQE, or
-            anything :func:`evaluate_sr` refuses.
-        FileNotFoundError: If a folder is missing or empty, an LR image is missing, or NIQE is asked for and
-            BasicSR's ``niqe_pris_params.npz`` is missing.
+        ValueError: An unknown metric, a repeated set name, an image too small for NIQE, or as :func:`evaluate_sr`.
+        FileNotFoundError: A missing or empty folder, a missing LR image, or NIQE's parameters missing.
     """
     metrics = list(dict.fromkeys(metrics))
     unknown = [m for m in metrics if m not in METRICS]
@@ -298,20 +248,15 @@ def evaluate_network(net,
 
 
 def parse_train_time(log_path):
-    """Training wall time from a BasicSR train log's ``End of training. Time consumed: H:MM:SS`` line.
-
-    BasicSR writes ``str(datetime.timedelta(seconds=...))``, so ``1 day, 2:03:04`` is read as well. With several such
-    lines the last one counts. A run resumed with ``--auto_resume`` writes a new log whose time covers that run only.
-
-    Args:
-        log_path (str): The log file (``experiments/<name>/train_<name>_<time>.log``).
+    """Training wall time from the last ``End of training. Time consumed: H:MM:SS`` line of a BasicSR train log (days
+    read too); a run resumed with ``--auto_resume`` has its own log, covering that run only.
 
     Returns:
-        dict: ``{'path': str, 'seconds': int, 'text': str}``, ``text`` as logged (e.g. ``'0:02:15'``).
+        dict: ``{'path', 'seconds': int, 'text'}``, ``text`` as logged (e.g. ``'0:02:15'``).
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If it has no such line (the run did not finish, or it is not a BasicSR train log).
+        FileNotFoundError: The file does not exist.
+        ValueError: It has no such line (unfinished run, or not a BasicSR train log).
     """
     log_path = str(log_path)
     if not osp.isfile(log_path):
@@ -340,11 +285,7 @@ def add_arch_arguments(parser, required=False):
 
 
 def parse_arch_opts(items):
-    """Turn ``['key=value', ...]`` into a dict; values are parsed as YAML scalars (``4`` -> int, ``true`` -> bool).
-
-    Raises:
-        ValueError: If an item has no ``=``.
-    """
+    """``['key=value', ...]`` -> dict, values parsed as YAML scalars; ValueError for an item without ``=``."""
     opts = {}
     for item in items or []:
         if '=' not in item:
