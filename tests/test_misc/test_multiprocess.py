@@ -21,14 +21,11 @@ Plus in-process checks of the shard writer, the iteration -> unit map and the co
 The module takes about 60-80 s on 2 CPU cores (interpreter and torchrun start-up dominate).
 """
 import cv2
-import glob
 import json
 import numpy as np
 import os
 import os.path as osp
 import pytest
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,8 +35,8 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import data_path
-from test_kill_resume import OPTIONS, RUN_TIMEOUT, finish, leftovers, listing, start_run, state_iters, stop
+from conftest import (OPTIONS, RUN_TIMEOUT, copy_images, finish, leftovers, listing, start_run, state_iters, stop,
+                      stop_group)
 
 from basicsr_distill import compat
 from basicsr_distill.distilled_set import (HASH_IGNORED_KEYS, DistilledSetWriter, pending_shards, read_manifest,
@@ -56,7 +53,7 @@ def idc4_options(data):
     opt = OPTIONS['idc'](data)
     hr = opt['datasets']['train']['dataroot_gt']
     if not osp.isfile(osp.join(hr, 't9.png')):
-        shutil.copy(data_path('data', 'train', 't91', 't9.png'), osp.join(hr, 't9.png'))
+        copy_images(hr, ['t9.png'])
     opt['name'] = 'idc_mp'
     opt['train']['total_iter'] = 4 * opt['distill']['iters_per_instance']  # one process's need; 2 need half
     return opt
@@ -88,41 +85,6 @@ def kill_group_when(proc, condition, delay, what):
         time.sleep(0.002)
     time.sleep(delay)
     stop_group(proc)
-
-
-def _descendants(pid):
-    """Process ids below ``pid`` (from /proc: torchrun starts every rank in a session of its own)."""
-    found = []
-    for task in glob.glob(f'/proc/{pid}/task/*/children'):
-        try:
-            with open(task) as f:
-                children = [int(v) for v in f.read().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += [child] + _descendants(child)
-    return found
-
-
-def stop_group(proc):
-    """SIGKILL torchrun and every rank at once (a crash of the machine) if it still runs; wait for it.
-
-    torchrun puts each rank in a new session, so killing torchrun's process group alone would leave the ranks
-    running; every descendant is killed, each with its own process group.
-    """
-    if proc.poll() is None:
-        pids = _descendants(proc.pid) + [proc.pid]
-        for pid in pids:
-            try:
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, signal.SIGKILL)
-                else:
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait()
-    if not proc.log_file.closed:
-        proc.log_file.close()
 
 
 # ------------------------------------------------------------------------------------------------ comparison

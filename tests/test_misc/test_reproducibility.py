@@ -18,8 +18,7 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import REPO, build_distill_model
-from test_kill_resume import OPTIONS, assert_same_set, finish, start_run, stop
+from conftest import OPTIONS, REPO, assert_same_set, build_distill_model, finish, start_run, stop
 
 from basicsr_distill.distilled_set import read_manifest
 from basicsr_distill.models.gsdd_model import GSDDModel

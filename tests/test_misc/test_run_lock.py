@@ -28,41 +28,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import write_option_file
-from test_kill_resume import OPTIONS, RUN_TIMEOUT, finish, listing, logged, start_run, state_iters, stop
+from conftest import (assert_complete, failed, finish, idc_run, listing, logged, start_run, state_iters, stop,
+                      train_in_process, wait_for, write_option_file)
 
 from basicsr_distill.distilled_set import validate_distilled_set
 from basicsr_distill.utils import run_lock
 from basicsr_distill.utils.run_lock import LOCK_NAME, FolderLock, RunLockedError
 
-
 # ------------------------------------------------------------------------------------------------ helpers
-def failed(proc):
-    """Wait for ``proc``, which must exit non-zero; returns its output."""
-    try:
-        rc = proc.wait(RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    proc.log_file.close()
-    with open(proc.log_file.name) as f:
-        out = f.read()
-    assert rc != 0, f'{proc.args} exited 0:\n{out[-3000:]}'
-    return out
-
-
-def wait_for(proc, condition, what):
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not condition(proc):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail(f'the run ended (rc {proc.returncode}) before {what}')
-        time.sleep(0.002)
 
 
 def hold_lock(folder):
@@ -77,17 +54,6 @@ def hold_lock(folder):
 
 def lock_files(folder):
     return [f for f in listing(folder) if osp.basename(f) == LOCK_NAME]
-
-
-def assert_complete(cwd):
-    manifest = validate_distilled_set(osp.join(cwd, 'distilled'), scale=4, require_complete=True, check_contents=True)
-    assert manifest['units_finished'] == ['t20', 'tiny', 'tt27']
-
-
-def idc(tmp_path, **changes):
-    opt = OPTIONS['idc'](str(tmp_path / 'data'))
-    opt.update(changes)
-    return opt
 
 
 # ------------------------------------------------------------------------------------------------ the lock
@@ -117,15 +83,15 @@ def test_folder_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
 # ------------------------------------------------------------------------------------------------ two runs at once
 def test_a_second_run_on_the_same_folders_is_refused_and_the_first_finishes(tmp_path):
     cwd = str(tmp_path / 'run')
-    first = start_run(idc(tmp_path), cwd)
+    first = start_run(idc_run(tmp_path), cwd)
     others = []
     try:
         wait_for(first, logged(1), 'its first iteration')
         os.kill(first.pid, signal.SIGSTOP)  # holds its locks, computes nothing while the others start
         others = [
-            start_run(idc(tmp_path), cwd),  # same name
-            start_run(idc(tmp_path, name='idc_other'), cwd, '--auto_resume'),  # another name, same distilled_root
-            start_run(idc(tmp_path), cwd, nproc=2)  # two ranks: rank 0 is refused, rank 1 stops with it
+            start_run(idc_run(tmp_path), cwd),  # same name
+            start_run(idc_run(tmp_path, name='idc_other'), cwd, '--auto_resume'),  # another name, same distilled_root
+            start_run(idc_run(tmp_path), cwd, nproc=2)  # two ranks: rank 0 is refused, rank 1 stops with it
         ]
         same_name, same_root, two_ranks = [failed(p) for p in others]
         os.kill(first.pid, signal.SIGCONT)
@@ -148,7 +114,7 @@ def test_a_second_run_on_the_same_folders_is_refused_and_the_first_finishes(tmp_
 # ------------------------------------------------------------------------------------------------ kill, resume
 def test_auto_resume_after_a_kill_takes_over_the_stale_locks(tmp_path):
     cwd = str(tmp_path / 'run')
-    proc = start_run(idc(tmp_path), cwd)
+    proc = start_run(idc_run(tmp_path), cwd)
     try:
         wait_for(proc, lambda p: state_iters(cwd, 'idc_kill'), 'its first training state')
         os.kill(proc.pid, signal.SIGKILL)
@@ -158,7 +124,7 @@ def test_auto_resume_after_a_kill_takes_over_the_stale_locks(tmp_path):
         assert sorted(
             lock_files(cwd)) == [osp.join('distilled', LOCK_NAME),
                                  osp.join('experiments', 'idc_kill', LOCK_NAME)]
-        proc = start_run(idc(tmp_path), cwd, '--auto_resume')
+        proc = start_run(idc_run(tmp_path), cwd, '--auto_resume')
         finish(proc)
     finally:
         stop(proc)
@@ -172,24 +138,18 @@ def test_auto_resume_after_a_kill_takes_over_the_stale_locks(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ write access
-def run_in_process(opt, cwd, monkeypatch):
-    os.makedirs(cwd, exist_ok=True)
-    path = write_option_file(opt, pathlib.Path(cwd, f'{opt["name"]}.yml'))
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, 'argv', ['basicsr_distill/train.py', '-opt', path])
-    run_lock.guarded_train_pipeline(cwd)
 
 
 @pytest.mark.parametrize('where', ['distilled_root', 'experiments'])
 def test_an_unwritable_output_folder_is_refused_at_start_up_naming_it(tmp_path, monkeypatch, where):
     cwd = str(tmp_path / 'run')
     os.makedirs(osp.join(cwd, 'out'))
-    opt = idc(tmp_path)
+    opt = idc_run(tmp_path)
     opt['path']['distilled_root'] = 'out/distilled'
     blocked = osp.join(cwd, 'out' if where == 'distilled_root' else '')
     monkeypatch.setattr(run_lock, 'is_writable', lambda path: path.rstrip('/') != blocked.rstrip('/'))
     with pytest.raises(PermissionError) as err:
-        run_in_process(opt, cwd, monkeypatch)
+        train_in_process(opt, cwd, monkeypatch)
     what = ('option path.distilled_root'
             if where == 'distilled_root' else "the experiment folder of option name='idc_kill'")
     folder = osp.join(cwd, 'out', 'distilled') if where == 'distilled_root' else osp.join(
@@ -207,13 +167,13 @@ def test_a_file_in_place_of_an_output_folder_is_refused_at_start_up(tmp_path, mo
             NotADirectoryError,
             match=r'Output folder .*/run/distilled \(option path.distilled_root\) '
             r'cannot be created: .*/run/distilled is a file, not a folder'):
-        run_in_process(idc(tmp_path), cwd, monkeypatch)
+        train_in_process(idc_run(tmp_path), cwd, monkeypatch)
     assert sorted(os.listdir(cwd)) == ['distilled', 'idc_kill.yml']  # no experiments/ made
 
 
 # ------------------------------------------------------------------------------------------------ failed start
 def test_a_failed_start_leaves_no_folder_it_created_and_keeps_the_others(tmp_path):
-    bad = idc(tmp_path)
+    bad = idc_run(tmp_path)
     bad['distill']['ratio'] = -0.1  # refused while the model is built, after the folders and the log were made
     fresh, used = str(tmp_path / 'fresh'), str(tmp_path / 'used')
     old_exp = osp.join(used, 'experiments', 'idc_kill')
@@ -240,7 +200,7 @@ def test_a_failed_start_leaves_no_folder_it_created_and_keeps_the_others(tmp_pat
 def test_an_output_folder_that_fails_mid_run_is_named_and_nothing_written_is_lost(tmp_path):
     cwd = str(tmp_path / 'run')
     hr = osp.join(cwd, 'distilled', 'hr')
-    proc = start_run(idc(tmp_path), cwd)
+    proc = start_run(idc_run(tmp_path), cwd)
     try:
         wait_for(proc, logged(10), 't20 and tiny written')  # tt27 is written at iteration 24
         os.kill(proc.pid, signal.SIGSTOP)
@@ -257,7 +217,7 @@ def test_an_output_folder_that_fails_mid_run_is_named_and_nothing_written_is_los
     manifest = validate_distilled_set(osp.join(cwd, 'distilled'), scale=4, check_contents=True)
     assert manifest['units_finished'] == ['t20', 'tiny']  # intact
     assert not lock_files(cwd)
-    proc = start_run(idc(tmp_path), cwd, '--auto_resume')
+    proc = start_run(idc_run(tmp_path), cwd, '--auto_resume')
     try:
         finish(proc)
     finally:
@@ -273,7 +233,7 @@ def test_an_experiment_name_that_is_not_one_plain_folder_is_refused_before_anyth
     cwd = str(tmp_path / 'repo')
     os.makedirs(osp.join(cwd, 'experiments', 'kept'))
     pathlib.Path(cwd, 'mine.txt').write_text('the user\'s')
-    opt = idc(tmp_path)
+    opt = idc_run(tmp_path)
     extra = []
     if forced:  # --force_yml name=<value>, as the issue found it (BasicSR applies it after reading the file)
         extra = ['--force_yml', f'name={name}']
@@ -346,7 +306,7 @@ def test_an_experiment_folder_holding_a_live_runs_folder_is_never_archived(tmp_p
     holder = hold_lock(live)
     try:
         with pytest.raises(RunLockedError, match=f'a live run writes inside it: process {holder.pid} on host'):
-            run_in_process(idc(tmp_path), cwd, monkeypatch)
+            train_in_process(idc_run(tmp_path), cwd, monkeypatch)
         assert os.listdir(osp.join(cwd, 'experiments')) == ['idc_kill']  # not archived
         assert os.listdir(osp.join(cwd, 'experiments', 'idc_kill')) == ['other_distilled']  # our lock file removed
         assert os.listdir(live) == [LOCK_NAME]

@@ -20,16 +20,13 @@ import pickle
 import pytest
 import signal
 import socket
-import sys
 import torch
 
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 
 # isort: split
-from conftest import REPO, tiny_edsr_options, write_option_file
-from test_kill_resume import OPTIONS, finish, leftovers, listing, logged, start_run, state_iters, stop
-from test_multiprocess import _descendants, stop_group
-from test_run_lock import failed, wait_for
+from conftest import (descendants, failed, finish, idc_run, leftovers, listing, logged, start_run, state_iters, stop,
+                      stop_group, tiny_edsr_options, train_in_process, wait_for)
 
 from basicsr.models import build_model
 from basicsr_distill import compat
@@ -39,7 +36,6 @@ from basicsr_distill.utils import file_io, run_lock
 from basicsr_distill.utils.checkpoint import load_network
 from basicsr_distill.utils.file_io import torch_save_atomic, write_bytes_atomic
 
-IMDN_WEIGHTS = osp.join(REPO, 'weights', 'imdn_baseline.pth')
 NO_SPACE = (errno.ENOSPC, 'No space left on device')
 
 
@@ -59,20 +55,6 @@ def full_disk_for(monkeypatch, condition):
         return real(fd)
 
     monkeypatch.setattr(file_io.os, 'fsync', fsync)
-
-
-def train_in_process(opt, cwd, monkeypatch, *extra):
-    """``basicsr_distill/train.py -opt <cwd>/<name>.yml [extra]`` in this process, in ``cwd``."""
-    os.makedirs(cwd, exist_ok=True)
-    path = write_option_file(opt, pathlib.Path(cwd, f'{opt["name"]}.yml'))
-    with monkeypatch.context() as m:
-        m.chdir(cwd)
-        m.setattr(sys, 'argv', ['basicsr_distill/train.py', '-opt', path, *extra])
-        run_lock.guarded_train_pipeline(cwd)
-
-
-def idc(tmp_path):
-    return OPTIONS['idc'](str(tmp_path / 'data'))
 
 
 def assert_partial_set_then_resume(opt, cwd, monkeypatch, units):
@@ -119,13 +101,13 @@ def test_a_full_disk_mid_run_is_explained_and_auto_resume_completes_the_set(tmp_
     hr = osp.join(cwd, 'distilled', 'hr')
     full_disk_for(monkeypatch, lambda path: path.startswith(hr + os.sep) and 'tt27_idc' in path)
     with pytest.raises(OSError) as err:
-        train_in_process(idc(tmp_path), cwd, monkeypatch)
+        train_in_process(idc_run(tmp_path), cwd, monkeypatch)
     text = str(err.value)
     assert text.startswith(f'Writing to {hr} (option path.distilled_root) failed: [Errno 28] No space left on device: '
                            f"'{hr}{os.sep}tt27_idc")
     assert 'Nothing already written there is lost or corrupted' in text and 'then rerun with --auto_resume' in text
     monkeypatch.undo()
-    assert_partial_set_then_resume(idc(tmp_path), cwd, monkeypatch, ['t20', 'tiny'])
+    assert_partial_set_then_resume(idc_run(tmp_path), cwd, monkeypatch, ['t20', 'tiny'])
 
 
 @pytest.mark.parametrize('fault', ['full disk', 'folder replaced'])
@@ -147,7 +129,7 @@ def test_training_states_failing_mid_run_are_named_and_auto_resume_completes_the
 
         monkeypatch.setattr(DistillBaseModel, 'save', breaking_save)
     with pytest.raises(OSError) as err:
-        train_in_process(idc(tmp_path), cwd, monkeypatch)
+        train_in_process(idc_run(tmp_path), cwd, monkeypatch)
     text = str(err.value)
     assert text.startswith(f"Writing to {states} (the experiment folder of option name='idc_kill') failed: [Errno ")
     assert f"{osp.join(states, '12.state')}'" in text
@@ -159,7 +141,7 @@ def test_training_states_failing_mid_run_are_named_and_auto_resume_completes_the
         os.remove(states)
         os.rename(states + '_away', states)
     assert state_iters(cwd, 'idc_kill') == [3, 6, 9]
-    assert_partial_set_then_resume(idc(tmp_path), cwd, monkeypatch, ['t20', 'tiny'])
+    assert_partial_set_then_resume(idc_run(tmp_path), cwd, monkeypatch, ['t20', 'tiny'])
 
 
 # ------------------------------------------------------------------------------------------------ a bad last state
@@ -266,14 +248,14 @@ def test_basicsrs_loader_still_loads_plain_weights_and_names_a_corrupt_file(tmp_
 def test_a_second_torchrun_job_on_a_running_name_is_refused_naming_the_holder(tmp_path):
     """Two torchrun jobs of 2 processes each (gloo, CPU) on one experiment name: the second stops at once, every
     rank, naming rank 0 of the first; the first (held by SIGSTOP meanwhile) finishes its set, nothing archived."""
-    opt = idc(tmp_path)
+    opt = idc_run(tmp_path)
     cwd = str(tmp_path / 'run')
     first = start_run(opt, cwd, nproc=2)
     second = None
     held = []
     try:
         wait_for(first, logged(1), 'its first iteration')
-        held = [first.pid] + _descendants(first.pid)
+        held = [first.pid] + descendants(first.pid)
         for pid in held:
             os.kill(pid, signal.SIGSTOP)
         with open(osp.join(cwd, 'experiments', 'idc_kill', run_lock.LOCK_NAME)) as f:
