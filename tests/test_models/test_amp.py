@@ -14,11 +14,7 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import build_distill_model
-from test_gsdd_model import _classes
-from test_gsdd_model import _opt as gsdd_opt
-from test_idc_model import _distill_opt, _images
-from test_minimax_model import _opt as minimax_opt
+from conftest import build_distill_model, gsdd_classes, gsdd_opt, idc_distill_opt, idc_images, minimax_opt
 
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.models.idc_model import IDCModel
@@ -33,7 +29,7 @@ IDC_XHAT_MEAN_ATOL = 0.02  # mean |x_hat_bf16 - x_hat_fp32| after 3 steps, at mo
 def _idc_steps(tmp_path, amp, steps=3):
     """3 steps of the first instance; returns the model, the instance, the first step's gradient and the L_ins."""
     (tmp_path / amp).mkdir()
-    model = build_distill_model(IDCModel, _distill_opt(tmp_path / amp, _images(tmp_path / amp), amp=amp))
+    model = build_distill_model(IDCModel, idc_distill_opt(tmp_path / amp, idc_images(tmp_path / amp), amp=amp))
     inst = model.start_unit(0, None)
     losses = []
     for step in range(1, steps + 1):
@@ -76,7 +72,7 @@ def test_idc_bf16_step_close_to_float32(tmp_path):
 
 def _gsdd_steps(tmp_path, amp, steps=2):
     """2 steps of the first class; returns the model, the first step's latent gradient and the objectives."""
-    model = build_distill_model(GSDDModel, gsdd_opt(tmp_path / amp, _classes(tmp_path / amp), amp=amp))
+    model = build_distill_model(GSDDModel, gsdd_opt(tmp_path / amp, gsdd_classes(tmp_path / amp), amp=amp))
     model._start_unit(0)
     totals = []
     for step in range(1, steps + 1):
@@ -111,9 +107,9 @@ def test_minimax_bf16_finetune_step_and_sampling_stay_float32(tmp_path):
 @pytest.mark.parametrize('make', ['idc', 'gsdd'])
 def test_fp16_refused_on_cpu_naming_the_option(tmp_path, make):
     if make == 'idc':
-        opt, cls = _distill_opt(tmp_path, _images(tmp_path), amp='fp16'), IDCModel
+        opt, cls = idc_distill_opt(tmp_path, idc_images(tmp_path), amp='fp16'), IDCModel
     else:
-        opt, cls = gsdd_opt(tmp_path, _classes(tmp_path), amp='fp16'), GSDDModel
+        opt, cls = gsdd_opt(tmp_path, gsdd_classes(tmp_path), amp='fp16'), GSDDModel
     with pytest.raises(ValueError, match=r'distill\.amp: fp16 is for CUDA.*bf16 or off'):
         build_distill_model(cls, opt)
 

@@ -12,20 +12,16 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-import test_idc_batched
-from conftest import build_distill_model
-from test_gsdd_model import _classes
-from test_gsdd_model import _opt as gsdd_opt
-from test_idc_batched import NAMES, _assert_same_set  # noqa: F401 (fixtures)
-from test_idc_batched import _opt as idc_opt
-from test_minimax_model import _opt as minimax_opt
+from conftest import BATCHED_NAMES as NAMES
+from conftest import assert_close_sets, build_distill_model, gsdd_classes, gsdd_opt
+from conftest import idc_batched_opt as idc_opt
+from conftest import minimax_opt
 
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.models.minimax_diffusion_model import MinimaxDiffusionModel
 
-hr_folder, float64 = test_idc_batched.hr_folder, test_idc_batched.float64  # fixtures
 ON_CPU = os.environ.get('BASICSR_DISTILL_TEST_DEVICE') == 'cpu'
 pytestmark = [
     pytest.mark.cuda,
@@ -62,7 +58,7 @@ def test_idc_batched_equals_one_instance_per_step_on_the_device(tmp_path, hr_fol
         opt = dict(idc_opt(tmp_path / f'k{k}', hr_folder, k), num_gpu=NUM_GPU)
         _run(build_distill_model(IDCModel, opt), int(opt['train']['total_iter']))
         roots.append(opt['path']['distilled_root'])
-    _assert_same_set(*roots)
+    assert_close_sets(*roots)
 
 
 def test_idc_on_the_device_writes_the_cpu_set_up_to_floating_point(tmp_path, hr_folder, float64):
@@ -71,11 +67,11 @@ def test_idc_on_the_device_writes_the_cpu_set_up_to_floating_point(tmp_path, hr_
         opt = dict(idc_opt(tmp_path / f'gpu{num_gpu}', hr_folder, 2), num_gpu=num_gpu)
         _run(build_distill_model(IDCModel, opt), int(opt['train']['total_iter']))
         roots.append(opt['path']['distilled_root'])
-    _assert_same_set(*roots)
+    assert_close_sets(*roots)
 
 
 def test_gsdd_step_and_a_short_distillation_on_the_device(tmp_path):
-    opt = gsdd_opt(tmp_path, _classes(tmp_path))
+    opt = gsdd_opt(tmp_path, gsdd_classes(tmp_path))
     opt['num_gpu'] = NUM_GPU
     model = build_distill_model(GSDDModel, opt)
     assert model.device.type == DEVICE

@@ -8,111 +8,18 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import (REPO, build_distill_model, data_path, run_basicsr_train, straight_and_restarted,
-                      tiny_edsr_options, write_option_file)
+from conftest import (REPO, build_distill_model, data_path, gsdd_classes, gsdd_opt, run_basicsr_train,
+                      straight_and_restarted, tiny_edsr_options, write_option_file)
 
-from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr_distill.distilled_set import file_sha256, read_manifest, validate_distilled_set
 from basicsr_distill.losses.dm_loss import dm_distance, gsdd_objective, paired_distance
 from basicsr_distill.models.gsdd_model import GSDDModel
 from basicsr_distill.ops.dsa import DSAConfig, apply_dsa, sample_dsa_params
 
-G_OPT = {
-    'type': 'SRVGGNetCompact',
-    'num_in_ch': 3,
-    'num_out_ch': 3,
-    'num_feat': 8,
-    'num_conv': 2,
-    'upscale': 4,
-    'act_type': 'prelu'
-}
-
 
 @pytest.fixture(autouse=True)
 def _threads(one_thread):
     yield
-
-
-def _classes(tmp_path):
-    """Two real classes (T91 'tt' images and BSD200 images), three images each."""
-    root = tmp_path / 'classes'
-    for cls, sub, names in (('tt', 't91', ['tt1.png', 'tt2.png',
-                                           'tt3.png']), ('bsd', 'bsd200', ['100075.png', '100080.png', '100098.png'])):
-        (root / cls).mkdir(parents=True)
-        for name in names:
-            shutil.copy(data_path('data', 'train', sub, name), root / cls / name)
-    return str(root)
-
-
-def _generator_weights(tmp_path):
-    os.makedirs(tmp_path, exist_ok=True)
-    torch.manual_seed(0)
-    path = tmp_path / 'g.pth'
-    net = SRVGGNetCompact(**{k: v for k, v in G_OPT.items() if k != 'type'})
-    torch.save({'params': net.state_dict()}, path)
-    return str(path)
-
-
-def _opt(tmp_path, dataroot, **distill):
-    cfg = {
-        'ipc': 3,
-        'iters_per_class': 3,
-        'batch_real': 4,
-        'lam': 0.1,
-        'chunk_size': 2,
-        'extractor': {
-            'num_feat': 4,
-            'norm': 'instance'
-        },
-        'inversion': {
-            'iters': 3,
-            'lr': 0.01,
-            'w_feat': 0.0,
-            'w_pix': 1.0
-        }
-    }
-    cfg.update(distill)
-    return {
-        'name': 'gsdd_test',
-        'model_type': 'GSDDModel',
-        'scale': 4,
-        'num_gpu': 0,
-        'manual_seed': 0,
-        'datasets': {
-            'train': {
-                'name': 'test',
-                'type': 'SRClassFolderDataset',
-                'dataroot_gt': dataroot,
-                'gt_size': 32,
-                'io_backend': {
-                    'type': 'disk'
-                },
-                'use_shuffle': False,
-                'num_worker_per_gpu': 0,
-                'batch_size_per_gpu': 1,
-                'dataset_enlarge_ratio': 1,
-                'prefetch_mode': None
-            }
-        },
-        'network_g': dict(G_OPT),
-        'path': {
-            'pretrain_network_g': _generator_weights(tmp_path),
-            'strict_load_g': True,
-            'ignore_resume_networks': ['network_g'],
-            'distilled_root': str(tmp_path / 'distilled'),
-            'resume_state': None
-        },
-        'distill': cfg,
-        'train': {
-            'total_iter': 2 * cfg['iters_per_class'],
-            'warmup_iter': -1
-        },
-        'logger': {
-            'print_freq': 1,
-            'save_checkpoint_freq': 1000,
-            'use_tb_logger': False
-        },
-    }
 
 
 def _model(opt):
@@ -134,7 +41,7 @@ def _full_graph(model, unit, real, params, lam):
 
 @pytest.mark.parametrize('chunk', [1, 2, 3])
 def test_chunked_latent_gradients_equal_the_full_graph(tmp_path, chunk):
-    model = _model(_opt(tmp_path, _classes(tmp_path), chunk_size=chunk))
+    model = _model(gsdd_opt(tmp_path, gsdd_classes(tmp_path), chunk_size=chunk))
     model._start_unit(0)
     unit, gen = model.unit, torch.Generator().manual_seed(5)
     model._draw_extractor(gen)
@@ -149,7 +56,7 @@ def test_chunked_latent_gradients_equal_the_full_graph(tmp_path, chunk):
 
 @pytest.mark.parametrize('lam, key', [(0.0, 'l_dis'), (1.0, 'r')])
 def test_lambda_extremes_reduce_to_one_term(tmp_path, lam, key):
-    model = _model(_opt(tmp_path, _classes(tmp_path), lam=lam))
+    model = _model(gsdd_opt(tmp_path, gsdd_classes(tmp_path), lam=lam))
     model._start_unit(0)
     gen = torch.Generator().manual_seed(1)
     model._draw_extractor(gen)
@@ -159,7 +66,7 @@ def test_lambda_extremes_reduce_to_one_term(tmp_path, lam, key):
 
 
 def test_r_pairs_each_latent_with_its_own_real_image(tmp_path):
-    model = _model(_opt(tmp_path, _classes(tmp_path)))
+    model = _model(gsdd_opt(tmp_path, gsdd_classes(tmp_path)))
     model._start_unit(1)
     unit = model.unit
     # every latent keeps the crop it was inverted from, taken from an image of its class
@@ -187,7 +94,7 @@ def test_r_pairs_each_latent_with_its_own_real_image(tmp_path):
 
 def test_inversion_fits_the_paired_images(tmp_path):
     inversion = {'iters': 20, 'lr': 0.02, 'w_feat': 0.0, 'w_pix': 1.0}
-    model = _model(_opt(tmp_path, _classes(tmp_path), inversion=inversion))
+    model = _model(gsdd_opt(tmp_path, gsdd_classes(tmp_path), inversion=inversion))
     model._start_unit(0)
     unit = model.unit
     from basicsr_distill.data.sr_patches import bicubic_lr
@@ -199,13 +106,13 @@ def test_inversion_fits_the_paired_images(tmp_path):
 
 
 def test_feature_inversion_needs_network_f(tmp_path):
-    opt = _opt(tmp_path, _classes(tmp_path), inversion={'iters': 1, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0})
+    opt = gsdd_opt(tmp_path, gsdd_classes(tmp_path), inversion={'iters': 1, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0})
     with pytest.raises(ValueError, match='network_f'):
         _model(opt)
 
 
 def test_gsdd_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, monkeypatch):
-    opt = _opt(tmp_path, _classes(tmp_path))
+    opt = gsdd_opt(tmp_path, gsdd_classes(tmp_path))
     opt['network_f'] = {'type': 'IMDN', 'block_type': 'imdb_ntire22', 'upscale': 4}
     opt['path']['pretrain_network_f'] = osp.join(REPO, 'weights', 'imdn_baseline.pth')
     opt['distill']['inversion'] = {'iters': 2, 'lr': 0.01, 'w_feat': 1.0, 'w_pix': 1.0}
@@ -232,10 +139,10 @@ def test_classless_flat_folder_is_one_class_or_pseudo_classes(tmp_path):
     flat.mkdir()
     for name in ('tt1.png', 'tt2.png', 't46.png', 'tt25.png'):
         shutil.copy(data_path('data', 'train', 't91', name), flat / name)
-    one = _model(_opt(tmp_path / 'a', str(flat)))
+    one = _model(gsdd_opt(tmp_path / 'a', str(flat)))
     assert one.source.class_names == ['flat'] and read_manifest(str(
         tmp_path / 'a' / 'distilled'))['source']['num_classes'] == 1
-    opt = _opt(tmp_path / 'b', str(flat))
+    opt = gsdd_opt(tmp_path / 'b', str(flat))
     opt['datasets']['train']['pseudo_labels'] = {'num_classes': 2, 'seed': 0}
     two = _model(opt)
     assert two.source.class_names == ['pseudo0', 'pseudo1']
@@ -244,8 +151,8 @@ def test_classless_flat_folder_is_one_class_or_pseudo_classes(tmp_path):
 
 def test_resume_inside_a_class_gives_the_same_pairs(tmp_path):
     import numpy as np
-    classes = _classes(tmp_path)
-    opt_a, opt_b = _opt(tmp_path / 'a', classes), _opt(tmp_path / 'b', classes)
+    classes = gsdd_classes(tmp_path)
+    opt_a, opt_b = gsdd_opt(tmp_path / 'a', classes), gsdd_opt(tmp_path / 'b', classes)
     # resumes the class from its saved latents, Adam state and generator
     straight_and_restarted(_model, opt_a, opt_b, total=3, stop=2)
     names = [p['name'] for p in read_manifest(opt_a['path']['distilled_root'])['pairs']]
@@ -258,8 +165,8 @@ def test_resume_inside_a_class_gives_the_same_pairs(tmp_path):
 
 def test_lr_zero_keeps_the_inverted_start(tmp_path):
     """The ``gsdd_init`` control of the benchmark: optim lr 0 writes G(z) of the GAN-inversion start, unmatched."""
-    dataroot = _classes(tmp_path)
-    model = _model(_opt(tmp_path, dataroot, optim={'type': 'Adam', 'lr': 0.0}))
+    dataroot = gsdd_classes(tmp_path)
+    model = _model(gsdd_opt(tmp_path, dataroot, optim={'type': 'Adam', 'lr': 0.0}))
     model._start_unit(0)
     unit = model.unit
     z0 = unit.z.detach().clone()
@@ -267,7 +174,7 @@ def test_lr_zero_keeps_the_inverted_start(tmp_path):
         model.step_unit(unit, step, step)
     assert unit.z.grad is not None and unit.z.grad.abs().sum() > 0  # the loss was computed and back-propagated
     assert torch.equal(unit.z.detach(), z0)
-    moving = _model(_opt(tmp_path / 'moving', dataroot))  # the default lr: the same start, then matched away
+    moving = _model(gsdd_opt(tmp_path / 'moving', dataroot))  # the default lr: the same start, then matched away
     moving._start_unit(0)
     unit_m = moving.unit
     torch.testing.assert_close(unit_m.z.detach(), z0)
@@ -293,13 +200,13 @@ def _expected_pair_crops(model, index, candidates):
 
 def test_pair_crop_candidates_keep_the_lowest_psnr_bic_crop(tmp_path):
     """M = 1 is the paper's uniform crop; M = 4 keeps, per latent, the lowest-PSNR_bic of 4 seeded crops."""
-    dataroot = _classes(tmp_path)
-    paper = _model(_opt(tmp_path / 'm1', dataroot))
+    dataroot = gsdd_classes(tmp_path)
+    paper = _model(gsdd_opt(tmp_path / 'm1', dataroot))
     paper._start_unit(0)
     expected, _ = _expected_pair_crops(paper, 0, 1)
     torch.testing.assert_close(paper.unit.x_pair, expected, rtol=0, atol=0)
 
-    model = _model(_opt(tmp_path / 'm4', dataroot, ipc=6, pair_crop_candidates=4))
+    model = _model(gsdd_opt(tmp_path / 'm4', dataroot, ipc=6, pair_crop_candidates=4))
     model._start_unit(0)
     expected, firsts = _expected_pair_crops(model, 0, 4)
     torch.testing.assert_close(model.unit.x_pair, expected, rtol=0, atol=0)
@@ -312,4 +219,4 @@ def test_pair_crop_candidates_keep_the_lowest_psnr_bic_crop(tmp_path):
 @pytest.mark.parametrize('bad', [0, -2, True, 2.5, '3'])
 def test_pair_crop_candidates_must_be_a_positive_integer(tmp_path, bad):
     with pytest.raises(ValueError, match='distill.pair_crop_candidates'):
-        _model(_opt(tmp_path, _classes(tmp_path), pair_crop_candidates=bad))
+        _model(gsdd_opt(tmp_path, gsdd_classes(tmp_path), pair_crop_candidates=bad))

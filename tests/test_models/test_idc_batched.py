@@ -10,63 +10,21 @@ gradient element is near zero: measured here, 4 of 40 pairs differ by up to 0.01
 Methods_IDC.md). In float64 the reordering is about 1e-16 and the batched set equals the K = 1 set; in float32 the
 first step's gradients are compared instead.
 """
-import cv2
-import numpy as np
 import os
 import os.path as osp
 import pytest
-import shutil
 import torch
 
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import build_distill_model, data_path, straight_and_restarted
-from test_idc_model import T, _distill_opt
+from conftest import IDC_T as T
+from conftest import assert_close_sets, build_distill_model, idc_batched_opt, straight_and_restarted
 
-from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
 from basicsr_distill.models import idc_model
 from basicsr_distill.models.distill_base_model import DistillBaseModel
 from basicsr_distill.models.idc_model import IDCModel
-
-NAMES = ('small', 't20', 't9', 'tt27')  # in unit order; small: 28x28, smaller than one 32x32 patch
-
-
-@pytest.fixture(scope='module')
-def hr_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('batched') / 'hr'
-    folder.mkdir()
-    for name in NAMES:
-        if name != 'small':
-            shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), folder / f'{name}.png')
-    cv2.imwrite(str(folder / 'small.png'), cv2.imread(data_path('data', 'train', 't91', 't1.png'))[:28, :28])
-    return str(folder)
-
-
-def _opt(tmp_path, hr_folder, k):
-    opt = _distill_opt(tmp_path, hr_folder, instances_per_step=k)
-    opt['train']['total_iter'] = -(-len(NAMES) // k) * T
-    return opt
-
-
-@pytest.fixture
-def float64(monkeypatch):
-    """Networks, x_hat and every IDC tensor in float64 (the real LR patches are cut in float32, then cast)."""
-    load = SRInstanceDataset.load_instance
-
-    def load_float64(self, index):
-        torch.set_default_dtype(torch.float32)  # BasicSR's imresize builds its weights in the default dtype
-        try:
-            data = load(self, index)
-        finally:
-            torch.set_default_dtype(torch.float64)
-        return dict(data, lq=data['lq'].double())
-
-    monkeypatch.setattr(SRInstanceDataset, 'load_instance', load_float64)
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
 
 
 def _run(opt):
@@ -76,39 +34,20 @@ def _run(opt):
     return model
 
 
-def _assert_same_set(ref, root, atol=1e-4):
-    """Same pair names and provenance; lr_float within ``atol``; PNGs within one 8-bit level."""
-    a, b = read_manifest(ref), read_manifest(root)
-    assert b['complete'] and a['units_finished'] == b['units_finished']
-    assert [p['name'] for p in a['pairs']] == [p['name'] for p in b['pairs']]
-    strip = [[{k: v for k, v in p.items() if k != 'sha256'} for p in m['pairs']] for m in (a, b)]
-    assert strip[0] == strip[1]  # provenance (instance, source image, init patch) and shapes; not the file hashes
-    worst = 0.0
-    for pair in a['pairs']:
-        name = pair['name']
-        fa, fb = (np.load(osp.join(r, 'lr_float', f'{name}.npy')) for r in (ref, root))
-        worst = max(worst, float(np.abs(fa - fb).max()))
-        for sub in ('lr', 'hr'):
-            ia, ib = (cv2.imread(osp.join(r, sub, f'{name}.png')).astype(int) for r in (ref, root))
-            assert np.abs(ia - ib).max() <= 1, f'{sub}/{name}.png'
-    assert worst <= atol, worst
-    return worst
-
-
 def test_batched_instances_give_the_set_of_one_instance_per_step(tmp_path, hr_folder, float64, one_thread):
     # K = 2: [small, t20] (an empty unit beside another), [t9, tt27] (different n); K = 3: [small, t20, t9], [tt27]
-    single = _opt(tmp_path / 'k1', hr_folder, 1)
+    single = idc_batched_opt(tmp_path / 'k1', hr_folder, 1)
     _run(single)
     for k in (2, 3):
-        opt = _opt(tmp_path / f'k{k}', hr_folder, k)
+        opt = idc_batched_opt(tmp_path / f'k{k}', hr_folder, k)
         model = _run(opt)
         assert model.units == [] and model.units_per_step == k
-        _assert_same_set(single['path']['distilled_root'], opt['path']['distilled_root'])
+        assert_close_sets(single['path']['distilled_root'], opt['path']['distilled_root'])
         validate_distilled_set(opt['path']['distilled_root'], scale=4, check_contents=True)
 
 
 def test_one_batched_step_in_float32_gives_each_instance_its_own_gradient(tmp_path, hr_folder):
-    model = build_distill_model(IDCModel, _opt(tmp_path, hr_folder, 3))
+    model = build_distill_model(IDCModel, idc_batched_opt(tmp_path, hr_folder, 3))
     alone = [model.start_unit(i, None) for i in (1, 2, 3)]  # t20, t9, tt27: n = 2, 4, 34 (their own batches)
     together = [model.start_unit(i, None) for i in (1, 2, 3)]
     for inst in alone:
@@ -125,8 +64,8 @@ def test_restart_inside_a_batch_gives_the_uninterrupted_set(tmp_path, hr_folder)
     # K = 2, stop after iteration T + 4 (inside [t9, tt27], past an assignment round): the state holds both
     straight_and_restarted(
         lambda opt: build_distill_model(IDCModel, opt),
-        _opt(tmp_path / 'a', hr_folder, 2),
-        _opt(tmp_path / 'b', hr_folder, 2),
+        idc_batched_opt(tmp_path / 'a', hr_folder, 2),
+        idc_batched_opt(tmp_path / 'b', hr_folder, 2),
         total=2 * T,
         stop=T + 4)
     ra, rb = (str(tmp_path / d / 'distilled') for d in 'ab')
@@ -139,20 +78,20 @@ def test_restart_inside_a_batch_gives_the_uninterrupted_set(tmp_path, hr_folder)
 
 
 def test_training_state_holds_every_instance_of_the_batch_and_a_different_k_is_refused(tmp_path, hr_folder):
-    opt = _opt(tmp_path, hr_folder, 2)
+    opt = idc_batched_opt(tmp_path, hr_folder, 2)
     model = build_distill_model(IDCModel, opt)
     for it in (1, 2):
         model.optimize_parameters(it)
     model.save(0, 2)
     state = torch.load(osp.join(model.opt['path']['training_states'], '2.state'), weights_only=True)
     assert state['units_per_step'] == 2 and [s['unit_index'] for s in state['unit_state']] == [1]  # small: written
-    other = build_distill_model(IDCModel, _opt(tmp_path / 'k3', hr_folder, 3))
+    other = build_distill_model(IDCModel, idc_batched_opt(tmp_path / 'k3', hr_folder, 3))
     with pytest.raises(ValueError, match=r'2 unit\(s\) per step, this run has 3 \(distill.instances_per_step\)'):
         other.resume_training(state)
 
 
 def test_total_iter_counts_batches(tmp_path, hr_folder):
-    opt = _opt(tmp_path, hr_folder, 3)
+    opt = idc_batched_opt(tmp_path, hr_folder, 3)
     opt['train']['total_iter'] = 2 * T - 1
     with pytest.raises(ValueError, match=rf'ceil\(4 images / 3 per step\) = 2 x distill.iters_per_instance={T}'):
         build_distill_model(IDCModel, opt)
@@ -161,7 +100,7 @@ def test_total_iter_counts_batches(tmp_path, hr_folder):
 
 
 def test_nan_in_one_instance_stops_naming_it_and_no_instance_moves(tmp_path, hr_folder, monkeypatch):
-    opt = _opt(tmp_path, hr_folder, 2)
+    opt = idc_batched_opt(tmp_path, hr_folder, 2)
     model = build_distill_model(IDCModel, opt)
     for it in range(1, T + 3):  # [small, t20] written, two steps of [t9, tt27]
         model.optimize_parameters(it)

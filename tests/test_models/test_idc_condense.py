@@ -8,8 +8,8 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import REPO, build_distill_model, straight_and_restarted
-from test_idc_model import T, _distill_opt, _images
+from conftest import IDC_T as T
+from conftest import REPO, build_distill_model, idc_distill_opt, idc_images, straight_and_restarted
 
 from basicsr_distill.distilled_set import read_manifest
 from basicsr_distill.models import idc_model
@@ -34,7 +34,7 @@ def test_nearest_real_in_group_on_hand_made_features_with_and_without_the_source
 @pytest.mark.parametrize('mode', ['assignment', 'round', 'step'])
 def test_pair_rematch_pairs_the_patches_each_mode_names(tmp_path, monkeypatch, mode):
     # T = 6, warm-up 2, rounds at steps 3 and 5 (test_idc_model's schedule); instance t20: n = 2 synthetic patches
-    opt = _distill_opt(tmp_path, _images(tmp_path), pair_rematch=mode, pair_exclude_source=True)
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path), pair_rematch=mode, pair_exclude_source=True)
     model = build_distill_model(IDCModel, opt)
     calls = []
     original = idc_model.nearest_real_in_group
@@ -68,8 +68,8 @@ def test_pair_rematch_pairs_the_patches_each_mode_names(tmp_path, monkeypatch, m
 
 
 def test_redraws_come_from_the_instance_generator_and_resume_is_byte_identical(tmp_path, monkeypatch):
-    hr = _images(tmp_path)
-    opt = _distill_opt(tmp_path / 'x', hr, redraw_every=2)
+    hr = idc_images(tmp_path)
+    opt = idc_distill_opt(tmp_path / 'x', hr, redraw_every=2)
     model = build_distill_model(IDCModel, opt)
     model.optimize_parameters(1)
     inst = model.units[0]
@@ -82,8 +82,8 @@ def test_redraws_come_from_the_instance_generator_and_resume_is_byte_identical(t
     # stopped after step 4 (after the re-draw at 3, before the one at 5), resumed: the same pairs, byte for byte
     straight_and_restarted(
         lambda o: build_distill_model(IDCModel, o),
-        _distill_opt(tmp_path / 'a', hr, redraw_every=2),
-        _distill_opt(tmp_path / 'b', hr, redraw_every=2),
+        idc_distill_opt(tmp_path / 'a', hr, redraw_every=2),
+        idc_distill_opt(tmp_path / 'b', hr, redraw_every=2),
         total=T,
         stop=4)
     ra, rb = (str(tmp_path / d / 'distilled') for d in 'ab')
@@ -94,15 +94,15 @@ def test_redraws_come_from_the_instance_generator_and_resume_is_byte_identical(t
     torch.manual_seed(123)
     straight_and_restarted(
         lambda o: build_distill_model(IDCModel, o),
-        _distill_opt(tmp_path / 'c', hr, redraw_every=2),
-        _distill_opt(tmp_path / 'd', hr, redraw_every=2),
+        idc_distill_opt(tmp_path / 'c', hr, redraw_every=2),
+        idc_distill_opt(tmp_path / 'd', hr, redraw_every=2),
         total=T,
         stop=2)
     assert np.array_equal(np.load(osp.join(str(tmp_path / 'c' / 'distilled'), 'lr_float', f'{name}.npy')), a)
 
 
 def test_distill_json_records_how_far_x_hat_moved_and_the_final_l_ins(tmp_path):
-    opt = _distill_opt(tmp_path, _images(tmp_path), init='real')
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path), init='real')
     opt['train']['total_iter'] = 3 * T
     model = build_distill_model(IDCModel, opt)
     for it in range(1, 3 * T + 1):
@@ -171,7 +171,7 @@ def test_init_psnr_bic_errors_name_the_option():
 
 
 def test_init_psnr_bic_runs_and_records_its_start(tmp_path):
-    opt = _distill_opt(tmp_path, _images(tmp_path), init='psnr_bic')
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path), init='psnr_bic')
     model = build_distill_model(IDCModel, opt)
     inst = model.start_unit(0, None)
     data = model.source.load_instance(0)
@@ -185,7 +185,7 @@ def test_init_psnr_bic_runs_and_records_its_start(tmp_path):
 def test_update_lowpass_keeps_the_change_of_x_hat_in_the_coarse_interpolants(tmp_path):
     # LR patches 8 x 8 (gt_size 32, x4), s = 4: every step's change is a bilinear interpolant of a 2 x 2 grid, so the
     # whole displacement x_hat - x0 is one too wherever the clamp to [0, 1] did not act
-    opt = _distill_opt(tmp_path, _images(tmp_path), update_lowpass=4)
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path), update_lowpass=4)
     model = build_distill_model(IDCModel, opt)
     for it in range(1, T):
         model.optimize_parameters(it)
@@ -202,7 +202,7 @@ def test_update_lowpass_keeps_the_change_of_x_hat_in_the_coarse_interpolants(tmp
     coef = torch.linalg.lstsq(up, flat).solution
     torch.testing.assert_close(up @ coef, flat, atol=1e-6, rtol=0)
     (tmp_path / 'off').mkdir()
-    opt_off = _distill_opt(tmp_path / 'off', _images(tmp_path / 'off'))
+    opt_off = idc_distill_opt(tmp_path / 'off', idc_images(tmp_path / 'off'))
     model_off = build_distill_model(IDCModel, opt_off)
     for it in range(1, T):
         model_off.optimize_parameters(it)
@@ -213,7 +213,7 @@ def test_update_lowpass_keeps_the_change_of_x_hat_in_the_coarse_interpolants(tmp
 
 
 def test_update_lowpass_that_does_not_divide_the_lr_patch_is_refused_by_name(tmp_path):
-    opt = _distill_opt(tmp_path, _images(tmp_path), update_lowpass=3)
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path), update_lowpass=3)
     with pytest.raises(ValueError, match=r'distill.update_lowpass .* divides the LR patch size'):
         build_distill_model(IDCModel, opt)
 
@@ -226,7 +226,8 @@ def test_psnr_bic_lower_half_by_hand():
 
 def test_real_side_psnr_bic_matches_x_hat_to_the_informative_half(tmp_path):
     from basicsr_distill.ops.psnr_bic import psnr_bic_batch
-    opt = _distill_opt(tmp_path, _images(tmp_path), init='psnr_bic', real_side='psnr_bic', pair_exclude_source=True)
+    opt = idc_distill_opt(
+        tmp_path, idc_images(tmp_path), init='psnr_bic', real_side='psnr_bic', pair_exclude_source=True)
     model = build_distill_model(IDCModel, opt)
     inst = model.start_unit(0, None)
     data = model.source.load_instance(0)
@@ -240,7 +241,7 @@ def test_real_side_psnr_bic_matches_x_hat_to_the_informative_half(tmp_path):
         model.optimize_parameters(it)
     assert read_manifest(opt['path']['distilled_root'])['complete']
     with pytest.raises(ValueError, match='distill.real_side must be one of'):
-        build_distill_model(IDCModel, _distill_opt(tmp_path / 'bad', str(tmp_path / 'hr'), real_side='top'))
+        build_distill_model(IDCModel, idc_distill_opt(tmp_path / 'bad', str(tmp_path / 'hr'), real_side='top'))
 
 
 def test_the_demo_option_file_condenses_each_bundled_image_into_one_pair(tmp_path):

@@ -12,8 +12,9 @@ import torch
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import (REPO, basicsr_log, build_distill_model, data_path, run_basicsr_train, straight_and_restarted,
-                      tiny_edsr_options, write_option_file)
+from conftest import IDC_T as T
+from conftest import (REPO, basicsr_log, build_distill_model, data_path, idc_distill_opt, idc_images, run_basicsr_train,
+                      straight_and_restarted, tiny_edsr_options, write_option_file)
 
 from basicsr_distill.archs.imdn_arch import IMDN
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
@@ -21,107 +22,6 @@ from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.checkpoint import load_pretrained
 from basicsr_distill.utils.image_io import read_rgb
 from basicsr_distill.utils.options import read_option_file
-
-T = 6  # iterations per instance in these tests
-
-
-def _images(tmp_path):
-    """Two real T91 images and one too small for a 32x32 patch (a real 28x28 crop)."""
-    folder = tmp_path / 'hr'
-    folder.mkdir()
-    for name in ('tt27', 't20'):
-        shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), folder / f'{name}.png')
-    import cv2
-    img = cv2.imread(data_path('data', 'train', 't91', 't1.png'))
-    cv2.imwrite(str(folder / 'tiny.png'), img[:28, :28])
-    return str(folder)
-
-
-def _distill_opt(tmp_path, hr_folder, **distill):
-    cfg = {
-        'ratio': 0.1,
-        'init': 'real',
-        'iters_per_instance': T,
-        'warmup_iters': 2,
-        'assign_iters': 3,
-        'assign_steps': 2,
-        'num_groups': 3,
-        'real_batch_size': 16,
-        'rlff': {
-            'kernel_size': 3,
-            'num_channels': 16,
-            'patch_size': 4
-        },
-        'ncfd': {
-            'num_freqs': 64,
-            'alpha': 0.5,
-            'bank_size': 256
-        },
-        'weights': {
-            'ins': 1.0,
-            'group': 1.0,
-            'pair': 0.1
-        },
-        'optim': {
-            'type': 'Adam',
-            'lr': 0.01
-        }
-    }
-    cfg.update(distill)
-    return {
-        'name': 'idc_test',
-        'model_type': 'IDCModel',
-        'scale': 4,
-        'num_gpu': 0,
-        'manual_seed': 0,
-        'datasets': {
-            'train': {
-                'name': 'test',
-                'type': 'SRInstanceDataset',
-                'dataroot_gt': hr_folder,
-                'gt_size': 32,
-                'stride': 16,
-                'io_backend': {
-                    'type': 'disk'
-                },
-                'use_shuffle': False,
-                'num_worker_per_gpu': 0,
-                'batch_size_per_gpu': 1,
-                'dataset_enlarge_ratio': 1,
-                'prefetch_mode': None
-            }
-        },
-        'network_t': {
-            'type': 'IMDN',
-            'block_type': 'imdb_ntire22',
-            'upscale': 4
-        },
-        'path': {
-            'pretrain_network_t': osp.join(REPO, 'weights', 'imdn_baseline.pth'),
-            'strict_load_t': True,
-            'ignore_resume_networks': ['network_t'],
-            'distilled_root': str(tmp_path / 'distilled'),
-            'resume_state': None
-        },
-        'distill': cfg,
-        'train': {
-            'total_iter': 3 * T,
-            'warmup_iter': -1
-        },
-        'logger': {
-            'print_freq': 6,
-            'save_checkpoint_freq': 1000,
-            'use_tb_logger': False
-        },
-    }
-
-
-def _write_yaml(opt, path):
-    return write_option_file(opt, path)
-
-
-def _run_basicsr_train(opt_path, root, monkeypatch, *extra):
-    run_basicsr_train(opt_path, root, monkeypatch, *extra)
 
 
 def _model(opt):
@@ -134,9 +34,9 @@ def test_plugin_option_file_parses_with_basicsr_loader():
 
 
 def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, monkeypatch):
-    hr_folder = _images(tmp_path)
-    opt = _distill_opt(tmp_path, hr_folder)
-    _run_basicsr_train(_write_yaml(opt, tmp_path / 'idc.yml'), tmp_path, monkeypatch)
+    hr_folder = idc_images(tmp_path)
+    opt = idc_distill_opt(tmp_path, hr_folder)
+    run_basicsr_train(write_option_file(opt, tmp_path / 'idc.yml'), tmp_path, monkeypatch)
 
     root = opt['path']['distilled_root']
     manifest = validate_distilled_set(root, scale=4, require_complete=True)
@@ -177,7 +77,7 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
     }):
         name = f'edsr_{dataset["type"]}'
         train_opt = tiny_edsr_options(name, dataset, gt_size=16, iters=3)
-        _run_basicsr_train(_write_yaml(train_opt, tmp_path / f'{name}.yml'), tmp_path, monkeypatch)
+        run_basicsr_train(write_option_file(train_opt, tmp_path / f'{name}.yml'), tmp_path, monkeypatch)
         assert osp.isfile(tmp_path / 'experiments' / name / 'models' / 'net_g_latest.pth')
 
     # and BasicSR's test loop measures it on the bundled Set5 with the project's test option file
@@ -190,22 +90,22 @@ def test_idc_through_basicsr_train_pipeline_then_edsr_trains_on_it(tmp_path, mon
     test_opt['path']['pretrain_network_g'] = str(tmp_path / 'experiments' / name / 'models' / 'net_g_latest.pth')
     for key in ('dataroot_gt', 'dataroot_lq'):
         test_opt['datasets']['test_1'][key] = osp.join(REPO, test_opt['datasets']['test_1'][key])
-    monkeypatch.setattr(sys, 'argv', ['basicsr/test.py', '-opt', _write_yaml(test_opt, tmp_path / 'test.yml')])
+    monkeypatch.setattr(sys, 'argv', ['basicsr/test.py', '-opt', write_option_file(test_opt, tmp_path / 'test.yml')])
     with basicsr_log(logging.INFO) as stream:
         test_pipeline(str(tmp_path))
     assert 'Validation Set5' in stream.getvalue() and '# psnr' in stream.getvalue()
 
 
 def test_written_instances_are_never_recomputed(tmp_path, monkeypatch):
-    hr_folder = _images(tmp_path)
-    opt = _distill_opt(tmp_path, hr_folder)
-    _run_basicsr_train(_write_yaml(opt, tmp_path / 'idc.yml'), tmp_path, monkeypatch)
+    hr_folder = idc_images(tmp_path)
+    opt = idc_distill_opt(tmp_path, hr_folder)
+    run_basicsr_train(write_option_file(opt, tmp_path / 'idc.yml'), tmp_path, monkeypatch)
     root = opt['path']['distilled_root']
     before = {f: os.stat(osp.join(root, 'hr', f)).st_mtime_ns for f in os.listdir(osp.join(root, 'hr'))}
     updated = read_manifest(root)['updated']
     # a restart (a new experiment, same output folder) skips every written instance
     opt['name'] = 'idc_test_restart'
-    _run_basicsr_train(_write_yaml(opt, tmp_path / 'idc2.yml'), tmp_path, monkeypatch)
+    run_basicsr_train(write_option_file(opt, tmp_path / 'idc2.yml'), tmp_path, monkeypatch)
     after = {f: os.stat(osp.join(root, 'hr', f)).st_mtime_ns for f in os.listdir(osp.join(root, 'hr'))}
     assert before == after and read_manifest(root)['updated'] == updated
     # a different configuration into the same folder is refused, naming the manifest
@@ -215,10 +115,10 @@ def test_written_instances_are_never_recomputed(tmp_path, monkeypatch):
 
 
 def test_resume_inside_an_instance_gives_the_same_pairs(tmp_path):
-    hr_folder = _images(tmp_path)
+    hr_folder = idc_images(tmp_path)
     # stop inside the instance (after iteration 4, past an assignment round)
     straight_and_restarted(
-        _model, _distill_opt(tmp_path / 'a', hr_folder), _distill_opt(tmp_path / 'b', hr_folder), total=T, stop=4)
+        _model, idc_distill_opt(tmp_path / 'a', hr_folder), idc_distill_opt(tmp_path / 'b', hr_folder), total=T, stop=4)
     name = read_manifest(str(tmp_path / 'a' / 'distilled'))['pairs'][0]['name']
     a = np.load(tmp_path / 'a' / 'distilled' / 'lr_float' / f'{name}.npy')
     b = np.load(tmp_path / 'b' / 'distilled' / 'lr_float' / f'{name}.npy')
@@ -242,7 +142,7 @@ def test_swinir_teacher_at_a_named_layer(tmp_path):
     }
     weights = tmp_path / 'swinir_tiny.pth'
     torch.save({'params': SwinIR(**net_opt).state_dict()}, weights)
-    opt = _distill_opt(tmp_path, _images(tmp_path), feature_layer='conv_after_body')
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path), feature_layer='conv_after_body')
     opt['network_t'] = dict(net_opt, type='SwinIR')
     opt['path']['pretrain_network_t'] = str(weights)
     model = _model(opt)
@@ -268,28 +168,28 @@ def test_swinir_teacher_at_a_named_layer(tmp_path):
     }, r'iters_per_instance'),
 ])
 def test_bad_options_name_the_option(tmp_path, change, match):
-    opt = _distill_opt(tmp_path, _images(tmp_path), **change)
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path), **change)
     with pytest.raises(ValueError, match=match):
         _model(opt)
 
 
 def test_too_small_total_iter_is_refused(tmp_path):
-    opt = _distill_opt(tmp_path, _images(tmp_path))
+    opt = idc_distill_opt(tmp_path, idc_images(tmp_path))
     opt['train']['total_iter'] = 2 * T
     with pytest.raises(ValueError, match=r'train.total_iter=12 is too small: 3 images x'):
         _model(opt)
 
 
 def test_auto_resume_on_cpu_after_a_crash_gives_the_uninterrupted_set(tmp_path, monkeypatch, one_thread):
-    hr_folder = _images(tmp_path)
+    hr_folder = idc_images(tmp_path)
     monkeypatch.chdir(tmp_path)  # BasicSR's --auto_resume looks for experiments/<name> in the current directory
-    straight = _distill_opt(tmp_path / 'a', hr_folder)
-    _run_basicsr_train(_write_yaml(straight, tmp_path / 'a.yml'), tmp_path, monkeypatch)
+    straight = idc_distill_opt(tmp_path / 'a', hr_folder)
+    run_basicsr_train(write_option_file(straight, tmp_path / 'a.yml'), tmp_path, monkeypatch)
 
-    crashed = _distill_opt(tmp_path / 'b', hr_folder)
+    crashed = idc_distill_opt(tmp_path / 'b', hr_folder)
     crashed['name'] = 'idc_crash'
     crashed['logger']['save_checkpoint_freq'] = 7  # states at 7 and 14 (step 2 of the third instance, tt27)
-    opt_path = _write_yaml(crashed, tmp_path / 'b.yml')
+    opt_path = write_option_file(crashed, tmp_path / 'b.yml')
     original = IDCModel.optimize_parameters
 
     def crash_at_16(self, current_iter):
@@ -299,10 +199,10 @@ def test_auto_resume_on_cpu_after_a_crash_gives_the_uninterrupted_set(tmp_path, 
 
     monkeypatch.setattr(IDCModel, 'optimize_parameters', crash_at_16)
     with pytest.raises(RuntimeError, match='simulated crash'):
-        _run_basicsr_train(opt_path, tmp_path, monkeypatch)
+        run_basicsr_train(opt_path, tmp_path, monkeypatch)
     assert read_manifest(crashed['path']['distilled_root'])['units_finished'] == ['t20', 'tiny']
     monkeypatch.setattr(IDCModel, 'optimize_parameters', original)
-    _run_basicsr_train(opt_path, tmp_path, monkeypatch, '--auto_resume')  # resumes from 14.state, on the CPU
+    run_basicsr_train(opt_path, tmp_path, monkeypatch, '--auto_resume')  # resumes from 14.state, on the CPU
 
     a = read_manifest(straight['path']['distilled_root'])
     b = read_manifest(crashed['path']['distilled_root'])
@@ -325,7 +225,7 @@ ASSIGNED_AFTER_ROUND = {1: 3, 2: 5, 3: 8}  # round(P_s * j / S): round(8 / 3), r
 def _schedule_opt(tmp_path, hr_folder, total=T_SCHEDULE, **distill):
     cfg = dict(iters_per_instance=total, warmup_iters=WARMUP, assign_iters=ASSIGN_ITERS, assign_steps=ASSIGN_STEPS)
     cfg.update(distill)
-    opt = _distill_opt(tmp_path, hr_folder, **cfg)
+    opt = idc_distill_opt(tmp_path, hr_folder, **cfg)
     opt['train']['total_iter'] = 3 * cfg['iters_per_instance']
     return opt
 
@@ -333,7 +233,7 @@ def _schedule_opt(tmp_path, hr_folder, total=T_SCHEDULE, **distill):
 # (T, warmup_iters, assign_iters, assign_steps) -> [(step, round j)], by hand
 SCHEDULES = [
     ((T_SCHEDULE, WARMUP, ASSIGN_ITERS, ASSIGN_STEPS), sorted(ROUNDS.items())),
-    ((T, 2, 3, 2), [(3, 1), (5, 2)]),  # _distill_opt's schedule: 2 + 1 + 0, 2 + 1 + round(1.5) = 2 + 1 + 2
+    ((T, 2, 3, 2), [(3, 1), (5, 2)]),  # idc_distill_opt's schedule: 2 + 1 + 0, 2 + 1 + round(1.5) = 2 + 1 + 2
     ((20000, 2000, 4000, 10), [(2001 + 400 * (j - 1), j) for j in range(1, 11)]),  # IDC_DEFAULTS: 2001, ..., 5601
     ((8, 7, 0, 1), [(8, 1)]),  # no assignment span: all at once, on the first step after the warm-up
 ]
@@ -344,7 +244,7 @@ def test_assignment_rounds_at_the_documented_steps(tmp_path, schedule, rounds):
     total, warmup, assign_iters, assign_steps = schedule
     opt = _schedule_opt(
         tmp_path,
-        _images(tmp_path),
+        idc_images(tmp_path),
         total=total,
         warmup_iters=warmup,
         assign_iters=assign_iters,
@@ -357,7 +257,7 @@ def test_algorithm_1_warm_up_then_progressive_assignment(tmp_path):
     """No L_group / L_pair in the warm-up; rounds at the documented steps assign round(P_s j / S) local patches, each
     within its group's quota and paired with a real local patch of its group; every patch is assigned after the last
     round, and a patch keeps its group, and its pair (the default: pairs fixed when assigned), once assigned."""
-    opt = _schedule_opt(tmp_path, _images(tmp_path))
+    opt = _schedule_opt(tmp_path, idc_images(tmp_path))
     model = _model(opt)
     w = opt['distill']['weights']
     inst, seen = None, []
@@ -401,7 +301,7 @@ def test_x_hat_moves_and_l_ins_falls(tmp_path, init):
     steps = 30
     opt = _schedule_opt(
         tmp_path,
-        _images(tmp_path),
+        idc_images(tmp_path),
         total=steps,
         init=init,
         warmup_iters=10,
@@ -444,8 +344,8 @@ def test_changed_source_image_recomputes_its_instance_or_is_refused_under_resume
     """distill.json records each instance's source-image SHA-256: an image replaced after its instance was written is
     computed again on a rerun (the others kept); under --auto_resume, past its iterations, it is refused, naming it."""
     from basicsr_distill.distilled_set import file_sha256
-    hr_folder = _images(tmp_path)
-    opt = _distill_opt(tmp_path, hr_folder)
+    hr_folder = idc_images(tmp_path)
+    opt = idc_distill_opt(tmp_path, hr_folder)
     root = opt['path']['distilled_root']
     model = _model(opt)
     for it in range(1, 3 * T + 1):

@@ -3,13 +3,12 @@ import numpy as np
 import os
 import os.path as osp
 import pytest
-import shutil
 import torch
 
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import (build_distill_model, data_path, run_basicsr_train, straight_and_restarted, tiny_edsr_options,
+from conftest import (build_distill_model, minimax_opt, run_basicsr_train, straight_and_restarted, tiny_edsr_options,
                       write_option_file)
 
 from basicsr_distill.distilled_set import read_manifest, validate_distilled_set
@@ -21,76 +20,6 @@ def _threads(one_thread):
     yield
 
 
-def _opt(tmp_path, finetune_iters=3):
-    hr = tmp_path / 'hr'
-    if not hr.exists():
-        hr.mkdir(parents=True)
-        for name in ('tt1.png', 'tt2.png', 'tt3.png'):
-            shutil.copy(data_path('data', 'train', 't91', name), hr / name)
-    return {
-        'name': 'minimax_test',
-        'model_type': 'MinimaxDiffusionModel',
-        'scale': 4,
-        'num_gpu': 0,
-        'manual_seed': 0,
-        'datasets': {
-            'train': {
-                'name': 'stages',
-                'type': 'DistillStageDataset',
-                'length': 10,
-                'use_shuffle': False,
-                'num_worker_per_gpu': 0,
-                'batch_size_per_gpu': 1,
-                'dataset_enlarge_ratio': 1,
-                'prefetch_mode': None,
-                'dataroot_gt': str(hr),
-                'gt_size': 64,
-                'stride': 64
-            }
-        },
-        'path': {
-            'distilled_root': str(tmp_path / 'distilled'),
-            'resume_state': None
-        },
-        'distill': {
-            'stage1': {
-                'threshold': 'median',
-                'extractor': {
-                    'type': 'color_gradient'
-                },
-                'k': 2,
-                'seed': 0
-            },
-            'dit': {
-                'config': 'tiny'
-            },
-            'vae': {
-                'config': 'tiny'
-            },
-            'finetune': {
-                'iters': finetune_iters,
-                'batch_size': 2,
-                'ema_decay': 0.9
-            },
-            'sample': {
-                'images_per_class': 2,
-                'steps': 2,
-                'guidance_scale': 4.0,
-                'seed': 0
-            },
-        },
-        'train': {
-            'total_iter': 1 + finetune_iters + 2,
-            'warmup_iter': -1
-        },
-        'logger': {
-            'print_freq': 1,
-            'save_checkpoint_freq': 1000,
-            'use_tb_logger': False
-        },
-    }
-
-
 def _run(opt, tmp_path, monkeypatch, name):
     run_basicsr_train(write_option_file(dict(opt, name=name), tmp_path / f'{name}.yml'), tmp_path, monkeypatch)
 
@@ -100,7 +29,7 @@ def _model(opt):
 
 
 def test_three_stages_through_basicsr_then_a_rerun_skips_them_and_edsr_trains(tmp_path, monkeypatch):
-    opt = _opt(tmp_path)
+    opt = minimax_opt(tmp_path)
     _run(opt, tmp_path, monkeypatch, 'minimax_a')
     root = opt['path']['distilled_root']
     manifest = validate_distilled_set(root, scale=4, require_complete=True)
@@ -124,7 +53,7 @@ def test_three_stages_through_basicsr_then_a_rerun_skips_them_and_edsr_trains(tm
 
 
 def test_resume_inside_stage2_gives_the_same_fine_tuned_weights(tmp_path):
-    a, b = _opt(tmp_path / 'a', 4), _opt(tmp_path / 'b', 4)
+    a, b = minimax_opt(tmp_path / 'a', 4), minimax_opt(tmp_path / 'b', 4)
     straight, restarted = straight_and_restarted(_model, a, b, total=5, stop=3)
     ta = torch.load(straight.stage2_path, weights_only=True)
     tb = torch.load(restarted.stage2_path, weights_only=True)
@@ -135,14 +64,14 @@ def test_resume_inside_stage2_gives_the_same_fine_tuned_weights(tmp_path):
 
 
 def test_missing_local_dit_names_the_option(tmp_path):
-    opt = _opt(tmp_path)
+    opt = minimax_opt(tmp_path)
     opt['distill']['dit'] = {'pretrained': str(tmp_path / 'no_dit')}
     with pytest.raises(FileNotFoundError, match='distill.dit.pretrained'):
         _model(opt)
 
 
 def test_too_small_total_iter_is_refused(tmp_path):
-    opt = _opt(tmp_path)
+    opt = minimax_opt(tmp_path)
     opt['train']['total_iter'] = 3
     with pytest.raises(ValueError, match='train.total_iter=3 is too small'):
         _model(opt)
@@ -151,7 +80,7 @@ def test_too_small_total_iter_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------ stage 2: data and losses
 def _stage2_model(tmp_path, **finetune):
     """A model after stage 1 with stage 2 started (no step taken)."""
-    opt = _opt(tmp_path)
+    opt = minimax_opt(tmp_path)
     opt['distill']['finetune'].update(finetune)
     model = _model(opt)
     model.optimize_parameters(1)
@@ -185,7 +114,7 @@ def test_real_batches_are_flipped_fresh_posterior_samples_in_epoch_order(tmp_pat
     order = torch.cat([model.batch_indices(s) for s in range(1, steps + 1)])
     assert sorted(order[:n].tolist()) == list(range(n)) and sorted(order[n:2 * n].tolist()) == list(range(n))
     assert not torch.equal(order[:n], order[n:2 * n])  # a new order every epoch
-    again = _model(_opt(tmp_path))  # the same order in another model (a rerun, a resume): a function of the step
+    again = _model(minimax_opt(tmp_path))  # the same order in another model (a rerun, a resume): a function of the step
     again.ft = model.ft
     assert torch.equal(torch.cat([again.batch_indices(s) for s in range(1, steps + 1)]), order)
 
@@ -290,7 +219,7 @@ def test_the_epsilon_channels_are_the_first_c_and_the_variance_channels_enter_no
 
 def test_memories_are_pushed_after_the_losses_with_the_batch_latents_and_predictions(tmp_path, monkeypatch):
     from basicsr_distill.models import minimax_diffusion_model as mm
-    model = _model(_opt(tmp_path, finetune_iters=3))
+    model = _model(minimax_opt(tmp_path, finetune_iters=3))
     model.optimize_parameters(1)
     seen = _Spy(mm.representativeness_loss, lambda pred, labels, mem: (len(mem), labels.clone()))
     seen_d = _Spy(mm.diversity_loss, lambda pred, labels, mem: len(mem))
@@ -355,7 +284,7 @@ def test_sampled_latents_are_not_clipped(tmp_path, monkeypatch, name):
     """End to end: with epsilon = 0 the last latent is z_T / sqrt(a_666) (DDIM, 3 steps from t = 666: the steps
     telescope) or beyond [-1, 1] (DDPM); a clipping sampler would end inside [-1, 1]."""
     from basicsr_distill.models import minimax_diffusion_model as mm
-    opt = _opt(tmp_path)
+    opt = minimax_opt(tmp_path)
     opt['distill']['sample'].update(scheduler=name, images_per_class=1, steps=3)
     model = _model(opt)
     model.dit.register_forward_hook(lambda module, args, output: type(output)(sample=output.sample * 0))
@@ -377,12 +306,12 @@ def test_train_schedule_is_dits_linear_schedule():
 
 
 def test_unknown_sampler_and_bad_sr_timesteps_are_refused(tmp_path):
-    opt = _opt(tmp_path)
+    opt = minimax_opt(tmp_path)
     opt['distill']['sample']['scheduler'] = 'EulerDiscreteScheduler'
     with pytest.raises(ValueError, match=r"distill.sample.scheduler must be one of \['DDIMScheduler'"):
         _model(opt)
     for bad in ([0], [5, 5], [-1, 10], [0, 1001], [0.0, 10]):
-        opt = _opt(tmp_path)
+        opt = minimax_opt(tmp_path)
         opt['distill']['finetune']['sr_timesteps'] = bad
         with pytest.raises(ValueError, match='distill.finetune.sr_timesteps must be'):
             _model(opt)
@@ -390,7 +319,7 @@ def test_unknown_sampler_and_bad_sr_timesteps_are_refused(tmp_path):
 
 # -------------------------------------------------------------------------------------------- stage 1: scale
 def test_stage1_scale_follows_the_top_level_scale_and_a_mismatch_is_refused(tmp_path):
-    opt = _opt(tmp_path)
+    opt = minimax_opt(tmp_path)
     opt['scale'] = 2
     model = _model(opt)
     assert model.stage1_opt['scale'] == 2
