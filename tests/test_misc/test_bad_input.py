@@ -32,9 +32,9 @@ import torch
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 
 # isort: split
-from conftest import REPO, basicsr_log, build_distill_model, data_path
+from conftest import (G_OPT, IMDN_WEIGHTS, REPO, assert_complete, bare_idc_opt, basicsr_log, build_distill_model,
+                      copy_images, data_path, generator_weights, idc_run, train_in_process)
 
-from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr_distill import compat
 from basicsr_distill.data.distilled_paired_dataset import DistilledPairedDataset
 from basicsr_distill.distilled_set import DistilledSetWriter, pair_paths, read_manifest, validate_distilled_set
@@ -48,16 +48,6 @@ from basicsr_distill.utils.image_io import read_rgb, verify_image
 from basicsr_distill.utils.options import merge_options, read_option_file
 
 T91 = ('data', 'train', 't91')
-IMDN_WEIGHTS = osp.join(REPO, 'weights', 'imdn_baseline.pth')
-G_OPT = {
-    'type': 'SRVGGNetCompact',
-    'num_in_ch': 3,
-    'num_out_ch': 3,
-    'num_feat': 8,
-    'num_conv': 2,
-    'upscale': 4,
-    'act_type': 'prelu'
-}
 
 
 @pytest.fixture(autouse=True)
@@ -66,72 +56,8 @@ def _threads(one_thread):
 
 
 # ------------------------------------------------------------------------------------------------ tiny configs
-def _copy_t91(folder, names):
-    os.makedirs(folder, exist_ok=True)
-    for name in names:
-        shutil.copy(data_path(*T91, name), osp.join(folder, name))
-    return str(folder)
-
-
-def _idc_opt(tmp_path, hr_folder, T=2, **distill):
-    cfg = {
-        'ratio': 0.1,
-        'iters_per_instance': T,
-        'warmup_iters': 0,
-        'assign_iters': 1,
-        'assign_steps': 1,
-        'num_groups': 2,
-        'real_batch_size': 16,
-        'rlff': {
-            'kernel_size': 3,
-            'num_channels': 8,
-            'patch_size': 4
-        },
-        'ncfd': {
-            'num_freqs': 16,
-            'alpha': 0.5,
-            'bank_size': 64
-        }
-    }
-    cfg.update(distill)
-    return {
-        'name': 'idc_bad',
-        'model_type': 'IDCModel',
-        'scale': 4,
-        'num_gpu': 0,
-        'manual_seed': 0,
-        'datasets': {
-            'train': {
-                'name': 'test',
-                'type': 'SRInstanceDataset',
-                'dataroot_gt': hr_folder,
-                'gt_size': 32,
-                'stride': 32
-            }
-        },
-        'network_t': {
-            'type': 'IMDN',
-            'block_type': 'imdb_ntire22',
-            'upscale': 4
-        },
-        'path': {
-            'pretrain_network_t': IMDN_WEIGHTS,
-            'distilled_root': str(tmp_path / 'distilled'),
-            'resume_state': None
-        },
-        'distill': cfg,
-        'train': {
-            'total_iter': 10 * T
-        },
-    }
-
-
-def _generator_weights(path):
-    torch.manual_seed(0)
-    torch.save({'params': SRVGGNetCompact(**{k: v for k, v in G_OPT.items() if k != 'type'}).state_dict()}, path)
-    return str(path)
-
-
+# Bare GSDD and Minimax options like conftest.bare_idc_opt: only the keys the models read (no loader, logger or
+# strict-load keys), smaller than conftest's tiny_*_options (IPC 2, 1 inversion step; 1 sample step).
 def _gsdd_opt(tmp_path, dataroot, **distill):
     cfg = {
         'ipc': 2,
@@ -163,7 +89,7 @@ def _gsdd_opt(tmp_path, dataroot, **distill):
         },
         'network_g': dict(G_OPT),
         'path': {
-            'pretrain_network_g': _generator_weights(tmp_path / 'g.pth'),
+            'pretrain_network_g': generator_weights(tmp_path / 'g.pth'),
             'distilled_root': str(tmp_path / 'distilled'),
             'resume_state': None
         },
@@ -176,8 +102,8 @@ def _gsdd_opt(tmp_path, dataroot, **distill):
 
 def _gsdd_classes(tmp_path):
     root = tmp_path / 'classes'
-    _copy_t91(root / 'a', ['tt1.png', 'tt2.png'])
-    _copy_t91(root / 'b', ['tt3.png', 'tt4.png'])
+    copy_images(root / 'a', ['tt1.png', 'tt2.png'])
+    copy_images(root / 'b', ['tt3.png', 'tt4.png'])
     return str(root)
 
 
@@ -267,18 +193,18 @@ def test_read_rgb_and_verify_image_name_broken_files(tmp_path):
 
 @pytest.mark.parametrize('kind', ['half_png', 'text_png'])
 def test_idc_broken_image_fails_when_the_model_is_built(tmp_path, kind):
-    folder = _copy_t91(tmp_path / 'hr', ['tt1.png'])
+    folder = copy_images(tmp_path / 'hr', ['tt1.png'])
     bad = _broken_images(tmp_path / 'bad')[kind]
     shutil.copy(bad, osp.join(folder, 'z' + osp.basename(bad)))
     with pytest.raises(ValueError, match=osp.join(folder, 'z' + osp.basename(bad))):
-        build_distill_model(IDCModel, _idc_opt(tmp_path, folder))
+        build_distill_model(IDCModel, bare_idc_opt(tmp_path, folder))
     assert not osp.exists(tmp_path / 'distilled')  # nothing written
 
 
 def test_idc_truncated_jpeg_stops_at_its_instance_and_keeps_the_written_ones(tmp_path):
-    folder = _copy_t91(tmp_path / 'hr', ['t20.png'])
+    folder = copy_images(tmp_path / 'hr', ['t20.png'])
     shutil.copy(_broken_images(tmp_path / 'bad')['half_jpg'], osp.join(folder, 'z.jpg'))
-    opt = _idc_opt(tmp_path, folder)
+    opt = bare_idc_opt(tmp_path, folder)
     model = build_distill_model(IDCModel, opt)  # the JPEG header is fine: found when it is decoded
     for it in (1, 2):
         model.optimize_parameters(it)
@@ -299,7 +225,7 @@ def test_gsdd_broken_image_in_a_class_fails_when_the_model_is_built(tmp_path, ki
 
 @pytest.mark.parametrize('kind', ['half_png', 'text_png', 'half_jpg'])
 def test_minimax_broken_stage1_image_fails_before_anything_is_written(tmp_path, kind):
-    folder = _copy_t91(tmp_path / 'hr', ['tt1.png', 'tt2.png'])
+    folder = copy_images(tmp_path / 'hr', ['tt1.png', 'tt2.png'])
     bad = osp.join(folder, 'broken' + osp.splitext(_broken_images(tmp_path / 'bad')[kind])[1])
     shutil.copy(_broken_images(tmp_path / 'bad')[kind], bad)
     opt = _minimax_opt(tmp_path, folder)
@@ -378,7 +304,7 @@ def test_idc_image_smaller_than_a_patch_is_skipped_with_a_warning_and_recorded(t
     folder = tmp_path / 'hr'
     folder.mkdir()
     cv2.imwrite(str(folder / 'tiny.png'), cv2.imread(data_path(*T91, 't1.png'))[:28, :28])
-    opt = _idc_opt(tmp_path, str(folder))
+    opt = bare_idc_opt(tmp_path, str(folder))
     model = build_distill_model(IDCModel, opt)
     with basicsr_log() as stream:
         model.optimize_parameters(1)
@@ -393,7 +319,7 @@ def test_the_small_image_warning_gives_the_file_size_not_the_cropped_one(tmp_pat
     folder.mkdir()
     cv2.imwrite(str(folder / 'ten.png'), cv2.imread(data_path(*T91, 'tt1.png'))[:10, :10])
     cv2.imwrite(str(folder / 'odd.png'), cv2.imread(data_path(*T91, 'tt1.png'))[:37, :45])
-    opt = _idc_opt(tmp_path, str(folder))
+    opt = bare_idc_opt(tmp_path, str(folder))
     model = build_distill_model(IDCModel, opt)
     odd, ten = model.source.load_instance(0), model.source.load_instance(1)
     assert ten['hr_shape'] == (10, 10) and ten['lq'].shape[0] == 0
@@ -412,7 +338,7 @@ def test_empty_folders_name_the_folder(tmp_path):
     empty.mkdir()
     (empty / 'notes.txt').write_text('no image here')
     with pytest.raises(FileNotFoundError, match=f'no image found in {empty}'):
-        build_distill_model(IDCModel, _idc_opt(tmp_path, str(empty)))
+        build_distill_model(IDCModel, bare_idc_opt(tmp_path, str(empty)))
     with pytest.raises(FileNotFoundError, match=f'{empty}'):
         build_distill_model(GSDDModel, _gsdd_opt(tmp_path, str(empty)))
     with pytest.raises(FileNotFoundError, match=f'no image found in {empty}'):  # before the DiT / VAE are built
@@ -420,17 +346,17 @@ def test_empty_folders_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=osp.join(str(empty), 'distill.json')):
         DistilledPairedDataset({'dataroot': str(empty), 'scale': 4, 'phase': 'val'})
     with pytest.raises(FileNotFoundError, match=f'{tmp_path / "nowhere"} does not exist'):
-        build_distill_model(IDCModel, _idc_opt(tmp_path, str(tmp_path / 'nowhere')))
+        build_distill_model(IDCModel, bare_idc_opt(tmp_path, str(tmp_path / 'nowhere')))
 
 
 # ------------------------------------------------------------------------------------- 6. weights that do not fit
 def test_missing_or_unfitting_weights_name_the_file_and_list_the_keys(tmp_path):
-    folder = _copy_t91(tmp_path / 'hr', ['t20.png'])
-    opt = _idc_opt(tmp_path, folder)
+    folder = copy_images(tmp_path / 'hr', ['t20.png'])
+    opt = bare_idc_opt(tmp_path, folder)
     opt['path']['pretrain_network_t'] = str(tmp_path / 'missing.pth')
     with pytest.raises(FileNotFoundError, match=str(tmp_path / 'missing.pth')):
         build_distill_model(IDCModel, opt)
-    opt['path']['pretrain_network_t'] = _generator_weights(tmp_path / 'srvgg.pth')  # another arch's weights
+    opt['path']['pretrain_network_t'] = generator_weights(tmp_path / 'srvgg.pth')  # another arch's weights
     with pytest.raises(RuntimeError) as err:
         build_distill_model(IDCModel, opt)
     assert str(tmp_path / 'srvgg.pth') in str(err.value) and 'IMDN' in str(err.value)
@@ -455,7 +381,7 @@ def test_missing_or_unfitting_weights_name_the_file_and_list_the_keys(tmp_path):
     state = load_file(weights)
     state['extra.weight'] = state.pop('pos_embed.proj.bias')  # diffusers alone would only warn and initialise it
     save_file(state, weights)
-    opt = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'mm', ['tt1.png']), dit={'pretrained': dit_dir, 'config': None})
+    opt = _minimax_opt(tmp_path, copy_images(tmp_path / 'mm', ['tt1.png']), dit={'pretrained': dit_dir, 'config': None})
     with pytest.raises(RuntimeError, match=r"'distill.dit.pretrained'.*pos_embed.proj.bias.*extra.weight"):
         build_distill_model(MinimaxDiffusionModel, opt)
     os.remove(weights)
@@ -509,12 +435,12 @@ def test_missing_or_unfitting_weights_name_the_file_and_list_the_keys(tmp_path):
 ])
 def test_wrong_option_types_name_the_option(tmp_path, model, change, match):
     if model == 'idc':
-        opt, cls = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']), **change), IDCModel
+        opt, cls = bare_idc_opt(tmp_path, copy_images(tmp_path / 'hr', ['t20.png']), **change), IDCModel
     elif model == 'gsdd':
         opt, cls = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path)), GSDDModel
         opt['distill'].update(change)
     else:
-        opt, cls = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png']), **change), MinimaxDiffusionModel
+        opt, cls = _minimax_opt(tmp_path, copy_images(tmp_path / 'hr', ['tt1.png']), **change), MinimaxDiffusionModel
     with pytest.raises(ValueError, match=match):
         build_distill_model(cls, opt)
 
@@ -579,7 +505,7 @@ def test_sizes_out_of_range_name_the_option(tmp_path, model, change, match):
     if model == 'gsdd':
         opt, cls = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path), **change), GSDDModel
     else:
-        opt, cls = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png']), **change), MinimaxDiffusionModel
+        opt, cls = _minimax_opt(tmp_path, copy_images(tmp_path / 'hr', ['tt1.png']), **change), MinimaxDiffusionModel
     with pytest.raises(ValueError, match=match):
         build_distill_model(cls, opt)
 
@@ -587,7 +513,7 @@ def test_sizes_out_of_range_name_the_option(tmp_path, model, change, match):
 @pytest.mark.parametrize('key', ['dataroot_gt', 'gt_size', 'stride', 'meta_info_file'])
 def test_minimax_data_options_in_distill_stage1_are_refused_naming_the_new_place(tmp_path, key):
     """Minimax-SR's data options live in datasets.train (as IDC's and GSDD's): the old place gets a clear error."""
-    opt = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png']), stage1={key: 'x'})
+    opt = _minimax_opt(tmp_path, copy_images(tmp_path / 'hr', ['tt1.png']), stage1={key: 'x'})
     with pytest.raises(ValueError, match=rf'option distill.stage1.{key} moved to datasets.train.{key}'):
         build_distill_model(MinimaxDiffusionModel, opt)
     assert not osp.exists(opt['path']['distilled_root'])  # refused before anything is written
@@ -605,8 +531,8 @@ def test_check_finite_checks_losses_then_gradients():
 
 
 def test_idc_nan_loss_stops_before_the_step_and_keeps_the_written_instances(tmp_path, monkeypatch):
-    folder = _copy_t91(tmp_path / 'hr', ['t20.png', 't21.png'])
-    opt = _idc_opt(tmp_path, folder, T=3)
+    folder = copy_images(tmp_path / 'hr', ['t20.png', 't21.png'])
+    opt = bare_idc_opt(tmp_path, folder, T=3)
     model = build_distill_model(IDCModel, opt)
     for it in range(1, 5):  # instance 1 written, one step of instance 2
         model.optimize_parameters(it)
@@ -650,7 +576,7 @@ def test_gsdd_nan_objective_stops_before_the_chunked_backward(tmp_path, monkeypa
 def test_minimax_inf_loss_stops_stage2_before_the_step(tmp_path, monkeypatch):
     opt = _minimax_opt(
         tmp_path,
-        _copy_t91(tmp_path / 'hr', ['tt1.png', 'tt2.png']),
+        copy_images(tmp_path / 'hr', ['tt1.png', 'tt2.png']),
         finetune_iters=3,
         finetune={'sr_timesteps': [0, 1000]})  # L_SR at every timestep: every term is computed at each step
     model = build_distill_model(MinimaxDiffusionModel, opt)
@@ -712,7 +638,7 @@ def test_corrupt_or_truncated_checkpoints_name_the_file(tmp_path, kind):
     assert err.value.__cause__ is not None  # chained to torch's error, which advises it for random bytes
     assert kind != 'random' or 'weights_only` set to `False' in str(err.value.__cause__)
 
-    opt = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']))
+    opt = bare_idc_opt(tmp_path, copy_images(tmp_path / 'hr', ['t20.png']))
     opt['path']['pretrain_network_t'] = str(bad)
     with pytest.raises(ValueError, match=f'{re.escape(str(bad))}": the file is corrupt or truncated') as err:
         build_distill_model(IDCModel, opt)
@@ -740,7 +666,8 @@ def test_a_checkpoint_of_pickled_objects_is_refused_without_the_unsafe_advice(tm
 
 def test_minimax_corrupt_stage2_file_is_named(tmp_path):
     """A corrupt ``stage2_difffit.pth`` (killed disk, edited file) is named as corrupt, not a bare torch error."""
-    model = build_distill_model(MinimaxDiffusionModel, _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png'])))
+    hr = copy_images(tmp_path / 'hr', ['tt1.png'])
+    model = build_distill_model(MinimaxDiffusionModel, _minimax_opt(tmp_path, hr))
     with open(model.stage2_path, 'wb') as f:
         f.write(os.urandom(64))
     with pytest.raises(ValueError, match='corrupt or truncated') as info:
@@ -752,7 +679,8 @@ def test_minimax_corrupt_stage2_file_is_named(tmp_path):
 def test_scale_that_does_not_fit_the_network_is_refused_before_any_unit(tmp_path, model):
     """scale: 3 with a x4 teacher (IDC) or a x4 generator (GSDD): refused at start-up, naming scale and the network."""
     if model == 'idc':
-        opt, cls, what = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png'])), IDCModel, r'network_t \(IMDN\)'
+        hr = copy_images(tmp_path / 'hr', ['t20.png'])
+        opt, cls, what = bare_idc_opt(tmp_path, hr), IDCModel, r'network_t \(IMDN\)'
     else:
         opt, cls, what = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path)), GSDDModel, r'network_g \(SRVGGNetCompact\)'
     opt['scale'] = 3
@@ -765,9 +693,9 @@ def test_scale_that_does_not_fit_the_network_is_refused_before_any_unit(tmp_path
 def test_idc_input_name_that_gives_an_invalid_pair_name_is_refused_at_start_up(tmp_path, name):
     """A space or a non-ASCII character in an input file name is named at start-up, not after the unit's work."""
     folder = tmp_path / 'hr'
-    _copy_t91(folder, ['t20.png'])
+    copy_images(folder, ['t20.png'])
     shutil.copy(data_path(*T91, 't21.png'), folder / name)
-    opt = _idc_opt(tmp_path, str(folder))
+    opt = bare_idc_opt(tmp_path, str(folder))
     with pytest.raises(ValueError, match='rename the input') as info:
         build_distill_model(IDCModel, opt)
     assert str(folder / name) in str(info.value) and 'pair name' in str(info.value)
@@ -776,8 +704,8 @@ def test_idc_input_name_that_gives_an_invalid_pair_name_is_refused_at_start_up(t
 
 def test_gsdd_class_name_that_gives_an_invalid_pair_name_is_refused_at_start_up(tmp_path):
     root = tmp_path / 'classes'
-    _copy_t91(root / 'a', ['tt1.png', 'tt2.png'])
-    _copy_t91(root / 'my class', ['tt3.png', 'tt4.png'])
+    copy_images(root / 'a', ['tt1.png', 'tt2.png'])
+    copy_images(root / 'my class', ['tt3.png', 'tt4.png'])
     opt = _gsdd_opt(tmp_path, str(root))
     with pytest.raises(ValueError, match=r"class 'my class' of .*rename the input"):
         build_distill_model(GSDDModel, opt)
@@ -794,9 +722,9 @@ def _sized(path, h, w):
 @pytest.mark.parametrize('h, w', [(1, 1), (3, 500), (4, 4), (7, 300), (300, 7)])
 def test_idc_image_of_a_few_pixels_is_named_at_start_up_and_recorded_empty(tmp_path, h, w):
     """BasicSR's imresize failed on such images at their instance (a bare RuntimeError naming nothing)."""
-    folder = _copy_t91(tmp_path / 'hr', ['t20.png'])
+    folder = copy_images(tmp_path / 'hr', ['t20.png'])
     tiny = _sized(osp.join(folder, 'tiny.png'), h, w)
-    opt = _idc_opt(tmp_path, folder)
+    opt = bare_idc_opt(tmp_path, folder)
     with basicsr_log() as stream:
         model = build_distill_model(IDCModel, opt)
     assert f'smaller than one 32x32 patch give no pair (recorded as empty units): tiny.png ({h}, {w})' in \
@@ -818,7 +746,7 @@ def test_minimax_images_of_a_few_pixels_are_named_at_start_up(tmp_path):
     with pytest.raises(ValueError, match=rf'{folder}: no image is at least 64x64 pixels .*a.png \(1, 1\)'):
         build_distill_model(MinimaxDiffusionModel, opt)  # before the DiT and VAE are built, nothing written
     assert not osp.exists(opt['path']['distilled_root'])
-    _copy_t91(folder, ['tt1.png'])
+    copy_images(folder, ['tt1.png'])
     with basicsr_log() as stream:
         model = build_distill_model(MinimaxDiffusionModel, opt)
     assert 'stage 1 will skip 3 image(s)' in stream.getvalue() and 'b.png (3, 500)' in stream.getvalue()
@@ -842,7 +770,7 @@ def test_tiff_of_float_or_int32_samples_is_refused_when_the_model_is_built(tmp_p
     """PIL reads a one-channel float32 (or int32) TIFF's header, so it used to pass and stop the run at its unit."""
     from PIL import Image
     gray = cv2.imread(data_path(*T91, 't20.png'), cv2.IMREAD_GRAYSCALE)
-    folder = _copy_t91(tmp_path / 'hr', ['t20.png'])
+    folder = copy_images(tmp_path / 'hr', ['t20.png'])
     path = osp.join(folder, 'z.tiff')
     if kind == 'float32':
         cv2.imwrite(path, gray.astype(np.float32) / 255.)
@@ -850,7 +778,7 @@ def test_tiff_of_float_or_int32_samples_is_refused_when_the_model_is_built(tmp_p
         Image.fromarray(gray.astype(np.int32)).save(path)
     with pytest.raises(ValueError, match=f'image {path} has {kind} samples; only 8-bit and 16-bit'):
         verify_image(path)
-    opt = _idc_opt(tmp_path, folder)
+    opt = bare_idc_opt(tmp_path, folder)
     with pytest.raises(ValueError, match=f'image {path} has {kind} samples'):
         build_distill_model(IDCModel, opt)
     assert not osp.exists(opt['path']['distilled_root'])
@@ -867,13 +795,13 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_tensor(t
     params[key].view(-1)[0] = value
     bad = str(tmp_path / 'bad_teacher.pth')
     torch.save(state, bad)
-    opt = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']))
+    opt = bare_idc_opt(tmp_path, copy_images(tmp_path / 'hr', ['t20.png']))
     opt['path']['pretrain_network_t'] = bad
     with pytest.raises(ValueError) as err:
         build_distill_model(IDCModel, opt)
     assert f'"{bad}": tensor "{key}" holds 1 non-finite value(s)' in str(err.value)
     assert not osp.exists(opt['path']['distilled_root'])
-    gen = torch.load(_generator_weights(tmp_path / 'g.pth'), weights_only=True)
+    gen = torch.load(generator_weights(tmp_path / 'g.pth'), weights_only=True)
     gen['params']['body.0.weight'][0, 0, 0, 0] = value
     torch.save(gen, str(tmp_path / 'bad_g.pth'))
     opt = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path))
@@ -937,11 +865,11 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_file_and_the_tensor(t
 def test_nonsense_optimiser_options_are_refused_when_the_model_is_built(tmp_path, model, change, match):
     """They used to fail in torch at the first unit, after the set had been created recording them."""
     if model == 'idc':
-        opt, cls = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png'])), IDCModel
+        opt, cls = bare_idc_opt(tmp_path, copy_images(tmp_path / 'hr', ['t20.png'])), IDCModel
     elif model == 'gsdd':
         opt, cls = _gsdd_opt(tmp_path, _gsdd_classes(tmp_path)), GSDDModel
     else:
-        opt, cls = _minimax_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['tt1.png'])), MinimaxDiffusionModel
+        opt, cls = _minimax_opt(tmp_path, copy_images(tmp_path / 'hr', ['tt1.png'])), MinimaxDiffusionModel
     for section, values in change.items():
         opt['distill'][section] = dict(opt['distill'].get(section) or {}, **values)
     with pytest.raises(ValueError, match=match):
@@ -952,7 +880,7 @@ def test_nonsense_optimiser_options_are_refused_when_the_model_is_built(tmp_path
 def test_an_empty_set_of_a_run_that_stopped_before_its_first_unit_does_not_block_the_fixed_rerun(tmp_path):
     """A run that stopped at its first unit (e.g. on an option that torch refused) left an empty set recording its
     options; the rerun with the option fixed was refused ('belongs to another run') until the folder was deleted."""
-    opt = _idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']))
+    opt = bare_idc_opt(tmp_path, copy_images(tmp_path / 'hr', ['t20.png']))
     build_distill_model(IDCModel, opt)  # the set is created; the run stops before any unit
     root = opt['path']['distilled_root']
     opt['distill']['optim'] = {'lr': 0.005}
@@ -971,13 +899,12 @@ def test_an_empty_set_of_a_run_that_stopped_before_its_first_unit_does_not_block
 def test_a_start_refused_on_an_option_leaves_nothing_and_the_fixed_rerun_works(tmp_path, monkeypatch):
     """Through basicsr_distill/train.py: distill.optim.lr -0.01 stops the start before any unit, what it created
     is removed, and the rerun with the option fixed (same name, same folders) runs to the end."""
-    from test_run_lock import assert_complete, idc, run_in_process
     cwd = str(tmp_path / 'run')
-    opt = idc(tmp_path)
+    opt = idc_run(tmp_path)
     opt['distill']['optim'] = {'type': 'Adam', 'lr': -0.01, 'betas': [0.9, 0.999]}
     with pytest.raises(ValueError, match=r'option distill.optim.lr must be >= 0, got -0.01'):
-        run_in_process(opt, cwd, monkeypatch)
+        train_in_process(opt, cwd, monkeypatch)
     assert sorted(os.listdir(cwd)) == ['idc_kill.yml']  # no experiments/, no distilled/
     opt['distill']['optim']['lr'] = 0.01
-    run_in_process(opt, cwd, monkeypatch)
+    train_in_process(opt, cwd, monkeypatch)
     assert_complete(cwd)

@@ -12,9 +12,7 @@ import torch
 import basicsr_distill  # noqa: F401  (compat fixes before basicsr / torchvision)
 
 # isort: split
-from conftest import REPO, build_distill_model, write_option_file
-from test_bad_input import _copy_t91
-from test_bad_input import _idc_opt as bad_input_idc_opt
+from conftest import REPO, bare_idc_opt, build_distill_model, copy_images, write_option_file
 
 from basicsr.utils import options as basicsr_options
 from basicsr_distill import compat
@@ -37,8 +35,8 @@ def _kept_rng():
 
 
 def _idc_opt(tmp_path, **distill):
-    """test_bad_input's IDC options on the real 78x78 T91 t20, with the keys the force_yml tests overwrite."""
-    opt = bad_input_idc_opt(tmp_path, _copy_t91(tmp_path / 'hr', ['t20.png']), **distill)
+    """conftest's bare IDC options on the real 78x78 T91 t20, with the keys the force_yml tests overwrite."""
+    opt = bare_idc_opt(tmp_path, copy_images(tmp_path / 'hr', ['t20.png']), **distill)
     opt['name'] = 'idc_force_yml'
     opt['train'] = {'total_iter': 20, 'lr': 0.5}
     opt.update(a={'b': 'x'}, c={'d': False, 'e': 0})
