@@ -10,9 +10,8 @@ import numpy as np
 import os
 import os.path as osp
 import pytest
-import shutil
 import torch
-from conftest import REPO, data_path, write_option_file
+from conftest import REPO, copy_images, data_path, write_option_file
 from torch import nn as nn
 
 from basicsr_distill.data.sr_instance_dataset import SRInstanceDataset
@@ -318,9 +317,7 @@ def three_image_options(tmp_path_factory):
     """An idc_demo.yml-style option file (96 / 24 patches, stride 48, IMDN teacher) on 3 T91 images."""
     root = tmp_path_factory.mktemp('select_subset')
     hr = root / 'hr'
-    os.makedirs(hr)
-    for name in ('t1', 't10', 't12'):
-        shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), hr / f'{name}.png')
+    copy_images(hr, ['t1.png', 't10.png', 't12.png'])
     opt = {
         'name': 'select_subset_test',
         'model_type': 'IDCModel',

@@ -3,16 +3,14 @@
 ``random_generator_hr`` (GSDD's: HR = G(random real LR), LR = its bicubic) with the bundled SRGAN generator."""
 import cv2
 import numpy as np
-import os
 import os.path as osp
 import pytest
-import shutil
 import torch
 
 import basicsr_distill  # noqa: F401
 
 # isort: split
-from conftest import build_distill_model, data_path
+from conftest import build_distill_model, copy_images, data_path
 
 from basicsr_distill.data.sr_patches import bicubic_lr
 from basicsr_distill.distilled_set import DistilledSetWriter, read_manifest, validate_distilled_set
@@ -25,9 +23,7 @@ def idc_options(tmp_path_factory):
     """IDC-style options: 3 T91 images, 96 / 24 patches at stride 48, IMDN teacher, r = 0.1, seed 3."""
     root = tmp_path_factory.mktemp('controls')
     hr = root / 'hr'
-    os.makedirs(hr)
-    for name in ('t1', 't10', 't12'):
-        shutil.copy(data_path('data', 'train', 't91', f'{name}.png'), hr / f'{name}.png')
+    copy_images(hr, ['t1.png', 't10.png', 't12.png'])
     return {
         'name': 'controls_test',
         'model_type': 'IDCModel',

@@ -8,7 +8,7 @@ import shutil
 import sys
 import torch
 from collections import OrderedDict
-from conftest import REPO, data_path, write_option_file
+from conftest import REPO, copy_images, data_path, write_option_file
 
 from basicsr_distill.models.idc_model import IDCModel
 from basicsr_distill.utils.options import (apply_forced_seed, build_model_from_options, check_experiment_name,
@@ -99,8 +99,7 @@ def test_build_model_from_options_prepares_as_parse_options(tmp_path):
 def _idc_options(tmp_path):
     """Tiny IDC options on one bundled T91 image (tt27), output under tmp_path/set."""
     hr = tmp_path / 'hr'
-    hr.mkdir()
-    shutil.copy(data_path('data', 'train', 't91', 'tt27.png'), hr / 'tt27.png')
+    copy_images(hr, ['tt27.png'])
     opt = {
         'name': 'idc_options_test',
         'model_type': 'IDCModel',
