@@ -57,7 +57,9 @@ def test_one_batched_step_in_float32_gives_each_instance_its_own_gradient(tmp_pa
         assert a.x_hat.shape[0] == b.x_hat.shape[0] and a.generator.get_state().equal(b.generator.get_state())
         scale = a.x_hat.grad.abs().max()
         assert (a.x_hat.grad - b.x_hat.grad).abs().max() <= 1e-3 * scale, a.name  # measured: 2.7e-4 (t9)
-        assert (a.x_hat.detach() - b.x_hat.detach()).abs().max() <= 1e-6, a.name  # Adam's first step: lr * sign
+        # Adam's first step is lr * g / (|g| + eps): lr * sign(g) except where |g| is near eps, where the gradients'
+        # difference above (reduction order: it depends on the thread count) moves it; measured 1.3e-6 on 1 thread
+        assert (a.x_hat.detach() - b.x_hat.detach()).abs().max() <= 1e-3 * 0.01, a.name  # 1e-3 x lr
 
 
 def test_restart_inside_a_batch_gives_the_uninterrupted_set(tmp_path, hr_folder):
