@@ -23,6 +23,7 @@ import yaml
 
 _TV_LIBRARY = None  # keeps the torch.library definitions alive for the life of the process
 _APPLIED = False
+_MKDIR_AND_RENAME = None  # BasicSR's own, wrapped by fix_mkdir_and_rename
 
 
 def _torchvision_ops_loadable():
@@ -267,6 +268,35 @@ def fix_force_yml_values():
     return True
 
 
+def mkdir_and_rename_checked(path):
+    """BasicSR's ``mkdir_and_rename`` (archive an existing ``path`` to ``<path>_archived_<time>``, then create it),
+    refusing to move a folder that holds the current working directory.
+
+    ``experiments/<name>`` with ``name: ..`` is the current folder itself: BasicSR alone would rename it (the
+    repository, its ``.venv`` included). ``basicsr_distill/train.py`` and ``test.py`` refuse such a name earlier
+    (:func:`basicsr_distill.utils.options.check_experiment_name`); this covers BasicSR's own CLI with the plugin.
+
+    Raises:
+        ValueError: ``path`` is the current working directory or one of its parents (names both; nothing is moved).
+    """
+    cwd = osp.realpath(os.getcwd())
+    real = osp.realpath(path)
+    if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        raise ValueError(f'Refused to archive (rename) {path}: it holds the current working directory {cwd} (check the '
+                         'option name: it must be one plain folder name). Nothing was moved.')
+    return _MKDIR_AND_RENAME(path)
+
+
+def fix_mkdir_and_rename():
+    """Route BasicSR's ``make_exp_dirs`` through :func:`mkdir_and_rename_checked`."""
+    global _MKDIR_AND_RENAME
+    from basicsr.utils import misc
+    if misc.mkdir_and_rename is not mkdir_and_rename_checked:
+        _MKDIR_AND_RENAME = misc.mkdir_and_rename
+        misc.mkdir_and_rename = mkdir_and_rename_checked
+    return True
+
+
 def apply():
     """Apply every fix that is needed here; safe to call more than once."""
     global _APPLIED
@@ -278,4 +308,5 @@ def apply():
     fix_basicsr_load_network()
     fix_cpu_dist_init()
     fix_force_yml_values()
+    fix_mkdir_and_rename()
     _APPLIED = True

@@ -55,10 +55,8 @@ class MixedPrecision:
         return tensor if self.scaler is None else self.scaler.scale(tensor)
 
     def unscale(self, optimizers):
-        """Divide the gradients of ``optimizers`` by the scale; True unless the scaler found a non-finite gradient (then
-        it
-        skips the step).
-        """
+        """Divide the gradients of ``optimizers`` by the scale; False when the scaler found a non-finite gradient (the
+        step is then skipped), True otherwise and without a scaler."""
         if self.scaler is None:
             return True
         finite = True

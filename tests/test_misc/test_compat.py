@@ -1,4 +1,5 @@
 """The compat layer: torchvision and BasicSR import after ``import basicsr_distill``; fixes are idempotent."""
+import pytest
 import subprocess
 import sys
 import torch
@@ -30,3 +31,19 @@ def test_cpu_resume_fix_only_without_cuda():
         assert basicsr.train.load_resume_state is not compat._load_resume_state_cpu
     else:
         assert basicsr.train.load_resume_state is compat._load_resume_state_cpu
+
+
+def test_basicsr_never_archives_a_folder_holding_the_working_directory(tmp_path, monkeypatch):
+    from basicsr.utils import make_exp_dirs
+    repo = tmp_path / 'repo'
+    (repo / 'experiments' / 'old').mkdir(parents=True)
+    (repo / 'mine.txt').write_text('the user\'s')
+    monkeypatch.chdir(repo)
+    for root in (repo / 'experiments' / '..', tmp_path):  # name: '..' as BasicSR joins it; a parent of the cwd
+        opt = {'is_train': True, 'path': {'experiments_root': str(root)}}
+        with pytest.raises(ValueError, match='it holds the current working directory .* Nothing was moved'):
+            make_exp_dirs(opt)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['repo'] and (repo / 'mine.txt').is_file()
+    opt = {'is_train': True, 'path': {'experiments_root': str(repo / 'experiments' / 'old')}}
+    make_exp_dirs(opt)  # any other folder is archived as BasicSR does
+    assert len([p for p in (repo / 'experiments').iterdir() if p.name.startswith('old_archived_')]) == 1
