@@ -182,6 +182,16 @@ def test_converged_preset_shares_option_blocks_through_yaml_anchors():
         }
     }
     assert methods['gsdd_imdn']['options']['network_g']['type'] == 'IMDN'
+    # the Algorithm-1 budget study: T, warm-up and assignment (10 % / 20 % of T) are all that vary with the budget
+    t150, t600, t2000 = (distill[f'idc_alg1_noise_t{t}_1pct'] for t in (150, 600, 2000))
+    assert t150['init'] == 'noise' and t150['optim']['lr'] == 1e-2 and 'update_lowpass' not in t150
+    for steps, opt in ((150, t150), (600, t600), (2000, t2000)):
+        assert opt == {**t150, 'iters_per_instance': steps, 'warmup_iters': steps // 10, 'assign_iters': steps // 5}
+        batches = 96 // opt['instances_per_step']
+        name = f'idc_alg1_noise_t{steps}_1pct'
+        assert methods[name]['options']['train']['total_iter'] == batches * steps, name
+    assert distill['idc_alg1_real_t2000_1pct'] == {**t2000, 'init': 'real'}
+    assert methods['idc_alg1_real_init_1pct']['like'] == 'idc_alg1_real_t2000_1pct'
     assert methods['gsdd']['options']['network_g']['type'] == 'SRGANGenerator'
     assert methods['gsdd_1pct']['options'] == methods['gsdd']['options']
     assert (methods['gsdd']['sizes'], methods['gsdd_1pct']['sizes']) == ([97], [32])
