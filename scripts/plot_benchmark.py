@@ -90,6 +90,13 @@ def plot(path, out, test_sets, lines, full='full'):
         ax.set_ylabel(f'{test_set} PSNR, Y channel (dB)')
         ax.set_title(test_set)
         ax.grid(True, which='both', alpha=0.3)
+    return save_figure(fig, axes, out)
+
+
+def save_figure(fig, axes, out):
+    """The legend of the first panel, a tight layout, ``out`` (PNG, 120 dpi; its folder made) written, the figure
+    closed; returns ``out``."""
+    import matplotlib.pyplot as plt
     axes[0][0].legend(fontsize=7, loc='lower right')
     fig.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)

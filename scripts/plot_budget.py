@@ -16,7 +16,6 @@ budget study's methods.
 """
 import argparse
 import importlib.util
-import os
 import os.path as osp
 
 _spec = importlib.util.spec_from_file_location('plot_benchmark', osp.join(osp.dirname(__file__), 'plot_benchmark.py'))
@@ -98,12 +97,7 @@ def plot(path, out, test_sets, series, controls):
         ax.set_ylabel(f'{test_set} PSNR, Y channel (dB)')
         ax.set_title(test_set)
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc='lower right')
-    fig.tight_layout()
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _plot_benchmark.save_figure(fig, axes, out)
 
 
 def main(argv=None):
