@@ -19,6 +19,8 @@ import os.path as osp
 import statistics
 from collections import defaultdict
 
+#: the arch column of a row that trains no student (the runner writes bicubic as '-')
+NO_ARCH = (None, '', '-')
 #: label -> methods of options/benchmark/cpu_291_converged.yml (the 1 % and the 3 % one of each family)
 DEFAULT_LINES = {
     'random real pairs': ['random_1pct', 'random'],
@@ -30,13 +32,15 @@ DEFAULT_LINES = {
 }
 
 
-def read_results(path, test_set, metric='psnr'):
-    """Mean, sample std and count of ``<test_set>/<metric>`` per method and pair count.
+def read_results(path, test_set, metric='psnr', arch=None):
+    """Mean, sample std and count of ``<test_set>/<metric>`` per method and pair count, for one student arch.
 
     Args:
         path (str): The runner's ``results.csv``.
         test_set (str): A test set column prefix (``Set5``).
         metric (str): The metric (``psnr``: Y-channel PSNR in dB, as the runner writes it). Default: ``'psnr'``.
+        arch (str | None): The student arch whose rows are read (rows without one, such as bicubic's ``-``, always
+            are); None reads the CSV's only arch. Default: None.
 
     Returns:
         dict: ``{method: (pairs (int, 0 for a method without a set such as bicubic), mean, std, n)}``.
@@ -44,6 +48,8 @@ def read_results(path, test_set, metric='psnr'):
     Raises:
         FileNotFoundError: ``path`` does not exist.
         KeyError: The CSV has no column ``<test_set>/<metric>`` (the message lists the columns it has).
+        ValueError: ``arch`` is None and the CSV holds several archs, or ``arch`` is not among them (naming them):
+            rows of two students are never averaged together.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'results CSV not found: {path}')
@@ -52,8 +58,14 @@ def read_results(path, test_set, metric='psnr'):
     column = f'{test_set}/{metric}'
     if rows and column not in rows[0]:
         raise KeyError(f'{path} has no column {column!r}; it has {sorted(rows[0])}')
+    archs = sorted({row['arch'] for row in rows if row.get('arch') not in NO_ARCH})
+    if (arch is None and len(archs) > 1) or (arch is not None and arch not in archs):
+        raise ValueError(f'{path} holds the archs {archs}: name one with --arch' if arch is
+                         None else f'{path} has no rows of arch {arch!r}; it has {archs}')
     values, pairs = defaultdict(list), {}
     for row in rows:
+        if arch is not None and row.get('arch') not in NO_ARCH and row['arch'] != arch:
+            continue
         if row.get(column) in (None, ''):
             continue
         values[row['method']].append(float(row[column]))
@@ -65,7 +77,7 @@ def read_results(path, test_set, metric='psnr'):
     return out
 
 
-def plot(path, out, test_sets, lines, full='full'):
+def plot(path, out, test_sets, lines, full='full', arch=None):
     """Write the figure (PNG) of :func:`read_results` for each test set; returns the output path."""
     import matplotlib
     matplotlib.use('Agg')
@@ -73,7 +85,7 @@ def plot(path, out, test_sets, lines, full='full'):
 
     fig, axes = plt.subplots(1, len(test_sets), figsize=(5.5 * len(test_sets), 4.2), squeeze=False)
     for ax, test_set in zip(axes[0], test_sets):
-        res = read_results(path, test_set)
+        res = read_results(path, test_set, arch=arch)
         for label, methods in lines.items():
             points = sorted(res[m][:3] for m in methods if m in res)
             if points:
@@ -129,8 +141,9 @@ def main(argv=None):
     parser.add_argument('--out', required=True, help='the PNG to write')
     parser.add_argument('--sets', default='Set5,Set14', help='test sets, comma-separated (default: Set5,Set14)')
     parser.add_argument('--line', action='append', help="'label=method_a,method_b' (repeatable)")
+    parser.add_argument('--arch', help='the student arch (needed when the CSV holds several)')
     args = parser.parse_args(argv)
-    out = plot(args.csv, args.out, [s for s in args.sets.split(',') if s], parse_lines(args.line))
+    out = plot(args.csv, args.out, [s for s in args.sets.split(',') if s], parse_lines(args.line), arch=args.arch)
     print(f'wrote {out}')
 
 

@@ -9,7 +9,7 @@ start) as a horizontal line. A series point may be a start control at T = 0.
 Usage::
 
     python scripts/plot_budget.py docs/benchmark/cpu_291_converged/issue27_1pct_seed0/results.csv \\
-        --out docs/figures/cpu_291_converged_budget.png --sets Kodak24,Set5,Set14
+        --out docs/figures/cpu_291_converged_budget.png --sets Kodak24,Set5,Set14 --arch EDSR_f32b4
 
 ``--series 'label=method@T,method@T'`` and ``--control method`` (both repeatable) replace the defaults, which are the
 budget study's methods.
@@ -67,11 +67,12 @@ def series_points(res, points):
     return sorted((steps, *res[method][1:]) for method, steps in points if method in res)
 
 
-def plot(path, out, test_sets, series, controls):
+def plot(path, out, test_sets, series, controls, arch=None):
     """Write the figure (PNG): one panel per test set; returns the output path.
 
     Raises:
-        FileNotFoundError / KeyError: From :func:`read_results` (no CSV, no column for a test set).
+        FileNotFoundError / KeyError / ValueError: From :func:`read_results` (no CSV, no column for a test set,
+            several archs and none named).
     """
     import matplotlib
     matplotlib.use('Agg')
@@ -79,7 +80,7 @@ def plot(path, out, test_sets, series, controls):
 
     fig, axes = plt.subplots(1, len(test_sets), figsize=(5.5 * len(test_sets), 4.2), squeeze=False)
     for ax, test_set in zip(axes[0], test_sets):
-        res = read_results(path, test_set)
+        res = read_results(path, test_set, arch=arch)
         for label, points in series.items():
             finished = series_points(res, points)
             if finished:
@@ -107,9 +108,10 @@ def main(argv=None):
     parser.add_argument('--sets', default='Kodak24,Set5,Set14', help='test sets, comma-separated')
     parser.add_argument('--series', action='append', help="'label=method@T,method@T' (repeatable)")
     parser.add_argument('--control', action='append', help='a method drawn as a horizontal line (repeatable)')
+    parser.add_argument('--arch', help='the student arch (needed when the CSV holds several)')
     args = parser.parse_args(argv)
     out = plot(args.csv, args.out, [s for s in args.sets.split(',') if s], parse_series(args.series), args.control
-               or DEFAULT_CONTROLS)
+               or DEFAULT_CONTROLS, args.arch)
     print(f'wrote {out}')
 
 

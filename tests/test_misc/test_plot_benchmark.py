@@ -43,3 +43,17 @@ def test_line_specs_and_the_figure(tmp_path):
     out = tmp_path / 'fig' / 'psnr.png'
     plot_benchmark.main([str(path), '--out', str(out), '--line', 'random=random,random_big'])
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_rows_of_two_students_are_never_averaged(tmp_path):
+    path = tmp_path / 'results.csv'
+    path.write_text(CSV + 'RCAN,random,r0.1,0.1,10,0,31.0,28.0\n-,bicubic_rgb,,,,,27.0,24.0\n')
+    with pytest.raises(ValueError, match=r"holds the archs \['EDSR', 'RCAN'\]: name one with --arch"):
+        plot_benchmark.read_results(str(path), 'Set5')
+    with pytest.raises(ValueError, match="has no rows of arch 'SwinIR'"):
+        plot_benchmark.read_results(str(path), 'Set5', arch='SwinIR')
+    rcan = plot_benchmark.read_results(str(path), 'Set5', arch='RCAN')
+    assert rcan['random'] == (10, 31.0, 0.0, 1) and 'bicubic' not in rcan  # EDSR's row
+    assert rcan['bicubic_rgb'][1] == 27.0  # a row without an arch ('-', as the runner writes bicubic) is kept
+    edsr = plot_benchmark.read_results(str(path), 'Set5', arch='EDSR')
+    assert edsr['random'][1] == pytest.approx(29.266667, abs=1e-6) and edsr['random'][3] == 3

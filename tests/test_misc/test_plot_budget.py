@@ -52,3 +52,13 @@ def test_the_figure(tmp_path):
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     with pytest.raises(KeyError, match="has no column 'Set14/psnr'"):
         plot_budget.main([str(path), '--out', str(out), '--sets', 'Set14'])
+
+
+def test_the_figure_of_one_arch(tmp_path):
+    path = tmp_path / 'results.csv'
+    path.write_text(CSV + 'RCAN,teacher_hr,r0.01,0.01,10,0,27.6,30.1\n')
+    out = tmp_path / 'budget.png'
+    with pytest.raises(ValueError, match='name one with --arch'):
+        plot_budget.main([str(path), '--out', str(out), '--sets', 'Kodak24'])
+    plot_budget.main([str(path), '--out', str(out), '--sets', 'Kodak24', '--arch', 'EDSR'])
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
