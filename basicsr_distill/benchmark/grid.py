@@ -273,6 +273,50 @@ def set_cells(grid):
     return cells
 
 
+def like_cell(grid, sets, cell):
+    """The set cell a ``like`` method's cell is selected from, or None where its method has no ``like``.
+
+    Args:
+        grid (dict): The checked preset (``methods``).
+        sets (list[dict]): Every set cell (:func:`set_cells`).
+        cell (dict): A set cell.
+
+    Returns:
+        dict | None: The ``like`` method's cell of the same size and set draw, or its one draw where it has one
+        (the reference).
+    """
+    like = grid['methods'][cell['method']].get('like')
+    if not like:
+        return None
+    likes = [c for c in sets if c['method'] == like and c['size_index'] == cell['size_index']]
+    return next((c for c in likes if c['set_seed'] == cell['set_seed']), likes[0])
+
+
+def with_like_sets(grid, sets, chosen):
+    """The ids of the chosen set cells and of every set they are built ``like`` (recursively).
+
+    A ``like`` set (``random_teacher_hr`` of ``random``'s draw) needs that draw on disk, so a piece that names only
+    the control (``--methods random_teacher_hr_1pct --set_seeds 1``) also builds ``random_1pct``'s draw 1.
+
+    Args:
+        grid (dict): The checked preset.
+        sets (list[dict]): Every set cell (:func:`set_cells`).
+        chosen (list[dict]): The selected set cells.
+
+    Returns:
+        set[str]: Cell ids.
+    """
+    ids, stack = set(), list(chosen)
+    while stack:
+        cell = stack.pop()
+        if cell['id'] not in ids:
+            ids.add(cell['id'])
+            like = like_cell(grid, sets, cell)
+            if like is not None:
+                stack.append(like)
+    return ids
+
+
 def train_cells(grid, sets):
     """The train cells: every arch x set x seed, in that nesting order."""
     cells = []

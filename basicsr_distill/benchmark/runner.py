@@ -198,9 +198,7 @@ def run_set_cell(cell, grid, ctx):
             str(cell['set_seed'])
         ]
         if method.get('like'):  # the same draw of the like method (its one draw if it has one: the reference)
-            likes = [c for c in ctx['sets'] if c['method'] == method['like'] and c['size_index'] == cell['size_index']]
-            like = next((c for c in likes if c['set_seed'] == cell['set_seed']), likes[0])
-            cmd += ['--like', like['root']]
+            cmd += ['--like', grid_lib.like_cell(grid, ctx['sets'], cell)['root']]
         else:
             cmd += ['--ratio', str(cell['size'])]
         run_logged(cmd + [str(a) for a in grid_lib.fill_placeholders(method['args'], values)], REPO, log)
@@ -548,17 +546,22 @@ def main(argv=None):
     set_seeds = chosen('set_seeds' if args.set_seeds else None, grid['set_seeds'], int)
     archs = chosen('archs' if args.archs else None, grid['archs'])
 
-    def selected(cell):
-        set_cell = cell if cell['kind'] == 'set' else cell['set']
-        if cell['id'] == 'ref/bicubic':  # computed with the whole grid only (not a method's piece)
-            return wanted is None
+    def chosen_set(set_cell):
         return ((wanted is None or set_cell['method'] in wanted)
-                and (set_seeds is None or set_cell['set_seed'] in set_seeds)
-                and (cell['kind'] == 'set' or ((seeds is None or cell['seed'] in seeds) and
-                                               (archs is None or cell['arch'] in archs))))
+                and (set_seeds is None or set_cell['set_seed'] in set_seeds))
 
     store = grid_lib.CellStore(grid['work_dir'])
     sets = grid_lib.set_cells(grid)
+    needed_sets = grid_lib.with_like_sets(grid, sets, [c for c in sets if chosen_set(c)])  # and the sets they are like
+
+    def selected(cell):
+        if cell['id'] == 'ref/bicubic':  # computed with the whole grid only (not a method's piece)
+            return wanted is None
+        if cell['kind'] == 'set':
+            return cell['id'] in needed_sets
+        return (chosen_set(cell['set']) and (seeds is None or cell['seed'] in seeds)
+                and (archs is None or cell['arch'] in archs))
+
     trains = grid_lib.train_cells(grid, sets)
     extra = [bicubic_cell(grid)] if grid['bicubic_reference'] else []
     cells = sets + extra + trains
@@ -575,7 +578,9 @@ def main(argv=None):
         flush=True)
     if args.dry_run:
         for cell in filter(selected, cells):
-            print(f'  {"done" if cell["id"] in done else "todo"}  {cell["id"]}')
+            like_only = cell['id'] in needed_sets and not chosen_set(cell)
+            why = '  (a set the named ones are built like)' if like_only else ''
+            print(f'  {"done" if cell["id"] in done else "todo"}  {cell["id"]}{why}')
         return 0
     os.makedirs(grid['work_dir'], exist_ok=True)
     included = report.read_csv(args.include_csv, grid['methods']) if args.include_csv else None

@@ -430,11 +430,49 @@ def test_runner_methods_computes_only_the_named_methods(tmp_path, hr_dirs, capsy
     capsys.readouterr()
     assert script.main(['-opt', preset, '--methods', 'random', '--dry_run']) == 0
     listed = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith('  todo')]
-    assert listed and all('/random/' in cell_id for cell_id in listed)
+    trains = [c for c in listed if c.startswith('train/')]
+    assert trains and all('/random/' in cell_id for cell_id in trains)
+    # random is drawn like idc, so idc's sets are built too (not trained)
+    assert {c
+            for c in listed
+            if c.startswith('set/')} == {'set/idc/r0.05', 'set/idc/r0.2', 'set/random/r0.05', 'set/random/r0.2'}
     assert script.main(['-opt', preset, '--methods', 'idc', '--max_cells', '3']) == 0
     # the two IDC sets and one IDC downstream run: nothing of `random`
     assert sorted(os.listdir(
         work / 'cells')) == ['set__idc__r0.05.json', 'set__idc__r0.2.json', 'train__EDSR_tiny__idc__r0.05__seed0.json']
+
+
+def test_with_like_sets_follows_the_like_chain_draw_by_draw(tmp_path, hr_dirs):
+    methods = yaml.safe_load(open(_write_preset(tmp_path / 'a.yml', tmp_path / 'w', hr_dirs)))['methods']
+    methods['random_teacher_hr'] = {'type': 'select', 'args': ['--method', 'random_teacher_hr'], 'like': 'random'}
+    grid = grid_lib.load_grid(
+        _write_preset(tmp_path / 'b.yml', tmp_path / 'w', hr_dirs, methods=methods, set_seeds=[0, 3]), REPO)
+    sets = grid_lib.set_cells(grid)
+    by_id = {c['id']: c for c in sets}
+    assert grid_lib.like_cell(grid, sets, by_id['set/idc/r0.2/set3']) is None
+    assert grid_lib.like_cell(grid, sets, by_id['set/random_teacher_hr/r0.2/set3'])['id'] == 'set/random/r0.2/set3'
+    ids = grid_lib.with_like_sets(grid, sets, [by_id['set/random_teacher_hr/r0.2/set3']])
+    assert ids == {'set/random_teacher_hr/r0.2/set3', 'set/random/r0.2/set3', 'set/idc/r0.2/set3'}
+    assert grid_lib.with_like_sets(grid, sets, [by_id['set/idc/r0.05']]) == {'set/idc/r0.05'}
+
+
+def test_runner_builds_the_like_set_of_a_named_control(tmp_path, hr_dirs, capsys):
+    """Regression: --methods random_teacher_hr --set_seeds 1 failed (no draw 1 of random) after the sets before it."""
+    methods = yaml.safe_load(open(_write_preset(tmp_path / 'a.yml', tmp_path / 'w', hr_dirs)))['methods']
+    methods['random'] = {'type': 'select', 'args': ['--method', 'random'], 'sizes': [0.2]}
+    methods['random_teacher_hr'] = {'type': 'select', 'args': ['--method', 'random_teacher_hr'], 'like': 'random'}
+    del methods['idc']
+    work = tmp_path / 'work'
+    preset = _write_preset(tmp_path / 'tiny.yml', work, hr_dirs, methods=methods, set_seeds=[0, 1])
+    script = _load_script()
+    capsys.readouterr()
+    assert script.main(['-opt', preset, '--methods', 'random_teacher_hr', '--set_seeds', '1', '--dry_run']) == 0
+    out = capsys.readouterr().out
+    assert '  todo  set/random/r0.2/set1  (a set the named ones are built like)' in out
+    assert 'train/EDSR_tiny/random/' not in out
+    assert script.main(['-opt', preset, '--methods', 'random_teacher_hr', '--set_seeds', '1', '--max_cells', '2']) == 0
+    cells = sorted(os.listdir(work / 'cells'))
+    assert cells == ['set__random__r0.2__set1.json', 'set__random_teacher_hr__r0.2__set1.json']
 
 
 # ------------------------------------------------------------------------------------------------ validation, draws
