@@ -80,7 +80,9 @@ def _pm(mean, std, digits):
 
 def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baselines=('random', ), val_sets=()):
     """The comparison table: one row per (arch, method, size), metric columns as mean ± std over its runs (set draws
-    x seeds); column headings say what each metric is on (``PSNR (Y)``, ``PSNR (RGB)``) and mark validation sets.
+    x seeds; ``runs (draws, seeds)`` counts the runs, the distinct set draws and the distinct student seeds among
+    them, so an unfinished grid such as 4 (3, 2) shows); column headings say what each metric is on (``PSNR (Y)``,
+    ``PSNR (RGB)``) and mark validation sets.
 
     Args:
         summary (list[dict]): From :func:`basicsr_distill.benchmark.grid.summarize`.
@@ -95,7 +97,7 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baseli
     """
     digits = {'psnr': 2, 'psnr_rgb': 2, 'ssim': 4, 'niqe': 2, 'lpips': 4}
     cols = [f'{t}/{m}' for t in test_sets for m in metrics]
-    head = ['arch', 'method', 'size', 'pairs', 'ratio of pool', 'set (MB)', 'set time (s)', 'runs (draws)'] + \
+    head = ['arch', 'method', 'size', 'pairs', 'ratio of pool', 'set (MB)', 'set time (s)', 'runs (draws, seeds)'] + \
         [f'{t}{" (val)" if t in val_sets else ""} {METRIC_HEADINGS.get(m, m.upper())}' for t in test_sets
          for m in metrics] + ['train time (s)']
     lines = ([title, ''] if title else []) + ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -105,7 +107,7 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baseli
             str(row['pairs']), f'{100 * row["ratio"]:.1f} %' if row.get('ratio') is not None else '-',
             f'{row["set_bytes"] / 2**20:.1f}' if row.get('set_bytes') is not None else '-',
             f'{row["set_time_s"]:.0f}' if row.get('set_time_s') is not None else '-',
-            f'{row["seeds"]} ({row.get("draws") or 1})'
+            f'{row["seeds"]} ({row.get("draws") or 1}, {row.get("student_seeds") or 1})'
         ]
         cells += [_pm(row[f'{c}_mean'], row[f'{c}_std'], digits.get(c.split('/')[-1], 3)) for c in cols]
         cells.append(_pm(row['train_time_s_mean'], row['train_time_s_std'], 0))

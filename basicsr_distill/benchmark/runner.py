@@ -426,8 +426,9 @@ def write_outputs(grid, store, sets, trains, final, included=None):
     val = list(grid['val_sets'])
     title = (f'Preset `{osp.relpath(grid["preset"], REPO)}`: {len(rows)} runs, mean ± std over the runs of a row '
              f'(set draws x student seeds: set seeds {grid["set_seeds"]}, the reference has one draw; seeds '
-             f'{grid["seeds"]}; "runs" counts them, "draws" the set draws); PSNR (Y) / SSIM (Y) on the Y channel '
-             f'(BT.601), PSNR (RGB) on RGB, {grid["scale"]}-pixel border (BasicSR\'s calculate_psnr / ssim). ' +
+             f'{grid["seeds"]}; "runs (draws, seeds)" counts them, the set draws and the seeds among them); '
+             f'PSNR (Y) / SSIM (Y) on the Y channel (BT.601), PSNR (RGB) on RGB, {grid["scale"]}-pixel border '
+             f'(BasicSR\'s calculate_psnr / ssim). ' +
              (f'{", ".join(val)} (val) is the validation set: settings are chosen on it; '
               f'{", ".join(grid["test_sets"])} are reported for the chosen ones. ' if val else '') +
              'Set time: the set\'s '

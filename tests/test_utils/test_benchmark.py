@@ -66,12 +66,18 @@ def test_summarize_mean_std_by_hand():
         'train_time_s': t
     } for s, v, t in ((0, 30.0, 10), (1, 31.0, 12), (2, 32.0, 14))]
     (row, ) = grid_lib.summarize(rows, ['Set5'], ['psnr'])
-    assert row['seeds'] == 3
+    assert row['seeds'] == 3 and row['draws'] == 1 and row['student_seeds'] == 3
     assert row['Set5/psnr_mean'] == pytest.approx(31.0)
     assert row['Set5/psnr_std'] == pytest.approx(1.0)  # sample std of 30, 31, 32
     assert row['train_time_s_mean'] == pytest.approx(12.0) and row['train_time_s_std'] == pytest.approx(2.0)
     text = report.markdown_table([row], ['Set5'], ['psnr'], bicubic={'Set5/psnr': 28.4312})
     assert '| 31.00 ± 1.00 |' in text and '| 12 ± 2 |' in text and '28.43' in text and '10.0 %' in text
+    assert '| runs (draws, seeds) |' in text and '| 3 (1, 3) |' in text
+    # an unfinished grid: 3 set draws at seed 0 and seed 1 of draw 0 are 4 runs of 3 draws and 2 seeds
+    grid_rows = [dict(rows[0], set_seed=d, seed=s) for d, s in ((0, 0), (1, 0), (2, 0), (0, 1))]
+    (row, ) = grid_lib.summarize(grid_rows, ['Set5'], ['psnr'])
+    assert (row['seeds'], row['draws'], row['student_seeds']) == (4, 3, 2)
+    assert '| 4 (3, 2) |' in report.markdown_table([row], ['Set5'], ['psnr'])
 
 
 def test_table_says_full_minus_random_by_hand():
@@ -406,7 +412,7 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
     table = (work / 'table.md').read_text()
     assert '1 of the runs are read from an earlier results.csv' in table and '| bicubic |' in table
     idc_row = next(line for line in table.splitlines() if f"| idc | {first['label']} |" in line)
-    assert '| 3 (1) |' in idc_row  # seeds 0, 1 and 7 of one set draw
+    assert '| 3 (1, 3) |' in idc_row  # seeds 0, 1 and 7 of one set draw
     bicubic_value = next(r for r in rows if r['method'] == 'bicubic')['Set5/psnr']
     os.remove(work / 'cells' / 'ref__bicubic.json')  # not computed in this work dir: the earlier file's row is used
     assert script.main(['-opt', preset, '--report', '--include_csv', str(earlier)]) == 0
