@@ -594,7 +594,7 @@ def test_runner_validation_curve_rgb_psnr_and_set_draws(tmp_path, hr_dirs, monke
     table = (work / 'table.md').read_text()
     assert 'Val (val) PSNR (Y)' in table and 'Set5 PSNR (RGB)' in table and 'Time to quality on Val' in table
     random_line = next(line for line in table.splitlines() if line.startswith('| EDSR_tiny | random | r0.2 |'))
-    assert '| 2 (2) |' in random_line  # 2 runs over 2 set draws
+    assert '| 2 (2, 1) |' in random_line  # 2 runs over 2 set draws, one student seed
 
     # adding a test set keeps every finished cell: the saved weights are evaluated on it, nothing is retrained
     cells = [name for name in cells if name != 'ref__bicubic.json']  # the bicubic row is recomputed (cheap)
