@@ -8,7 +8,7 @@ start) as a horizontal line. A series point may be a start control at T = 0.
 
 Usage::
 
-    python scripts/plot_budget.py docs/benchmark/cpu_291_converged/issue27_1pct_seed0/results.csv \\
+    python scripts/plot_budget.py docs/benchmark/cpu_291_converged/issue27_1pct/results.csv \\
         --out docs/figures/cpu_291_converged_budget.png --sets Kodak24,Set5,Set14 --arch EDSR_f32b4
 
 ``--series 'label=method@T,method@T'`` and ``--control method`` (both repeatable) replace the defaults, which are the
