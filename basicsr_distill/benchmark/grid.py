@@ -474,9 +474,9 @@ def summarize(rows, test_sets, metrics):
 
     Returns:
         list[dict]: One per group (the set draws and student seeds of one arch, method and size), in the order of
-        ``rows``: the group keys, ``seeds`` (the number of runs), ``draws`` (distinct ``set_seed`` values) and
-        ``student_seeds`` (distinct ``seed`` values) and ``<col>_mean`` / ``<col>_std`` for every metric column and
-        ``train_time_s``.
+        ``rows``: the group keys, ``runs`` (the number of rows: set draws x student seeds), ``draws`` (distinct
+        ``set_seed`` values) and ``student_seeds`` (distinct ``seed`` values) and ``<col>_mean`` / ``<col>_std`` for
+        every metric column and ``train_time_s``.
     """
     groups = {}
     for row in rows:
@@ -486,7 +486,7 @@ def summarize(rows, test_sets, metrics):
         first = members[0]
         keys = ('arch', 'method', 'label', 'size', 'pairs', 'ratio', 'set_bytes', 'set_time_s', 'reference')
         out = {k: first.get(k) for k in keys}
-        out['seeds'] = len(members)  # runs: set draws x student seeds
+        out['runs'] = len(members)  # set draws x student seeds
         out['draws'] = len({m.get('set_seed') for m in members})
         out['student_seeds'] = len({m.get('seed') for m in members})
         for col in [f'{t}/{m}' for t in test_sets for m in metrics] + ['train_time_s']:

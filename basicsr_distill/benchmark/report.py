@@ -1,4 +1,5 @@
-"""Outputs of the benchmark: CSV (one row per run), Markdown table (mean +- std over seeds), plots and sample grids.
+"""Outputs of the benchmark: CSV (one row per run), Markdown table (mean +- std over set draws x student seeds), plots
+and sample grids.
 
 Plots use matplotlib's Agg backend (no display needed); images are read with
 :func:`basicsr_distill.utils.image_io.read_rgb`.
@@ -107,7 +108,7 @@ def markdown_table(summary, test_sets, metrics, bicubic=None, title=None, baseli
             str(row['pairs']), f'{100 * row["ratio"]:.1f} %' if row.get('ratio') is not None else '-',
             f'{row["set_bytes"] / 2**20:.1f}' if row.get('set_bytes') is not None else '-',
             f'{row["set_time_s"]:.0f}' if row.get('set_time_s') is not None else '-',
-            f'{row["seeds"]} ({row.get("draws") or 1}, {row.get("student_seeds") or 1})'
+            f'{row["runs"]} ({row.get("draws") or 1}, {row.get("student_seeds") or 1})'
         ]
         cells += [_pm(row[f'{c}_mean'], row[f'{c}_std'], digits.get(c.split('/')[-1], 3)) for c in cols]
         cells.append(_pm(row['train_time_s_mean'], row['train_time_s_std'], 0))
@@ -145,7 +146,7 @@ def reference_gaps(summary, test_sets, baselines=('random', )):
             diffs = [f'{t} {a - b:+.2f} dB' for t, a, b in diffs if a is not None and b is not None]
             if diffs:
                 lines.append(f'{ref["arch"]}: {ref["method"]} minus {row["method"]} {row["label"]} '
-                             f'({row["pairs"]} pairs), PSNR: {", ".join(diffs)} ({ref["seeds"]} / {row["seeds"]} '
+                             f'({row["pairs"]} pairs), PSNR: {", ".join(diffs)} ({ref["runs"]} / {row["runs"]} '
                              'runs).')
     return lines
 
@@ -210,8 +211,9 @@ def _pyplot():
 
 
 def plot_psnr(summary, test_sets, x_key, path, xlabel, logx=True, bicubic=None):
-    """PSNR (mean ± std over seeds) against ``x_key`` (``'ratio'`` or ``'train_time_s_mean'``), one panel per test
-    set and arch, one line per method; the reference (full set) methods as dashed lines, bicubic as a dotted line."""
+    """PSNR (mean ± std over runs: set draws x student seeds) against ``x_key`` (``'ratio'`` or
+    ``'train_time_s_mean'``), one panel per test set and arch, one line per method; the reference (full set) methods
+    as dashed lines, bicubic as a dotted line."""
     plt = _pyplot()
     archs = list(dict.fromkeys(row['arch'] for row in summary))
     fig, axes = plt.subplots(

@@ -66,7 +66,7 @@ def test_summarize_mean_std_by_hand():
         'train_time_s': t
     } for s, v, t in ((0, 30.0, 10), (1, 31.0, 12), (2, 32.0, 14))]
     (row, ) = grid_lib.summarize(rows, ['Set5'], ['psnr'])
-    assert row['seeds'] == 3 and row['draws'] == 1 and row['student_seeds'] == 3
+    assert row['runs'] == 3 and row['draws'] == 1 and row['student_seeds'] == 3
     assert row['Set5/psnr_mean'] == pytest.approx(31.0)
     assert row['Set5/psnr_std'] == pytest.approx(1.0)  # sample std of 30, 31, 32
     assert row['train_time_s_mean'] == pytest.approx(12.0) and row['train_time_s_std'] == pytest.approx(2.0)
@@ -76,13 +76,13 @@ def test_summarize_mean_std_by_hand():
     # an unfinished grid: 3 set draws at seed 0 and seed 1 of draw 0 are 4 runs of 3 draws and 2 seeds
     grid_rows = [dict(rows[0], set_seed=d, seed=s) for d, s in ((0, 0), (1, 0), (2, 0), (0, 1))]
     (row, ) = grid_lib.summarize(grid_rows, ['Set5'], ['psnr'])
-    assert (row['seeds'], row['draws'], row['student_seeds']) == (4, 3, 2)
+    assert (row['runs'], row['draws'], row['student_seeds']) == (4, 3, 2)
     assert '| 4 (3, 2) |' in report.markdown_table([row], ['Set5'], ['psnr'])
 
 
 def test_table_says_full_minus_random_by_hand():
 
-    def row(method, psnr5, psnr14, seeds, reference=False):
+    def row(method, psnr5, psnr14, runs, reference=False):
         return {
             'arch': 'A',
             'method': method,
@@ -91,7 +91,7 @@ def test_table_says_full_minus_random_by_hand():
             'ratio': 0.01,
             'set_bytes': 1,
             'set_time_s': 1,
-            'seeds': seeds,
+            'runs': runs,
             'reference': reference,
             'Set5/psnr_mean': psnr5,
             'Set5/psnr_std': 0.0,
