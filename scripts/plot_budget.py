@@ -12,7 +12,13 @@ Usage::
         --out docs/figures/cpu_291_converged_budget.png --sets Kodak24,Set5,Set14 --arch EDSR_f32b4
 
 ``--series 'label=method@T,method@T'`` and ``--control method`` (both repeatable) replace the defaults, which are the
-budget study's methods.
+budget study's methods; ``--xlabel`` names the budget's unit when it is not IDC's steps per image. GSDD's budget
+(iterations per pseudo-class)::
+
+    python scripts/plot_budget.py docs/benchmark/cpu_291_converged/issue27_1pct/results.csv \
+        --out docs/benchmark/cpu_291_converged/issue27_1pct/budget_gsdd.png --arch EDSR_f32b4 \
+        --series 'GSDD=gsdd_psnr_bic_init_1pct@0,gsdd_psnr_bic_1pct@100,gsdd_psnr_bic_x10_1pct@1000' \
+        --control random_teacher_hr_1pct --control idc_1pct --control full --xlabel 'GSDD iterations per pseudo-class'
 """
 import argparse
 import importlib.util
@@ -31,6 +37,8 @@ DEFAULT_SERIES = {
 }
 #: the controls drawn as horizontal lines (same 96 pairs, no distillation steps), and the full pool
 DEFAULT_CONTROLS = ['random_1pct', 'random_teacher_hr_1pct', 'idc_init_1pct', 'idc_1pct', 'full']
+#: the x axis of IDC's budget
+DEFAULT_XLABEL = 'distillation steps per image T'
 
 
 def parse_series(specs):
@@ -67,8 +75,8 @@ def series_points(res, points):
     return sorted((steps, *res[method][1:]) for method, steps in points if method in res)
 
 
-def plot(path, out, test_sets, series, controls, arch=None):
-    """Write the figure (PNG): one panel per test set; returns the output path.
+def plot(path, out, test_sets, series, controls, arch=None, xlabel=DEFAULT_XLABEL):
+    """Write the figure (PNG): one panel per test set, ``xlabel`` under each; returns the output path.
 
     Raises:
         FileNotFoundError / KeyError / ValueError: From :func:`read_results` (no CSV, no column for a test set,
@@ -94,7 +102,7 @@ def plot(path, out, test_sets, series, controls, arch=None):
                 linestyle='--',
                 linewidth=1,
                 label=f'{method} ({pairs} pairs, {n} run{"s" if n > 1 else ""}): {mean:.2f} dB')
-        ax.set_xlabel('distillation steps per image T')
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(f'{test_set} PSNR, Y channel (dB)')
         ax.set_title(test_set)
         ax.grid(True, alpha=0.3)
@@ -109,9 +117,10 @@ def main(argv=None):
     parser.add_argument('--series', action='append', help="'label=method@T,method@T' (repeatable)")
     parser.add_argument('--control', action='append', help='a method drawn as a horizontal line (repeatable)')
     parser.add_argument('--arch', help='the student arch (needed when the CSV holds several)')
+    parser.add_argument('--xlabel', default=DEFAULT_XLABEL, help=f'the budget axis (default: {DEFAULT_XLABEL!r})')
     args = parser.parse_args(argv)
     out = plot(args.csv, args.out, [s for s in args.sets.split(',') if s], parse_series(args.series), args.control
-               or DEFAULT_CONTROLS, args.arch)
+               or DEFAULT_CONTROLS, args.arch, args.xlabel)
     print(f'wrote {out}')
 
 

@@ -62,3 +62,24 @@ def test_the_figure_of_one_arch(tmp_path):
         plot_budget.main([str(path), '--out', str(out), '--sets', 'Kodak24'])
     plot_budget.main([str(path), '--out', str(out), '--sets', 'Kodak24', '--arch', 'EDSR'])
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_the_budget_axis_is_named(tmp_path, monkeypatch):
+    path = tmp_path / 'results.csv'
+    path.write_text(CSV)
+    labels = []
+
+    def save_figure(fig, axes, out):
+        labels.extend(ax.get_xlabel() for ax in axes[0])
+        return out
+
+    monkeypatch.setattr(plot_budget._plot_benchmark, 'save_figure', save_figure)
+    plot_budget.main([str(path), '--out', str(tmp_path / 'a.png'), '--sets', 'Kodak24,Set5'])
+    assert labels == ['distillation steps per image T'] * 2
+    labels.clear()
+    plot_budget.main([
+        str(path), '--out',
+        str(tmp_path / 'b.png'), '--sets', 'Kodak24', '--series', 'GSDD=alg1_t150@100', '--xlabel',
+        'GSDD iterations per pseudo-class'
+    ])
+    assert labels == ['GSDD iterations per pseudo-class']
