@@ -15,9 +15,9 @@ Usage::
 budget study's methods; ``--xlabel`` names the budget's unit when it is not IDC's steps per image. GSDD's budget
 (iterations per pseudo-class)::
 
-    python scripts/plot_budget.py docs/benchmark/cpu_291_converged/issue27_1pct/results.csv \
-        --out docs/benchmark/cpu_291_converged/issue27_1pct/budget_gsdd.png --arch EDSR_f32b4 \
-        --series 'GSDD=gsdd_psnr_bic_init_1pct@0,gsdd_psnr_bic_1pct@100,gsdd_psnr_bic_x10_1pct@1000' \
+    python scripts/plot_budget.py docs/benchmark/cpu_291_converged/issue27_1pct/results.csv \\
+        --out docs/benchmark/cpu_291_converged/issue27_1pct/budget_gsdd.png --arch EDSR_f32b4 \\
+        --series 'GSDD=gsdd_psnr_bic_init_1pct@0,gsdd_psnr_bic_1pct@100,gsdd_psnr_bic_x10_1pct@1000' \\
         --control random_teacher_hr_1pct --control idc_1pct --control full --xlabel 'GSDD iterations per pseudo-class'
 """
 import argparse
