@@ -43,8 +43,9 @@ def read_csv(path, methods):
         methods (Iterable[str]): The preset's methods; rows of others are left out (the bicubic row is kept).
 
     Returns:
-        list[dict]: One per run (and the bicubic row, method ``'bicubic'``): numbers as float (``pairs``, ``seed``
-        as int), ``reference`` as bool, '' as None.
+        list[dict]: One per run (and the bicubic row, method ``'bicubic'``): numbers as int where written as one
+        (``pairs``, ``seed``, ``set_bytes``, ...), else as float, so :func:`write_csv` writes an included run back as
+        it was; ``reference`` as bool, '' as None.
 
     Raises:
         FileNotFoundError: ``path`` missing. ValueError: a file without the per-run columns, naming it.
@@ -68,7 +69,7 @@ def read_csv(path, methods):
             elif key in ('pairs', 'seed', 'set_seed'):
                 parsed[key] = int(value)
             else:
-                parsed[key] = float(value)
+                parsed[key] = int(value) if value.lstrip('-').isdigit() else float(value)
         out.append(parsed)
     return out
 

@@ -409,6 +409,8 @@ def test_runner_resumes_half_finished_grid(tmp_path, hr_dirs, monkeypatch):
         merged = [r for r in csv.DictReader(f) if r['method'] != 'bicubic']
     assert len(merged) == 9 and {r['method'] for r in merged} == {'idc', 'random'}  # seed 7 added, 'gone' left out
     assert sum(r['seed'] == '0' and r['method'] == 'idc' and r['label'] == first['label'] for r in merged) == 1
+    assert next(r for r in merged if r['seed'] == '7') == dict(first, seed='7')  # as read: 2310, not 2310.0
+    assert first['set_bytes'].isdigit() and first['train_time_s'].isdigit()
     table = (work / 'table.md').read_text()
     assert '1 of the runs are read from an earlier results.csv' in table and '| bicubic |' in table
     idc_row = next(line for line in table.splitlines() if f"| idc | {first['label']} |" in line)
